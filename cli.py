@@ -1,0 +1,198 @@
+"""The `skyfix` command line. Each subcommand is a thin layer over a library function."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from skyfix.config import load_config
+from skyfix.errors import SkyfixError
+
+log = logging.getLogger("skyfix")
+
+
+def _config(args, **overrides):
+    return load_config(getattr(args, "config", None), overrides)
+
+
+# ---- doctor ---------------------------------------------------------------------------------
+def cmd_doctor(args) -> int:
+    from skyfix.doctor import report
+    print(report())
+    return 0
+
+
+# ---- tiles ----------------------------------------------------------------------------------
+def cmd_tiles_build(args) -> int:
+    from skyfix.edge.embedders import load_embedder
+    from skyfix.tiles.build import build_pack
+    cfg = _config(args, tiles={"tile_size_m": args.tile_size_m, "stride_m": args.stride_m,
+                               "gsd_m": args.gsd_m, "index": args.index,
+                               "imagery_date": args.imagery_date,
+                               "imagery_licence": args.imagery_licence})
+    embedder = load_embedder(args.model, "sat", cfg.model)
+    build_pack(args.ortho, args.out, cfg, embedder, model_source=str(args.model),
+               source_gsd_m=args.source_gsd_m, progress=not args.quiet)
+    print(f"next: skyfix tiles inspect {args.out}")
+    return 0
+
+
+def cmd_tiles_inspect(args) -> int:
+    from skyfix.tiles.pack import TilePack
+    pack = TilePack.open(args.pack)
+    m = pack.manifest
+    e0, n0, e1, n1 = m["region"]["bounds_en_m"]
+    r = m["region"]
+    print(f"TilePack {args.pack}  (schema {m['schema_version']}, created {m['created_utc']})\n"
+          f"  model_id   {m['model_id']}  dim {m['dim']}  metric {m['metric']}  index {m['index']}\n"
+          f"  source     {m['source']}  ({m['crs_source']})\n"
+          f"  imagery    {m.get('imagery')}\n"
+          f"  extent     {e1 - e0:.0f} x {n1 - n0:.0f} m; tile centres lat {r['lat_min_deg']:.6f}.."
+          f"{r['lat_max_deg']:.6f}, lon {r['lon_min_deg']:.6f}..{r['lon_max_deg']:.6f}\n"
+          f"  grid       {m['grid']['tile_size_m']:g} m tiles every {m['grid']['stride_m']:g} m, "
+          f"{m['grid']['tile_px']} px; map {m['map']['width_px']} x {m['map']['height_px']} px at "
+          f"{m['map']['gsd_m']:.3f} m/px\n"
+          f"  tiles      {len(pack)}  (files verified: {', '.join(m['files'])})")
+    return 0
+
+
+# ---- export ---------------------------------------------------------------------------------
+def cmd_export_onnx(args) -> int:
+    from skyfix.export.onnx_export import export_onnx
+    from skyfix.train.towers import build_towers, load_checkpoint
+    cfg = _config(args, model={"lpn_parts": args.lpn_parts, "dim": args.dim})
+    model = load_checkpoint(args.checkpoint) if args.checkpoint else build_towers(cfg.model)
+    out = export_onnx(model, args.out)
+    print(f"wrote {out}; next: skyfix tiles build --ortho MAP --out PACK --model {out}")
+    return 0
+
+
+# ---- eval -----------------------------------------------------------------------------------
+def cmd_eval(args) -> int:
+    from skyfix.edge.embedders import load_embedder
+    from skyfix.tiles.ortho import load_canvas
+    from skyfix.tiles.pack import TilePack
+    from skyfix.train.evaluate import evaluate, format_table, plot_examples
+    cfg = _config(args, eval={"views": args.views, "heading": args.heading, "seed": args.seed,
+                              "alt_agl_min_m": args.alt_min_m, "alt_agl_max_m": args.alt_max_m})
+    pack = TilePack.open(args.pack)
+    model = args.model or pack.manifest.get("model_source") or "imagenet"
+    embedder = load_embedder(model, "drone", cfg.model)
+    canvas = load_canvas(args.queries_from, pack.canvas().gsd_m, source_gsd_m=args.source_gsd_m,
+                         frame=pack.frame)
+    result = evaluate(pack, embedder, canvas, cfg.camera, cfg.eval, progress=not args.quiet)
+    print(format_table(result))
+    png = Path(args.png) if args.png else (Path(args.json).with_suffix(".png") if args.json else None)
+    if png:
+        plot_examples(pack, result, png)
+        print(f"examples: {png}")
+    result.pop("_internal")
+    result.update({"pack": str(args.pack), "queries_from": str(args.queries_from)})
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_crossview_check(args) -> int:
+    from skyfix.edge.embedders import load_embedder
+    from skyfix.train.evaluate import crossview_smoke
+    cfg = _config(args)
+    res = crossview_smoke(args.data, load_embedder(args.model, "drone", cfg.model),
+                          load_embedder(args.model, "sat", cfg.model))
+    for name, s, b, m in zip(res["views"], res["sim_sat"], res["best_sim_scene_b"], res["margin"]):
+        print(f"{name:12s} sim(s0) {s:.3f}  best sim(scene B) {b:.3f}  margin {m:+.3f}")
+    print(f"{res['passed']}/{res['total']} scene-A views rank their satellite image first")
+    return 0 if res["passed"] == res["total"] else 1
+
+
+# ---- bench ----------------------------------------------------------------------------------
+def cmd_bench(args) -> int:
+    from skyfix import bench
+    return bench.main(args.what, args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="skyfix", description="GPS-free drone position fixes from a "
+                                "downward camera and a satellite map")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("doctor", help="versions and what each role can do here")
+    d.set_defaults(func=cmd_doctor)
+
+    tiles = sub.add_parser("tiles", help="ground station: TilePacks").add_subparsers(dest="tcmd", required=True)
+    b = tiles.add_parser("build", help="orthophoto -> TilePack")
+    b.add_argument("--ortho", required=True, help="GeoTIFF, XYZ folder {z}/{x}/{y}.png, or an image with --source-gsd-m")
+    b.add_argument("--out", required=True, help="pack folder to write (atomically)")
+    b.add_argument("--tile-size-m", type=float)
+    b.add_argument("--stride-m", type=float)
+    b.add_argument("--gsd-m", type=float, help="map resolution (default: the orthophoto's)")
+    b.add_argument("--source-gsd-m", type=float, help="read a non-georeferenced image at this GSD")
+    b.add_argument("--index", choices=["flat", "ivfpq", "hnsw"])
+    b.add_argument("--model", default="imagenet", help="model dir from `export onnx`, .pt, or 'imagenet'")
+    b.add_argument("--imagery-date")
+    b.add_argument("--imagery-licence")
+    b.add_argument("--config")
+    b.add_argument("-q", "--quiet", action="store_true")
+    b.set_defaults(func=cmd_tiles_build)
+    i = tiles.add_parser("inspect", help="validate a pack and summarise it")
+    i.add_argument("pack")
+    i.set_defaults(func=cmd_tiles_inspect)
+
+    export = sub.add_parser("export", help="model export").add_subparsers(dest="ecmd", required=True)
+    o = export.add_parser("onnx", help="towers -> ONNX with parity check")
+    o.add_argument("--out", required=True)
+    o.add_argument("--checkpoint", help="trained .pt (default: ImageNet-initialised towers)")
+    o.add_argument("--lpn-parts", type=int)
+    o.add_argument("--dim", type=int)
+    o.add_argument("--config")
+    o.set_defaults(func=cmd_export_onnx)
+
+    e = sub.add_parser("eval", help="drone <-> satellite retrieval on simulated views")
+    e.add_argument("--pack", required=True)
+    e.add_argument("--queries-from", required=True, help="map the views are rendered from")
+    e.add_argument("--source-gsd-m", type=float, help="GSD of a non-georeferenced --queries-from image")
+    e.add_argument("--model", help="default: the model recorded in the pack")
+    e.add_argument("--views", type=int)
+    e.add_argument("--heading", choices=["known", "unknown"])
+    e.add_argument("--alt-min-m", type=float)
+    e.add_argument("--alt-max-m", type=float)
+    e.add_argument("--seed", type=int)
+    e.add_argument("--json")
+    e.add_argument("--png", help="example queries with their top-5 tiles (default: next to --json)")
+    e.add_argument("--config")
+    e.add_argument("-q", "--quiet", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("crossview-check", help="SUES-200 real drone views vs their satellite image")
+    c.add_argument("--data", required=True)
+    c.add_argument("--model", default="imagenet")
+    c.add_argument("--config")
+    c.set_defaults(func=cmd_crossview_check)
+
+    bn = sub.add_parser("bench", help="benchmarks that print tables")
+    bn.add_argument("what", choices=["embed", "faiss", "all"])
+    bn.add_argument("--model", default="models/imagenet-effl0")
+    bn.add_argument("--pack")
+    bn.add_argument("--n-synthetic", type=int, default=1_000_000)
+    bn.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return args.func(args)
+    except SkyfixError as exc:
+        print(f"skyfix: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

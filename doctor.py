@@ -1,0 +1,44 @@
+"""`skyfix doctor`: what is installed, and what each role can do on this machine."""
+from __future__ import annotations
+
+import importlib
+import platform
+
+PACKAGES = [("numpy", "numpy"), ("torch", "torch"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"),
+            ("faiss", "faiss"), ("OpenCV", "cv2"), ("pymavlink", "pymavlink"), ("rasterio", "rasterio"),
+            ("PyYAML", "yaml"), ("TensorRT", "tensorrt"), ("pycuda", "pycuda.driver")]
+ROLES = {
+    "edge (fly, onnxruntime)": ["numpy", "cv2", "faiss", "onnxruntime", "yaml"],
+    "edge on Jetson (TensorRT)": ["tensorrt", "pycuda.driver"],
+    "firmware_bridge (MAVLink)": ["pymavlink"],
+    "tiles (ground station)": ["rasterio", "faiss", "cv2"],
+    "train / export onnx": ["torch", "onnx", "efficientnet_lite_pytorch"],
+}
+
+
+def _version(module: str):
+    try:
+        mod = importlib.import_module(module)
+    except Exception:  # any import failure means "absent" here, including broken CUDA installs
+        return None
+    return getattr(mod, "__version__", getattr(mod, "VERSION", "present"))
+
+
+def report() -> str:
+    lines = [f"Python {platform.python_version()} on {platform.machine()} ({platform.system()})"]
+    for label, module in PACKAGES:
+        v = _version(module)
+        if v is None and module in ("tensorrt", "pycuda.driver"):
+            v = "absent: ships with JetPack (Dockerfile.jetson)"
+        lines.append(f"  {label:12s} {v if v is not None else 'absent'}")
+    try:
+        import onnxruntime
+        lines.append(f"  onnxruntime providers: {', '.join(onnxruntime.get_available_providers())}")
+    except ImportError:
+        pass
+    lines.append("roles:")
+    for role, needs in ROLES.items():
+        missing = [m for m in needs if _version(m) is None]
+        lines.append(f"  {'yes' if not missing else 'no ':3s}  {role}"
+                     + (f"  (missing: {', '.join(missing)})" if missing else ""))
+    return "\n".join(lines)

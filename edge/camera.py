@@ -1,0 +1,92 @@
+"""Pinhole camera geometry over flat ground: render views from a map and rectify frames to it.
+
+World frame is NED (north_m, east_m, down_m); attitude is aerospace roll/pitch/yaw (ZYX), yaw
+from north, clockwise. The camera looks down along body z with the image top towards the nose.
+Homographies map homogeneous ground (north_m, east_m, 1) <-> image (u_px, v_px, 1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# Columns: camera x (image right) = body right, camera y (image down) = body backward,
+# camera z (optical axis) = body down.
+BODY_FROM_CAM = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+
+
+@dataclass(frozen=True)
+class PinholeCamera:
+    width_px: int
+    height_px: int
+    fx_px: float
+    fy_px: float
+    cx_px: float
+    cy_px: float
+
+    @classmethod
+    def from_hfov(cls, width_px: int, height_px: int, hfov_deg: float) -> "PinholeCamera":
+        f = width_px / 2 / np.tan(np.radians(hfov_deg) / 2)
+        return cls(width_px, height_px, f, f, (width_px - 1) / 2, (height_px - 1) / 2)
+
+    def K(self) -> np.ndarray:
+        return np.array([[self.fx_px, 0, self.cx_px], [0, self.fy_px, self.cy_px], [0, 0, 1.0]])
+
+
+def world_from_body(roll_rad: float, pitch_rad: float, yaw_rad: float) -> np.ndarray:
+    """3x3 rotation body -> NED world (ZYX: yaw, then pitch, then roll)."""
+    cr, sr, cp, sp = np.cos(roll_rad), np.sin(roll_rad), np.cos(pitch_rad), np.sin(pitch_rad)
+    cy, sy = np.cos(yaw_rad), np.sin(yaw_rad)
+    rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
+    ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
+    rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
+    return rz @ ry @ rx
+
+
+def image_from_ground(cam: PinholeCamera, roll_rad: float, pitch_rad: float, yaw_rad: float,
+                      north_m: float, east_m: float, agl_m: float) -> np.ndarray:
+    """3x3 homography: ground (north_m, east_m, 1) -> image (u, v, 1), camera at height agl_m."""
+    r_cw = (world_from_body(roll_rad, pitch_rad, yaw_rad) @ BODY_FROM_CAM).T
+    centre = np.array([north_m, east_m, -agl_m])
+    # x_img ~ K R_cw (P - C) with P = (N, E, 0): columns e1, e2 and -C.
+    m = np.column_stack([r_cw[:, 0], r_cw[:, 1], -r_cw @ centre])
+    return cam.K() @ m
+
+
+def ground_of_pixel(h_img_ground: np.ndarray, u_px: float, v_px: float):
+    """Ground (north_m, east_m) seen at image pixel (u_px, v_px)."""
+    g = np.linalg.solve(h_img_ground, np.array([u_px, v_px, 1.0]))
+    return g[0] / g[2], g[1] / g[2]
+
+
+def ground_from_crop(centre_north_m: float, centre_east_m: float, size_m: float,
+                     out_px: int) -> np.ndarray:
+    """3x3: north-up crop pixel (col, row, 1) -> ground (north_m, east_m, 1); crop centred."""
+    s = size_m / out_px
+    return np.array([[0.0, -s, centre_north_m + size_m / 2 - 0.5 * s],
+                     [s, 0.0, centre_east_m - size_m / 2 + 0.5 * s],
+                     [0.0, 0.0, 1.0]])
+
+
+def rectify(image_rgb: np.ndarray, cam: PinholeCamera, roll_rad: float, pitch_rad: float,
+            yaw_rad: float, agl_m: float, size_m: float, out_px: int):
+    """Warp a frame onto the ground: north-up square of size_m around the image-centre ray.
+
+    Uses the estimated attitude and height (a wrong yaw leaves the crop rotated by the error, a
+    wrong height scales it). Returns (crop uint8 out_px x out_px x 3, inside_frac: share of the
+    crop the frame covers).
+    """
+    h_ig = image_from_ground(cam, roll_rad, pitch_rad, yaw_rad, 0.0, 0.0, agl_m)
+    cn, ce = ground_of_pixel(h_ig, cam.cx_px, cam.cy_px)
+    h = h_ig @ ground_from_crop(cn, ce, size_m, out_px)
+    src = image_rgb
+    ground_per_px = agl_m / cam.fx_px
+    shrink = (size_m / out_px) / ground_per_px
+    if shrink > 1.5:  # the crop is coarser than the frame: low-pass first against aliasing
+        src = cv2.GaussianBlur(src, (0, 0), 0.5 * shrink)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    crop = cv2.warpPerspective(src, h, (out_px, out_px), flags=flags, borderValue=(0, 0, 0))
+    inside = cv2.warpPerspective(np.ones(image_rgb.shape[:2], np.uint8), h, (out_px, out_px),
+                                 flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0)
+    return crop, float(inside.mean())

@@ -1,0 +1,118 @@
+"""Embedder backends behind one protocol (skyfix.contracts.Embedder).
+
+uint8 RGB N x H x W x 3 in (resized to the model's `input_px` if needed), float32 N x D unit
+vectors out. Backends: onnxruntime (CPU, CUDA or TensorRT execution provider, whichever is
+present) and torch. A model directory, written by `skyfix export onnx`, holds `drone.onnx`,
+`sat.onnx` and `model.yaml`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+import yaml
+
+from skyfix.errors import SkyfixError, require
+
+TOWERS = ("drone", "sat")
+
+
+def fit_to_input(images_rgb: np.ndarray, input_px: int) -> np.ndarray:
+    """Validate a uint8 N x H x W x 3 batch and resize it to N x input_px x input_px x 3."""
+    images_rgb = np.asarray(images_rgb)
+    if images_rgb.ndim == 3:
+        images_rgb = images_rgb[None]
+    if images_rgb.ndim != 4 or images_rgb.shape[-1] != 3 or images_rgb.dtype != np.uint8:
+        raise SkyfixError(f"embedder expects uint8 N x H x W x 3, got {images_rgb.dtype} "
+                          f"{images_rgb.shape}")
+    if images_rgb.shape[1:3] == (input_px, input_px):
+        return np.ascontiguousarray(images_rgb)
+    interp = cv2.INTER_AREA if images_rgb.shape[1] > input_px else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(im, (input_px, input_px), interpolation=interp)
+                     for im in images_rgb])
+
+
+class OnnxEmbedder:
+    """onnxruntime backend. Providers: TensorRT > CUDA > CPU, whichever this install has."""
+
+    def __init__(self, onnx_path: str | Path, providers: Optional[list] = None, threads: int = 0):
+        ort = require("onnxruntime")
+        onnx_path = Path(onnx_path)
+        if not onnx_path.is_file():
+            raise SkyfixError(f"ONNX model not found: {onnx_path}")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        available = ort.get_available_providers()
+        wanted = providers or [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                           "CPUExecutionProvider") if p in available]
+        try:
+            self.session = ort.InferenceSession(str(onnx_path), opts, providers=wanted)
+        except Exception as exc:  # onnxruntime raises its own types for corrupt graphs
+            raise SkyfixError(f"cannot load ONNX model {onnx_path}: {exc}") from exc
+        meta = self.session.get_modelmeta().custom_metadata_map
+        missing = {"model_id", "tower", "input_px", "dim"} - set(meta)
+        if missing:
+            raise SkyfixError(f"{onnx_path} lacks skyfix metadata {sorted(missing)}: "
+                              "export it with `skyfix export onnx`")
+        self.model_id, self.tower = meta["model_id"], meta["tower"]
+        self.input_px, self.dim = int(meta["input_px"]), int(meta["dim"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.backend = f"onnxruntime:{self.session.get_providers()[0]}"
+
+    def embed(self, images_rgb: np.ndarray) -> np.ndarray:
+        x = fit_to_input(images_rgb, self.input_px)
+        return self.session.run(None, {self.input_name: x})[0].astype(np.float32)
+
+
+class TorchEmbedder:
+    """torch backend: a tower of a `TwoTowers` model (CPU or the first CUDA device)."""
+
+    def __init__(self, model, tower: str, model_id: Optional[str] = None, device: str = "cpu"):
+        self.torch = require("torch")
+        from skyfix.train.towers import compute_model_id  # torch-only module, loaded on demand
+        self.net = model.tower(tower).to(device).eval()
+        self.device, self.tower = device, tower
+        self.model_id = model_id or compute_model_id(model)
+        self.input_px, self.dim = model.cfg.input_px, model.cfg.dim
+        self.backend = f"torch:{device}"
+
+    def embed(self, images_rgb: np.ndarray) -> np.ndarray:
+        x = fit_to_input(images_rgb, self.input_px)
+        with self.torch.inference_mode():
+            out = self.net(self.torch.from_numpy(x).to(self.device))
+        return out.float().cpu().numpy()
+
+
+def load_embedder(spec: str | Path, tower: str, model_cfg=None):
+    """Open an embedder for `tower` ('drone' or 'sat') from:
+
+    - a model directory from `skyfix export onnx` (onnxruntime; no torch needed),
+    - a `.pt` checkpoint (torch),
+    - 'imagenet': ImageNet-initialised towers built from `model_cfg` (torch).
+    """
+    if tower not in TOWERS:
+        raise SkyfixError(f"tower must be one of {TOWERS}, got '{tower}'")
+    path = Path(str(spec))
+    if path.is_dir():
+        return OnnxEmbedder(path / f"{tower}.onnx")
+    if path.suffix == ".onnx":
+        return OnnxEmbedder(path)
+    if path.suffix == ".pt":
+        from skyfix.train.towers import load_checkpoint
+        return TorchEmbedder(load_checkpoint(path), tower)
+    if str(spec) == "imagenet":
+        from skyfix.config import ModelConfig
+        from skyfix.train.towers import build_towers
+        return TorchEmbedder(build_towers(model_cfg or ModelConfig()), tower)
+    raise SkyfixError(f"model '{spec}' is not a model directory, .onnx, .pt or 'imagenet'")
+
+
+def read_model_card(model_dir: str | Path) -> dict:
+    """The model.yaml that `skyfix export onnx` writes next to the ONNX files."""
+    path = Path(model_dir) / "model.yaml"
+    if not path.is_file():
+        raise SkyfixError(f"{path} not found: is {model_dir} a `skyfix export onnx` output?")
+    return yaml.safe_load(path.read_text())

@@ -1,0 +1,1 @@
+"""torch -> ONNX (preprocessing baked in), INT8 QDQ, TensorRT engine build and runtime."""

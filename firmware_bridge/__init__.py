@@ -1,0 +1,1 @@
+"""MAVLink via pymavlink: telemetry in, fixes out, heartbeat, link health (onboard issue)."""

@@ -1,0 +1,1 @@
+"""Ground station: orthophotos -> metric tile grid -> embedded TilePack with a FAISS index."""

@@ -1,0 +1,275 @@
+"""TilePack: the on-disk format of an embedded region, and search in it.
+
+A pack is a folder:
+  manifest.yaml  schema version, region, grid, model_id, dim, metric, imagery, counts, file digests
+  tiles.csv      tile_id, lat_deg, lon_deg, east_m, north_m, east_min_m, north_min_m, east_max_m, north_max_m
+  map.png        the MapCanvas (RGBA, alpha = valid) for metre-level refinement
+  index.faiss    the FAISS index of tile embeddings (ids = tile_id)
+This module needs numpy, OpenCV, PyYAML and faiss only (no rasterio, no torch).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+import yaml
+
+from skyfix.artifacts import atomic_directory, file_digest
+from skyfix.contracts import GeoTile
+from skyfix.errors import ModelMismatch, PackError, require
+from skyfix.geo import LocalFrame
+from skyfix.tiles.canvas import MapCanvas
+
+SCHEMA_VERSION = 1
+METRIC = "inner_product"  # on L2-normalised vectors: cosine similarity
+TILE_COLUMNS = ("tile_id", "lat_deg", "lon_deg", "east_m", "north_m",
+                "east_min_m", "north_min_m", "east_max_m", "north_max_m")
+PACK_FILES = ("tiles.csv", "map.png", "index.faiss")
+INDEX_KINDS = ("flat", "ivfpq", "hnsw")
+
+
+def make_index(kind: str, vectors: np.ndarray, seed: int = 0):
+    """Build a FAISS inner-product index over float32 N x D unit vectors.
+
+    flat: exact. ivfpq: inverted lists + product quantisation (large regions; needs N >= 10k to
+    train). hnsw: graph index, uncompressed, fast on large regions.
+    """
+    faiss = require("faiss")
+    n, d = vectors.shape
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = 128
+    elif kind == "ivfpq":
+        nlist = int(max(16, min(4096, 4 * np.sqrt(n))))
+        if n < 39 * nlist or n < 10000:
+            raise PackError(f"ivfpq needs at least {max(39 * nlist, 10000)} tiles to train, this "
+                            f"region has {n}; use --index flat (exact) or hnsw")
+        m = max(g for g in (64, 32, 16, 8, 4) if d % g == 0)
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.train(vectors)
+        index.nprobe = 32
+    else:
+        raise PackError(f"unknown index kind '{kind}'; choose one of {', '.join(INDEX_KINDS)}")
+    index.add(vectors)
+    return index
+
+
+def _search_params(index, ids: np.ndarray):
+    faiss = require("faiss")
+    sel = faiss.IDSelectorBatch(ids.astype(np.int64))
+    ivf = faiss.try_extract_index_ivf(index) if hasattr(faiss, "try_extract_index_ivf") else None
+    if ivf is not None:
+        return faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe), sel
+    if isinstance(index, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(sel=sel, efSearch=index.hnsw.efSearch), sel
+    return faiss.SearchParameters(sel=sel), sel
+
+
+def write_pack(out_dir: str | Path, canvas: MapCanvas, tiles: list[GeoTile], vectors: np.ndarray,
+               *, model_id: str, tile_px: int, stride_m: float, index_kind: str = "flat",
+               imagery: Optional[dict] = None, source: str = "", crs: str = "",
+               model_source: str = "", extra_files: Optional[dict] = None) -> Path:
+    """Write a TilePack atomically (built in a temporary folder, then renamed). Returns out_dir.
+
+    vectors: float32 N x D unit vectors, row i embeds tiles[i] (tile_id == i).
+    extra_files: {name: text} written beside the manifest (e.g. the resolved config).
+    """
+    faiss = require("faiss")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if len(tiles) != len(vectors) or len(tiles) == 0:
+        raise PackError(f"{len(tiles)} tiles but {len(vectors)} vectors; nothing to pack")
+    with atomic_directory(out_dir) as tmp:
+        table = np.array([[t.tile_id, t.lat_deg, t.lon_deg, t.east_m, t.north_m,
+                           t.east_m - t.size_m / 2, t.north_m - t.size_m / 2,
+                           t.east_m + t.size_m / 2, t.north_m + t.size_m / 2] for t in tiles])
+        np.savetxt(tmp / "tiles.csv", table, delimiter=",", header=",".join(TILE_COLUMNS),
+                   comments="", fmt=["%d", "%.8f", "%.8f"] + ["%.3f"] * 6)
+        rgba = np.dstack([canvas.image_rgb, canvas.valid.astype(np.uint8) * 255])
+        if not cv2.imwrite(str(tmp / "map.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA)):
+            raise PackError(f"cannot write {tmp / 'map.png'}")
+        faiss.write_index(make_index(index_kind, vectors), str(tmp / "index.faiss"))
+        lat, lon = table[:, 1], table[:, 2]
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "model_id": model_id,
+            "model_source": model_source,
+            "dim": int(vectors.shape[1]),
+            "metric": METRIC,
+            "index": index_kind,
+            "crs_source": crs,
+            "source": source,
+            "local_frame": {"lat0_deg": canvas.frame.lat0_deg, "lon0_deg": canvas.frame.lon0_deg},
+            "map": {"gsd_m": canvas.gsd_m, "east0_m": canvas.east0_m, "north0_m": canvas.north0_m,
+                    "width_px": int(canvas.image_rgb.shape[1]),
+                    "height_px": int(canvas.image_rgb.shape[0])},
+            "region": {"lat_min_deg": float(lat.min()), "lat_max_deg": float(lat.max()),
+                       "lon_min_deg": float(lon.min()), "lon_max_deg": float(lon.max()),
+                       "bounds_en_m": [float(v) for v in canvas.bounds_en()]},
+            "grid": {"tile_size_m": float(tiles[0].size_m), "stride_m": float(stride_m),
+                     "tile_px": int(tile_px)},
+            "imagery": imagery or {},
+            "counts": {"tiles": len(tiles)},
+            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "files": {name: file_digest(tmp / name) for name in PACK_FILES},
+        }
+        (tmp / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+    return Path(out_dir)
+
+
+class TilePack:
+    """An opened, validated TilePack. Use `TilePack.open(path)`."""
+
+    def __init__(self, path: Path, manifest: dict, table: np.ndarray, index):
+        self.path, self.manifest, self.index = path, manifest, index
+        self.table = table
+        self.tile_ids = table[:, 0].astype(np.int64)
+        self.east_m, self.north_m = table[:, 3], table[:, 4]
+        self.frame = LocalFrame(**manifest["local_frame"])
+        self._canvas: Optional[MapCanvas] = None
+
+    # ---- opening and validation -------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, expect_model_id: Optional[str] = None,
+             expect_dim: Optional[int] = None) -> "TilePack":
+        """Open and validate a pack; raise PackError / ModelMismatch with what was expected."""
+        path = Path(path)
+        manifest = cls._read_manifest(path)
+        for name in PACK_FILES:
+            cls._check_file(path, name, manifest["files"].get(name))
+        if expect_model_id is not None and manifest["model_id"] != expect_model_id:
+            raise ModelMismatch(
+                f"pack {path} was embedded by model {manifest['model_id']}, but the model in use is "
+                f"{expect_model_id}; rebuild the pack with this model (skyfix tiles build --model ...) "
+                "or use the model that built it")
+        if expect_dim is not None and manifest["dim"] != expect_dim:
+            raise ModelMismatch(f"pack {path} has dim {manifest['dim']}, the model gives {expect_dim}")
+        if manifest.get("metric") != METRIC:
+            raise PackError(f"pack {path}: metric {manifest.get('metric')!r}, expected {METRIC!r}")
+        try:
+            table = np.loadtxt(path / "tiles.csv", delimiter=",", skiprows=1, ndmin=2)
+        except ValueError as exc:
+            raise PackError(f"pack {path}: tiles.csv is corrupt ({exc})") from exc
+        faiss = require("faiss")
+        try:
+            index = faiss.read_index(str(path / "index.faiss"))
+        except RuntimeError as exc:
+            raise PackError(f"pack {path}: index.faiss is corrupt ({exc}); rebuild the pack") from exc
+        n = manifest["counts"]["tiles"]
+        if table.shape != (n, len(TILE_COLUMNS)) or index.ntotal != n or index.d != manifest["dim"]:
+            raise PackError(f"pack {path}: manifest says {n} tiles of dim {manifest['dim']}, found "
+                            f"{table.shape[0]} rows and an index of {index.ntotal} x {index.d}")
+        return cls(path, manifest, table, index)
+
+    @staticmethod
+    def _read_manifest(path: Path) -> dict:
+        mpath = path / "manifest.yaml"
+        if not mpath.is_file():
+            raise PackError(f"{path} is not a TilePack: {mpath.name} not found "
+                            "(build one with `skyfix tiles build --ortho MAP --out PACK`)")
+        try:
+            manifest = yaml.safe_load(mpath.read_text())
+        except yaml.YAMLError as exc:
+            raise PackError(f"{mpath} is not valid YAML: {exc}") from exc
+        if not isinstance(manifest, dict):
+            raise PackError(f"{mpath} is not a mapping")
+        version = manifest.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise PackError(f"{path}: pack schema version {version}, this skyfix reads "
+                            f"{SCHEMA_VERSION}; rebuild the pack with this version")
+        missing = [k for k in ("model_id", "dim", "metric", "files", "counts", "local_frame", "map",
+                               "grid") if k not in manifest]
+        if missing:
+            raise PackError(f"{mpath} lacks {missing}")
+        return manifest
+
+    @staticmethod
+    def _check_file(path: Path, name: str, digest: Optional[dict]) -> None:
+        f = path / name
+        if digest is None:
+            raise PackError(f"{path}: manifest has no digest for {name}")
+        if not f.is_file():
+            raise PackError(f"{path}: {name} is missing")
+        size = f.stat().st_size
+        if size != digest["bytes"]:
+            raise PackError(f"{path}: {name} has {size} bytes, manifest says {digest['bytes']} "
+                            "(truncated or replaced); copy or rebuild the pack")
+        if file_digest(f)["sha256"] != digest["sha256"]:
+            raise PackError(f"{path}: {name} checksum differs from the manifest (corrupt)")
+
+    # ---- properties -------------------------------------------------------------------------
+    @property
+    def model_id(self) -> str:
+        return self.manifest["model_id"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def tile_size_m(self) -> float:
+        return float(self.manifest["grid"]["tile_size_m"])
+
+    @property
+    def tile_px(self) -> int:
+        return int(self.manifest["grid"]["tile_px"])
+
+    def __len__(self) -> int:
+        return len(self.tile_ids)
+
+    def tile(self, tile_id: int) -> GeoTile:
+        r = self.table[int(tile_id)]
+        return GeoTile(int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), self.tile_size_m)
+
+    def contains(self, east_m, north_m) -> np.ndarray:
+        """Boolean (points x tiles): which tiles contain each local point (east_m, north_m)."""
+        e, n = np.atleast_1d(east_m)[:, None], np.atleast_1d(north_m)[:, None]
+        t = self.table
+        return (e >= t[:, 5]) & (e <= t[:, 7]) & (n >= t[:, 6]) & (n <= t[:, 8])
+
+    def canvas(self) -> MapCanvas:
+        """The pack's map imagery (loaded on first use)."""
+        if self._canvas is None:
+            bgra = cv2.imread(str(self.path / "map.png"), cv2.IMREAD_UNCHANGED)
+            if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4:
+                raise PackError(f"{self.path}: map.png cannot be decoded")
+            m = self.manifest["map"]
+            self._canvas = MapCanvas(cv2.cvtColor(bgra[:, :, :3], cv2.COLOR_BGR2RGB),
+                                     bgra[:, :, 3] > 0, float(m["gsd_m"]), self.frame,
+                                     float(m["east0_m"]), float(m["north0_m"]))
+        return self._canvas
+
+    # ---- search -------------------------------------------------------------------------------
+    def ids_within(self, east_m: float, north_m: float, radius_m: float) -> np.ndarray:
+        """Tile ids whose centre lies within radius_m of (east_m, north_m)."""
+        d2 = (self.east_m - east_m) ** 2 + (self.north_m - north_m) ** 2
+        return self.tile_ids[d2 <= radius_m ** 2]
+
+    def search(self, vectors: np.ndarray, k: int, near: Optional[tuple] = None):
+        """Top-k tiles for float32 N x D query vectors.
+
+        near: (east_m, north_m, radius_m) restricts the search to tiles within the radius (a FAISS
+        IDSelector); None searches the whole region. Returns (scores N x k, tile_ids N x k); slots
+        with no tile (fewer than k in the window) have id -1 and score -inf.
+        """
+        q = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
+        if q.shape[1] != self.dim:
+            raise ModelMismatch(f"query dim {q.shape[1]} != pack dim {self.dim}")
+        k = int(min(k, len(self)))
+        if near is None:
+            scores, ids = self.index.search(q, k)
+        else:
+            window = self.ids_within(*near)
+            if window.size == 0:
+                return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+            params, _keep = _search_params(self.index, window)
+            scores, ids = self.index.search(q, k, params=params)
+        scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+        return scores, ids

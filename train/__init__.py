@@ -1,0 +1,1 @@
+"""Workstation side: towers, losses, training, metrics and evaluation."""
