@@ -56,7 +56,11 @@ def square_ring_masks(size: int, parts: int) -> np.ndarray:
     idx = np.arange(size)
     cheb = np.maximum(np.abs(idx[:, None] - centre), np.abs(idx[None, :] - centre))
     ring = np.minimum((cheb / (centre + 0.5) * parts).astype(int), parts - 1)
-    return np.stack([(ring == i).astype(np.float32) for i in range(parts)])
+    masks = np.stack([(ring == i).astype(np.float32) for i in range(parts)])
+    if np.any(masks.sum(axis=(1, 2)) == 0):
+        raise SkyfixError(f"{parts} LPN rings do not fit a {size} x {size} feature map; "
+                          "use fewer parts or a larger input_px")
+    return masks
 
 
 class GeMPool(nn.Module):

@@ -1,0 +1,42 @@
+import pytest
+import yaml
+
+from skyfix.config import load_config, save_config
+from skyfix.errors import ConfigError
+
+
+def test_defaults_and_overrides():
+    cfg = load_config(overrides={"tiles": {"tile_size_m": 80, "stride_m": None}})
+    assert cfg.tiles.tile_size_m == 80.0 and isinstance(cfg.tiles.tile_size_m, float)
+    assert cfg.tiles.stride_m == 50.0  # None means "not given"
+
+
+def test_unknown_key_suggests_closest(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("tiles:\n  tile_sise_m: 100\n")
+    with pytest.raises(ConfigError, match=r"tiles\.tile_sise_m.*did you mean 'tile_size_m'"):
+        load_config(p)
+
+
+def test_unknown_section_suggests_closest(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("modle:\n  dim: 128\n")
+    with pytest.raises(ConfigError, match="did you mean 'model'"):
+        load_config(p)
+
+
+def test_wrong_type_names_key(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  dim: '512'\n")
+    with pytest.raises(ConfigError, match=r"model\.dim: expected int, got str"):
+        load_config(p)
+    p.write_text("model:\n  shared_weights: 1\n")
+    with pytest.raises(ConfigError, match=r"model\.shared_weights: expected bool"):
+        load_config(p)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(overrides={"model": {"lpn_parts": 4}, "eval": {"heading": "unknown"}})
+    path = save_config(cfg, tmp_path / "resolved.yaml")
+    assert yaml.safe_load(path.read_text())["model"]["lpn_parts"] == 4
+    assert load_config(path) == cfg

@@ -1,0 +1,129 @@
+import numpy as np
+import pytest
+import yaml
+
+from skyfix.errors import ModelMismatch, PackError
+from skyfix.tiles.build import tile_grid
+from skyfix.tiles.pack import TilePack, write_pack
+
+DIM = 16
+
+
+def unit_vectors(n, d=DIM, seed=0):
+    v = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.fixture()
+def pack_dir(tmp_path, textured_canvas):
+    tiles, skipped = tile_grid(textured_canvas, 100.0, 50.0)
+    vectors = unit_vectors(len(tiles))
+    out = write_pack(tmp_path / "pack", textured_canvas, tiles, vectors, model_id="test-model",
+                     tile_px=64, stride_m=50.0)
+    return out, tiles, vectors
+
+
+def test_grid_covers_the_map(textured_canvas):
+    tiles, skipped = tile_grid(textured_canvas, 100.0, 50.0)
+    assert skipped == 0 and len(tiles) == 11 * 11  # (600 - 100) / 50 + 1 per axis
+    assert tiles[0].east_m == pytest.approx(-250) and tiles[0].north_m == pytest.approx(250)
+    assert [t.tile_id for t in tiles] == list(range(len(tiles)))
+
+
+def test_grid_skips_nodata(textured_canvas):
+    import dataclasses
+    valid = textured_canvas.valid.copy()
+    valid[:, :300] = False  # the west half has no data
+    tiles, skipped = tile_grid(dataclasses.replace(textured_canvas, valid=valid), 100.0, 50.0)
+    assert skipped > 0 and all(t.east_m - 50 >= 0 for t in tiles)
+
+
+def test_pack_round_trip(pack_dir, textured_canvas):
+    out, tiles, vectors = pack_dir
+    pack = TilePack.open(out, expect_model_id="test-model", expect_dim=DIM)
+    assert len(pack) == len(tiles) and pack.model_id == "test-model"
+    t = pack.tile(17)
+    assert (t.east_m, t.north_m) == pytest.approx((tiles[17].east_m, tiles[17].north_m))
+    assert (t.lat_deg, t.lon_deg) == pytest.approx((tiles[17].lat_deg, tiles[17].lon_deg), abs=1e-8)
+    np.testing.assert_array_equal(pack.canvas().image_rgb, textured_canvas.image_rgb)
+    # Global search is exact inner product: compare with numpy.
+    q = unit_vectors(3, seed=1)
+    scores, ids = pack.search(q, k=5)
+    ref = np.argsort(-(q @ vectors.T), axis=1)[:, :5]
+    np.testing.assert_array_equal(ids, ref)
+
+
+def test_window_search_returns_only_tiles_inside_radius(pack_dir):
+    out, tiles, vectors = pack_dir
+    pack = TilePack.open(out)
+    q = unit_vectors(4, seed=2)
+    east, north, radius = 60.0, -40.0, 90.0
+    scores, ids = pack.search(q, k=10, near=(east, north, radius))
+    inside = {t.tile_id for t in tiles if np.hypot(t.east_m - east, t.north_m - north) <= radius}
+    assert 0 < len(inside) < 10  # fewer tiles in the window than k: the rest is padding
+    for row_ids, row_scores in zip(ids, scores):
+        found = set(row_ids[row_ids >= 0].tolist())
+        assert found == inside
+        assert np.all(np.isneginf(row_scores[row_ids < 0]))
+    # Best in window equals the brute-force best over the window's tiles.
+    window = np.array(sorted(inside))
+    np.testing.assert_array_equal(ids[:, 0], window[np.argmax(q @ vectors[window].T, axis=1)])
+    # A window with no tile gives no result rather than a global answer.
+    s, i = pack.search(q, k=3, near=(5000.0, 5000.0, 10.0))
+    assert np.all(i == -1)
+
+
+def test_missing_pack_refused(tmp_path):
+    with pytest.raises(PackError, match="manifest.yaml not found"):
+        TilePack.open(tmp_path)
+
+
+def test_truncated_index_refused(pack_dir):
+    out, _, _ = pack_dir
+    data = (out / "index.faiss").read_bytes()
+    (out / "index.faiss").write_bytes(data[: len(data) // 2])
+    with pytest.raises(PackError, match="index.faiss has .* bytes.*truncated"):
+        TilePack.open(out)
+
+
+def test_corrupt_file_refused(pack_dir):
+    out, _, _ = pack_dir
+    raw = bytearray((out / "tiles.csv").read_bytes())
+    raw[-5] = ord("9") if raw[-5] != ord("9") else ord("8")
+    (out / "tiles.csv").write_bytes(bytes(raw))
+    with pytest.raises(PackError, match="checksum"):
+        TilePack.open(out)
+
+
+def test_model_and_dim_mismatch_refused(pack_dir):
+    out, _, _ = pack_dir
+    with pytest.raises(ModelMismatch, match="embedded by model test-model.*other-model"):
+        TilePack.open(out, expect_model_id="other-model")
+    with pytest.raises(ModelMismatch, match="dim 16"):
+        TilePack.open(out, expect_dim=512)
+    with pytest.raises(ModelMismatch, match="query dim"):
+        TilePack.open(out).search(unit_vectors(1, d=8), k=1)
+
+
+def test_schema_version_refused(pack_dir):
+    out, _, _ = pack_dir
+    manifest = yaml.safe_load((out / "manifest.yaml").read_text())
+    manifest["schema_version"] = 99
+    (out / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    with pytest.raises(PackError, match="schema version 99"):
+        TilePack.open(out)
+
+
+def test_failed_write_keeps_existing_pack(pack_dir, textured_canvas):
+    out, tiles, vectors = pack_dir
+    with pytest.raises(PackError):
+        write_pack(out, textured_canvas, tiles, vectors[:3], model_id="x", tile_px=64, stride_m=50.0)
+    assert TilePack.open(out).model_id == "test-model"
+
+
+def test_inspect_cli_exit_codes(pack_dir, tmp_path, capsys):
+    from skyfix.cli import main
+    out, _, _ = pack_dir
+    assert main(["tiles", "inspect", str(out)]) == 0
+    assert "test-model" in capsys.readouterr().out
+    assert main(["tiles", "inspect", str(tmp_path / "nope")]) != 0
