@@ -175,10 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_crossview_check)
 
     bn = sub.add_parser("bench", help="benchmarks that print tables")
-    bn.add_argument("what", choices=["embed", "faiss", "all"])
-    bn.add_argument("--model", default="models/imagenet-effl0")
-    bn.add_argument("--pack")
+    bn.add_argument("what", choices=["embed", "faiss", "retrieval", "all"])
+    bn.add_argument("--model", default="models/imagenet", help="model dir from `skyfix export onnx`")
+    bn.add_argument("--pack", help="pack to time searches on (faiss)")
     bn.add_argument("--n-synthetic", type=int, default=1_000_000)
+    bn.add_argument("--views", type=int, default=200)
+    bn.add_argument("--out", default="out/bench")
     bn.set_defaults(func=cmd_bench)
     return p
 

@@ -34,8 +34,8 @@ INDEX_KINDS = ("flat", "ivfpq", "hnsw")
 def make_index(kind: str, vectors: np.ndarray, seed: int = 0):
     """Build a FAISS inner-product index over float32 N x D unit vectors.
 
-    flat: exact. ivfpq: inverted lists + product quantisation (large regions; needs N >= 10k to
-    train). hnsw: graph index, uncompressed, fast on large regions.
+    flat: exact. ivfpq: OPQ + inverted lists + product quantisation, 64 bytes per vector (large
+    regions; needs N >= 10k to train). hnsw: graph index, uncompressed, fast on large regions.
     """
     faiss = require("faiss")
     n, d = vectors.shape
@@ -45,15 +45,20 @@ def make_index(kind: str, vectors: np.ndarray, seed: int = 0):
         index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = 128
     elif kind == "ivfpq":
-        nlist = int(max(16, min(4096, 4 * np.sqrt(n))))
-        if n < 39 * nlist or n < 10000:
-            raise PackError(f"ivfpq needs at least {max(39 * nlist, 10000)} tiles to train, this "
-                            f"region has {n}; use --index flat (exact) or hnsw")
-        m = max(g for g in (64, 32, 16, 8, 4) if d % g == 0)
-        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = seed
-        index.train(vectors)
-        index.nprobe = 32
+        nlist = int(max(16, min(4096, np.sqrt(n))))
+        if n < 10000:
+            raise PackError(f"ivfpq needs at least 10000 tiles to train, this region has {n}; "
+                            "use --index flat (exact) or hnsw")
+        # 64 sub-quantisers of 8 dims for d = 512; never fewer than 4 dims each.
+        m = max(g for g in (64, 32, 16, 8, 4, 2, 1) if d % g == 0 and d // g >= 4)
+        # OPQ rotates the space so the 8-bit sub-quantisers share the variance: in the benchmark
+        # it lifts recall@10 from ~0.54 to ~0.77 at the same 64 bytes per vector.
+        index = faiss.index_factory(d, f"OPQ{m},IVF{nlist},PQ{m}", faiss.METRIC_INNER_PRODUCT)
+        faiss.extract_index_ivf(index).cp.seed = seed
+        # k-means on a sample: 64 points per list is plenty and keeps building large regions fast.
+        sample = np.random.default_rng(seed).choice(n, size=min(n, 64 * nlist), replace=False)
+        index.train(vectors[np.sort(sample)])
+        faiss.extract_index_ivf(index).nprobe = 32
     else:
         raise PackError(f"unknown index kind '{kind}'; choose one of {', '.join(INDEX_KINDS)}")
     index.add(vectors)
@@ -61,11 +66,15 @@ def make_index(kind: str, vectors: np.ndarray, seed: int = 0):
 
 
 def _search_params(index, ids: np.ndarray):
+    """FAISS search parameters restricting a search to `ids` (returns params and the selector,
+    which must stay referenced while searching)."""
     faiss = require("faiss")
     sel = faiss.IDSelectorBatch(ids.astype(np.int64))
-    ivf = faiss.try_extract_index_ivf(index) if hasattr(faiss, "try_extract_index_ivf") else None
-    if ivf is not None:
-        return faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe), sel
+    if isinstance(index, faiss.IndexPreTransform):  # OPQ + IVF-PQ
+        ivf = faiss.extract_index_ivf(index)
+        # Probe every list: the window's tiles may sit in lists the global nprobe would skip.
+        inner = faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nlist)
+        return faiss.SearchParametersPreTransform(index_params=inner), (sel, inner)
     if isinstance(index, faiss.IndexHNSW):
         return faiss.SearchParametersHNSW(sel=sel, efSearch=index.hnsw.efSearch), sel
     return faiss.SearchParameters(sel=sel), sel

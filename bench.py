@@ -1,0 +1,197 @@
+"""Benchmarks that print tables (README numbers). Not tests: nothing here asserts a speed.
+
+  skyfix bench embed  --model MODEL_DIR      onnxruntime embedding latency, batch 1 and 8
+  skyfix bench faiss  --pack PACK            search latency on a pack and a synthetic 1M index
+  skyfix bench retrieval                     builds packs and runs every README eval
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from skyfix.errors import SkyfixError
+
+SHARED = Path(__file__).resolve().parent / ".." / "shared" / "data"
+
+
+def _latency_ms(fn, warmup: int, runs: int) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return np.array(out)
+
+
+def _row(name: str, ms: np.ndarray, extra: str = "") -> str:
+    return f"| {name} | {np.percentile(ms, 50):.2f} | {np.percentile(ms, 95):.2f} | {extra} |"
+
+
+def bench_embed(model_dir: str, runs: int = 50) -> str:
+    from skyfix.edge.embedders import OnnxEmbedder
+    emb = OnnxEmbedder(Path(model_dir) / "drone.onnx")
+    rng = np.random.default_rng(0)
+    rows = ["| embedding (onnxruntime, " + emb.backend + ") | p50 ms | p95 ms | per image |",
+            "|---|---|---|---|"]
+    for batch in (1, 8):
+        x = rng.integers(0, 256, (batch, emb.input_px, emb.input_px, 3), dtype=np.uint8)
+        ms = _latency_ms(lambda: emb.embed(x), warmup=5, runs=runs)
+        rows.append(_row(f"batch {batch}, {emb.input_px} px", ms,
+                         f"{np.percentile(ms, 50) / batch:.2f} ms"))
+    return "\n".join(rows)
+
+
+def synthetic_embeddings(n: int, d: int, seed: int = 0, intrinsic_dim: int = 32):
+    """Unit vectors on a low-dimensional manifold (as image embeddings are) plus noise.
+
+    Returns (float32 n x d vectors, a function making q queries near random base vectors).
+    """
+    rng = np.random.default_rng(seed)
+    basis = rng.standard_normal((intrinsic_dim, d), dtype=np.float32) / np.sqrt(intrinsic_dim)
+    out = np.empty((n, d), np.float32)
+    latents = rng.standard_normal((n, intrinsic_dim), dtype=np.float32)
+    for i in range(0, n, 100_000):
+        m = min(100_000, n - i)
+        out[i:i + m] = latents[i:i + m] @ basis + 0.05 * rng.standard_normal((m, d), dtype=np.float32)
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+
+    def queries(q: int) -> np.ndarray:
+        z = latents[rng.choice(n, q, replace=False)] + 0.1 * rng.standard_normal((q, intrinsic_dim), dtype=np.float32)
+        x = z @ basis + 0.05 * rng.standard_normal((q, d), dtype=np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    return out, queries
+
+
+class _GridPack:
+    """A synthetic region: n tiles on a square grid every 50 m, for window-search timing."""
+
+    def __init__(self, index, n: int, stride_m: float = 50.0):
+        side = int(np.ceil(np.sqrt(n)))
+        idx = np.arange(n)
+        self.index, self.east_m, self.north_m = index, (idx % side) * stride_m, (idx // side) * stride_m
+        self.tile_ids = idx.astype(np.int64)
+
+
+def bench_faiss(pack_path: str | None, n_synthetic: int, queries: int = 200) -> str:
+    from skyfix.tiles.pack import TilePack, _search_params, make_index
+    rows = ["| search | tiles | p50 ms | p95 ms | note |", "|---|---|---|---|---|"]
+    rng = np.random.default_rng(1)
+    if pack_path:
+        pack = TilePack.open(pack_path)
+        q = rng.standard_normal((queries, pack.dim)).astype(np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        it = iter(range(10 ** 9))
+        ms = _latency_ms(lambda: pack.search(q[next(it) % queries][None], 10), 10, queries)
+        rows.append(f"| pack, exact, global top-10 | {len(pack)} | {np.percentile(ms, 50):.3f} | "
+                    f"{np.percentile(ms, 95):.3f} | {pack.manifest['index']} |")
+        e, n = float(pack.east_m.mean()), float(pack.north_m.mean())
+        ms = _latency_ms(lambda: pack.search(q[next(it) % queries][None], 10, near=(e, n, 200.0)), 10, queries)
+        rows.append(f"| pack, prior window r=200 m | {len(pack.ids_within(e, n, 200.0))} in window | "
+                    f"{np.percentile(ms, 50):.3f} | {np.percentile(ms, 95):.3f} | IDSelectorBatch |")
+    d = 512
+    t0 = time.perf_counter()
+    xb, make_queries = synthetic_embeddings(n_synthetic, d)
+    q = make_queries(queries)
+    gen_s = time.perf_counter() - t0
+    flat = make_index("flat", xb)
+    exact = flat.search(q, 10)[1]
+    it = iter(range(10 ** 9))
+    ms = _latency_ms(lambda: flat.search(q[next(it) % queries][None], 10), 3, 50)
+    rows.append(f"| synthetic, exact flat, global | {n_synthetic:,} | {np.percentile(ms, 50):.2f} | "
+                f"{np.percentile(ms, 95):.2f} | {d}-d on a 32-d manifold, {xb.nbytes / 2**30:.1f} GiB, made in {gen_s:.0f} s |")
+    grid = _GridPack(flat, n_synthetic)
+    window = grid.tile_ids[np.hypot(grid.east_m - grid.east_m.mean(), grid.north_m - grid.north_m.mean()) <= 1000.0]
+    params, _keep = _search_params(flat, window)
+    ms = _latency_ms(lambda: flat.search(q[next(it) % queries][None], 10, params=params), 3, 50)
+    rows.append(f"| synthetic, exact flat, prior window r=1 km | {window.size:,} in window | "
+                f"{np.percentile(ms, 50):.2f} | {np.percentile(ms, 95):.2f} | IDSelectorBatch on the full index |")
+    t0 = time.perf_counter()
+    ivf = make_index("ivfpq", xb)
+    build_s = time.perf_counter() - t0
+    approx = ivf.search(q, 10)[1]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approx, exact)])
+    ms = _latency_ms(lambda: ivf.search(q[next(it) % queries][None], 10), 3, 100)
+    import faiss
+    inner = faiss.extract_index_ivf(ivf)
+    rows.append(f"| synthetic, OPQ + IVF-PQ (nlist {inner.nlist}, {inner.code_size} B/vector, "
+                f"nprobe {inner.nprobe}) | "
+                f"{n_synthetic:,} | {np.percentile(ms, 50):.2f} | {np.percentile(ms, 95):.2f} | "
+                f"recall@10 vs exact {recall:.3f}; built in {build_s:.0f} s |")
+    return "\n".join(rows)
+
+
+# ---- retrieval suite ----------------------------------------------------------------------------
+def _run(argv: list[str]) -> None:
+    from skyfix.cli import main
+    print("$ skyfix " + " ".join(argv), flush=True)
+    if main(argv) != 0:
+        raise SkyfixError(f"skyfix {' '.join(argv)} failed")
+
+
+def bench_retrieval(model: str, out: str = "out/bench", views: int = 200) -> str:
+    """Build the packs and run the README's retrieval evals; returns a markdown table."""
+    out_dir = Path(out)
+    shared = SHARED.resolve()
+    if not shared.exists():
+        raise SkyfixError(f"{shared} not found: the retrieval benchmark needs ../shared/data")
+    colorado = shared / "colorado_z18" / "mosaic_epsg3857.tif"
+    results = []
+    _run(["tiles", "build", "--ortho", str(colorado), "--out", str(out_dir / "colorado"), "--model", model, "-q"])
+    for heading in ("known", "unknown"):
+        js = out_dir / f"colorado_{heading}.json"
+        _run(["eval", "--pack", str(out_dir / "colorado"), "--queries-from", str(colorado),
+              "--views", str(views), "--heading", heading, "--json", str(js), "-q"])
+        results.append((f"Colorado, same map, heading {heading}", json.loads(js.read_text())))
+    for pair in ("A->B", "A->A"):
+        agg = []
+        for i in range(1, 6):
+            a = shared / "levircd" / "A" / f"test_{i}.png"
+            q = shared / "levircd" / pair[-1] / f"test_{i}.png"
+            pack = out_dir / f"levir_{i}"
+            if not pack.exists():
+                _run(["tiles", "build", "--ortho", str(a), "--source-gsd-m", "0.5", "--out", str(pack),
+                      "--model", model, "-q"])
+            js = out_dir / f"levir_{i}_{pair[-1]}.json"
+            _run(["eval", "--pack", str(pack), "--queries-from", str(q), "--source-gsd-m", "0.5",
+                  "--views", str(max(views // 5, 10)), "--heading", "known", "--json", str(js), "-q"])
+            agg.append(json.loads(js.read_text()))
+        results.append((f"LEVIR-CD map A, views {pair[-1]} (5 scenes, heading known)", _pool(agg)))
+    rows = ["| case | tiles | views | D->S R@1 | R@5 | R@10 | AP | S->D R@1 | S->D AP | error median / p90 m |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results:
+        d, s, e = r["drone_to_sat"], r["sat_to_drone"], r["error_m"]
+        rows.append(f"| {name} | {r['n_tiles']} | {r['n_queries']} | {d['r1']:.3f} | {d['r5']:.3f} | "
+                    f"{d['r10']:.3f} | {d['ap']:.3f} | {s['r1']:.3f} | {s['ap']:.3f} | "
+                    f"{e['median']:.0f} / {e['p90']:.0f} |")
+    table = "\n".join(rows)
+    (out_dir / "retrieval.md").write_text(table + "\n")
+    return table
+
+
+def _pool(results: list[dict]) -> dict:
+    """Combine per-scene results, weighting each by its number of queries."""
+    def avg(section, key):
+        w = np.array([r[section]["n_queries"] for r in results], float)
+        return float(np.sum(w * [r[section][key] for r in results]) / w.sum())
+    out = {sec: {k: avg(sec, k) for k in ("r1", "r5", "r10", "ap")} for sec in ("drone_to_sat", "sat_to_drone")}
+    out["error_m"] = {"median": float(np.mean([r["error_m"]["median"] for r in results])),
+                      "p90": float(np.mean([r["error_m"]["p90"] for r in results]))}
+    out["n_tiles"] = f"{sum(r['n_tiles'] for r in results)} (5 packs)"
+    out["n_queries"] = sum(r["n_queries"] for r in results)
+    return out
+
+
+def main(what: str, args) -> int:
+    if what in ("embed", "all"):
+        print(bench_embed(args.model))
+    if what in ("faiss", "all"):
+        print(bench_faiss(args.pack, args.n_synthetic))
+    if what in ("retrieval", "all"):
+        print(bench_retrieval(args.model, args.out, args.views))
+    return 0
