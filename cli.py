@@ -105,7 +105,9 @@ def cmd_crossview_check(args) -> int:
                           load_embedder(args.model, "sat", cfg.model))
     for name, s, b, m in zip(res["views"], res["sim_sat"], res["best_sim_scene_b"], res["margin"]):
         print(f"{name:12s} sim(s0) {s:.3f}  best sim(scene B) {b:.3f}  margin {m:+.3f}")
-    print(f"{res['passed']}/{res['total']} scene-A views rank their satellite image first")
+    print(f"{res['passed']}/{res['total']} scene-A views rank their satellite image first; mean "
+          f"drone-drone similarity within scene A {res['mean_sim_within_a']:.3f}, A to B "
+          f"{res['mean_sim_a_to_b']:.3f}")
     return 0 if res["passed"] == res["total"] else 1
 
 

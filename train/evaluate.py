@@ -181,6 +181,8 @@ def crossview_smoke(data_dir: str | Path, drone_embedder, sat_embedder) -> dict:
     sim_s0 = (a @ s0.T)[:, 0]
     sim_b = (a @ b.T).max(axis=1)
     margins = sim_s0 - sim_b
-    return {"views": [p.name for p in a_paths], "sim_sat": sim_s0.tolist(),
+    within = a @ a.T
+    return {"mean_sim_within_a": float(within[~np.eye(len(a), dtype=bool)].mean()),
+            "mean_sim_a_to_b": float((a @ b.T).mean()),"views": [p.name for p in a_paths], "sim_sat": sim_s0.tolist(),
             "best_sim_scene_b": sim_b.tolist(), "margin": margins.tolist(),
             "passed": int((margins > 0).sum()), "total": len(a_paths)}
