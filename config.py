@@ -72,11 +72,71 @@ class EvalConfig:
 
 
 @dataclass
+class NavConfig:
+    """The onboard loop: search, refinement, filter and the confidence gate."""
+
+    pack: str = ""
+    model: str = ""                  # model dir from `skyfix export onnx` (drone.onnx, sat.onnx)
+    keypoints: str = "sift"          # sift | orb
+    top_k: int = 5                   # tiles refined per frame
+    window_min_m: float = 60.0       # prior window radius bounds around the predicted position
+    window_max_m: float = 300.0
+    global_max_candidates: int = 10  # candidates tried per frame when lost (bounds CPU)
+    min_inliers: int = 25            # homography inliers for a usable measurement
+    min_inlier_ratio: float = 0.3
+    ambiguity_ratio: float = 0.6     # a far candidate with >= this share of the best inliers: ambiguous
+    max_rotation_deg: float = 20.0   # heading disagreement tolerated when heading is known
+    max_scale_error: float = 0.25    # |scale - 1| tolerated when height is known
+    confirm_measurements: int = 3    # consistent measurements before a new track is published
+    max_accuracy_m: float = 15.0     # never publish a fix less accurate than this (DRMS)
+    accel_sigma_m_s2: float = 2.0    # filter process noise
+    attitude_sigma_deg: float = 1.0  # telemetry attitude error, enters the measurement accuracy
+    lost_after_s: float = 5.0        # no accepted measurement for this long: re-acquire globally
+    fallback_agl_m: float = 0.0      # height to assume when telemetry has none (0: refuse frame)
+    telemetry_max_age_s: float = 0.5
+    gallery_size: int = 2000
+
+
+@dataclass
+class BridgeConfig:
+    """MAVLink link to the flight controller and the fix publisher."""
+
+    connection: str = "udpin:0.0.0.0:14550"
+    protocol: str = "ardupilot"      # ardupilot (GPS_INPUT) | px4 (GLOBAL_POSITION_SENSOR)
+    rate_hz: float = 10.0
+    max_fix_age_s: float = 1.5       # stop publishing when the newest measurement is older
+    vert_accuracy_m: float = 5.0
+    link_timeout_s: float = 3.0
+    source_system: int = 1
+
+
+@dataclass
+class SimConfig:
+    """The simulated flight."""
+
+    route: str = "straight"          # straight | lawnmower | waypoints
+    waypoints_en_m: list = field(default_factory=list)  # [[east, north], ...] for route=waypoints
+    length_m: float = 1500.0
+    alt_agl_m: float = 120.0
+    speed_m_s: float = 12.0
+    camera_hz: float = 3.0
+    attitude_noise_deg: float = 0.5  # telemetry noise on roll/pitch/yaw (1 sigma)
+    tilt_deg: float = 3.0            # true attitude wobble amplitude
+    alt_noise_m: float = 1.0
+    photometric: bool = True
+    duration_s: float = 0.0          # 0: fly the whole route
+    seed: int = 0
+
+
+@dataclass
 class SkyfixConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     tiles: TilesConfig = field(default_factory=TilesConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    nav: NavConfig = field(default_factory=NavConfig)
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
 
 
 def _closest(key: str, valid) -> str:

@@ -75,7 +75,7 @@ def rectify(image_rgb: np.ndarray, cam: PinholeCamera, roll_rad: float, pitch_ra
 
     Uses the estimated attitude and height (a wrong yaw leaves the crop rotated by the error, a
     wrong height scales it). Returns (crop uint8 out_px x out_px x 3, inside_frac: share of the
-    crop the frame covers).
+    crop the frame covers, (north_m, east_m) of the crop centre relative to the camera's nadir).
     """
     h_ig = image_from_ground(cam, roll_rad, pitch_rad, yaw_rad, 0.0, 0.0, agl_m)
     cn, ce = ground_of_pixel(h_ig, cam.cx_px, cam.cy_px)
@@ -89,4 +89,4 @@ def rectify(image_rgb: np.ndarray, cam: PinholeCamera, roll_rad: float, pitch_ra
     crop = cv2.warpPerspective(src, h, (out_px, out_px), flags=flags, borderValue=(0, 0, 0))
     inside = cv2.warpPerspective(np.ones(image_rgb.shape[:2], np.uint8), h, (out_px, out_px),
                                  flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0)
-    return crop, float(inside.mean())
+    return crop, float(inside.mean()), (cn, ce)

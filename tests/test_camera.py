@@ -32,7 +32,7 @@ def test_rectify_inverts_render(textured_canvas, yaw_deg):
     pose = ViewPose(40.0, -30.0, 120.0, np.radians(4), np.radians(-6), np.radians(yaw_deg))
     frame, valid, (e, n) = render_view(textured_canvas, CAM, pose)
     assert valid == 1.0
-    crop, inside = rectify(frame, CAM, pose.roll_rad, pose.pitch_rad, pose.yaw_rad, pose.agl_m, 80.0, 96)
+    crop, inside, _ = rectify(frame, CAM, pose.roll_rad, pose.pitch_rad, pose.yaw_rad, pose.agl_m, 80.0, 96)
     ref, _ = textured_canvas.render(e, n, 80.0, 96)
     mask = crop.sum(axis=2) > 0
     err = np.abs(crop.astype(int) - ref)[mask].mean()

@@ -1,0 +1,76 @@
+"""Constant-velocity Kalman filter in local east/north metres, with an innovation gate."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+CHI2_2DOF_999 = 13.82  # 99.9 % gate for a 2-D innovation
+
+
+@dataclass
+class FilterState:
+    t_s: float
+    x: np.ndarray  # [east_m, north_m, vel_east_m_s, vel_north_m_s]
+    P: np.ndarray  # 4 x 4 covariance
+
+
+class ConstantVelocityFilter:
+    """State [e, n, ve, vn]; white-acceleration process noise `accel_sigma_m_s2`.
+
+    `update` returns (accepted, mahalanobis_d2): a measurement whose innovation is outside the
+    gate is rejected and leaves the state untouched.
+    """
+
+    def __init__(self, accel_sigma_m_s2: float = 2.0, init_speed_sigma_m_s: float = 10.0,
+                 gate_d2: float = CHI2_2DOF_999):
+        self.q, self.v0, self.gate_d2 = accel_sigma_m_s2, init_speed_sigma_m_s, gate_d2
+        self.state: Optional[FilterState] = None
+
+    def reset(self, t_s: float, east_m: float, north_m: float, sigma_m: float) -> None:
+        P = np.diag([sigma_m ** 2, sigma_m ** 2, self.v0 ** 2, self.v0 ** 2])
+        self.state = FilterState(t_s, np.array([east_m, north_m, 0.0, 0.0]), P)
+
+    def _transition(self, dt: float):
+        F = np.eye(4)
+        F[0, 2] = F[1, 3] = dt
+        g = np.array([[dt ** 2 / 2, 0], [0, dt ** 2 / 2], [dt, 0], [0, dt]])
+        return F, self.q ** 2 * g @ g.T
+
+    def predict(self, t_s: float) -> FilterState:
+        """State propagated to t_s (does not change the filter)."""
+        s = self.state
+        dt = max(t_s - s.t_s, 0.0)
+        F, Q = self._transition(dt)
+        return FilterState(t_s, F @ s.x, F @ s.P @ F.T + Q)
+
+    def innovation_d2(self, t_s: float, east_m: float, north_m: float, sigma_m: float) -> float:
+        p = self.predict(t_s)
+        y = np.array([east_m, north_m]) - p.x[:2]
+        S = p.P[:2, :2] + np.eye(2) * sigma_m ** 2
+        return float(y @ np.linalg.solve(S, y))
+
+    def update(self, t_s: float, east_m: float, north_m: float, sigma_m: float) -> tuple[bool, float]:
+        p = self.predict(t_s)
+        H = np.zeros((2, 4))
+        H[0, 0] = H[1, 1] = 1.0
+        y = np.array([east_m, north_m]) - p.x[:2]
+        S = p.P[:2, :2] + np.eye(2) * sigma_m ** 2
+        d2 = float(y @ np.linalg.solve(S, y))
+        if d2 > self.gate_d2:
+            return False, d2
+        K = p.P @ H.T @ np.linalg.inv(S)
+        x = p.x + K @ y
+        P = (np.eye(4) - K @ H) @ p.P
+        self.state = FilterState(t_s, x, 0.5 * (P + P.T))
+        return True, d2
+
+    @staticmethod
+    def horiz_accuracy_m(state: FilterState) -> float:
+        """DRMS: sqrt(var_e + var_n), the radius holding ~63-68 % of the error."""
+        return float(np.sqrt(state.P[0, 0] + state.P[1, 1]))
+
+    @staticmethod
+    def speed_accuracy_m_s(state: FilterState) -> float:
+        return float(np.sqrt(state.P[2, 2] + state.P[3, 3]))

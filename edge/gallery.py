@@ -1,0 +1,72 @@
+"""FrameGallery: recent frame embeddings with their fixes, for satellite -> drone queries
+("which frames saw this tile?")."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from skyfix.contracts import Fix
+from skyfix.errors import SkyfixError
+
+
+class FrameGallery:
+    """A bounded ring of (embedding D, t_capture_us, frame id, fix or None); thread-safe."""
+
+    def __init__(self, capacity: int, dim: int, model_id: str):
+        self.capacity, self.dim, self.model_id = capacity, dim, model_id
+        self.vectors = np.zeros((capacity, dim), np.float32)
+        self.t_us = np.zeros(capacity, np.int64)
+        self.frame_ids = np.empty(capacity, object)
+        self.lat_lon = np.full((capacity, 2), np.nan)
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return min(self.count, self.capacity)
+
+    def add(self, vector: np.ndarray, t_capture_us: int, frame_id: str, fix: Optional[Fix]) -> None:
+        with self._lock:
+            i = self.count % self.capacity
+            self.vectors[i], self.t_us[i], self.frame_ids[i] = vector, t_capture_us, frame_id
+            self.lat_lon[i] = (fix.lat_deg, fix.lon_deg) if fix is not None else (np.nan, np.nan)
+            self.count += 1
+
+    def query(self, vectors: np.ndarray, k: int = 5) -> list[list[dict]]:
+        """For each float32 query vector (N x D, e.g. a satellite tile from the sat tower), the
+        k most similar frames: [{'frame_id', 't_capture_us', 'score', 'lat_deg', 'lon_deg'}]."""
+        q = np.atleast_2d(vectors).astype(np.float32)
+        if q.shape[1] != self.dim:
+            raise SkyfixError(f"query dim {q.shape[1]} != gallery dim {self.dim}")
+        with self._lock:
+            n = len(self)
+            scores = q @ self.vectors[:n].T
+            out = []
+            for row in scores:
+                top = np.argsort(-row)[:k]
+                out.append([{"frame_id": self.frame_ids[i], "t_capture_us": int(self.t_us[i]),
+                             "score": float(row[i]), "lat_deg": float(self.lat_lon[i, 0]),
+                             "lon_deg": float(self.lat_lon[i, 1])} for i in top])
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        with self._lock:
+            n = len(self)
+            np.savez(path, vectors=self.vectors[:n], t_us=self.t_us[:n],
+                     frame_ids=np.array(self.frame_ids[:n], dtype=str), lat_lon=self.lat_lon[:n],
+                     model_id=np.array(self.model_id))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FrameGallery":
+        try:
+            z = np.load(path, allow_pickle=False)
+            g = cls(max(len(z["vectors"]), 1), z["vectors"].shape[1], str(z["model_id"]))
+            for v, t, f, ll in zip(z["vectors"], z["t_us"], z["frame_ids"], z["lat_lon"]):
+                g.add(v, int(t), str(f), None)
+                g.lat_lon[(g.count - 1) % g.capacity] = ll
+        except (OSError, KeyError, ValueError) as exc:
+            raise SkyfixError(f"cannot read frame gallery {path}: {exc}") from exc
+        return g

@@ -1,0 +1,201 @@
+"""A MAVLink link to the flight controller (pymavlink): telemetry in, messages out, heartbeat,
+link health and reconnection.
+
+Connection strings are pymavlink's: `udpin:0.0.0.0:14550`, `udpout:192.168.1.2:14550`,
+`tcp:127.0.0.1:5760`, `/dev/ttyTHS1:921600` (serial), or a recorded `flight.tlog` (replay).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from skyfix.contracts import Telemetry
+from skyfix.errors import SkyfixError, require
+from skyfix.firmware_bridge.messages import mavlink_module
+
+log = logging.getLogger("skyfix.link")
+
+TELEMETRY_TYPES = ["ATTITUDE", "GLOBAL_POSITION_INT", "ALTITUDE", "DISTANCE_SENSOR", "SYSTEM_TIME",
+                   "HEARTBEAT"]
+
+
+@dataclass
+class TelemetryStore:
+    """Latest telemetry messages with their monotonic receive times; thread-safe."""
+
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    latest: dict = field(default_factory=dict)           # type -> (message, t_recv_mono_s)
+    unix_offset_s: Optional[float] = None                 # FC unix time - local monotonic
+    boot_offset_s: Optional[float] = None                 # FC boot time - local monotonic
+    received: int = 0
+
+    def update(self, msg, t_mono_s: float) -> None:
+        kind = msg.get_type()
+        with self._lock:
+            self.received += 1
+            self.latest[kind] = (msg, t_mono_s)
+            if kind == "SYSTEM_TIME":
+                if msg.time_unix_usec > 0:
+                    self.unix_offset_s = msg.time_unix_usec / 1e6 - t_mono_s
+                self.boot_offset_s = msg.time_boot_ms / 1e3 - t_mono_s
+
+    def get(self, kind: str, max_age_s: float, now_mono_s: float):
+        with self._lock:
+            item = self.latest.get(kind)
+        if item is None or now_mono_s - item[1] > max_age_s:
+            return None
+        return item[0]
+
+    def last_receive_s(self) -> Optional[float]:
+        with self._lock:
+            return max((t for _, t in self.latest.values()), default=None)
+
+    def snapshot(self, now_mono_s: float, max_age_s: float = 0.5) -> Telemetry:
+        """The contracts.Telemetry view; fields older than max_age_s are None (never stale data).
+
+        Height above ground: the rangefinder (DISTANCE_SENSOR) when fresh and in range, else
+        ALTITUDE.altitude_relative, else GLOBAL_POSITION_INT.relative_alt (flat-ground assumption).
+        """
+        att = self.get("ATTITUDE", max_age_s, now_mono_s)
+        agl = None
+        rng = self.get("DISTANCE_SENSOR", max_age_s, now_mono_s)
+        if rng is not None and rng.min_distance < rng.current_distance < rng.max_distance:
+            agl = rng.current_distance / 100.0
+        alt = self.get("ALTITUDE", max_age_s, now_mono_s)
+        gpi = self.get("GLOBAL_POSITION_INT", max_age_s, now_mono_s)
+        if agl is None and alt is not None:
+            agl = float(alt.altitude_relative)
+        if agl is None and gpi is not None:
+            agl = gpi.relative_alt / 1000.0
+        msl = float(alt.altitude_amsl) if alt is not None else (gpi.alt / 1000.0 if gpi is not None else None)
+        boot = self.boot_offset_s
+        return Telemetry(
+            t_boot_us=int((now_mono_s + boot) * 1e6) if boot is not None else int(now_mono_s * 1e6),
+            roll_rad=att.roll if att else None, pitch_rad=att.pitch if att else None,
+            yaw_rad=att.yaw if att else None, alt_agl_m=agl, alt_msl_m=msl)
+
+    def unix_us(self, now_mono_s: float) -> int:
+        """FC unix time (from SYSTEM_TIME) at a local monotonic time; the host clock if unknown."""
+        if self.unix_offset_s is not None:
+            return int((now_mono_s + self.unix_offset_s) * 1e6)
+        return int((now_mono_s + (time.time() - time.monotonic())) * 1e6)
+
+
+class MavlinkBridge:
+    """Owns the connection: a receive thread, a 1 Hz heartbeat, and reconnection after silence."""
+
+    def __init__(self, connection: str, source_system: int = 1, link_timeout_s: float = 3.0,
+                 heartbeat_hz: float = 1.0, target_system: int = 1, target_component: int = 1):
+        self.connection, self.source_system = connection, source_system
+        self.link_timeout_s, self.heartbeat_hz = link_timeout_s, heartbeat_hz
+        self.target_system, self.target_component = target_system, target_component
+        self.telemetry = TelemetryStore()
+        self._send_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.conn = None
+        self.reconnects = 0
+        self.sent = 0
+        self.bad_packets = 0
+        self._opened_s = 0.0
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def _open(self):
+        mavutil = require("pymavlink.mavutil")
+        m = mavlink_module()
+        try:
+            self.conn = mavutil.mavlink_connection(self.connection, source_system=self.source_system,
+                                                   source_component=m.MAV_COMP_ID_ONBOARD_COMPUTER,
+                                                   dialect="common", autoreconnect=True)
+        except Exception as exc:  # serial/socket errors come in many types
+            raise SkyfixError(f"cannot open MAVLink link '{self.connection}': {exc}") from exc
+        self._opened_s = time.monotonic()
+
+    def start(self) -> "MavlinkBridge":
+        self._open()
+        for target in (self._rx_loop, self._heartbeat_loop):
+            t = threading.Thread(target=target, daemon=True, name=f"mav-{target.__name__}")
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=2.0)
+        if self.conn is not None:
+            self.conn.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- health -------------------------------------------------------------------------------
+    def link_ok(self, now_mono_s: Optional[float] = None) -> bool:
+        """True when something arrived within link_timeout_s."""
+        last = self.telemetry.last_receive_s()
+        now = time.monotonic() if now_mono_s is None else now_mono_s
+        return last is not None and now - last <= self.link_timeout_s
+
+    def wait_for_heartbeat(self, timeout_s: float) -> bool:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if self.telemetry.get("HEARTBEAT", self.link_timeout_s, time.monotonic()) is not None:
+                return True
+            time.sleep(0.05)
+        return False
+
+    # ---- threads ------------------------------------------------------------------------------
+    def _rx_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                msg = self.conn.recv_match(type=TELEMETRY_TYPES + ["BAD_DATA"], blocking=True, timeout=0.2)
+            except Exception as exc:  # a broken socket or port: reconnect below
+                log.warning("MAVLink receive failed (%s); reconnecting", exc)
+                msg = None
+                self._reconnect()
+            now = time.monotonic()
+            if msg is not None:
+                if msg.get_type() == "BAD_DATA":
+                    self.bad_packets += 1  # broken packets are counted and dropped
+                else:
+                    self.telemetry.update(msg, now)
+            last = self.telemetry.last_receive_s() or self._opened_s
+            if now - max(last, self._opened_s) > self.link_timeout_s:
+                log.warning("MAVLink link silent for %.1f s; reconnecting", now - last)
+                self._reconnect()
+
+    def _reconnect(self) -> None:
+        with self._send_lock:
+            try:
+                self.conn.close()
+            except Exception:  # closing a dead link may fail; it is being replaced anyway
+                pass
+            try:
+                self._open()
+                self.reconnects += 1
+            except SkyfixError as exc:
+                log.warning("%s", exc)
+                self._stop.wait(1.0)
+
+    def _heartbeat_loop(self) -> None:
+        m = mavlink_module()
+        while not self._stop.wait(1.0 / self.heartbeat_hz):
+            self.send(lambda mav: mav.heartbeat_encode(m.MAV_TYPE_ONBOARD_CONTROLLER,
+                                                        m.MAV_AUTOPILOT_INVALID, 0, 0, m.MAV_STATE_ACTIVE))
+
+    def send(self, build) -> bool:
+        """Send `build(mav)` (a function returning an encoded message); False if the link failed."""
+        with self._send_lock:
+            try:
+                self.conn.mav.send(build(self.conn.mav))
+                self.sent += 1
+                return True
+            except Exception as exc:  # e.g. udpin before the peer spoke, or a closed serial port
+                log.debug("MAVLink send failed: %s", exc)
+                return False

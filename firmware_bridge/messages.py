@@ -1,0 +1,77 @@
+"""Encode skyfix fixes as MAVLink messages (pure functions; no sockets).
+
+ArduPilot reads GPS_INPUT (GPS1_TYPE=14); PX4 reads GLOBAL_POSITION_SENSOR (message 296).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+os.environ.setdefault("MAVLINK20", "1")  # MAVLink 2 before pymavlink is imported
+
+from skyfix.contracts import Fix  # noqa: E402
+from skyfix.errors import require  # noqa: E402
+
+GPS_EPOCH_UNIX_S = 315964800      # 1980-01-06T00:00:00Z
+GPS_LEAP_SECONDS = 18             # GPS - UTC since 2017-01-01
+SECONDS_PER_WEEK = 7 * 86400
+# Nominal user-equivalent range error: DOP = accuracy / UERE, so 3 m accuracy reads as HDOP 1.0.
+UERE_M = 3.0
+
+
+def mavlink_module():
+    """pymavlink's MAVLink 2 common dialect module."""
+    return require("pymavlink.dialects.v20.common")
+
+
+def gps_week_and_ms(unix_us: int) -> tuple[int, int]:
+    """Unix time (us, UTC) -> (GPS week, ms into the week), leap seconds applied."""
+    gps_ms = (unix_us // 1000) - GPS_EPOCH_UNIX_S * 1000 + GPS_LEAP_SECONDS * 1000
+    return int(gps_ms // (SECONDS_PER_WEEK * 1000)), int(gps_ms % (SECONDS_PER_WEEK * 1000))
+
+
+def dop_from_accuracy(accuracy_m: float) -> float:
+    return float(min(max(accuracy_m / UERE_M, 0.5), 99.0))
+
+
+def gps_input(mav, fix: Fix, unix_us: int, vert_accuracy_m: float, fix_type: int = 3,
+              satellites: int = 10, gps_id: int = 0, vel_down_m_s: float | None = None):
+    """GPS_INPUT for ArduPilot. Accuracy fields are filled and their ignore flags cleared.
+
+    Velocity is sent when the fix has it (otherwise its ignore flag is set, and the EKF must be
+    told not to use GPS velocity: EK3_SRC1_VELXY=0, EK3_SRC1_VELZ=0). fix_type >= 3 with a real
+    GPS week and week-ms lets ArduPilot jitter-correct the timestamps.
+    """
+    m = mavlink_module()
+    ignore = 0
+    has_vel = fix.vel_north_m_s is not None and fix.vel_east_m_s is not None
+    if not has_vel:
+        ignore |= m.GPS_INPUT_IGNORE_FLAG_VEL_HORIZ | m.GPS_INPUT_IGNORE_FLAG_SPEED_ACCURACY
+    if vel_down_m_s is None:
+        ignore |= m.GPS_INPUT_IGNORE_FLAG_VEL_VERT
+    week, week_ms = gps_week_and_ms(unix_us)
+    return mav.gps_input_encode(
+        time_usec=int(unix_us), gps_id=gps_id, ignore_flags=ignore, time_week_ms=week_ms,
+        time_week=week, fix_type=fix_type,
+        lat=int(round(fix.lat_deg * 1e7)), lon=int(round(fix.lon_deg * 1e7)), alt=float(fix.alt_msl_m),
+        hdop=dop_from_accuracy(fix.horiz_accuracy_m), vdop=dop_from_accuracy(vert_accuracy_m),
+        vn=float(fix.vel_north_m_s or 0.0), ve=float(fix.vel_east_m_s or 0.0),
+        vd=float(vel_down_m_s or 0.0),
+        speed_accuracy=float(fix.speed_accuracy_m_s if fix.speed_accuracy_m_s is not None else 99.0),
+        horiz_accuracy=float(fix.horiz_accuracy_m), vert_accuracy=float(vert_accuracy_m),
+        satellites_visible=satellites,
+        yaw=0 if fix.yaw_rad is None else int(round(math.degrees(fix.yaw_rad) % 360 * 100)) or 36000)
+
+
+def global_position_sensor(mav, fix: Fix, time_usec: int, processing_time_us: int,
+                           vert_accuracy_m: float, target_system: int = 1, target_component: int = 1,
+                           sensor_id: int = 0):
+    """GLOBAL_POSITION_SENSOR (296) for PX4, source VISION (map matching)."""
+    m = mavlink_module()
+    return mav.global_position_sensor_encode(
+        target_system=target_system, target_component=target_component, id=sensor_id,
+        time_usec=int(time_usec), processing_time=int(max(processing_time_us, 0)),
+        source=m.GLOBAL_POSITION_SRC_VISION, flags=m.GLOBAL_POSITION_PRIMARY,
+        lat=int(round(fix.lat_deg * 1e7)), lon=int(round(fix.lon_deg * 1e7)),
+        alt_ellipsoid=float("nan"), alt=float(fix.alt_msl_m),
+        eph=float(fix.horiz_accuracy_m), epv=float(vert_accuracy_m))

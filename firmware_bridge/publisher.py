@@ -1,0 +1,82 @@
+"""Publish position estimates to the autopilot at a steady rate, independent of the camera.
+
+Each message is a fresh estimate at its send time (the navigator's filter, propagated), never a
+stale fix re-sent as new. Publishing stops as soon as the newest accepted measurement is older
+than `max_age_s`: the autopilot then times the source out (ArduPilot after 4 s) instead of
+fusing a dead-reckoned guess.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Optional
+
+from skyfix.contracts import Fix
+from skyfix.errors import SkyfixError
+from skyfix.firmware_bridge import messages
+
+log = logging.getLogger("skyfix.publish")
+
+PROTOCOLS = ("ardupilot", "px4")
+
+
+class FixPublisher:
+    """A thread calling `estimate(now_mono_s) -> (Fix, measurement_age_s) | None` at rate_hz."""
+
+    def __init__(self, bridge, estimate: Callable[[float], Optional[tuple]], protocol: str = "ardupilot",
+                 rate_hz: float = 10.0, max_age_s: float = 1.5, vert_accuracy_m: float = 5.0):
+        if protocol not in PROTOCOLS:
+            raise SkyfixError(f"protocol must be one of {PROTOCOLS}, got '{protocol}'")
+        if not 0 < rate_hz <= 50:
+            raise SkyfixError(f"publish rate {rate_hz} Hz out of range (ArduPilot needs >= 5 Hz)")
+        self.bridge, self.estimate, self.protocol = bridge, estimate, protocol
+        self.rate_hz, self.max_age_s, self.vert_accuracy_m = rate_hz, max_age_s, vert_accuracy_m
+        self.sent = 0
+        self.withheld = 0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def build(self, mav, fix: Fix, now_mono_s: float):
+        """Encode one estimate for the configured autopilot."""
+        unix_us = self.bridge.telemetry.unix_us(now_mono_s)
+        if self.protocol == "ardupilot":
+            return messages.gps_input(mav, fix, unix_us, self.vert_accuracy_m)
+        processing_us = int(now_mono_s * 1e6) - fix.t_capture_us
+        return messages.global_position_sensor(
+            mav, fix, unix_us, processing_us, self.vert_accuracy_m,
+            self.bridge.target_system, self.bridge.target_component)
+
+    def publish_once(self, now_mono_s: float) -> bool:
+        est = self.estimate(now_mono_s)
+        if est is None or est[1] > self.max_age_s:
+            self.withheld += 1
+            return False
+        fix = est[0]
+        if self.bridge.send(lambda mav: self.build(mav, fix, now_mono_s)):
+            self.sent += 1
+            return True
+        return False
+
+    def _loop(self) -> None:
+        period = 1.0 / self.rate_hz
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self.publish_once(time.monotonic())
+            except Exception:  # never let one bad estimate kill the publishing thread
+                log.exception("publishing failed")
+            next_t += period
+            # Fixed schedule (no drift); if we fell behind, skip ahead rather than burst.
+            next_t = max(next_t, time.monotonic())
+            self._stop.wait(max(0.0, next_t - time.monotonic()))
+
+    def start(self) -> "FixPublisher":
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="fix-publisher")
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
