@@ -111,6 +111,71 @@ def cmd_crossview_check(args) -> int:
     return 0 if res["passed"] == res["total"] else 1
 
 
+# ---- onboard --------------------------------------------------------------------------------
+def _sim_overrides(args) -> dict:
+    return {"route": args.route, "alt_agl_m": args.alt_agl_m, "duration_s": args.duration_s,
+            "length_m": args.length_m, "speed_m_s": args.speed_m_s, "seed": args.seed}
+
+
+def cmd_sim(args) -> int:
+    from skyfix.edge.sim import format_summary, run_sim
+    cfg = _config(args, sim=_sim_overrides(args), bridge={"protocol": args.protocol})
+    model = args.model or _pack_model(args.pack)
+    summary = run_sim(args.pack, model, cfg, frames_from=args.frames_from,
+                      source_gsd_m=args.source_gsd_m, out_dir=args.out, progress=not args.quiet)
+    print(format_summary(summary))
+    print(f"track: {Path(args.out) / 'track.png'}, {Path(args.out) / 'track.csv'}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _pack_model(pack_path: str) -> str:
+    from skyfix.tiles.pack import TilePack
+    return TilePack.open(pack_path).manifest.get("model_source") or "imagenet"
+
+
+def cmd_demo(args) -> int:
+    from skyfix.demo import run_demo
+    return run_demo(args.ortho, args.out, args.duration_s, args.source_gsd_m)
+
+
+def cmd_fly(args) -> int:
+    from skyfix.edge.fly import run_fly
+    cfg = _config(args)
+    print(json.dumps(run_fly(cfg, max_frames=args.max_frames), indent=2))
+    return 0
+
+
+def cmd_query(args) -> int:
+    import numpy as np
+
+    from skyfix.edge.embedders import load_embedder
+    from skyfix.edge.gallery import FrameGallery
+    from skyfix.errors import ModelMismatch
+    from skyfix.tiles.pack import TilePack
+    pack = TilePack.open(args.pack)
+    gallery = FrameGallery.load(args.gallery)
+    if gallery.model_id != pack.model_id:
+        raise ModelMismatch(f"gallery model {gallery.model_id} != pack model {pack.model_id}")
+    sat = load_embedder(args.model or pack.manifest.get("model_source") or "imagenet", "sat")
+    if args.tile_id is not None:
+        tile = pack.tile(args.tile_id)
+    else:
+        e, n, _ = pack.frame.to_enu(args.lat, args.lon)
+        d = np.hypot(pack.east_m - e, pack.north_m - n)
+        tile = pack.tile(int(np.argmin(d)))
+    img = pack.canvas().render(tile.east_m, tile.north_m, tile.size_m, sat.input_px)[0]
+    hits = gallery.query(sat.embed(img[None]), args.k)[0]
+    print(f"tile {tile.tile_id} at {tile.lat_deg:.6f}, {tile.lon_deg:.6f}: frames that saw it")
+    for h in hits:
+        where = f"fix {h['lat_deg']:.6f}, {h['lon_deg']:.6f}" if np.isfinite(h["lat_deg"]) else "no fix"
+        print(f"  {h['frame_id']}  score {h['score']:.3f}  t {h['t_capture_us'] / 1e6:.2f} s  {where}")
+    return 0
+
+
 # ---- bench ----------------------------------------------------------------------------------
 def cmd_bench(args) -> int:
     from skyfix import bench
@@ -175,6 +240,47 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", default="imagenet")
     c.add_argument("--config")
     c.set_defaults(func=cmd_crossview_check)
+
+    si = sub.add_parser("sim", help="fly a simulated drone over a map, skyfix in the loop over MAVLink")
+    si.add_argument("--pack", required=True)
+    si.add_argument("--ortho", help="accepted for symmetry with demo; frames come from --frames-from or the pack's map")
+    si.add_argument("--frames-from", help="render the camera frames from this image (e.g. another date)")
+    si.add_argument("--source-gsd-m", type=float, help="GSD of a non-georeferenced --frames-from image")
+    si.add_argument("--model", help="default: the model recorded in the pack")
+    si.add_argument("--route", choices=["straight", "lawnmower", "waypoints"])
+    si.add_argument("--alt-agl-m", type=float)
+    si.add_argument("--duration-s", type=float)
+    si.add_argument("--length-m", type=float)
+    si.add_argument("--speed-m-s", type=float)
+    si.add_argument("--seed", type=int)
+    si.add_argument("--protocol", choices=["ardupilot", "px4"])
+    si.add_argument("--out", default="out/sim")
+    si.add_argument("--json")
+    si.add_argument("--config")
+    si.add_argument("-q", "--quiet", action="store_true")
+    si.set_defaults(func=cmd_sim)
+
+    de = sub.add_parser("demo", help="build what is needed and fly a simulated flight over a map")
+    de.add_argument("--ortho", help="your own GeoTIFF (default: the shared Colorado map, else a generated one)")
+    de.add_argument("--source-gsd-m", type=float, help="GSD of a non-georeferenced --ortho image")
+    de.add_argument("--out", default="out/demo")
+    de.add_argument("--duration-s", type=float, default=120.0)
+    de.set_defaults(func=cmd_demo)
+
+    fl = sub.add_parser("fly", help="the onboard loop on real hardware")
+    fl.add_argument("--config", required=True, help="edge.yaml: nav (pack, model, source), bridge, camera")
+    fl.add_argument("--max-frames", type=int, default=0)
+    fl.set_defaults(func=cmd_fly)
+
+    qu = sub.add_parser("query", help="satellite -> drone: which frames saw this tile")
+    qu.add_argument("--pack", required=True)
+    qu.add_argument("--gallery", required=True, help="gallery.npz written by fly/sim")
+    qu.add_argument("--tile-id", type=int)
+    qu.add_argument("--lat", type=float)
+    qu.add_argument("--lon", type=float)
+    qu.add_argument("--k", type=int, default=5)
+    qu.add_argument("--model")
+    qu.set_defaults(func=cmd_query)
 
     bn = sub.add_parser("bench", help="benchmarks that print tables")
     bn.add_argument("what", choices=["embed", "faiss", "retrieval", "all"])

@@ -53,6 +53,11 @@ class CameraConfig:
     width_px: int = 640
     height_px: int = 480
     hfov_deg: float = 70.0
+    # Calibrated intrinsics (pixels) override hfov_deg when given. Undistorted images assumed.
+    fx_px: Optional[float] = None
+    fy_px: Optional[float] = None
+    cx_px: Optional[float] = None
+    cy_px: Optional[float] = None
 
 
 @dataclass
@@ -77,6 +82,10 @@ class NavConfig:
 
     pack: str = ""
     model: str = ""                  # model dir from `skyfix export onnx` (drone.onnx, sat.onnx)
+    source: str = "0"                # camera index, video file, GStreamer pipeline, or image folder
+    telemetry_csv: str = ""          # replay: per-image attitude/height for an image folder
+    replay_rate_hz: float = 0.0      # replay speed for an image folder (0: as fast as possible)
+    gallery_out: str = "out/fly/gallery.npz"
     keypoints: str = "sift"          # sift | orb
     top_k: int = 5                   # tiles refined per frame
     window_min_m: float = 60.0       # prior window radius bounds around the predicted position

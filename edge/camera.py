@@ -30,6 +30,15 @@ class PinholeCamera:
         f = width_px / 2 / np.tan(np.radians(hfov_deg) / 2)
         return cls(width_px, height_px, f, f, (width_px - 1) / 2, (height_px - 1) / 2)
 
+    @classmethod
+    def from_config(cls, cfg) -> "PinholeCamera":
+        """From a CameraConfig: calibrated intrinsics when given, else the horizontal FOV."""
+        if cfg.fx_px is None:
+            return cls.from_hfov(cfg.width_px, cfg.height_px, cfg.hfov_deg)
+        return cls(cfg.width_px, cfg.height_px, cfg.fx_px, cfg.fy_px or cfg.fx_px,
+                   cfg.cx_px if cfg.cx_px is not None else (cfg.width_px - 1) / 2,
+                   cfg.cy_px if cfg.cy_px is not None else (cfg.height_px - 1) / 2)
+
     def K(self) -> np.ndarray:
         return np.array([[self.fx_px, 0, self.cx_px], [0, self.fy_px, self.cy_px], [0, 0, 1.0]])
 

@@ -295,7 +295,7 @@ def run_sim(pack_path: str | Path, model: str, cfg, frames_from: Optional[str] =
         frames_canvas = load_canvas(frames_from, pack.canvas().gsd_m, source_gsd_m=source_gsd_m, frame=pack.frame)
     else:
         frames_canvas = pack.canvas()
-    cam = PinholeCamera.from_hfov(cfg.camera.width_px, cfg.camera.height_px, cfg.camera.hfov_deg)
+    cam = PinholeCamera.from_config(cfg.camera)
     # Keep the whole footprint on the map: half its diagonal plus the tilt.
     half_diag = cfg.sim.alt_agl_m / cam.fx_px * math.hypot(cam.width_px, cam.height_px) / 2
     margin = half_diag + cfg.sim.alt_agl_m * math.tan(math.radians(cfg.sim.tilt_deg + 2))

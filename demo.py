@@ -1,0 +1,63 @@
+"""`skyfix demo`: from a fresh clone to a simulated flight in the loop, in one command."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from skyfix.config import load_config
+
+REPO = Path(__file__).resolve().parent
+SHARED_COLORADO = REPO / ".." / "shared" / "data" / "colorado_z18" / "mosaic_epsg3857.tif"
+
+
+def pick_map(ortho: Optional[str], out: Path, source_gsd_m: Optional[float]):
+    """(map path, source GSD or None, description): the user's, the shared Colorado, or generated."""
+    if ortho:
+        return Path(ortho), source_gsd_m, f"your map {ortho}"
+    if SHARED_COLORADO.exists():
+        return SHARED_COLORADO.resolve(), None, "the shared Colorado map (../shared/data/colorado_z18)"
+    from skyfix.tiles.synthetic import write_synthetic_map
+    path = out / "generated_map.png"
+    if not path.exists():
+        write_synthetic_map(path)
+    return path, 0.5, f"a generated map ({path}, 1 km at 0.5 m/px; ../shared/data not found)"
+
+
+def ensure_model(out: Path) -> Path:
+    """The ImageNet-initialised towers exported to ONNX (done once)."""
+    model_dir = out / "model"
+    if not (model_dir / "model.yaml").exists():
+        from skyfix.export.onnx_export import export_onnx
+        from skyfix.train.towers import build_towers
+        print("exporting the ImageNet-initialised towers to ONNX (once)...")
+        export_onnx(build_towers(load_config().model), model_dir)
+    return model_dir
+
+
+def run_demo(ortho: Optional[str], out: str | Path, duration_s: float, source_gsd_m: Optional[float]) -> int:
+    from skyfix.edge.embedders import load_embedder
+    from skyfix.edge.sim import format_summary, run_sim
+    from skyfix.errors import PackError
+    from skyfix.tiles.build import build_pack
+    from skyfix.tiles.pack import TilePack
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    map_path, gsd, what = pick_map(ortho, out, source_gsd_m)
+    print(f"map: {what}")
+    model_dir = ensure_model(out)
+    cfg = load_config(overrides={"sim": {"route": "lawnmower", "duration_s": duration_s,
+                                         "length_m": 1500.0}})
+    pack_dir = out / "pack"
+    embedder = load_embedder(model_dir, "sat")
+    try:
+        pack = TilePack.open(pack_dir, expect_model_id=embedder.model_id)
+        if pack.manifest["source"] != str(map_path):
+            raise PackError("pack is for another map")
+    except PackError:
+        build_pack(map_path, pack_dir, cfg, embedder, model_source=str(model_dir), source_gsd_m=gsd)
+    print(f"flying {duration_s:.0f} s of a lawnmower survey at {cfg.sim.alt_agl_m:.0f} m AGL "
+          "(real time; skyfix <-> simulated autopilot over MAVLink/UDP)...")
+    summary = run_sim(pack_dir, str(model_dir), cfg, out_dir=out / "flight")
+    print(format_summary(summary))
+    print(f"map used: {what}\nplot: {out / 'flight' / 'track.png'}; track: {out / 'flight' / 'track.csv'}")
+    return 0

@@ -1,0 +1,74 @@
+"""`skyfix fly`: the onboard loop on real hardware (camera + flight controller over MAVLink)."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+from skyfix.contracts import Frame
+from skyfix.errors import SkyfixError
+
+log = logging.getLogger("skyfix.fly")
+
+
+def startup(cfg):
+    """Open and cross-check everything before flying; refuse with a message that says what was
+    expected, what was found and how to fix it. Returns (pack, embedder, camera)."""
+    from skyfix.edge.camera import PinholeCamera
+    from skyfix.edge.embedders import load_embedder
+    from skyfix.errors import ModelMismatch
+    from skyfix.tiles.pack import TilePack
+    if not cfg.nav.pack:
+        raise SkyfixError("nav.pack is not set: give the TilePack built for this region")
+    if not cfg.nav.model:
+        raise SkyfixError("nav.model is not set: give the model folder that built the pack")
+    pack = TilePack.open(cfg.nav.pack)
+    embedder = load_embedder(cfg.nav.model, "drone", cfg.model)
+    if embedder.model_id != pack.model_id:
+        raise ModelMismatch(f"model {cfg.nav.model} is {embedder.model_id} but pack {cfg.nav.pack} was "
+                            f"built by {pack.model_id}: rebuild the pack with this model, or fly the model "
+                            "that built it")
+    return pack, embedder, PinholeCamera.from_config(cfg.camera)
+
+
+def run_fly(cfg, link_wait_s: float = 10.0, max_frames: int = 0) -> dict:
+    """Fly until the source ends or SIGINT/SIGTERM; returns the reasons and timing summary."""
+    from skyfix.edge.navigator import Navigator
+    from skyfix.edge.sources import open_source
+    from skyfix.firmware_bridge.link import MavlinkBridge
+    from skyfix.firmware_bridge.publisher import FixPublisher
+    pack, embedder, cam = startup(cfg)
+    nav = Navigator(pack, embedder, cam, cfg.nav)
+    bridge = MavlinkBridge(cfg.bridge.connection, cfg.bridge.source_system, cfg.bridge.link_timeout_s).start()
+    source = None
+    publisher = None
+    stop = threading.Event()
+    try:
+        if not bridge.wait_for_heartbeat(link_wait_s):
+            raise SkyfixError(f"no HEARTBEAT on '{cfg.bridge.connection}' within {link_wait_s:.0f} s: "
+                              "check the cable/port, baud rate and the autopilot's SERIALn_PROTOCOL=2")
+        source = open_source(cfg.nav.source, cfg.nav.telemetry_csv or None, cfg.nav.replay_rate_hz)
+        publisher = FixPublisher(bridge, nav.estimate_at, cfg.bridge.protocol, cfg.bridge.rate_hz,
+                                 cfg.bridge.max_fix_age_s, cfg.bridge.vert_accuracy_m).start()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        n = 0
+        while not stop.is_set() and (not max_frames or n < max_frames):
+            sf = source.read()
+            if sf is None:
+                break
+            tel = sf.telemetry or bridge.telemetry.snapshot(time.monotonic(), cfg.nav.telemetry_max_age_s)
+            nav.step(Frame(sf.image_rgb, int(sf.t_capture_mono_s * 1e6), tel, sf.source_id))
+            n += 1
+    finally:
+        if publisher is not None:
+            publisher.close()
+        if source is not None:
+            source.close()
+        bridge.close()
+    Path(cfg.nav.gallery_out).parent.mkdir(parents=True, exist_ok=True)
+    nav.gallery.save(cfg.nav.gallery_out)
+    return {"frames": sum(nav.reasons.values()), "reasons": dict(nav.reasons),
+            "latency_ms": nav.timing_summary(), "published": publisher.sent if publisher else 0}

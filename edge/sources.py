@@ -1,0 +1,140 @@
+"""Frame sources: an OpenCV camera index, a video file or GStreamer pipeline, or a folder of
+images (EXIF time and GPS read with Pillow; an optional telemetry CSV supplies attitude and
+height for replay).
+
+A source's `read()` returns a `SourceFrame`, or None when it is exhausted; a frame that cannot
+be decoded comes back with `image_rgb=None` (the navigator answers it with a reason).
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from skyfix.contracts import Telemetry
+from skyfix.errors import SkyfixError, require
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+
+
+@dataclass
+class SourceFrame:
+    image_rgb: Optional[np.ndarray]
+    t_capture_mono_s: float
+    source_id: str
+    telemetry: Optional[Telemetry] = None   # only replay sources carry their own telemetry
+    exif: Optional[dict] = None
+
+
+class CaptureSource:
+    """cv2.VideoCapture: '0' (camera index), a video file, or a GStreamer pipeline ('... ! appsink')."""
+
+    def __init__(self, uri: str):
+        if uri.isdigit():
+            self.cap = cv2.VideoCapture(int(uri))
+        elif "!" in uri:
+            self.cap = cv2.VideoCapture(uri, cv2.CAP_GSTREAMER)
+        else:
+            if not Path(uri).exists():
+                raise SkyfixError(f"video not found: {uri}")
+            self.cap = cv2.VideoCapture(uri)
+        if not self.cap.isOpened():
+            raise SkyfixError(f"cannot open camera/video '{uri}' (for GStreamer, OpenCV must be "
+                              "built with it, as JetPack's is)")
+        self.uri, self.n = uri, 0
+
+    def read(self) -> Optional[SourceFrame]:
+        ok, bgr = self.cap.read()
+        t = time.monotonic()
+        if not ok:
+            return None
+        self.n += 1
+        return SourceFrame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), t, f"{Path(self.uri).name}#{self.n}")
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+def read_exif(path: str | Path) -> dict:
+    """{'time_utc': datetime|None, 'lat_deg', 'lon_deg', 'alt_m'} from a JPEG's EXIF (Pillow)."""
+    Image = require("PIL.Image")
+    out = {"time_utc": None, "lat_deg": None, "lon_deg": None, "alt_m": None}
+    with Image.open(path) as im:
+        exif = im.getexif()
+        stamp = exif.get_ifd(0x8769).get(36867) or exif.get(306)  # DateTimeOriginal, DateTime
+        if stamp:
+            out["time_utc"] = dt.datetime.strptime(stamp.strip("\x00"), "%Y:%m:%d %H:%M:%S")
+        gps = exif.get_ifd(0x8825)
+    if 2 in gps and 4 in gps:
+        def deg(v):
+            return float(v[0]) + float(v[1]) / 60 + float(v[2]) / 3600
+        out["lat_deg"] = deg(gps[2]) * (-1 if gps.get(1) == "S" else 1)
+        out["lon_deg"] = deg(gps[4]) * (-1 if gps.get(3) == "W" else 1)
+    if 6 in gps:
+        out["alt_m"] = float(gps[6]) * (-1 if gps.get(5) == b"\x01" else 1)
+    return out
+
+
+class FolderSource:
+    """Images of a folder in name order, replayed at `rate_hz` (0: as fast as read).
+
+    telemetry_csv columns: name, roll_deg, pitch_deg, yaw_deg, agl_m (one row per image; empty
+    cells mean unknown).
+    """
+
+    def __init__(self, folder: str | Path, telemetry_csv: Optional[str | Path] = None, rate_hz: float = 0.0):
+        self.paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.paths:
+            raise SkyfixError(f"no images in {folder}")
+        self.telemetry = _read_telemetry_csv(telemetry_csv) if telemetry_csv else {}
+        self.rate_hz, self.i, self._next = rate_hz, 0, time.monotonic()
+
+    def read(self) -> Optional[SourceFrame]:
+        if self.i >= len(self.paths):
+            return None
+        if self.rate_hz > 0:
+            time.sleep(max(0.0, self._next - time.monotonic()))
+            self._next += 1.0 / self.rate_hz
+        path = self.paths[self.i]
+        self.i += 1
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        t = time.monotonic()
+        img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if bgr is not None else None
+        try:
+            exif = read_exif(path) if img is not None else None
+        except Exception:  # Pillow raises many types for odd EXIF; a frame without EXIF is fine
+            exif = None
+        tel = self.telemetry.get(path.name)
+        if tel is not None:
+            tel = Telemetry(int(t * 1e6), **tel)
+        return SourceFrame(img, t, path.name, tel, exif)
+
+    def close(self) -> None:
+        pass
+
+
+def _read_telemetry_csv(path) -> dict:
+    def num(v, scale=1.0):
+        return float(v) * scale if v not in ("", None) else None
+    out = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            out[row["name"]] = {"roll_rad": num(row.get("roll_deg"), math.pi / 180),
+                                "pitch_rad": num(row.get("pitch_deg"), math.pi / 180),
+                                "yaw_rad": num(row.get("yaw_deg"), math.pi / 180),
+                                "alt_agl_m": num(row.get("agl_m"))}
+    return out
+
+
+def open_source(uri: str, telemetry_csv: Optional[str] = None, rate_hz: float = 0.0):
+    """A folder -> FolderSource; anything else -> CaptureSource (camera index, video, GStreamer)."""
+    if Path(uri).is_dir():
+        return FolderSource(uri, telemetry_csv, rate_hz)
+    return CaptureSource(uri)
