@@ -100,6 +100,7 @@ class NavConfig:
     max_accuracy_m: float = 15.0     # never publish a fix less accurate than this (DRMS)
     accel_sigma_m_s2: float = 2.0    # filter process noise
     attitude_sigma_deg: float = 1.0  # telemetry attitude error, enters the measurement accuracy
+    unknown_tilt_deg: float = 8.0    # tilt to allow for when attitude is missing (1 sigma)
     lost_after_s: float = 5.0        # no accepted measurement for this long: re-acquire globally
     fallback_agl_m: float = 0.0      # height to assume when telemetry has none (0: refuse frame)
     telemetry_max_age_s: float = 0.5

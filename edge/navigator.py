@@ -106,7 +106,8 @@ class Navigator:
         tel = frame.telemetry
         notes = []
         roll, pitch = (tel.roll_rad, tel.pitch_rad) if tel else (None, None)
-        if not (_finite(roll) and _finite(pitch)):
+        attitude_known = _finite(roll) and _finite(pitch)
+        if not attitude_known:
             roll = pitch = 0.0
             notes.append("attitude missing: assumed level")
         yaw = tel.yaw_rad if tel else None
@@ -151,7 +152,7 @@ class Navigator:
         c, s = math.cos(-corr), math.sin(-corr)
         east = best.east_m - (on * s + oe * c)
         north = best.north_m - (on * c - oe * s)
-        sigma = self._measurement_sigma_m(best, agl)
+        sigma = self._measurement_sigma_m(best, agl, attitude_known)
 
         t4 = time.perf_counter()
         with self._lock:
@@ -240,10 +241,14 @@ class Navigator:
             return f"implausible match: scale {best.scale:.2f} against the known height"
         return None
 
-    def _measurement_sigma_m(self, m: Match, agl_m: float) -> float:
-        """1-sigma per axis: keypoint fit, attitude error projected to the ground, map floor."""
+    def _measurement_sigma_m(self, m: Match, agl_m: float, attitude_known: bool = True) -> float:
+        """1-sigma per axis: keypoint fit, attitude error projected to the ground, map floor.
+
+        Without attitude the crop is taken as level: the unknown tilt moves the image centre by
+        up to agl * tan(tilt) from the vehicle, so it enters as a (much larger) error."""
         fit = 2.0 * m.rms_px * self.canvas.gsd_m / math.sqrt(max(m.inliers, 1))
-        attitude = agl_m * math.tan(math.radians(self.cfg.attitude_sigma_deg))
+        tilt_deg = self.cfg.attitude_sigma_deg if attitude_known else self.cfg.unknown_tilt_deg
+        attitude = agl_m * math.tan(math.radians(tilt_deg))
         return math.sqrt(fit ** 2 + attitude ** 2 + (2 * self.canvas.gsd_m) ** 2)
 
     def _fuse(self, t_s, east, north, sigma, match, t_capture_us, yaw_rad):

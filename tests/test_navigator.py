@@ -1,0 +1,150 @@
+"""The Navigator with real components (ONNX embedder, FAISS pack, SIFT, filter) on a generated
+map, and injected faults: the loop keeps running and publishes nothing wrong."""
+import math
+
+import numpy as np
+import pytest
+
+from skyfix.config import NavConfig
+from skyfix.contracts import Frame, Telemetry
+from skyfix.edge.camera import PinholeCamera
+from skyfix.edge.views import ViewPose, render_view
+from skyfix.geo import LocalFrame
+from skyfix.tiles.canvas import MapCanvas
+
+pytestmark = pytest.mark.slow
+CAM = PinholeCamera.from_hfov(480, 360, 70.0)
+AGL_M = 120.0
+
+
+@pytest.fixture(scope="module")
+def world(tiny_onnx_dir, tmp_path_factory):
+    from skyfix.edge.embedders import load_embedder
+    from skyfix.tiles.build import embed_tiles, tile_grid
+    from skyfix.tiles.pack import TilePack, write_pack
+    from skyfix.tiles.synthetic import synthetic_map
+    img = synthetic_map(1400, seed=3)  # 700 m at 0.5 m/px
+    canvas = MapCanvas(img, np.ones(img.shape[:2], bool), 0.5, LocalFrame(47.0, 8.0), -350.0, 350.0)
+    emb = load_embedder(tiny_onnx_dir, "drone")
+    tiles, _ = tile_grid(canvas, 100.0, 50.0)
+    vectors = embed_tiles(canvas, tiles, load_embedder(tiny_onnx_dir, "sat"), 32, progress=False)
+    path = write_pack(tmp_path_factory.mktemp("nav") / "pack", canvas, tiles, vectors,
+                      model_id=emb.model_id, tile_px=emb.input_px, stride_m=50.0)
+    return TilePack.open(path), emb, canvas
+
+
+@pytest.fixture()
+def nav(world):
+    from skyfix.edge.navigator import Navigator
+    pack, emb, _ = world
+    return Navigator(pack, emb, CAM, NavConfig(top_k=3, global_max_candidates=6))
+
+
+def _pose(t_s):
+    # A straight leg heading north-east at 10 m/s, gentle wobble.
+    yaw = math.radians(45)
+    return ViewPose(-150 + 7.07 * t_s, -150 + 7.07 * t_s, AGL_M, 0.02 * math.sin(t_s), 0.02 * math.cos(t_s), yaw)
+
+
+def _frame(canvas, t_s, i, **tel_override):
+    pose = _pose(t_s)
+    img, _, _ = render_view(canvas, CAM, pose)
+    tel = dict(t_boot_us=int(t_s * 1e6), roll_rad=pose.roll_rad, pitch_rad=pose.pitch_rad,
+               yaw_rad=pose.yaw_rad + 0.02, alt_agl_m=AGL_M * 1.03)
+    tel.update(tel_override)
+    return Frame(img, int(t_s * 1e6), Telemetry(**tel), f"f{i}"), pose
+
+
+def _err(pack, fix, pose):
+    e, n, _ = pack.frame.to_enu(fix.lat_deg, fix.lon_deg)
+    return math.hypot(e - pose.east_m, n - pose.north_m)
+
+
+def test_track_then_faults(nav, world):
+    pack, _, canvas = world
+    results = []
+    for i in range(6):
+        frame, pose = _frame(canvas, 0.5 * i, i)
+        results.append((nav.step(frame), pose))
+    fixes = [(r.fix, p) for r, p in results if r.fix is not None]
+    assert results[0][0].fix is None and results[0][0].reason.startswith("acquiring")
+    assert len(fixes) >= 3
+    for fix, pose in fixes:
+        err = _err(pack, fix, pose)
+        assert err < 3.0 and err < 3 * fix.horiz_accuracy_m
+    est = nav.estimate_at(3.0)
+    assert est is not None and est[1] == pytest.approx(0.5, abs=1e-6)
+
+    t = 3.0
+    faults = {
+        "corrupt": Frame(None, int(t * 1e6), None, "corrupt"),
+        "blank": Frame(np.full((360, 480, 3), 128, np.uint8), int(t * 1e6), None, "blank"),
+        "wrong size": Frame(np.zeros((100, 100, 3), np.uint8), int(t * 1e6), None, "small"),
+        "float image": Frame(np.zeros((360, 480, 3), np.float32), int(t * 1e6), None, "float"),
+    }
+    for name, frame in faults.items():
+        r = nav.step(frame)
+        assert r.fix is None and r.reason.startswith(("bad frame", "blank frame")), (name, r.reason)
+
+    # NaN attitude: assumed level, still localises (small tilt), and says so.
+    frame, pose = _frame(canvas, 3.0, 10, roll_rad=float("nan"), pitch_rad=None)
+    r = nav.step(frame)
+    assert "attitude missing" in r.reason
+    if r.fix is not None:
+        assert _err(pack, r.fix, pose) < 3 * r.fix.horiz_accuracy_m
+    # Missing height shortly after a good one: the last value is used, and the result says so.
+    frame, pose = _frame(canvas, 3.5, 11, alt_agl_m=None)
+    r = nav.step(frame)
+    assert "height missing" in r.reason
+    # Missing heading: the rotation is searched; a fix stays right.
+    frame, pose = _frame(canvas, 4.0, 12, yaw_rad=float("nan"))
+    r = nav.step(frame)
+    assert "heading missing" in r.reason
+    if r.fix is not None:
+        assert _err(pack, r.fix, pose) < 3 * r.fix.horiz_accuracy_m
+
+
+def test_frame_from_outside_the_region_gives_no_fix(nav, world):
+    from skyfix.tiles.synthetic import synthetic_map
+    pack, _, _ = world
+    elsewhere = synthetic_map(1400, seed=99)  # another place, same style of map
+    other = MapCanvas(elsewhere, np.ones(elsewhere.shape[:2], bool), 0.5, LocalFrame(47.0, 8.0), -350.0, 350.0)
+    for i in range(8):
+        frame, _ = _frame(other, 0.5 * i, i)
+        r = nav.step(frame)
+        assert r.fix is None, r.reason
+    assert nav.estimate_at(4.0) is None
+
+
+def test_no_height_at_all_is_refused(nav, world):
+    _, _, canvas = world
+    frame, _ = _frame(canvas, 0.0, 0, alt_agl_m=None)
+    r = nav.step(frame)
+    assert r.fix is None and r.reason.startswith("height missing")
+
+
+def test_navigator_refuses_other_model(world):
+    from skyfix.edge.navigator import Navigator
+    from skyfix.errors import ModelMismatch
+    pack, emb, _ = world
+
+    class Other:
+        model_id, dim, input_px = "other", emb.dim, emb.input_px
+
+    with pytest.raises(ModelMismatch, match="does not match pack"):
+        Navigator(pack, Other(), CAM, NavConfig())
+
+
+def test_gallery_answers_which_frames_saw_a_tile(nav, world, tiny_onnx_dir, tmp_path):
+    from skyfix.edge.embedders import load_embedder
+    from skyfix.edge.gallery import FrameGallery
+    pack, _, canvas = world
+    for i in range(6):
+        nav.step(_frame(canvas, 0.5 * i, i)[0])
+    path = nav.gallery.save(tmp_path / "g.npz")
+    g = FrameGallery.load(path)
+    assert len(g) == len(nav.gallery) > 0 and g.model_id == pack.model_id
+    sat = load_embedder(tiny_onnx_dir, "sat")
+    tile = pack.tile(int(np.argmin(np.hypot(pack.east_m + 150, pack.north_m + 150))))
+    hits = g.query(sat.embed(canvas.render(tile.east_m, tile.north_m, 100.0, sat.input_px)[0][None]), k=3)[0]
+    assert len(hits) == 3 and hits[0]["score"] >= hits[-1]["score"]
