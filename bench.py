@@ -162,12 +162,12 @@ def bench_retrieval(model: str, out: str = "out/bench", views: int = 200) -> str
                   "--views", str(max(views // 5, 10)), "--heading", "known", "--json", str(js), "-q"])
             agg.append(json.loads(js.read_text()))
         results.append((f"LEVIR-CD map A, views {pair[-1]} (5 scenes, heading known)", _pool(agg)))
-    rows = ["| case | tiles | views | D->S R@1 | R@5 | R@10 | AP | S->D R@1 | S->D AP | error median / p90 m |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| case | tiles | views | D->S R@1 | R@5 | R@10 | R@1% | AP | S->D R@1 | S->D AP | top-1 error median / p90 m |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results:
         d, s, e = r["drone_to_sat"], r["sat_to_drone"], r["error_m"]
         rows.append(f"| {name} | {r['n_tiles']} | {r['n_queries']} | {d['r1']:.3f} | {d['r5']:.3f} | "
-                    f"{d['r10']:.3f} | {d['ap']:.3f} | {s['r1']:.3f} | {s['ap']:.3f} | "
+                    f"{d['r10']:.3f} | {d['r1pct']:.3f} | {d['ap']:.3f} | {s['r1']:.3f} | {s['ap']:.3f} | "
                     f"{e['median']:.0f} / {e['p90']:.0f} |")
     table = "\n".join(rows)
     (out_dir / "retrieval.md").write_text(table + "\n")
@@ -179,7 +179,8 @@ def _pool(results: list[dict]) -> dict:
     def avg(section, key):
         w = np.array([r[section]["n_queries"] for r in results], float)
         return float(np.sum(w * [r[section][key] for r in results]) / w.sum())
-    out = {sec: {k: avg(sec, k) for k in ("r1", "r5", "r10", "ap")} for sec in ("drone_to_sat", "sat_to_drone")}
+    out = {sec: {k: avg(sec, k) for k in ("r1", "r5", "r10", "r1pct", "ap")}
+           for sec in ("drone_to_sat", "sat_to_drone")}
     out["error_m"] = {"median": float(np.mean([r["error_m"]["median"] for r in results])),
                       "p90": float(np.mean([r["error_m"]["p90"] for r in results]))}
     out["n_tiles"] = f"{sum(r['n_tiles'] for r in results)} (5 packs)"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 import logging
 import sys
 from pathlib import Path
@@ -89,7 +90,8 @@ def cmd_eval(args) -> int:
         plot_examples(pack, result, png)
         print(f"examples: {png}")
     result.pop("_internal")
-    result.update({"pack": str(args.pack), "queries_from": str(args.queries_from)})
+    result.update({"pack": str(args.pack), "queries_from": str(args.queries_from),
+                   "config": {"eval": asdict(cfg.eval), "camera": asdict(cfg.camera)}})
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -121,7 +123,7 @@ def cmd_sim(args) -> int:
     from skyfix.edge.sim import format_summary, run_sim
     cfg = _config(args, sim=_sim_overrides(args), bridge={"protocol": args.protocol})
     model = args.model or _pack_model(args.pack)
-    summary = run_sim(args.pack, model, cfg, frames_from=args.frames_from,
+    summary = run_sim(args.pack, model, cfg, frames_from=args.frames_from or args.ortho,
                       source_gsd_m=args.source_gsd_m, out_dir=args.out, progress=not args.quiet)
     print(format_summary(summary))
     print(f"track: {Path(args.out) / 'track.png'}, {Path(args.out) / 'track.csv'}")
@@ -243,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     si = sub.add_parser("sim", help="fly a simulated drone over a map, skyfix in the loop over MAVLink")
     si.add_argument("--pack", required=True)
-    si.add_argument("--ortho", help="accepted for symmetry with demo; frames come from --frames-from or the pack's map")
+    si.add_argument("--ortho", help="orthophoto to render the frames from (default: the pack's map)")
     si.add_argument("--frames-from", help="render the camera frames from this image (e.g. another date)")
     si.add_argument("--source-gsd-m", type=float, help="GSD of a non-georeferenced --frames-from image")
     si.add_argument("--model", help="default: the model recorded in the pack")

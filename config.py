@@ -98,7 +98,7 @@ class NavConfig:
     max_scale_error: float = 0.25    # |scale - 1| tolerated when height is known
     confirm_measurements: int = 3    # consistent measurements before a new track is published
     max_accuracy_m: float = 15.0     # never publish a fix less accurate than this (DRMS)
-    accel_sigma_m_s2: float = 2.0    # filter process noise
+    accel_sigma_m_s2: float = 3.0    # filter process noise (multirotor manoeuvres)
     attitude_sigma_deg: float = 1.0  # telemetry attitude error, enters the measurement accuracy
     unknown_tilt_deg: float = 8.0    # tilt to allow for when attitude is missing (1 sigma)
     lost_after_s: float = 5.0        # no accepted measurement for this long: re-acquire globally

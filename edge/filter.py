@@ -66,6 +66,13 @@ class ConstantVelocityFilter:
         self.state = FilterState(t_s, x, 0.5 * (P + P.T))
         return True, d2
 
+    def inflate_for_manoeuvre(self, t_s: float, d2: float) -> None:
+        """After a rejected strong measurement: the motion model may be wrong (a turn the
+        constant-velocity model did not foresee). Predict to t_s and widen the covariance so the
+        next measurements can pull the track back, instead of trusting a stale velocity."""
+        p = self.predict(t_s)
+        self.state = FilterState(t_s, p.x, p.P * max(d2 / self.gate_d2, 1.0) * 4.0)
+
     @staticmethod
     def horiz_accuracy_m(state: FilterState) -> float:
         """DRMS: sqrt(var_e + var_n), the radius holding ~63-68 % of the error."""

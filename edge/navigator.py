@@ -267,6 +267,9 @@ class Navigator:
                 self.filter.reset(t_s, east, north, sigma)
                 self.confirmations, self.disagreements, self.last_accept_s = 1, 0, t_s
                 return None, "track reset: measurements disagree with the track"
+            # Until the track agrees again it is not published (estimate_at needs confirmations).
+            self.filter.inflate_for_manoeuvre(t_s, d2)
+            self.confirmations = min(self.confirmations, cfg.confirm_measurements - 2)
             return None, f"inconsistent with track: innovation d2 {d2:.1f}"
         self.disagreements = 0
         self.confirmations += 1

@@ -8,6 +8,7 @@ the map (or a second date of it) through the pinhole camera model.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -72,6 +73,27 @@ def truncate(wp: np.ndarray, length_m: float) -> np.ndarray:
         out.append(b)
         total += seg
     return np.array(out)
+
+
+def round_corners(wp: np.ndarray, radius_m: float, step_m: float = 2.0) -> np.ndarray:
+    """Replace each interior corner by a circular arc of radius_m (a vehicle turns with bounded
+    acceleration v^2 / r, it does not pivot). Returns a dense polyline K x 2."""
+    out = [wp[0]]
+    for a, b, c in zip(wp[:-2], wp[1:-1], wp[2:]):
+        u, w = (b - a) / np.linalg.norm(b - a), (c - b) / np.linalg.norm(c - b)
+        turn = math.acos(float(np.clip(u @ w, -1, 1)))
+        if turn < 1e-3:
+            out.append(b)
+            continue
+        cut = min(radius_m * math.tan(turn / 2), np.linalg.norm(b - a) / 2, np.linalg.norm(c - b) / 2)
+        p0, p1 = b - u * cut, b + w * cut
+        # Quadratic Bezier through the corner: close to the arc, tangent to both legs.
+        for f in np.linspace(0, 1, max(2, int(cut * turn / step_m) + 2)):
+            out.append((1 - f) ** 2 * p0 + 2 * (1 - f) * f * b + f ** 2 * p1)
+    out.append(wp[-1])
+    pts = np.array(out)
+    keep = np.concatenate([[True], np.hypot(*np.diff(pts, axis=0).T) > 1e-6])
+    return pts[keep]
 
 
 @dataclass
@@ -299,7 +321,9 @@ def run_sim(pack_path: str | Path, model: str, cfg, frames_from: Optional[str] =
     # Keep the whole footprint on the map: half its diagonal plus the tilt.
     half_diag = cfg.sim.alt_agl_m / cam.fx_px * math.hypot(cam.width_px, cam.height_px) / 2
     margin = half_diag + cfg.sim.alt_agl_m * math.tan(math.radians(cfg.sim.tilt_deg + 2))
-    traj = Trajectory(make_route(cfg.sim, pack.canvas().bounds_en(), margin), cfg.sim.speed_m_s)
+    turn_radius_m = cfg.sim.speed_m_s ** 2 / 2.5  # 2.5 m/s^2 lateral acceleration in turns
+    route = round_corners(make_route(cfg.sim, pack.canvas().bounds_en(), margin), turn_radius_m)
+    traj = Trajectory(route, cfg.sim.speed_m_s)
     duration = min(cfg.sim.duration_s or traj.duration_s, traj.duration_s)
     t_start = time.perf_counter()
     nav = Navigator(pack, embedder, cam, cfg.nav)
@@ -341,10 +365,15 @@ def run_sim(pack_path: str | Path, model: str, cfg, frames_from: Optional[str] =
         autopilot.close()
     summary = score(autopilot.received, duration)
     summary.update(_frame_summary(frames, nav, duration, startup_s))
+    if publisher is not None and publisher.send_ms:
+        summary["latency_ms"]["publish"] = {"p50": float(np.percentile(publisher.send_ms, 50)),
+                                            "p95": float(np.percentile(publisher.send_ms, 95))}
     summary.update({"route_m": float(traj.cum_m[-1]), "duration_s": duration, "alt_agl_m": cfg.sim.alt_agl_m,
                     "model_id": pack.model_id, "pack": str(pack_path), "frames_from": str(frames_from or "pack map"),
                     "protocol": cfg.bridge.protocol, "link": {"reconnects": bridge.reconnects,
-                                                              "bad_packets": bridge.bad_packets}})
+                                                              "bad_packets": bridge.bad_packets},
+                    "config": {"sim": dataclasses.asdict(cfg.sim), "nav": dataclasses.asdict(cfg.nav),
+                               "bridge": dataclasses.asdict(cfg.bridge), "camera": dataclasses.asdict(cfg.camera)}})
     write_track_csv(autopilot.received, out_dir / "track.csv")
     truth = np.array([traj.at(t)[:2] for t in np.arange(0, duration, 0.5)])
     plot_track(pack.canvas(), truth, autopilot.received, out_dir / "track.png")

@@ -34,6 +34,7 @@ class FixPublisher:
         self.rate_hz, self.max_age_s, self.vert_accuracy_m = rate_hz, max_age_s, vert_accuracy_m
         self.sent = 0
         self.withheld = 0
+        self.send_ms: list[float] = []  # encode + send time of each message
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -53,10 +54,12 @@ class FixPublisher:
             self.withheld += 1
             return False
         fix = est[0]
-        if self.bridge.send(lambda mav: self.build(mav, fix, now_mono_s)):
+        t0 = time.perf_counter()
+        ok = self.bridge.send(lambda mav: self.build(mav, fix, now_mono_s))
+        if ok:
             self.sent += 1
-            return True
-        return False
+            self.send_ms.append((time.perf_counter() - t0) * 1e3)
+        return ok
 
     def _loop(self) -> None:
         period = 1.0 / self.rate_hz

@@ -1,0 +1,88 @@
+"""`skyfix fly` startup checks and frame sources (no camera or autopilot hardware here)."""
+import socket
+
+import numpy as np
+import pytest
+
+from skyfix.config import load_config
+from skyfix.errors import ModelMismatch, PackError, SkyfixError
+from tests.conftest import SHARED, need_shared
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def small_pack(tmp_path, textured_canvas, tiny_onnx_dir):
+    from skyfix.edge.embedders import load_embedder
+    from skyfix.tiles.build import embed_tiles, tile_grid
+    from skyfix.tiles.pack import write_pack
+    sat = load_embedder(tiny_onnx_dir, "sat")
+    tiles, _ = tile_grid(textured_canvas, 200.0, 200.0)
+    return write_pack(tmp_path / "pack", textured_canvas, tiles,
+                      embed_tiles(textured_canvas, tiles, sat, 8, progress=False),
+                      model_id=sat.model_id, tile_px=sat.input_px, stride_m=200.0)
+
+
+def test_fly_refuses_missing_pack(tmp_path, tiny_onnx_dir):
+    from skyfix.edge.fly import run_fly
+    cfg = load_config(overrides={"nav": {"pack": str(tmp_path / "none"), "model": str(tiny_onnx_dir)}})
+    with pytest.raises(PackError, match="not a TilePack"):
+        run_fly(cfg)
+
+
+def test_fly_refuses_other_model(small_pack, tmp_path, tiny_towers):
+    import copy
+
+    import torch
+
+    from skyfix.edge.fly import run_fly
+    from skyfix.export.onnx_export import export_onnx
+    other = copy.deepcopy(tiny_towers)
+    with torch.no_grad():
+        other.drone.proj.weight.mul_(-1)
+    other_dir = export_onnx(other, tmp_path / "other", log=lambda *_: None)
+    cfg = load_config(overrides={"nav": {"pack": str(small_pack), "model": str(other_dir)}})
+    with pytest.raises(ModelMismatch, match="rebuild the pack"):
+        run_fly(cfg)
+
+
+def test_fly_refuses_without_a_link(small_pack, tiny_onnx_dir):
+    from skyfix.edge.fly import run_fly
+    cfg = load_config(overrides={
+        "nav": {"pack": str(small_pack), "model": str(tiny_onnx_dir)},
+        "bridge": {"connection": f"udpin:127.0.0.1:{_free_port()}"},
+        "camera": {"width_px": 320, "height_px": 240}})
+    with pytest.raises(SkyfixError, match="no HEARTBEAT"):
+        run_fly(cfg, link_wait_s=0.5)
+
+
+def test_folder_source_reads_exif_and_survives_a_corrupt_file(tmp_path):
+    import shutil
+
+    from skyfix.edge.sources import FolderSource
+    src_dir = need_shared(SHARED / "odm_toledo")
+    names = sorted(p.name for p in src_dir.glob("*.JPG"))[:2]
+    for n in names:
+        shutil.copy(src_dir / n, tmp_path / n)
+    (tmp_path / "zz_corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    src = FolderSource(tmp_path)
+    first = src.read()
+    assert first.image_rgb.shape == (900, 1200, 3)
+    # EXIF GPS of the first photo matches gps_summary.txt (41.549408, -83.69892).
+    assert first.exif["lat_deg"] == pytest.approx(41.549408, abs=2e-5)
+    assert first.exif["lon_deg"] == pytest.approx(-83.69892, abs=2e-5)
+    assert first.exif["time_utc"] is not None
+    src.read()
+    bad = src.read()
+    assert bad.image_rgb is None and bad.source_id == "zz_corrupt.jpg"
+    assert src.read() is None
+
+
+def test_capture_source_refuses_missing_video(tmp_path):
+    from skyfix.edge.sources import open_source
+    with pytest.raises(SkyfixError, match="not found"):
+        open_source(str(tmp_path / "none.mp4"))

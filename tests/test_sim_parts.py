@@ -1,0 +1,30 @@
+import numpy as np
+import pytest
+
+from skyfix.config import SimConfig
+from skyfix.edge.sim import Trajectory, make_route, round_corners, score
+
+
+def test_lawnmower_route_has_the_asked_length_inside_bounds():
+    wp = make_route(SimConfig(route="lawnmower", length_m=1500), (-600, -600, 600, 600), 100)
+    assert np.hypot(*np.diff(wp, axis=0).T).sum() == pytest.approx(1500)
+    assert np.all(np.abs(wp) <= 500 + 1e-9)
+
+
+def test_rounded_corners_keep_heading_continuous():
+    wp = np.array([[0.0, 0.0], [0.0, 200.0], [200.0, 200.0]])
+    traj = Trajectory(round_corners(wp, 50.0), 10.0)
+    yaws = np.unwrap([traj.at(t)[2] for t in np.arange(0, traj.duration_s, 0.1)])
+    assert np.abs(np.diff(yaws)).max() < np.radians(5)  # no pivot at the corner
+    assert yaws[0] == pytest.approx(0.0) and yaws[-1] == pytest.approx(np.pi / 2, abs=1e-6)
+    e, n, _ = traj.at(traj.duration_s)
+    assert (e, n) == pytest.approx((200.0, 200.0))
+
+
+def test_score_availability_and_calibration():
+    rec = [{"t_s": t, "error_m": 1.0, "horiz_accuracy_m": 2.0} for t in np.arange(5.0, 10.0, 0.1)]
+    rec[-1]["error_m"] = 7.0
+    s = score(rec, duration_s=10.0)
+    assert s["availability"] == pytest.approx(0.5, abs=0.02)  # fixes only in the second half
+    assert s["calibration"]["within_3x"] == pytest.approx(1 - 1 / len(rec))
+    assert s["time_to_first_fix_s"] == pytest.approx(5.0)
