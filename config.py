@@ -127,6 +127,7 @@ class SimConfig:
     route: str = "straight"          # straight | lawnmower | waypoints
     waypoints_en_m: list = field(default_factory=list)  # [[east, north], ...] for route=waypoints
     length_m: float = 1500.0
+    leg_spacing_m: float = 150.0     # lawnmower: distance between survey legs
     alt_agl_m: float = 120.0
     speed_m_s: float = 12.0
     camera_hz: float = 3.0

@@ -53,9 +53,10 @@ def make_route(cfg: SimConfig, bounds_en: tuple, margin_m: float) -> np.ndarray:
         half = min(cfg.length_m, np.hypot(e1 - e0, n1 - n0)) / 2
         return np.array([c - d * half, c + d * half])
     if cfg.route == "lawnmower":
-        # East-west legs spaced to fill the area, truncated at length_m.
-        legs = max(2, int(cfg.length_m // max(e1 - e0, 1.0)) + 1)
-        norths = np.linspace(n1, n0, legs)
+        # East-west legs `leg_spacing_m` apart from the north edge down, truncated at length_m.
+        norths = np.arange(n1, n0 - 1e-6, -cfg.leg_spacing_m)
+        if len(norths) < 2:
+            norths = np.array([n1, n0])
         pts = []
         for i, n in enumerate(norths):
             pts += [(e0, n), (e1, n)] if i % 2 == 0 else [(e1, n), (e0, n)]
