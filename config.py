@@ -140,6 +140,37 @@ class SimConfig:
 
 
 @dataclass
+class TrainConfig:
+    """`skyfix train`: data, loss, optimisation, big batches, validation."""
+
+    ortho: str = ""                  # map the pairs are cut from (satellite side)
+    drone_from: str = ""             # optional second date for the drone views
+    source_gsd_m: Optional[float] = None
+    u1652_root: str = ""             # instead of an orthophoto: a University-1652 tree
+    val_east_min_m: Optional[float] = None  # validation area: east of this (default: east third)
+    location_spacing_m: float = 25.0
+    loss: str = "infonce"            # infonce | soft_triplet | mhnw
+    lpn_instance_weight: float = 0.0 # > 0 adds the LPN per-part classifier loss (needs model.lpn_parts)
+    batch_size: int = 16             # locations per batch (pairs)
+    grad_cache_chunk: int = 0        # > 0: two-pass big batch, forward this many images at a time
+    hard_fraction: float = 0.5       # share of batch slots filled with nearby locations
+    hard_radius_m: float = 150.0
+    epochs: int = 2
+    steps_per_epoch: int = 0         # 0: one pass over the locations
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 5
+    grad_clip: float = 5.0
+    freeze_bn: bool = True           # keep ImageNet BatchNorm statistics (small batches)
+    amp: bool = True                 # on CUDA only
+    heading: str = "known"
+    val_views: int = 100
+    out: str = "runs/train"
+    seed: int = 0
+    device: str = "auto"             # auto | cpu | cuda
+
+
+@dataclass
 class SkyfixConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     tiles: TilesConfig = field(default_factory=TilesConfig)
@@ -148,6 +179,7 @@ class SkyfixConfig:
     nav: NavConfig = field(default_factory=NavConfig)
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
     sim: SimConfig = field(default_factory=SimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def _closest(key: str, valid) -> str:

@@ -1,0 +1,305 @@
+"""`skyfix train`: metric learning of the drone and satellite towers.
+
+One process, or several with `torchrun` (torch.distributed, gloo or NCCL): embeddings are
+gathered from every rank so the contrastive loss sees the global batch, and the gradients are
+summed over ranks. (DistributedDataParallel's averaging fits a per-rank loss, not one loss over
+gathered embeddings with a learnable temperature, so the reduction is done explicitly.) `grad_cache_chunk` enables the
+two-pass big-batch method (Vo's thesis, ch. 5, Alg. 1; "gradient cache"): embed the whole batch
+without a graph, take the loss and its gradient w.r.t. the embeddings, then re-run the towers
+chunk by chunk and back-propagate those gradients. Plain gradient accumulation would be wrong
+for a loss over the whole batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import yaml
+
+from skyfix.errors import SkyfixError, require
+
+torch = require("torch")
+dist = torch.distributed
+F = torch.nn.functional
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(x):
+    """All-gather rows from every rank; the local slice keeps its autograd graph."""
+    rank, world = _rank_world()
+    if world == 1:
+        return x
+    parts = [torch.zeros_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.detach())
+    parts[rank] = x
+    return torch.cat(parts)
+
+
+class TrainState:
+    """Model, loss modules, optimiser and schedule; `step` runs one optimisation step."""
+
+    def __init__(self, model, cfg, n_classes: int = 0, device: str = "cpu"):
+        from skyfix.train.losses import PartClassifiers, make_loss
+        self.model, self.cfg, self.device = model.to(device), cfg, device
+        self.loss = make_loss(cfg.loss).to(device)
+        self.parts = None
+        if cfg.lpn_instance_weight > 0:
+            mc = model.cfg
+            if mc.lpn_parts < 1:
+                raise SkyfixError("train.lpn_instance_weight needs model.lpn_parts >= 1")
+            self.parts = PartClassifiers(mc.lpn_parts, model.drone.backbone.channels, n_classes).to(device)
+        params = list(model.parameters()) + list(self.loss.parameters())
+        if self.parts is not None:
+            params += list(self.parts.parameters())
+        self.params = params
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.total_steps = 1
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
+        self.step_count = 0
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.startswith("cuda"))
+
+    def _lr_factor(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to zero at total_steps."""
+        if step < self.cfg.warmup_steps:
+            return (step + 1) / self.cfg.warmup_steps
+        progress = (step - self.cfg.warmup_steps) / max(1, self.total_steps - self.cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    def _embed(self, tower: str, images):
+        net = self.model.tower(tower)
+        if self.parts is None:
+            return net(images), None
+        feats = net.features(images)
+        return F.normalize(net.proj(feats), dim=1), feats
+
+    def _objective(self, drone_emb, sat_emb, drone_feats=None, sat_feats=None, labels=None):
+        """The global loss, computed alike on every rank from the gathered embeddings. Its graph
+        reaches only the local embeddings, so the towers' gradients are summed over ranks
+        (`_sync_gradients`); the local part-classifier loss is divided by the world size so
+        that the sum is the mean over the global batch."""
+        loss = self.loss(gather_with_grad(drone_emb), gather_with_grad(sat_emb))
+        if self.parts is not None:
+            loss = loss + self.cfg.lpn_instance_weight * 0.5 * (
+                self.parts(drone_feats, labels) + self.parts(sat_feats, labels)) / _rank_world()[1]
+        return loss
+
+    def _sync_gradients(self) -> None:
+        """Sum tower and classifier gradients over ranks (torch.distributed, gloo or NCCL). The
+        loss's own parameters (the temperature) already see the global batch on every rank."""
+        if _rank_world()[1] == 1:
+            return
+        shared = list(self.model.parameters()) + (list(self.parts.parameters()) if self.parts else [])
+        for p in shared:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+    def step(self, drone_u8, sat_u8, labels) -> float:
+        """One optimisation step on uint8 NHWC batches; returns the (global) loss."""
+        loss = self.compute_gradients(drone_u8, sat_u8, labels)
+        self.scaler.unscale_(self.opt)
+        torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        self.step_count += 1
+        return loss
+
+    def compute_gradients(self, drone_u8, sat_u8, labels) -> float:
+        """Forward and backward (no optimiser step): fills .grad; returns the global loss."""
+        self.model.train()
+        if self.cfg.freeze_bn:
+            # Small per-device batches give noisy BatchNorm statistics: keep ImageNet's.
+            for m in self.model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.eval()
+        drone_u8, sat_u8 = drone_u8.to(self.device), sat_u8.to(self.device)
+        labels = labels.to(self.device)
+        self.opt.zero_grad(set_to_none=True)
+        autocast = torch.autocast("cuda", enabled=self.scaler.is_enabled())
+        if self.cfg.grad_cache_chunk > 0 and self.parts is None:
+            loss = self._grad_cache_step(drone_u8, sat_u8, autocast)
+        else:
+            with autocast:
+                d, dfeat = self._embed("drone", drone_u8)
+                s, sfeat = self._embed("sat", sat_u8)
+                loss = self._objective(d.float(), s.float(), dfeat, sfeat, labels)
+            self.scaler.scale(loss).backward()
+        self._sync_gradients()
+        return float(loss.detach())
+
+    def _grad_cache_step(self, drone_u8, sat_u8, autocast):
+        chunk = self.cfg.grad_cache_chunk
+        cached = {}
+        for tower, images in (("drone", drone_u8), ("sat", sat_u8)):
+            outs, states = [], []
+            for i in range(0, len(images), chunk):
+                # Remember the RNG so the second pass draws the same drop-connect masks.
+                states.append(torch.get_rng_state())
+                with torch.no_grad(), autocast:
+                    outs.append(self._embed(tower, images[i:i + chunk])[0].float())
+            cached[tower] = (torch.cat(outs).requires_grad_(True), states)
+        loss = self._objective(cached["drone"][0], cached["sat"][0])
+        self.scaler.scale(loss).backward()
+        for tower, images in (("drone", drone_u8), ("sat", sat_u8)):
+            emb, states = cached[tower]
+            for k, i in enumerate(range(0, len(images), chunk)):
+                torch.set_rng_state(states[k])
+                with autocast:
+                    out = self._embed(tower, images[i:i + chunk])[0].float()
+                out.backward(emb.grad[i:i + chunk])
+        return loss
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"model_cfg": dataclasses.asdict(self.model.cfg), "state_dict": self.model.state_dict(),
+                "loss": self.loss.state_dict(), "parts": self.parts.state_dict() if self.parts else {},
+                "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "step": self.step_count,
+                "total_steps": self.total_steps, "torch_rng": torch.get_rng_state()}
+
+    def save(self, path: str | Path) -> Path:
+        """Tensors and plain containers only: loads with torch.load(weights_only=True)."""
+        tmp = Path(str(path) + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)
+        return Path(path)
+
+    def load(self, path: str | Path) -> None:
+        try:
+            blob = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as exc:  # torch raises several types for corrupt files
+            raise SkyfixError(f"cannot resume from {path}: {exc}") from exc
+        self.model.load_state_dict(blob["state_dict"])
+        self.loss.load_state_dict(blob["loss"])
+        if self.parts is not None:
+            self.parts.load_state_dict(blob["parts"])
+        self.opt.load_state_dict(blob["opt"])
+        self.sched.load_state_dict(blob["sched"])
+        self.step_count, self.total_steps = int(blob["step"]), int(blob["total_steps"])
+        torch.set_rng_state(blob["torch_rng"])
+
+
+def collate(items) -> tuple:
+    drone = torch.from_numpy(np.stack([d for d, _, _ in items]))
+    sat = torch.from_numpy(np.stack([s for _, s, _ in items]))
+    return drone, sat, torch.tensor([k for _, _, k in items])
+
+
+def run_info(cfg) -> dict:
+    """What made a run: resolved config, versions and the git commit."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).resolve().parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"config": dataclasses.asdict(cfg), "versions": {"python": platform.python_version(),
+            "torch": torch.__version__, "numpy": np.__version__}, "git_commit": commit or "unknown",
+            "host": platform.node()}
+
+
+def validate(model, val_pairs, device: str, batch: int = 16) -> dict:
+    """Drone -> satellite and satellite -> drone retrieval over held-out locations."""
+    from skyfix.train.metrics import retrieval_metrics
+    model.eval()
+    d, s = [], []
+    with torch.inference_mode():
+        for i in range(0, len(val_pairs), batch):
+            items = [val_pairs[j] for j in range(i, min(i + batch, len(val_pairs)))]
+            drone, sat, _ = collate(items)
+            d.append(model.drone(drone.to(device)).float().cpu())
+            s.append(model.sat(sat.to(device)).float().cpu())
+    S = (torch.cat(d) @ torch.cat(s).T).numpy()
+    P = np.eye(len(S), dtype=bool)
+    return {"drone_to_sat": retrieval_metrics(S, P), "sat_to_drone": retrieval_metrics(S.T, P.T)}
+
+
+def train(full_cfg, resume: Optional[str] = None, log=print) -> Path:
+    """Train from `full_cfg.train`; returns the folder with best.pt, last.pt, metrics.jsonl, run.yaml."""
+    from tqdm import tqdm
+
+    from skyfix.tiles.ortho import load_canvas
+    from skyfix.train.data import (LocationBatchSampler, OrthoPairs, location_grid, neighbours_by_distance,
+                                   split_by_area)
+    from skyfix.train.towers import build_towers, compute_model_id, save_checkpoint
+    cfg = full_cfg.train
+    rank, world = _rank_world()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not cfg.ortho:
+        raise SkyfixError("train.ortho is not set (a GeoTIFF, XYZ folder, or image with source_gsd_m)")
+    tile = full_cfg.tiles.tile_size_m
+    sat_canvas = load_canvas(cfg.ortho, full_cfg.tiles.gsd_m, source_gsd_m=cfg.source_gsd_m)
+    drone_canvas = (load_canvas(cfg.drone_from, sat_canvas.gsd_m, source_gsd_m=cfg.source_gsd_m,
+                                frame=sat_canvas.frame) if cfg.drone_from else None)
+    margin = tile / 2 + 260.0 * math.tan(math.radians(12))  # the footprint stays on the map
+    locs = location_grid(sat_canvas, cfg.location_spacing_m, margin)
+    e0, _, e1, _ = sat_canvas.bounds_en()
+    split = cfg.val_east_min_m if cfg.val_east_min_m is not None else e0 + (e1 - e0) * 2 / 3
+    train_locs, val_locs = split_by_area(locs, split, gap_m=tile)
+    model = build_towers(full_cfg.model)
+    px = full_cfg.model.input_px
+    pairs = OrthoPairs(sat_canvas, train_locs, tile, px, drone_canvas, heading=cfg.heading, seed=cfg.seed)
+    val = OrthoPairs(sat_canvas, val_locs, tile, px, drone_canvas, heading=cfg.heading, seed=cfg.seed + 999)
+    val.locations = val.locations[:: max(1, len(val.locations) // cfg.val_views)]
+    state = TrainState(model, cfg, n_classes=len(train_locs), device=device)
+    sampler = LocationBatchSampler(list(range(len(train_locs))), cfg.batch_size * world,
+                                   neighbours_by_distance(train_locs, cfg.hard_radius_m), cfg.hard_fraction, cfg.seed)
+    steps_per_epoch = cfg.steps_per_epoch or len(sampler)
+    state.total_steps = cfg.epochs * steps_per_epoch
+    if resume:
+        state.load(resume)
+    info = run_info(full_cfg)
+    info["split"] = {"train_locations": len(train_locs), "val_locations": len(val.locations),
+                     "val_east_min_m": split, "gap_m": tile, "spacing_m": cfg.location_spacing_m}
+    if rank == 0:
+        (out / "run.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+        log(f"train: {len(train_locs)} locations (east < {split - tile:.0f} m), validation: "
+            f"{len(val.locations)} views east of {split:.0f} m; {state.total_steps} steps on {device} x {world}")
+    best, best_path, t0 = -1.0, out / "best.pt", time.perf_counter()
+    metrics_log = open(out / "metrics.jsonl", "a") if rank == 0 else None
+    start_epoch = state.step_count // steps_per_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        pairs.epoch = sampler.epoch = epoch
+        batches = list(sampler)[: steps_per_epoch]
+        skip = state.step_count - epoch * steps_per_epoch
+        bar = tqdm(batches[skip:], desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0)
+        for idx in bar:
+            mine = idx[rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
+            loss = state.step(*collate([pairs[i] for i in mine]))
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{state.sched.get_last_lr()[0]:.2e}")
+            if metrics_log:
+                metrics_log.write(json.dumps({"step": state.step_count, "loss": loss,
+                                              "lr": state.sched.get_last_lr()[0]}) + "\n")
+        if rank == 0:
+            v = validate(model, val, device)
+            r1 = v["drone_to_sat"]["r1"]
+            metrics_log.write(json.dumps({"epoch": epoch + 1, "step": state.step_count, "val": v,
+                                          "minutes": (time.perf_counter() - t0) / 60}) + "\n")
+            metrics_log.flush()
+            log(f"epoch {epoch + 1}: val drone->sat R@1 {r1:.3f} AP {v['drone_to_sat']['ap']:.3f}, "
+                f"sat->drone R@1 {v['sat_to_drone']['r1']:.3f}")
+            state.save(out / "last.pt")
+            if r1 > best:
+                best = r1
+                save_checkpoint(model, best_path, extra={"epoch": epoch + 1, "val_r1": r1,
+                                                         "model_id": compute_model_id(model)})
+    if metrics_log:
+        metrics_log.close()
+    if rank == 0:
+        log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; best val R@1 {best:.3f}: {best_path}\n"
+            f"next: skyfix export onnx --checkpoint {best_path} --out models/trained")
+    return out
