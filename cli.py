@@ -77,7 +77,8 @@ def cmd_eval(args) -> int:
     from skyfix.tiles.pack import TilePack
     from skyfix.train.evaluate import evaluate, format_table, plot_examples
     cfg = _config(args, eval={"views": args.views, "heading": args.heading, "seed": args.seed,
-                              "alt_agl_min_m": args.alt_min_m, "alt_agl_max_m": args.alt_max_m})
+                              "alt_agl_min_m": args.alt_min_m, "alt_agl_max_m": args.alt_max_m,
+                              "east_min_m": args.east_min_m})
     pack = TilePack.open(args.pack)
     model = args.model or pack.manifest.get("model_source") or "imagenet"
     embedder = load_embedder(model, "drone", cfg.model)
@@ -178,6 +179,42 @@ def cmd_query(args) -> int:
     return 0
 
 
+# ---- train ----------------------------------------------------------------------------------
+TRAIN_PRESETS = {
+    # Minutes on a laptop CPU: small batches, few steps; proves the loop and gives a first gain.
+    "cpu-quick": {"train": {"batch_size": 12, "epochs": 3, "steps_per_epoch": 25, "lr": 1e-4,
+                            "warmup_steps": 5, "val_views": 60, "location_spacing_m": 20.0}},
+    # A workstation GPU: large contrastive batches (grad cache keeps memory flat), AMP.
+    "workstation": {"train": {"batch_size": 128, "grad_cache_chunk": 32, "epochs": 30,
+                              "lr": 3e-4, "warmup_steps": 200, "val_views": 300,
+                              "location_spacing_m": 10.0, "amp": True}},
+}
+
+
+def cmd_train(args) -> int:
+    import yaml
+
+    from skyfix.config import load_config
+    from skyfix.train.trainer import train
+    overrides = {k: dict(v) for k, v in TRAIN_PRESETS.get(args.preset, {}).items()}
+    if args.preset and args.preset not in TRAIN_PRESETS:
+        raise SkyfixError(f"unknown preset '{args.preset}'; presets: {', '.join(TRAIN_PRESETS)}")
+    t = overrides.setdefault("train", {})
+    for key in ("ortho", "drone_from", "source_gsd_m", "loss", "epochs", "out", "seed"):
+        if getattr(args, key) is not None:
+            t[key] = getattr(args, key)
+    if args.config:
+        user = yaml.safe_load(Path(args.config).read_text()) or {}
+        for section, values in user.items():
+            overrides.setdefault(section, {}).update(values or {})
+    cfg = load_config(None, overrides)
+    if args.distributed:
+        import torch.distributed as dist
+        dist.init_process_group("nccl" if cfg.train.device == "cuda" else "gloo")
+    train(cfg, resume=args.resume)
+    return 0
+
+
 # ---- bench ----------------------------------------------------------------------------------
 def cmd_bench(args) -> int:
     from skyfix import bench
@@ -231,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--alt-min-m", type=float)
     e.add_argument("--alt-max-m", type=float)
     e.add_argument("--seed", type=int)
+    e.add_argument("--east-min-m", type=float, help="held-out area: views centred east of this (local metres)")
     e.add_argument("--json")
     e.add_argument("--png", help="example queries with their top-5 tiles (default: next to --json)")
     e.add_argument("--config")
@@ -283,6 +321,20 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("--k", type=int, default=5)
     qu.add_argument("--model")
     qu.set_defaults(func=cmd_query)
+
+    tr = sub.add_parser("train", help="metric learning of the towers (CPU or GPU; torchrun for several)")
+    tr.add_argument("--preset", help="cpu-quick | workstation")
+    tr.add_argument("--ortho", help="map the training pairs are cut from")
+    tr.add_argument("--drone-from", help="second date of the same area for the drone views")
+    tr.add_argument("--source-gsd-m", type=float)
+    tr.add_argument("--loss", choices=["infonce", "soft_triplet", "mhnw"])
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--out")
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--resume", help="last.pt of an interrupted run")
+    tr.add_argument("--distributed", action="store_true", help="under torchrun: one process per device")
+    tr.add_argument("--config")
+    tr.set_defaults(func=cmd_train)
 
     bn = sub.add_parser("bench", help="benchmarks that print tables")
     bn.add_argument("what", choices=["embed", "faiss", "retrieval", "all"])

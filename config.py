@@ -73,6 +73,7 @@ class EvalConfig:
     alt_err_frac: float = 0.05        # height-above-ground error (1 sigma, fraction)
     tta_rotations: int = 8            # heading unknown: test-time rotations of the query
     photometric: bool = True
+    east_min_m: Optional[float] = None  # held-out evaluation: only views centred east of this
     seed: int = 0
 
 

@@ -38,6 +38,8 @@ def sample_poses(pack: TilePack, cfg: EvalConfig, rng: np.random.Generator) -> l
     margin = pack.tile_size_m / 2 + cfg.alt_agl_max_m * np.tan(tilt)
     e0, e1 = pack.east_m.min() - pack.tile_size_m / 2, pack.east_m.max() + pack.tile_size_m / 2
     n0, n1 = pack.north_m.min() - pack.tile_size_m / 2, pack.north_m.max() + pack.tile_size_m / 2
+    if cfg.east_min_m is not None:  # held-out area: the whole query crop (and tilt) east of it
+        e0 = max(e0, cfg.east_min_m)
     if e1 - e0 <= 2 * margin or n1 - n0 <= 2 * margin:
         raise SkyfixError(f"the tiled area ({e1 - e0:.0f} x {n1 - n0:.0f} m) is too small for views "
                           f"needing a {margin:.0f} m margin; lower --alt or tilt")

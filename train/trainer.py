@@ -205,7 +205,7 @@ def run_info(cfg) -> dict:
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return {"config": dataclasses.asdict(cfg), "versions": {"python": platform.python_version(),
-            "torch": torch.__version__, "numpy": np.__version__}, "git_commit": commit or "unknown",
+            "torch": str(torch.__version__), "numpy": str(np.__version__)}, "git_commit": commit or "unknown",
             "host": platform.node()}
 
 
