@@ -1,7 +1,6 @@
 """`skyfix fly` startup checks and frame sources (no camera or autopilot hardware here)."""
 import socket
 
-import numpy as np
 import pytest
 
 from skyfix.config import load_config

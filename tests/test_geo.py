@@ -49,7 +49,7 @@ def test_affine_pixel_round_trip():
 
 def test_colorado_geotiff_corners_match_known_coordinates():
     """Pixel <-> ground on the real GeoTIFF against the corners stated in the data README."""
-    rasterio = pytest.importorskip("rasterio")
+    pytest.importorskip("rasterio")
     from skyfix.tiles.ortho import read_geotiff
     src = read_geotiff(need_shared(COLORADO_TIF))
     h, w = src.valid.shape

@@ -185,3 +185,24 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
         torch.testing.assert_close(ddp[name], single, rtol=1e-3, atol=1e-6, msg=name)
         n_checked += p.grad is not None
     assert n_checked > 100
+
+
+def test_datasets_hold_out_areas_and_scenes(tmp_path):
+    from skyfix.config import load_config
+    from skyfix.tiles.synthetic import write_synthetic_map
+    from skyfix.train.trainer import build_datasets
+    a = write_synthetic_map(tmp_path / "a.png", 1000, seed=1)   # 500 m at 0.5 m/px
+    b = write_synthetic_map(tmp_path / "b.png", 1000, seed=2)
+    cfg = load_config(overrides={"train": {"ortho": str(a), "source_gsd_m": 0.5, "location_spacing_m": 25.0,
+                                           "val_views": 1000}, "model": {"input_px": PX}})
+    train, val, info = build_datasets(cfg)
+    e_train = [l.east_m for p in train.parts for l in p.locations]
+    e_val = [l.east_m for p in val.parts for l in p.locations]
+    assert max(e_train) < min(e_val) - 100.0 + 1e-6  # a tile-wide gap: no shared imagery
+    drone, sat, k = train[3]
+    assert drone.shape == sat.shape == (PX, PX, 3) and k == 3
+    cfg.train.scenes = [{"ortho": str(a), "source_gsd_m": 0.5, "split": "train"},
+                        {"ortho": str(b), "source_gsd_m": 0.5, "split": "val"}]
+    train, val, info = build_datasets(cfg)
+    assert len(train.parts) == len(val.parts) == 1 and len(train) == len(val) > 10
+    assert len(train.neighbours(30.0)) == len(train)

@@ -95,6 +95,38 @@ class OrthoPairs:
         return self.drone_image(i, rng), self.sat_image(i), i
 
 
+class ConcatPairs:
+    """Several OrthoPairs (areas) as one dataset; item i keeps its global index as the label."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def epoch(self) -> int:
+        return self.parts[0].epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        for p in self.parts:
+            p.epoch = value
+
+    def __getitem__(self, i: int):
+        k = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        drone, sat, _ = self.parts[k][i - int(self.offsets[k])]
+        return drone, sat, i
+
+    def neighbours(self, radius_m: float) -> list[list[int]]:
+        """Nearby locations within each area (areas are unrelated places)."""
+        out = []
+        for off, p in zip(self.offsets, self.parts):
+            out += [[int(j + off) for j in nb] for nb in neighbours_by_distance(p.locations, radius_m)]
+        return out
+
+
 def neighbours_by_distance(locations: list[Location], radius_m: float) -> list[list[int]]:
     """For each location index, the indices of the others within radius_m (hard negatives)."""
     xy = np.array([(l.east_m, l.north_m) for l in locations])

@@ -225,13 +225,60 @@ def validate(model, val_pairs, device: str, batch: int = 16) -> dict:
     return {"drone_to_sat": retrieval_metrics(S, P), "sat_to_drone": retrieval_metrics(S.T, P.T)}
 
 
+def build_datasets(full_cfg):
+    """(train ConcatPairs, validation ConcatPairs, split description).
+
+    One ortho: train west of the validation line, validate east of it, a tile-size gap between
+    (no imagery shared). Several scenes: whole scenes are train or validation.
+    """
+    from skyfix.tiles.ortho import load_canvas
+    from skyfix.train.data import ConcatPairs, OrthoPairs, location_grid, split_by_area
+    cfg, tile, px = full_cfg.train, full_cfg.tiles.tile_size_m, full_cfg.model.input_px
+    scenes = cfg.scenes or [{"ortho": cfg.ortho, "drone_from": cfg.drone_from,
+                             "source_gsd_m": cfg.source_gsd_m, "split": "area"}]
+    if not all(sc.get("ortho") for sc in scenes):
+        raise SkyfixError("train.ortho (or every train.scenes[].ortho) must be set")
+    margin = tile / 2 + 260.0 * math.tan(math.radians(12))  # the drone footprint stays on the map
+    train_parts, val_parts, info = [], [], {"train": [], "val": [], "gap_m": tile,
+                                            "spacing_m": cfg.location_spacing_m}
+    for k, sc in enumerate(scenes):
+        sat = load_canvas(sc["ortho"], full_cfg.tiles.gsd_m, source_gsd_m=sc.get("source_gsd_m"))
+        drone = (load_canvas(sc["drone_from"], sat.gsd_m, source_gsd_m=sc.get("source_gsd_m"), frame=sat.frame)
+                 if sc.get("drone_from") else None)
+        locs = location_grid(sat, cfg.location_spacing_m, margin)
+
+        def pairs(ls, seed):
+            return OrthoPairs(sat, ls, tile, px, drone, heading=cfg.heading, seed=seed)
+        name = Path(sc["ortho"]).name + (f" (drone views from {Path(sc['drone_from']).name})" if sc.get("drone_from") else "")
+        if sc.get("split", "train") == "area":
+            e0, _, e1, _ = sat.bounds_en()
+            line = cfg.val_east_min_m if cfg.val_east_min_m is not None else e0 + (e1 - e0) * 2 / 3
+            tr, va = split_by_area(locs, line, gap_m=tile)
+            train_parts.append(pairs(tr, cfg.seed))
+            val_parts.append(pairs(va, cfg.seed + 999))
+            info["train"].append(f"{name}: {len(tr)} locations east < {line - tile:.0f} m")
+            info["val"].append(f"{name}: east >= {line:.0f} m")
+        elif sc["split"] in ("train", "val"):
+            (train_parts if sc["split"] == "train" else val_parts).append(pairs(locs, cfg.seed + 999 * (sc["split"] == "val")))
+            info[sc["split"]].append(f"{name}: {len(locs)} locations")
+        else:
+            raise SkyfixError(f"train.scenes[{k}].split must be train or val, got {sc['split']!r}")
+    if not train_parts or not val_parts:
+        raise SkyfixError("training needs at least one train and one validation area")
+    val = ConcatPairs(val_parts)
+    step = max(1, len(val) // cfg.val_views)
+    for p in val.parts:  # thin validation evenly to about val_views views
+        p.locations = p.locations[::step]
+    val = ConcatPairs(val.parts)
+    info["val_views"] = len(val)
+    return ConcatPairs(train_parts), val, info
+
+
 def train(full_cfg, resume: Optional[str] = None, log=print) -> Path:
     """Train from `full_cfg.train`; returns the folder with best.pt, last.pt, metrics.jsonl, run.yaml."""
     from tqdm import tqdm
 
-    from skyfix.tiles.ortho import load_canvas
-    from skyfix.train.data import (LocationBatchSampler, OrthoPairs, location_grid, neighbours_by_distance,
-                                   split_by_area)
+    from skyfix.train.data import LocationBatchSampler
     from skyfix.train.towers import build_towers, compute_model_id, save_checkpoint
     cfg = full_cfg.train
     rank, world = _rank_world()
@@ -239,36 +286,21 @@ def train(full_cfg, resume: Optional[str] = None, log=print) -> Path:
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    if not cfg.ortho:
-        raise SkyfixError("train.ortho is not set (a GeoTIFF, XYZ folder, or image with source_gsd_m)")
-    tile = full_cfg.tiles.tile_size_m
-    sat_canvas = load_canvas(cfg.ortho, full_cfg.tiles.gsd_m, source_gsd_m=cfg.source_gsd_m)
-    drone_canvas = (load_canvas(cfg.drone_from, sat_canvas.gsd_m, source_gsd_m=cfg.source_gsd_m,
-                                frame=sat_canvas.frame) if cfg.drone_from else None)
-    margin = tile / 2 + 260.0 * math.tan(math.radians(12))  # the footprint stays on the map
-    locs = location_grid(sat_canvas, cfg.location_spacing_m, margin)
-    e0, _, e1, _ = sat_canvas.bounds_en()
-    split = cfg.val_east_min_m if cfg.val_east_min_m is not None else e0 + (e1 - e0) * 2 / 3
-    train_locs, val_locs = split_by_area(locs, split, gap_m=tile)
     model = build_towers(full_cfg.model)
-    px = full_cfg.model.input_px
-    pairs = OrthoPairs(sat_canvas, train_locs, tile, px, drone_canvas, heading=cfg.heading, seed=cfg.seed)
-    val = OrthoPairs(sat_canvas, val_locs, tile, px, drone_canvas, heading=cfg.heading, seed=cfg.seed + 999)
-    val.locations = val.locations[:: max(1, len(val.locations) // cfg.val_views)]
-    state = TrainState(model, cfg, n_classes=len(train_locs), device=device)
-    sampler = LocationBatchSampler(list(range(len(train_locs))), cfg.batch_size * world,
-                                   neighbours_by_distance(train_locs, cfg.hard_radius_m), cfg.hard_fraction, cfg.seed)
+    pairs, val, split_info = build_datasets(full_cfg)
+    state = TrainState(model, cfg, n_classes=len(pairs), device=device)
+    sampler = LocationBatchSampler(list(range(len(pairs))), cfg.batch_size * world,
+                                   pairs.neighbours(cfg.hard_radius_m), cfg.hard_fraction, cfg.seed)
     steps_per_epoch = cfg.steps_per_epoch or len(sampler)
     state.total_steps = cfg.epochs * steps_per_epoch
     if resume:
         state.load(resume)
     info = run_info(full_cfg)
-    info["split"] = {"train_locations": len(train_locs), "val_locations": len(val.locations),
-                     "val_east_min_m": split, "gap_m": tile, "spacing_m": cfg.location_spacing_m}
+    info["split"] = split_info
     if rank == 0:
         (out / "run.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
-        log(f"train: {len(train_locs)} locations (east < {split - tile:.0f} m), validation: "
-            f"{len(val.locations)} views east of {split:.0f} m; {state.total_steps} steps on {device} x {world}")
+        log(f"train: {split_info['train']}; validation: {split_info['val']}; "
+            f"{state.total_steps} steps on {device} x {world}")
     best, best_path, t0 = -1.0, out / "best.pt", time.perf_counter()
     metrics_log = open(out / "metrics.jsonl", "a") if rank == 0 else None
     start_epoch = state.step_count // steps_per_epoch
