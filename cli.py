@@ -200,7 +200,7 @@ def cmd_train(args) -> int:
     if args.preset and args.preset not in TRAIN_PRESETS:
         raise SkyfixError(f"unknown preset '{args.preset}'; presets: {', '.join(TRAIN_PRESETS)}")
     t = overrides.setdefault("train", {})
-    for key in ("ortho", "drone_from", "source_gsd_m", "loss", "epochs", "out", "seed"):
+    for key in ("ortho", "drone_from", "source_gsd_m", "u1652_root", "loss", "epochs", "out", "seed"):
         if getattr(args, key) is not None:
             t[key] = getattr(args, key)
     if args.config:
@@ -212,6 +212,20 @@ def cmd_train(args) -> int:
         import torch.distributed as dist
         dist.init_process_group("nccl" if cfg.train.device == "cuda" else "gloo")
     train(cfg, resume=args.resume)
+    return 0
+
+
+def cmd_eval_u1652(args) -> int:
+    from skyfix.edge.embedders import load_embedder
+    from skyfix.train.evaluate import evaluate_u1652
+    cfg = _config(args)
+    res = evaluate_u1652(args.root, load_embedder(args.model, "drone", cfg.model),
+                         load_embedder(args.model, "sat", cfg.model))
+    for name, m in res.items():
+        print(f"{name:13s} " + ("no test folders" if m is None else
+                                f"R@1 {m['r1']:.3f}  R@5 {m['r5']:.3f}  R@10 {m['r10']:.3f}  AP {m['ap']:.3f}  ({m['n_queries']} queries)"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
     return 0
 
 
@@ -322,11 +336,19 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("--model")
     qu.set_defaults(func=cmd_query)
 
+    eu = sub.add_parser("eval-u1652", help="University-1652 protocol (R@1, AP, both directions)")
+    eu.add_argument("--root", required=True, help="folder with test/query_drone, test/gallery_satellite, ...")
+    eu.add_argument("--model", default="imagenet")
+    eu.add_argument("--json")
+    eu.add_argument("--config")
+    eu.set_defaults(func=cmd_eval_u1652)
+
     tr = sub.add_parser("train", help="metric learning of the towers (CPU or GPU; torchrun for several)")
     tr.add_argument("--preset", help="cpu-quick | workstation")
     tr.add_argument("--ortho", help="map the training pairs are cut from")
     tr.add_argument("--drone-from", help="second date of the same area for the drone views")
     tr.add_argument("--source-gsd-m", type=float)
+    tr.add_argument("--u1652-root", help="train on a University-1652 tree instead of orthophotos")
     tr.add_argument("--loss", choices=["infonce", "soft_triplet", "mhnw"])
     tr.add_argument("--epochs", type=int)
     tr.add_argument("--out")

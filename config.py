@@ -147,6 +147,7 @@ class TrainConfig:
     ortho: str = ""                  # map the pairs are cut from (satellite side)
     drone_from: str = ""             # optional second date for the drone views
     source_gsd_m: Optional[float] = None
+    u1652_root: str = ""             # instead of orthophotos: a University-1652 tree (train/, test/)
     # Several areas instead of one ortho: [{ortho, drone_from, source_gsd_m, split: train|val}].
     # Validation scenes are held out whole (e.g. LEVIR-CD scenes 4-5 while training on 1-3).
     scenes: list = field(default_factory=list)

@@ -124,6 +124,19 @@ def test_u1652_reader_on_a_tiny_tree(tmp_path):
     assert drone.shape == sat.shape == (PX, PX, 3) and k == 0
     sets = u1652_test_sets(tmp_path)
     assert len(sets["query_drone"]["0001"]) == 3 and sets["query_satellite"] == {}
+    # The protocol runs on the tree: one location, so every drone query finds it first.
+    from skyfix.edge.embedders import load_embedder
+    from skyfix.train.evaluate import evaluate_u1652
+    emb = load_embedder("imagenet", "drone", ModelConfig(input_px=PX, dim=32))
+    res = evaluate_u1652(tmp_path, emb, emb)
+    assert res["drone_to_sat"]["r1"] == 1.0 and res["drone_to_sat"]["n_queries"] == 3
+    assert res["sat_to_drone"] is None
+    # Training reads the same tree.
+    from skyfix.config import load_config
+    from skyfix.train.trainer import build_datasets
+    train, val, _ = build_datasets(load_config(overrides={"train": {"u1652_root": str(tmp_path)},
+                                                          "model": {"input_px": PX}}))
+    assert len(train) == 3 and len(val) == 1 and train.location_of == [0, 0, 0]
 
 
 def test_checkpoint_resume_continues_identically(tmp_path):

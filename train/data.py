@@ -197,19 +197,24 @@ def read_u1652_split(folder: str | Path) -> dict[str, list[Path]]:
 
 
 class U1652Pairs:
-    """Training pairs from `root/train/{drone,satellite}/<id>/*`: item i is (drone image, the
-    satellite image of its location, location index); every drone image is one item."""
+    """Pairs from `root/<split>/{drone,satellite}/<id>/*` (or the test folders query_drone and
+    gallery_satellite): item i is (drone image, the satellite image of its location, location
+    index); every drone image is one item (`first_only`: one per location)."""
 
-    def __init__(self, root: str | Path, input_px: int):
-        drone = read_u1652_split(Path(root) / "train" / "drone")
-        sat = read_u1652_split(Path(root) / "train" / "satellite")
+    def __init__(self, root: str | Path, input_px: int, drone_dir: str = "train/drone",
+                 sat_dir: str = "train/satellite", first_only: bool = False):
+        drone = read_u1652_split(Path(root) / drone_dir)
+        sat = read_u1652_split(Path(root) / sat_dir)
         ids = sorted(set(drone) & set(sat))
         if not ids:
             raise SkyfixError(f"{root}: no location has both drone and satellite training images")
         self.ids, self.px = ids, input_px
         self.sat_path = {i: sat[i][0] for i in ids}
-        self.items = [(p, k) for k, i in enumerate(ids) for p in drone[i]]
+        self.items = [(p, k) for k, i in enumerate(ids) for p in (drone[i][:1] if first_only else drone[i])]
         self.epoch = 0
+
+    def neighbours(self, radius_m: float):
+        return None  # no geometry between University-1652 locations
 
     def __len__(self) -> int:
         return len(self.items)

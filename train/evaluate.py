@@ -187,3 +187,32 @@ def crossview_smoke(data_dir: str | Path, drone_embedder, sat_embedder) -> dict:
             "mean_sim_a_to_b": float((a @ b.T).mean()),"views": [p.name for p in a_paths], "sim_sat": sim_s0.tolist(),
             "best_sim_scene_b": sim_b.tolist(), "margin": margins.tolist(),
             "passed": int((margins > 0).sum()), "total": len(a_paths)}
+
+
+def evaluate_u1652(root: str | Path, drone_embedder, sat_embedder, batch: int = 32) -> dict:
+    """University-1652 protocol: drone -> satellite (query_drone vs gallery_satellite) and
+    satellite -> drone (query_satellite vs gallery_drone); positives share the location id."""
+    from skyfix.tiles.ortho import imread_rgb
+    from skyfix.train.data import u1652_test_sets
+
+    def embed(embedder, folder: dict):
+        ids = [k for k, paths in folder.items() for _ in paths]
+        paths = [p for k in folder for p in folder[k]]
+        px = embedder.input_px
+        vecs = [embedder.embed(np.stack([cv2.resize(imread_rgb(p), (px, px), interpolation=cv2.INTER_AREA)
+                                         for p in paths[i:i + batch]]))
+                for i in range(0, len(paths), batch)]
+        return np.array(ids), (np.concatenate(vecs) if vecs else np.zeros((0, embedder.dim), np.float32))
+
+    sets = u1652_test_sets(root)
+    out = {}
+    for name, (qname, qemb, gname, gemb) in {
+            "drone_to_sat": ("query_drone", drone_embedder, "gallery_satellite", sat_embedder),
+            "sat_to_drone": ("query_satellite", sat_embedder, "gallery_drone", drone_embedder)}.items():
+        if not sets[qname] or not sets[gname]:
+            out[name] = None
+            continue
+        qi, qv = embed(qemb, sets[qname])
+        gi, gv = embed(gemb, sets[gname])
+        out[name] = retrieval_metrics(qv @ gv.T, qi[:, None] == gi[None, :])
+    return out

@@ -234,6 +234,12 @@ def build_datasets(full_cfg):
     from skyfix.tiles.ortho import load_canvas
     from skyfix.train.data import ConcatPairs, OrthoPairs, location_grid, split_by_area
     cfg, tile, px = full_cfg.train, full_cfg.tiles.tile_size_m, full_cfg.model.input_px
+    if cfg.u1652_root:
+        from skyfix.train.data import U1652Pairs
+        train = U1652Pairs(cfg.u1652_root, px)
+        val = U1652Pairs(cfg.u1652_root, px, "test/query_drone", "test/gallery_satellite", first_only=True)
+        return train, val, {"train": f"University-1652 train: {len(train.ids)} locations, {len(train)} drone images",
+                            "val": f"University-1652 test: {len(val)} locations (first drone image each)"}
     scenes = cfg.scenes or [{"ortho": cfg.ortho, "drone_from": cfg.drone_from,
                              "source_gsd_m": cfg.source_gsd_m, "split": "area"}]
     if not all(sc.get("ortho") for sc in scenes):
@@ -288,8 +294,9 @@ def train(full_cfg, resume: Optional[str] = None, log=print) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model = build_towers(full_cfg.model)
     pairs, val, split_info = build_datasets(full_cfg)
-    state = TrainState(model, cfg, n_classes=len(pairs), device=device)
-    sampler = LocationBatchSampler(list(range(len(pairs))), cfg.batch_size * world,
+    location_of = getattr(pairs, "location_of", None) or list(range(len(pairs)))
+    state = TrainState(model, cfg, n_classes=max(location_of) + 1, device=device)
+    sampler = LocationBatchSampler(location_of, cfg.batch_size * world,
                                    pairs.neighbours(cfg.hard_radius_m), cfg.hard_fraction, cfg.seed)
     steps_per_epoch = cfg.steps_per_epoch or len(sampler)
     state.total_steps = cfg.epochs * steps_per_epoch
