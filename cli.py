@@ -209,8 +209,10 @@ def cmd_train(args) -> int:
             overrides.setdefault(section, {}).update(values or {})
     cfg = load_config(None, overrides)
     if args.distributed:
+        import torch
         import torch.distributed as dist
-        dist.init_process_group("nccl" if cfg.train.device == "cuda" else "gloo")
+        gpu = torch.cuda.is_available() and cfg.train.device != "cpu"
+        dist.init_process_group("nccl" if gpu else "gloo")
     train(cfg, resume=args.resume)
     return 0
 

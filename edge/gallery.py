@@ -27,12 +27,18 @@ class FrameGallery:
     def __len__(self) -> int:
         return min(self.count, self.capacity)
 
-    def add(self, vector: np.ndarray, t_capture_us: int, frame_id: str, fix: Optional[Fix]) -> None:
+    def add(self, vector: np.ndarray, t_capture_us: int, frame_id: str, fix: Optional[Fix]) -> int:
+        """Store a frame; returns its slot (for `attach_fix` once the frame's fix is known)."""
         with self._lock:
             i = self.count % self.capacity
             self.vectors[i], self.t_us[i], self.frame_ids[i] = vector, t_capture_us, frame_id
             self.lat_lon[i] = (fix.lat_deg, fix.lon_deg) if fix is not None else (np.nan, np.nan)
             self.count += 1
+            return i
+
+    def attach_fix(self, slot: int, lat_deg: float, lon_deg: float) -> None:
+        with self._lock:
+            self.lat_lon[slot] = (lat_deg, lon_deg)
 
     def query(self, vectors: np.ndarray, k: int = 5) -> list[list[dict]]:
         """For each float32 query vector (N x D, e.g. a satellite tile from the sat tower), the
@@ -65,8 +71,7 @@ class FrameGallery:
             z = np.load(path, allow_pickle=False)
             g = cls(max(len(z["vectors"]), 1), z["vectors"].shape[1], str(z["model_id"]))
             for v, t, f, ll in zip(z["vectors"], z["t_us"], z["frame_ids"], z["lat_lon"]):
-                g.add(v, int(t), str(f), None)
-                g.lat_lon[(g.count - 1) % g.capacity] = ll
+                g.attach_fix(g.add(v, int(t), str(f), None), *ll)
         except (OSError, KeyError, ValueError) as exc:
             raise SkyfixError(f"cannot read frame gallery {path}: {exc}") from exc
         return g

@@ -78,6 +78,8 @@ class Navigator:
             fix, reason = None, f"error: {type(exc).__name__}: {exc}"
         for k, v in timings.items():
             self.timings_ms[k].append(v)
+        if "refine" in timings:  # a frame that went through every stage
+            self.timings_ms["frame_total"].append(sum(timings.values()))
         self.reasons[reason.split(":")[0]] += 1
         if fix is None:
             self._log_reason(reason)
@@ -141,13 +143,13 @@ class Navigator:
         t3 = time.perf_counter()
         best, runner_up = self._refine(crop, candidates)
         timings["refine"] = (time.perf_counter() - t3) * 1e3
-        self.gallery.add(vectors[0], frame.t_capture_us, frame.source_id, None)
+        slot = self.gallery.add(vectors[0], frame.t_capture_us, frame.source_id, None)
         reason = self._reject_match(best, runner_up, heading_known, agl_note)
         if reason:
             return None, reason
 
         # The match locates the crop centre; the vehicle is offset from it by the tilt.
-        corr = math.radians(best.rotation_deg) * -1.0  # crop -> map rotation is minus the yaw error
+        corr = -math.radians(best.rotation_deg)  # the crop turns on the map by minus the yaw error
         on, oe = offset_ne
         c, s = math.cos(-corr), math.sin(-corr)
         east = best.east_m - (on * s + oe * c)
@@ -159,7 +161,7 @@ class Navigator:
             fix, reason = self._fuse(t_s, east, north, sigma, best, frame.t_capture_us, yaw - corr)
         timings["filter"] = (time.perf_counter() - t4) * 1e3
         if fix is not None:
-            self.gallery.lat_lon[(self.gallery.count - 1) % self.gallery.capacity] = (fix.lat_deg, fix.lon_deg)
+            self.gallery.attach_fix(slot, fix.lat_deg, fix.lon_deg)
         if fix is not None and notes:
             reason = "ok (" + "; ".join(notes) + ")"
         return fix, reason

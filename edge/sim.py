@@ -396,8 +396,7 @@ def _frame_summary(frames: list[dict], nav, duration: float, startup_s: float) -
     err = np.array([f["error_m"] for f in frames if f["fix"]])
     acc = np.array([f["acc_m"] for f in frames if f["fix"]])
     lat = nav.timing_summary()
-    per_frame = [sum(v) for v in zip(*(nav.timings_ms[k] for k in ("crop", "embed", "search", "refine")))] \
-        if all(nav.timings_ms.get(k) for k in ("crop", "embed", "search", "refine")) else []
+    total = lat.get("frame_total")
     reasons = {}
     for f in frames:
         key = f["reason"].split(":")[0].split(" (")[0]
@@ -409,9 +408,8 @@ def _frame_summary(frames: list[dict], nav, duration: float, startup_s: float) -
                               "p95": float(np.percentile(err, 95)) if len(err) else None,
                               "max": float(err.max()) if len(err) else None},
         "confident_wrong_fixes": int(np.sum(err > 3 * acc)) if len(err) else 0,
-        "latency_ms": {**lat, "frame_total": {"p50": float(np.percentile(per_frame, 50)),
-                                              "p95": float(np.percentile(per_frame, 95))} if per_frame else {}},
-        "sustainable_fps": float(1000.0 / np.percentile(per_frame, 50)) if per_frame else None,
+        "latency_ms": lat,
+        "sustainable_fps": 1000.0 / total["p50"] if total else None,
         "frames_per_s": len(frames) / duration,
         "startup_s": startup_s,
         "reasons": reasons,

@@ -289,6 +289,10 @@ def train(full_cfg, resume: Optional[str] = None, log=print) -> Path:
     cfg = full_cfg.train
     rank, world = _rank_world()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    if device == "cuda" and world > 1:  # one GPU per process under torchrun
+        import os
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+        torch.cuda.set_device(device)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
