@@ -155,6 +155,7 @@ class TrainConfig:
     location_spacing_m: float = 25.0
     loss: str = "infonce"            # infonce | soft_triplet | mhnw
     lpn_instance_weight: float = 0.0 # > 0 adds the LPN per-part classifier loss (needs model.lpn_parts)
+    orientation_weight: float = 0.0  # > 0 adds a heading regression head (train with heading: unknown)
     batch_size: int = 16             # locations per batch (pairs)
     grad_cache_chunk: int = 0        # > 0: two-pass big batch, forward this many images at a time
     hard_fraction: float = 0.5       # share of batch slots filled with nearby locations

@@ -72,3 +72,11 @@ def test_unknown_loss_refused():
     from skyfix.errors import SkyfixError
     with pytest.raises(SkyfixError, match="unknown loss"):
         make_loss("arcface")
+
+
+def test_orientation_loss_hand_values():
+    from skyfix.train.towers import orientation_loss
+    pred = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    rot = torch.tensor([0.0, 0.0, float("nan")])  # the third has no known rotation: ignored
+    # 1 - cos(0) = 0 and 1 - cos(90 deg) = 1: mean 0.5.
+    assert orientation_loss(pred, rot).item() == pytest.approx(0.5, abs=1e-6)

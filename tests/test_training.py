@@ -120,8 +120,8 @@ def test_u1652_reader_on_a_tiny_tree(tmp_path):
         (tmp_path / "test" / name).mkdir(parents=True)
     pairs = U1652Pairs(tmp_path, PX)
     assert pairs.ids == ["0001"] and len(pairs) == 3
-    drone, sat, k = pairs[1]
-    assert drone.shape == sat.shape == (PX, PX, 3) and k == 0
+    drone, sat, k, rot = pairs[1]
+    assert drone.shape == sat.shape == (PX, PX, 3) and k == 0 and np.isnan(rot)
     sets = u1652_test_sets(tmp_path)
     assert len(sets["query_drone"]["0001"]) == 3 and sets["query_satellite"] == {}
     # The protocol runs on the tree: one location, so every drone query finds it first.
@@ -212,10 +212,20 @@ def test_datasets_hold_out_areas_and_scenes(tmp_path):
     e_train = [l.east_m for p in train.parts for l in p.locations]
     e_val = [l.east_m for p in val.parts for l in p.locations]
     assert max(e_train) < min(e_val) - 100.0 + 1e-6  # a tile-wide gap: no shared imagery
-    drone, sat, k = train[3]
-    assert drone.shape == sat.shape == (PX, PX, 3) and k == 3
+    drone, sat, k, rot = train[3]
+    assert drone.shape == sat.shape == (PX, PX, 3) and k == 3 and abs(rot) < 0.5  # heading known: small error
     cfg.train.scenes = [{"ortho": str(a), "source_gsd_m": 0.5, "split": "train"},
                         {"ortho": str(b), "source_gsd_m": 0.5, "split": "val"}]
     train, val, info = build_datasets(cfg)
     assert len(train.parts) == len(val.parts) == 1 and len(train) == len(val) > 10
     assert len(train.neighbours(30.0)) == len(train)
+
+
+def test_orientation_head_trains_on_rotations():
+    from skyfix.train.trainer import TrainState
+    state = TrainState(_towers(), _cfg(orientation_weight=1.0), n_classes=8)
+    state.total_steps = 4
+    drone, sat, labels = _batch()
+    rot = torch.linspace(-3.0, 3.0, 8)
+    assert np.isfinite(state.step(drone, sat, labels, rot))
+    assert state.orient is not None and state.orient.mlp[0].weight.grad is not None

@@ -73,7 +73,8 @@ class OrthoPairs:
         loc = self.locations[i]
         return self.sat.render(loc.east_m, loc.north_m, self.tile_size_m, self.px)[0]
 
-    def drone_image(self, i: int, rng: np.random.Generator) -> np.ndarray:
+    def drone_image(self, i: int, rng: np.random.Generator):
+        """(rectified drone crop, its rotation in rad: true heading minus the heading used)."""
         loc = self.locations[i]
         agl = rng.uniform(*self.alt_range_m)
         roll, pitch = rng.uniform(-self.tilt, self.tilt, 2)
@@ -88,11 +89,14 @@ class OrthoPairs:
         frame = photometric(frame, rng)
         yaw_est = yaw + rng.normal(0, self.heading_err) if self.heading == "known" else rng.uniform(0, 2 * math.pi)
         agl_est = agl * (1 + rng.normal(0, 0.05))
-        return rectify(frame, self.cam, roll, pitch, yaw_est, agl_est, self.tile_size_m, self.px)[0]
+        crop = rectify(frame, self.cam, roll, pitch, yaw_est, agl_est, self.tile_size_m, self.px)[0]
+        return crop, float((yaw - yaw_est + math.pi) % (2 * math.pi) - math.pi)
 
     def __getitem__(self, i: int):
+        """(drone uint8, satellite uint8, location index, drone crop rotation in rad)."""
         rng = np.random.default_rng((self.seed, self.epoch, i))
-        return self.drone_image(i, rng), self.sat_image(i), i
+        drone, rotation = self.drone_image(i, rng)
+        return drone, self.sat_image(i), i, rotation
 
 
 class ConcatPairs:
@@ -116,8 +120,8 @@ class ConcatPairs:
 
     def __getitem__(self, i: int):
         k = int(np.searchsorted(self.offsets, i, side="right") - 1)
-        drone, sat, _ = self.parts[k][i - int(self.offsets[k])]
-        return drone, sat, i
+        drone, sat, _, rotation = self.parts[k][i - int(self.offsets[k])]
+        return drone, sat, i, rotation
 
     def neighbours(self, radius_m: float) -> list[list[int]]:
         """Nearby locations within each area (areas are unrelated places)."""
@@ -230,7 +234,7 @@ class U1652Pairs:
 
     def __getitem__(self, i: int):
         path, k = self.items[i]
-        return self._load(path), self._load(self.sat_path[self.ids[k]]), k
+        return self._load(path), self._load(self.sat_path[self.ids[k]]), k, float("nan")
 
 
 def u1652_test_sets(root: str | Path) -> dict[str, dict[str, list[Path]]]:

@@ -110,6 +110,27 @@ class Tower(nn.Module):
         return F.normalize(self.proj(self.features(x_uint8)), dim=1)
 
 
+class OrientationHead(nn.Module):
+    """Regresses a drone crop's rotation against north-up (seed 003, orientation regression):
+    pooled tower features N x F -> unit (cos, sin) N x 2."""
+
+    def __init__(self, in_features: int, hidden: int = 256):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+
+    def forward(self, features):
+        return F.normalize(self.mlp(features), dim=1)
+
+
+def orientation_loss(pred_cos_sin, rotation_rad):
+    """1 - cos(predicted - true), ignoring samples without a known rotation (NaN)."""
+    known = torch.isfinite(rotation_rad)
+    if not bool(known.any()):
+        return pred_cos_sin.sum() * 0.0
+    target = torch.stack([torch.cos(rotation_rad[known]), torch.sin(rotation_rad[known])], dim=1)
+    return (1.0 - (pred_cos_sin[known] * target).sum(dim=1)).mean()
+
+
 class TwoTowers(nn.Module):
     """Drone and satellite towers; one module serves both when weights are shared."""
 

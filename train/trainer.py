@@ -60,9 +60,15 @@ class TrainState:
             if mc.lpn_parts < 1:
                 raise SkyfixError("train.lpn_instance_weight needs model.lpn_parts >= 1")
             self.parts = PartClassifiers(mc.lpn_parts, model.drone.backbone.channels, n_classes).to(device)
+        self.orient = None
+        if cfg.orientation_weight > 0:
+            from skyfix.train.towers import OrientationHead
+            pooled = model.drone.proj.in_features
+            self.orient = OrientationHead(pooled).to(device)
         params = list(model.parameters()) + list(self.loss.parameters())
-        if self.parts is not None:
-            params += list(self.parts.parameters())
+        for extra in (self.parts, self.orient):
+            if extra is not None:
+                params += list(extra.parameters())
         self.params = params
         self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.total_steps = 1
@@ -79,12 +85,12 @@ class TrainState:
 
     def _embed(self, tower: str, images):
         net = self.model.tower(tower)
-        if self.parts is None:
+        if self.parts is None and self.orient is None:
             return net(images), None
         feats = net.features(images)
         return F.normalize(net.proj(feats), dim=1), feats
 
-    def _objective(self, drone_emb, sat_emb, drone_feats=None, sat_feats=None, labels=None):
+    def _objective(self, drone_emb, sat_emb, drone_feats=None, sat_feats=None, labels=None, rotations=None):
         """The global loss, computed alike on every rank from the gathered embeddings. Its graph
         reaches only the local embeddings, so the towers' gradients are summed over ranks
         (`_sync_gradients`); the local part-classifier loss is divided by the world size so
@@ -93,6 +99,10 @@ class TrainState:
         if self.parts is not None:
             loss = loss + self.cfg.lpn_instance_weight * 0.5 * (
                 self.parts(drone_feats, labels) + self.parts(sat_feats, labels)) / _rank_world()[1]
+        if self.orient is not None and rotations is not None:
+            from skyfix.train.towers import orientation_loss
+            loss = loss + self.cfg.orientation_weight * orientation_loss(
+                self.orient(drone_feats), rotations) / _rank_world()[1]
         return loss
 
     def _sync_gradients(self) -> None:
@@ -100,15 +110,17 @@ class TrainState:
         loss's own parameters (the temperature) already see the global batch on every rank."""
         if _rank_world()[1] == 1:
             return
-        shared = list(self.model.parameters()) + (list(self.parts.parameters()) if self.parts else [])
+        shared = list(self.model.parameters())
+        for extra in (self.parts, self.orient):
+            shared += list(extra.parameters()) if extra is not None else []
         for p in shared:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
 
-    def step(self, drone_u8, sat_u8, labels) -> float:
+    def step(self, drone_u8, sat_u8, labels, rotations=None) -> float:
         """One optimisation step on uint8 NHWC batches; returns the (global) loss."""
-        loss = self.compute_gradients(drone_u8, sat_u8, labels)
+        loss = self.compute_gradients(drone_u8, sat_u8, labels, rotations)
         self.scaler.unscale_(self.opt)
         torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.scaler.step(self.opt)
@@ -117,7 +129,7 @@ class TrainState:
         self.step_count += 1
         return loss
 
-    def compute_gradients(self, drone_u8, sat_u8, labels) -> float:
+    def compute_gradients(self, drone_u8, sat_u8, labels, rotations=None) -> float:
         """Forward and backward (no optimiser step): fills .grad; returns the global loss."""
         self.model.train()
         if self.cfg.freeze_bn:
@@ -129,13 +141,14 @@ class TrainState:
         labels = labels.to(self.device)
         self.opt.zero_grad(set_to_none=True)
         autocast = torch.autocast("cuda", enabled=self.scaler.is_enabled())
-        if self.cfg.grad_cache_chunk > 0 and self.parts is None:
+        rotations = rotations.to(self.device) if rotations is not None else None
+        if self.cfg.grad_cache_chunk > 0 and self.parts is None and self.orient is None:
             loss = self._grad_cache_step(drone_u8, sat_u8, autocast)
         else:
             with autocast:
                 d, dfeat = self._embed("drone", drone_u8)
                 s, sfeat = self._embed("sat", sat_u8)
-                loss = self._objective(d.float(), s.float(), dfeat, sfeat, labels)
+                loss = self._objective(d.float(), s.float(), dfeat, sfeat, labels, rotations)
             self.scaler.scale(loss).backward()
         self._sync_gradients()
         return float(loss.detach())
@@ -166,6 +179,7 @@ class TrainState:
     def state_dict(self) -> dict:
         return {"model_cfg": dataclasses.asdict(self.model.cfg), "state_dict": self.model.state_dict(),
                 "loss": self.loss.state_dict(), "parts": self.parts.state_dict() if self.parts else {},
+                "orient": self.orient.state_dict() if self.orient else {},
                 "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "step": self.step_count,
                 "total_steps": self.total_steps, "torch_rng": torch.get_rng_state()}
 
@@ -185,6 +199,8 @@ class TrainState:
         self.loss.load_state_dict(blob["loss"])
         if self.parts is not None:
             self.parts.load_state_dict(blob["parts"])
+        if self.orient is not None:
+            self.orient.load_state_dict(blob["orient"])
         self.opt.load_state_dict(blob["opt"])
         self.sched.load_state_dict(blob["sched"])
         self.step_count, self.total_steps = int(blob["step"]), int(blob["total_steps"])
@@ -192,9 +208,11 @@ class TrainState:
 
 
 def collate(items) -> tuple:
-    drone = torch.from_numpy(np.stack([d for d, _, _ in items]))
-    sat = torch.from_numpy(np.stack([s for _, s, _ in items]))
-    return drone, sat, torch.tensor([k for _, _, k in items])
+    """(drone uint8 N x H x W x 3, satellite uint8, location labels N, rotations N in rad)."""
+    drone = torch.from_numpy(np.stack([it[0] for it in items]))
+    sat = torch.from_numpy(np.stack([it[1] for it in items]))
+    rot = torch.tensor([it[3] if len(it) > 3 else float("nan") for it in items], dtype=torch.float32)
+    return drone, sat, torch.tensor([it[2] for it in items]), rot
 
 
 def run_info(cfg) -> dict:
@@ -217,7 +235,7 @@ def validate(model, val_pairs, device: str, batch: int = 16) -> dict:
     with torch.inference_mode():
         for i in range(0, len(val_pairs), batch):
             items = [val_pairs[j] for j in range(i, min(i + batch, len(val_pairs)))]
-            drone, sat, _ = collate(items)
+            drone, sat, _, _ = collate(items)
             d.append(model.drone(drone.to(device)).float().cpu())
             s.append(model.sat(sat.to(device)).float().cpu())
     S = (torch.cat(d) @ torch.cat(s).T).numpy()
@@ -338,8 +356,9 @@ def train(full_cfg, resume: Optional[str] = None, log=print) -> Path:
             state.save(out / "last.pt")
             if r1 > best:
                 best = r1
-                save_checkpoint(model, best_path, extra={"epoch": epoch + 1, "val_r1": r1,
-                                                         "model_id": compute_model_id(model)})
+                save_checkpoint(model, best_path, extra={
+                    "epoch": epoch + 1, "val_r1": r1, "model_id": compute_model_id(model),
+                    "orientation_head": state.orient.state_dict() if state.orient else {}})
     if metrics_log:
         metrics_log.close()
     if rank == 0:
