@@ -3,6 +3,7 @@
   skyfix bench embed  --model MODEL_DIR      onnxruntime embedding latency, batch 1 and 8
   skyfix bench faiss  --pack PACK            search latency on a pack and a synthetic 1M index
   skyfix bench retrieval                     builds packs and runs every README eval
+  skyfix bench orientation --checkpoint best.pt --model DIR --pack PACK --queries-from MAP
 """
 from __future__ import annotations
 
@@ -195,4 +196,60 @@ def main(what: str, args) -> int:
         print(bench_faiss(args.pack, args.n_synthetic))
     if what in ("retrieval", "all"):
         print(bench_retrieval(args.model, args.out, args.views))
+    if what == "orientation":
+        print(bench_orientation(args.checkpoint, args.model, args.pack, args.queries_from, args.views,
+                                args.east_min_m))
     return 0
+
+
+# ---- orientation head ---------------------------------------------------------------------------
+def bench_orientation(checkpoint: str, model_dir: str, pack_path: str, queries_from: str,
+                      views: int = 200, east_min_m: float | None = None) -> str:
+    """Heading unknown: 8 test-time rotations vs. one crop turned by the orientation head.
+
+    Both use the same trained towers and pack; returns a markdown table.
+    """
+    import math
+
+    import cv2
+    import torch
+
+    from skyfix.config import load_config
+    from skyfix.edge.embedders import OnnxEmbedder
+    from skyfix.tiles.ortho import load_canvas
+    from skyfix.tiles.pack import TilePack
+    from skyfix.train.evaluate import embed_queries, make_queries, similarity_to_tiles
+    from skyfix.train.metrics import retrieval_metrics
+    from skyfix.train.towers import OrientationHead, load_checkpoint
+    pack = TilePack.open(pack_path)
+    model = load_checkpoint(checkpoint)
+    blob = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if not blob["extra"].get("orientation_head"):
+        raise SkyfixError(f"{checkpoint} has no orientation head (train with orientation_weight > 0)")
+    head = OrientationHead(model.drone.proj.in_features)
+    head.load_state_dict(blob["extra"]["orientation_head"])
+    head.eval()
+    emb = OnnxEmbedder(Path(model_dir) / "drone.onnx")
+    canvas = load_canvas(queries_from, pack.canvas().gsd_m, frame=pack.frame)
+    cfg = load_config(overrides={"eval": {"views": views, "heading": "unknown", "east_min_m": east_min_m}})
+    rows = ["| heading unknown | D->S R@1 | R@5 | AP | S->D R@1 | embeds per view | heading error median / p90 deg |",
+            "|---|---|---|---|---|---|---|"]
+    for mode, rotations in (("8 test-time rotations", 8), ("orientation head, 1 crop", 1)):
+        cfg.eval.tta_rotations = rotations
+        qs = make_queries(pack, canvas, cfg.camera, cfg.eval, emb.input_px, progress=False)
+        crops, err = qs.crops, ""
+        if rotations == 1:
+            with torch.inference_mode():
+                cs = head(model.drone.features(torch.from_numpy(qs.crops[:, 0]))).numpy()
+            theta = np.arctan2(cs[:, 1], cs[:, 0])  # predicted true heading (crops made at yaw 0)
+            c = (emb.input_px - 1) / 2
+            crops = np.stack([[cv2.warpAffine(q[0], cv2.getRotationMatrix2D((c, c), -math.degrees(t), 1.0),
+                                              (emb.input_px, emb.input_px))] for q, t in zip(qs.crops, theta)])
+            true = np.array([p.yaw_rad for p in qs.poses])
+            e = np.degrees(np.abs((theta - true + np.pi) % (2 * np.pi) - np.pi))
+            err = f"{np.median(e):.1f} / {np.percentile(e, 90):.1f}"
+        S = similarity_to_tiles(pack, embed_queries(emb, crops))
+        P = pack.contains(qs.east_m, qs.north_m)
+        d, s = retrieval_metrics(S, P), retrieval_metrics(S.T, P.T)
+        rows.append(f"| {mode} | {d['r1']:.3f} | {d['r5']:.3f} | {d['ap']:.3f} | {s['r1']:.3f} | {rotations} | {err} |")
+    return "\n".join(rows)
