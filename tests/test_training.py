@@ -175,7 +175,10 @@ def _ddp_worker(rank, world, port, batch, out):
     sl = slice(rank * half, (rank + 1) * half)
     state.compute_gradients(batch[0][sl], batch[1][sl], batch[2][sl])
     if rank == 0:
-        torch.save({n: p.grad.clone() for n, p in model.named_parameters()}, out)
+        grads = {n: p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+                 for n, p in model.named_parameters()}
+        grads["loss.logit_scale"] = state.loss.logit_scale.grad.clone()  # outside DDP
+        torch.save(grads, out)
     dist.destroy_process_group()
 
 
@@ -190,8 +193,10 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     out = tmp_path / "ddp.pt"
     mp.spawn(_ddp_worker, args=(2, port, batch, str(out)), nprocs=2, join=True)
     model = _towers()
-    TrainState(model, _cfg(), n_classes=8).compute_gradients(*batch)
+    one = TrainState(model, _cfg(), n_classes=8)
+    one.compute_gradients(*batch)
     ddp = torch.load(out, weights_only=True)
+    torch.testing.assert_close(ddp.pop("loss.logit_scale"), one.loss.logit_scale.grad, rtol=1e-4, atol=1e-7)
     n_checked = 0
     for name, p in model.named_parameters():
         single = p.grad if p.grad is not None else torch.zeros_like(p)  # unused: no gradient

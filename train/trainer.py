@@ -1,9 +1,10 @@
 """`skyfix train`: metric learning of the drone and satellite towers.
 
-One process, or several with `torchrun` (torch.distributed, gloo or NCCL): embeddings are
-gathered from every rank so the contrastive loss sees the global batch, and the gradients are
-summed over ranks. (DistributedDataParallel's averaging fits a per-rank loss, not one loss over
-gathered embeddings with a learnable temperature, so the reduction is done explicitly.) `grad_cache_chunk` enables the
+One process, or several with `torchrun` and DistributedDataParallel (gloo or NCCL): embeddings
+are gathered from every rank so the contrastive loss sees the global batch. Each rank's graph
+reaches only its own embeddings, so the loss is scaled by the world size before DDP averages
+the towers' gradients (the average of world x local parts is their sum: the global gradient);
+the loss's own temperature, outside DDP, sees the global loss on every rank and is divided back. `grad_cache_chunk` enables the
 two-pass big-batch method (Vo's thesis, ch. 5, Alg. 1; "gradient cache"): embed the whole batch
 without a graph, take the loss and its gradient w.r.t. the embeddings, then re-run the towers
 chunk by chunk and back-propagate those gradients. Plain gradient accumulation would be wrong
@@ -11,6 +12,7 @@ for a loss over the whole batch.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -47,6 +49,25 @@ def gather_with_grad(x):
     return torch.cat(parts)
 
 
+class _Towers(torch.nn.Module):
+    """What DDP wraps: both towers and the heads trained with them, one forward per batch."""
+
+    def __init__(self, model, parts=None, orient=None):
+        super().__init__()
+        self.model, self.parts, self.orient = model, parts, orient
+
+    def forward(self, drone_u8, sat_u8, with_features: bool):
+        out = []
+        for tower, images in (("drone", drone_u8), ("sat", sat_u8)):
+            net = self.model.tower(tower)
+            if not with_features:
+                out += [net(images), None]
+            else:
+                feats = net.features(images)
+                out += [F.normalize(net.proj(feats), dim=1), feats]
+        return out
+
+
 class TrainState:
     """Model, loss modules, optimiser and schedule; `step` runs one optimisation step."""
 
@@ -65,6 +86,11 @@ class TrainState:
             from skyfix.train.towers import OrientationHead
             pooled = model.drone.proj.in_features
             self.orient = OrientationHead(pooled).to(device)
+        self.towers = _Towers(model, self.parts, self.orient)
+        self.world = _rank_world()[1]
+        if self.world > 1:
+            # find_unused_parameters: the backbone's ImageNet classifier takes no part.
+            self.towers = torch.nn.parallel.DistributedDataParallel(self.towers, find_unused_parameters=True)
         params = list(model.parameters()) + list(self.loss.parameters())
         for extra in (self.parts, self.orient):
             if extra is not None:
@@ -83,40 +109,29 @@ class TrainState:
         progress = (step - self.cfg.warmup_steps) / max(1, self.total_steps - self.cfg.warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
-    def _embed(self, tower: str, images):
-        net = self.model.tower(tower)
-        if self.parts is None and self.orient is None:
-            return net(images), None
-        feats = net.features(images)
-        return F.normalize(net.proj(feats), dim=1), feats
+    def _forward(self, drone_u8, sat_u8):
+        """(drone emb, sat emb, drone features or None, sat features or None)."""
+        return self.towers(drone_u8, sat_u8, self.parts is not None or self.orient is not None)
 
     def _objective(self, drone_emb, sat_emb, drone_feats=None, sat_feats=None, labels=None, rotations=None):
-        """The global loss, computed alike on every rank from the gathered embeddings. Its graph
-        reaches only the local embeddings, so the towers' gradients are summed over ranks
-        (`_sync_gradients`); the local part-classifier loss is divided by the world size so
-        that the sum is the mean over the global batch."""
-        loss = self.loss(gather_with_grad(drone_emb), gather_with_grad(sat_emb))
+        """What each rank back-propagates: world x the global contrastive loss (its graph reaches
+        only the local embeddings; DDP's average then gives the global gradient) plus the local
+        head losses (DDP's average of local means is the global mean)."""
+        loss = self.world * self.loss(gather_with_grad(drone_emb), gather_with_grad(sat_emb))
         if self.parts is not None:
             loss = loss + self.cfg.lpn_instance_weight * 0.5 * (
-                self.parts(drone_feats, labels) + self.parts(sat_feats, labels)) / _rank_world()[1]
+                self.parts(drone_feats, labels) + self.parts(sat_feats, labels))
         if self.orient is not None and rotations is not None:
             from skyfix.train.towers import orientation_loss
-            loss = loss + self.cfg.orientation_weight * orientation_loss(
-                self.orient(drone_feats), rotations) / _rank_world()[1]
+            loss = loss + self.cfg.orientation_weight * orientation_loss(self.orient(drone_feats), rotations)
         return loss
 
-    def _sync_gradients(self) -> None:
-        """Sum tower and classifier gradients over ranks (torch.distributed, gloo or NCCL). The
-        loss's own parameters (the temperature) already see the global batch on every rank."""
-        if _rank_world()[1] == 1:
-            return
-        shared = list(self.model.parameters())
-        for extra in (self.parts, self.orient):
-            shared += list(extra.parameters()) if extra is not None else []
-        for p in shared:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+    def _fix_loss_gradients(self) -> None:
+        """The temperature is outside DDP and saw world x the global loss: divide it back."""
+        if self.world > 1:
+            for p in self.loss.parameters():
+                if p.grad is not None:
+                    p.grad /= self.world
 
     def step(self, drone_u8, sat_u8, labels, rotations=None) -> float:
         """One optimisation step on uint8 NHWC batches; returns the (global) loss."""
@@ -146,33 +161,36 @@ class TrainState:
             loss = self._grad_cache_step(drone_u8, sat_u8, autocast)
         else:
             with autocast:
-                d, dfeat = self._embed("drone", drone_u8)
-                s, sfeat = self._embed("sat", sat_u8)
+                d, dfeat, s, sfeat = self._forward(drone_u8, sat_u8)
                 loss = self._objective(d.float(), s.float(), dfeat, sfeat, labels, rotations)
             self.scaler.scale(loss).backward()
-        self._sync_gradients()
-        return float(loss.detach())
+        self._fix_loss_gradients()
+        return float(loss.detach()) / self.world
 
     def _grad_cache_step(self, drone_u8, sat_u8, autocast):
         chunk = self.cfg.grad_cache_chunk
-        cached = {}
-        for tower, images in (("drone", drone_u8), ("sat", sat_u8)):
-            outs, states = [], []
-            for i in range(0, len(images), chunk):
-                # Remember the RNG so the second pass draws the same drop-connect masks.
-                states.append(torch.get_rng_state())
-                with torch.no_grad(), autocast:
-                    outs.append(self._embed(tower, images[i:i + chunk])[0].float())
-            cached[tower] = (torch.cat(outs).requires_grad_(True), states)
-        loss = self._objective(cached["drone"][0], cached["sat"][0])
+        starts = list(range(0, len(drone_u8), chunk))
+        outs_d, outs_s, states = [], [], []
+        for i in starts:
+            # Remember the RNG so the second pass draws the same drop-connect masks.
+            states.append(torch.get_rng_state())
+            with torch.no_grad(), autocast:
+                d, _, s, _ = self._forward(drone_u8[i:i + chunk], sat_u8[i:i + chunk])
+            outs_d.append(d.float())
+            outs_s.append(s.float())
+        emb_d = torch.cat(outs_d).requires_grad_(True)
+        emb_s = torch.cat(outs_s).requires_grad_(True)
+        loss = self._objective(emb_d, emb_s)
         self.scaler.scale(loss).backward()
-        for tower, images in (("drone", drone_u8), ("sat", sat_u8)):
-            emb, states = cached[tower]
-            for k, i in enumerate(range(0, len(images), chunk)):
-                torch.set_rng_state(states[k])
+        for k, i in enumerate(starts):
+            torch.set_rng_state(states[k])
+            # DDP reduces gradients once, after the last chunk.
+            sync = contextlib.nullcontext() if (k == len(starts) - 1 or self.world == 1) else self.towers.no_sync()
+            with sync:
                 with autocast:
-                    out = self._embed(tower, images[i:i + chunk])[0].float()
-                out.backward(emb.grad[i:i + chunk])
+                    d, _, s, _ = self._forward(drone_u8[i:i + chunk], sat_u8[i:i + chunk])
+                torch.autograd.backward([d.float(), s.float()],
+                                        [emb_d.grad[i:i + chunk], emb_s.grad[i:i + chunk]])
         return loss
 
     # ---- checkpoints --------------------------------------------------------------------------
