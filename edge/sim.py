@@ -162,16 +162,15 @@ class SimAutopilot:
         self.conn = mavutil.mavlink_connection(connection, source_system=1, source_component=1,
                                                dialect="common")
         self.received: list[dict] = []
-        self.silent_until_s = -1.0  # fault injection: a dropped link until this sim time
+        self.silent_s = (math.inf, math.inf)  # fault injection: no traffic in [from, until) sim time
         self._stop = threading.Event()
         self._threads = []
 
     def drop_link(self, from_s: float, duration_s: float) -> None:
-        self.silent_until_s = from_s + duration_s
-        self._silent_from_s = from_s
+        self.silent_s = (from_s, from_s + duration_s)
 
     def _silent(self, t_s: float) -> bool:
-        return getattr(self, "_silent_from_s", 1e18) <= t_s < self.silent_until_s
+        return self.silent_s[0] <= t_s < self.silent_s[1]
 
     def start(self) -> "SimAutopilot":
         for fn in (self._tx, self._rx):
