@@ -29,6 +29,11 @@ log = logging.getLogger("skyfix.nav")
 STAGES = ("crop", "embed", "search", "refine", "filter")
 
 
+def reason_key(reason: str) -> str:
+    """The kind of a FixResult reason, without its details: 'weak match: 4 inliers' -> 'weak match'."""
+    return reason.split(":")[0].split(" (")[0]
+
+
 def _finite(x) -> bool:
     return x is not None and math.isfinite(x)
 
@@ -38,7 +43,7 @@ class _RateLimitedLog:
         self.period_s, self.last = period_s, {}
 
     def __call__(self, reason: str) -> None:
-        key = reason.split(":")[0]
+        key = reason_key(reason)
         now = time.monotonic()
         if now - self.last.get(key, -1e9) >= self.period_s:
             self.last[key] = now
@@ -80,7 +85,7 @@ class Navigator:
             self.timings_ms[k].append(v)
         if "refine" in timings:  # a frame that went through every stage
             self.timings_ms["frame_total"].append(sum(timings.values()))
-        self.reasons[reason.split(":")[0]] += 1
+        self.reasons[reason_key(reason)] += 1
         if fix is None:
             self._log_reason(reason)
         return FixResult(fix, reason, timings)

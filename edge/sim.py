@@ -396,10 +396,6 @@ def _frame_summary(frames: list[dict], nav, duration: float, startup_s: float) -
     acc = np.array([f["acc_m"] for f in frames if f["fix"]])
     lat = nav.timing_summary()
     total = lat.get("frame_total")
-    reasons = {}
-    for f in frames:
-        key = f["reason"].split(":")[0].split(" (")[0]
-        reasons[key] = reasons.get(key, 0) + 1
     return {
         "n_frames": len(frames),
         "n_fixes": int(len(err)),
@@ -411,7 +407,7 @@ def _frame_summary(frames: list[dict], nav, duration: float, startup_s: float) -
         "sustainable_fps": 1000.0 / total["p50"] if total else None,
         "frames_per_s": len(frames) / duration,
         "startup_s": startup_s,
-        "reasons": reasons,
+        "reasons": dict(nav.reasons),
     }
 
 

@@ -114,6 +114,16 @@ def imread_rgb(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def read_image_px(path: str | Path, px: int, centre_square: bool = False) -> np.ndarray:
+    """An image file as uint8 RGB px x px x 3 (area-resampled; optionally its centre square first)."""
+    img = imread_rgb(path)
+    if centre_square:
+        h, w = img.shape[:2]
+        s = min(h, w)
+        img = img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+    return cv2.resize(img, (px, px), interpolation=cv2.INTER_AREA)
+
+
 def read_local_image(path: Path, gsd_m: float) -> SourceRaster:
     """A plain image without georeferencing: pixel (0, 0) at local (0, 0), north up."""
     img = imread_rgb(path)

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import cv2
 import numpy as np
 
-from skyfix.edge.camera import PinholeCamera, rectify
+from skyfix.edge.camera import PinholeCamera, ground_of_pixel, image_from_ground, rectify
 from skyfix.edge.views import ViewPose, photometric, render_view
 from skyfix.errors import SkyfixError
 from skyfix.tiles.canvas import MapCanvas
@@ -80,7 +79,6 @@ class OrthoPairs:
         roll, pitch = rng.uniform(-self.tilt, self.tilt, 2)
         yaw = rng.uniform(0, 2 * math.pi)
         # Place the camera so that its image centre looks at the location (plus a few metres).
-        from skyfix.edge.camera import ground_of_pixel, image_from_ground
         n_off, e_off = ground_of_pixel(image_from_ground(self.cam, roll, pitch, yaw, 0, 0, agl),
                                        self.cam.cx_px, self.cam.cy_px)
         jitter = rng.normal(0, 3.0, 2)
@@ -227,14 +225,11 @@ class U1652Pairs:
     def location_of(self) -> list[int]:
         return [k for _, k in self.items]
 
-    def _load(self, path: Path) -> np.ndarray:
-        from skyfix.tiles.ortho import imread_rgb
-        img = imread_rgb(path)
-        return cv2.resize(img, (self.px, self.px), interpolation=cv2.INTER_AREA)
-
     def __getitem__(self, i: int):
+        from skyfix.tiles.ortho import read_image_px
         path, k = self.items[i]
-        return self._load(path), self._load(self.sat_path[self.ids[k]]), k, float("nan")
+        return (read_image_px(path, self.px), read_image_px(self.sat_path[self.ids[k]], self.px), k,
+                float("nan"))
 
 
 def u1652_test_sets(root: str | Path) -> dict[str, dict[str, list[Path]]]:

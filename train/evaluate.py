@@ -157,52 +157,46 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def embed_image_files(embedder, paths: list, batch: int = 32, centre_square: bool = False) -> np.ndarray:
+    """Embed image files (read, resized to the model's input), float32 N x D."""
+    from skyfix.tiles.ortho import read_image_px
+    if not paths:
+        return np.zeros((0, embedder.dim), np.float32)
+    return np.concatenate([embedder.embed(np.stack([read_image_px(p, embedder.input_px, centre_square)
+                                                    for p in paths[i:i + batch]]))
+                           for i in range(0, len(paths), batch)])
+
+
 def crossview_smoke(data_dir: str | Path, drone_embedder, sat_embedder) -> dict:
     """SUES-200 check: every scene-A drone photo must score scene A's satellite image above every
     scene-B photo. Returns per-view margins (sim to s0 minus best sim to scene B)."""
     data_dir = Path(data_dir)
-    from skyfix.tiles.ortho import imread_rgb
-
-    def centre_square(img):
-        h, w = img.shape[:2]
-        s = min(h, w)
-        return img[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
-
     a_paths = sorted((data_dir / "sceneA" / "drone").glob("*.jpg"))
     b_paths = sorted((data_dir / "sceneB" / "drone").glob("*.jpg"))
     if not a_paths or not b_paths:
         raise SkyfixError(f"{data_dir}: expected sceneA/drone/*.jpg and sceneB/drone/*.jpg")
-    px = drone_embedder.input_px
-    a = drone_embedder.embed(np.stack([cv2.resize(centre_square(imread_rgb(p)), (px, px),
-                                                  interpolation=cv2.INTER_AREA) for p in a_paths]))
-    b = drone_embedder.embed(np.stack([cv2.resize(centre_square(imread_rgb(p)), (px, px),
-                                                  interpolation=cv2.INTER_AREA) for p in b_paths]))
-    s0 = sat_embedder.embed(cv2.resize(imread_rgb(data_dir / "sceneA" / "satellite" / "s0.png"),
-                                       (px, px), interpolation=cv2.INTER_AREA))
+    a = embed_image_files(drone_embedder, a_paths, centre_square=True)
+    b = embed_image_files(drone_embedder, b_paths, centre_square=True)
+    s0 = embed_image_files(sat_embedder, [data_dir / "sceneA" / "satellite" / "s0.png"])
     sim_s0 = (a @ s0.T)[:, 0]
-    sim_b = (a @ b.T).max(axis=1)
+    sim_ab = a @ b.T
+    sim_b = sim_ab.max(axis=1)
     margins = sim_s0 - sim_b
     within = a @ a.T
     return {"mean_sim_within_a": float(within[~np.eye(len(a), dtype=bool)].mean()),
-            "mean_sim_a_to_b": float((a @ b.T).mean()),"views": [p.name for p in a_paths], "sim_sat": sim_s0.tolist(),
-            "best_sim_scene_b": sim_b.tolist(), "margin": margins.tolist(),
+            "mean_sim_a_to_b": float(sim_ab.mean()), "views": [p.name for p in a_paths],
+            "sim_sat": sim_s0.tolist(), "best_sim_scene_b": sim_b.tolist(), "margin": margins.tolist(),
             "passed": int((margins > 0).sum()), "total": len(a_paths)}
 
 
 def evaluate_u1652(root: str | Path, drone_embedder, sat_embedder, batch: int = 32) -> dict:
     """University-1652 protocol: drone -> satellite (query_drone vs gallery_satellite) and
     satellite -> drone (query_satellite vs gallery_drone); positives share the location id."""
-    from skyfix.tiles.ortho import imread_rgb
     from skyfix.train.data import u1652_test_sets
 
     def embed(embedder, folder: dict):
         ids = [k for k, paths in folder.items() for _ in paths]
-        paths = [p for k in folder for p in folder[k]]
-        px = embedder.input_px
-        vecs = [embedder.embed(np.stack([cv2.resize(imread_rgb(p), (px, px), interpolation=cv2.INTER_AREA)
-                                         for p in paths[i:i + batch]]))
-                for i in range(0, len(paths), batch)]
-        return np.array(ids), (np.concatenate(vecs) if vecs else np.zeros((0, embedder.dim), np.float32))
+        return np.array(ids), embed_image_files(embedder, [p for k in folder for p in folder[k]], batch)
 
     sets = u1652_test_sets(root)
     out = {}
