@@ -128,11 +128,35 @@ def bench_faiss(pack_path: str | None, n_synthetic: int, queries: int = 200) -> 
 
 
 # ---- retrieval suite ----------------------------------------------------------------------------
-def _run(argv: list[str]) -> None:
-    from skyfix.cli import main
-    print("$ skyfix " + " ".join(argv), flush=True)
-    if main(argv) != 0:
-        raise SkyfixError(f"skyfix {' '.join(argv)} failed")
+def _ensure_pack(ortho: Path, out: Path, model: str, source_gsd_m=None) -> None:
+    """Build the pack unless one built by the same model is already there."""
+    from skyfix.config import load_config
+    from skyfix.errors import PackError
+    from skyfix.export.models import load_embedder
+    from skyfix.tiles.build import build_pack
+    from skyfix.tiles.pack import TilePack
+    cfg = load_config()
+    sat = load_embedder(model, "sat", cfg.model)
+    try:
+        TilePack.open(out, expect_model_id=sat.model_id)
+    except PackError:
+        print(f"building {out} from {ortho}", flush=True)
+        build_pack(ortho, out, cfg, sat, model_source=str(model), source_gsd_m=source_gsd_m, progress=False)
+
+
+def _eval(pack_dir: Path, queries_from: Path, views: int, heading: str, json_path: Path,
+          source_gsd_m=None) -> dict:
+    """`skyfix eval` of one pack with the model that built it; writes JSON and PNG."""
+    from skyfix.config import load_config
+    from skyfix.export.models import load_embedder, model_for_pack
+    from skyfix.tiles.pack import TilePack
+    from skyfix.train.evaluate import run_eval
+    print(f"eval {pack_dir} with views from {queries_from.name} (heading {heading})", flush=True)
+    cfg = load_config(overrides={"eval": {"views": views, "heading": heading}})
+    pack = TilePack.open(pack_dir)
+    drone = load_embedder(model_for_pack(pack), "drone", cfg.model)
+    return run_eval(pack, drone, queries_from, cfg, source_gsd_m, json_path, json_path.with_suffix(".png"),
+                    progress=False)
 
 
 def bench_retrieval(model: str, out: str = "out/bench", views: int = 200) -> str:
@@ -142,27 +166,18 @@ def bench_retrieval(model: str, out: str = "out/bench", views: int = 200) -> str
     if not shared.exists():
         raise SkyfixError(f"{shared} not found: the retrieval benchmark needs ../shared/data")
     colorado = shared / "colorado_z18" / "mosaic_epsg3857.tif"
-    results = []
-    _run(["tiles", "build", "--ortho", str(colorado), "--out", str(out_dir / "colorado"), "--model", model, "-q"])
-    for heading in ("known", "unknown"):
-        js = out_dir / f"colorado_{heading}.json"
-        _run(["eval", "--pack", str(out_dir / "colorado"), "--queries-from", str(colorado),
-              "--views", str(views), "--heading", heading, "--json", str(js), "-q"])
-        results.append((f"Colorado, same map, heading {heading}", json.loads(js.read_text())))
-    for pair in ("A->B", "A->A"):
-        agg = []
+    _ensure_pack(colorado, out_dir / "colorado", model)
+    results = [(f"Colorado, same map, heading {heading}",
+                _eval(out_dir / "colorado", colorado, views, heading, out_dir / f"colorado_{heading}.json"))
+               for heading in ("known", "unknown")]
+    for date in ("B", "A"):
+        scenes = []
         for i in range(1, 6):
-            a = shared / "levircd" / "A" / f"test_{i}.png"
-            q = shared / "levircd" / pair[-1] / f"test_{i}.png"
             pack = out_dir / f"levir_{i}"
-            if not pack.exists():
-                _run(["tiles", "build", "--ortho", str(a), "--source-gsd-m", "0.5", "--out", str(pack),
-                      "--model", model, "-q"])
-            js = out_dir / f"levir_{i}_{pair[-1]}.json"
-            _run(["eval", "--pack", str(pack), "--queries-from", str(q), "--source-gsd-m", "0.5",
-                  "--views", str(max(views // 5, 10)), "--heading", "known", "--json", str(js), "-q"])
-            agg.append(json.loads(js.read_text()))
-        results.append((f"LEVIR-CD map A, views {pair[-1]} (5 scenes, heading known)", _pool(agg)))
+            _ensure_pack(shared / "levircd" / "A" / f"test_{i}.png", pack, model, 0.5)
+            scenes.append(_eval(pack, shared / "levircd" / date / f"test_{i}.png", max(views // 5, 10),
+                                "known", out_dir / f"levir_{i}_{date}.json", 0.5))
+        results.append((f"LEVIR-CD map A, views {date} (5 scenes, heading known)", _pool(scenes)))
     rows = ["| case | tiles | views | D->S R@1 | R@5 | R@10 | R@1% | AP | S->D R@1 | S->D AP | top-1 error median / p90 m |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results:

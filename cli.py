@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
 import logging
 import sys
 from pathlib import Path
 
-from skyfix.config import load_config
+from skyfix.config import TRAIN_PRESETS, load_config
 from skyfix.errors import SkyfixError
 
 log = logging.getLogger("skyfix")
@@ -27,7 +26,7 @@ def cmd_doctor(args) -> int:
 
 # ---- tiles ----------------------------------------------------------------------------------
 def cmd_tiles_build(args) -> int:
-    from skyfix.edge.embedders import load_embedder
+    from skyfix.export.models import load_embedder
     from skyfix.tiles.build import build_pack
     cfg = _config(args, tiles={"tile_size_m": args.tile_size_m, "stride_m": args.stride_m,
                                "gsd_m": args.gsd_m, "index": args.index,
@@ -41,21 +40,8 @@ def cmd_tiles_build(args) -> int:
 
 
 def cmd_tiles_inspect(args) -> int:
-    from skyfix.tiles.pack import TilePack
-    pack = TilePack.open(args.pack)
-    m = pack.manifest
-    e0, n0, e1, n1 = m["region"]["bounds_en_m"]
-    r = m["region"]
-    print(f"TilePack {args.pack}  (schema {m['schema_version']}, created {m['created_utc']})\n"
-          f"  model_id   {m['model_id']}  dim {m['dim']}  metric {m['metric']}  index {m['index']}\n"
-          f"  source     {m['source']}  ({m['crs_source']})\n"
-          f"  imagery    {m.get('imagery')}\n"
-          f"  extent     {e1 - e0:.0f} x {n1 - n0:.0f} m; tile centres lat {r['lat_min_deg']:.6f}.."
-          f"{r['lat_max_deg']:.6f}, lon {r['lon_min_deg']:.6f}..{r['lon_max_deg']:.6f}\n"
-          f"  grid       {m['grid']['tile_size_m']:g} m tiles every {m['grid']['stride_m']:g} m, "
-          f"{m['grid']['tile_px']} px; map {m['map']['width_px']} x {m['map']['height_px']} px at "
-          f"{m['map']['gsd_m']:.3f} m/px\n"
-          f"  tiles      {len(pack)}  (files verified: {', '.join(m['files'])})")
+    from skyfix.tiles.pack import TilePack, describe
+    print(describe(TilePack.open(args.pack)))
     return 0
 
 
@@ -72,40 +58,32 @@ def cmd_export_onnx(args) -> int:
 
 # ---- eval -----------------------------------------------------------------------------------
 def cmd_eval(args) -> int:
-    from skyfix.edge.embedders import load_embedder
-    from skyfix.tiles.ortho import load_canvas
+    from skyfix.export.models import load_embedder, model_for_pack
     from skyfix.tiles.pack import TilePack
-    from skyfix.train.evaluate import evaluate, format_table, plot_examples
+    from skyfix.train.evaluate import format_table, run_eval
     cfg = _config(args, eval={"views": args.views, "heading": args.heading, "seed": args.seed,
                               "alt_agl_min_m": args.alt_min_m, "alt_agl_max_m": args.alt_max_m,
                               "east_min_m": args.east_min_m})
     pack = TilePack.open(args.pack)
-    model = args.model or pack.manifest.get("model_source") or "imagenet"
-    embedder = load_embedder(model, "drone", cfg.model)
-    canvas = load_canvas(args.queries_from, pack.canvas().gsd_m, source_gsd_m=args.source_gsd_m,
-                         frame=pack.frame)
-    result = evaluate(pack, embedder, canvas, cfg.camera, cfg.eval, progress=not args.quiet)
+    embedder = load_embedder(model_for_pack(pack, args.model), "drone", cfg.model)
+    png = args.png or (str(Path(args.json).with_suffix(".png")) if args.json else None)
+    result = run_eval(pack, embedder, args.queries_from, cfg, args.source_gsd_m, args.json, png,
+                      progress=not args.quiet)
     print(format_table(result))
-    png = Path(args.png) if args.png else (Path(args.json).with_suffix(".png") if args.json else None)
-    if png:
-        plot_examples(pack, result, png)
-        print(f"examples: {png}")
-    result.pop("_internal")
-    result.update({"pack": str(args.pack), "queries_from": str(args.queries_from),
-                   "config": {"eval": asdict(cfg.eval), "camera": asdict(cfg.camera)}})
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+    for what, path in (("examples", png), ("wrote", args.json)):
+        if path:
+            print(f"{what}: {path}")
     return 0
 
 
+def _both_towers(args, cfg):
+    from skyfix.export.models import load_embedder
+    return load_embedder(args.model, "drone", cfg.model), load_embedder(args.model, "sat", cfg.model)
+
+
 def cmd_crossview_check(args) -> int:
-    from skyfix.edge.embedders import load_embedder
     from skyfix.train.evaluate import crossview_smoke
-    cfg = _config(args)
-    res = crossview_smoke(args.data, load_embedder(args.model, "drone", cfg.model),
-                          load_embedder(args.model, "sat", cfg.model))
+    res = crossview_smoke(args.data, *_both_towers(args, _config(args)))
     for name, s, b, m in zip(res["views"], res["sim_sat"], res["best_sim_scene_b"], res["margin"]):
         print(f"{name:12s} sim(s0) {s:.3f}  best sim(scene B) {b:.3f}  margin {m:+.3f}")
     print(f"{res['passed']}/{res['total']} scene-A views rank their satellite image first; mean "
@@ -121,10 +99,13 @@ def _sim_overrides(args) -> dict:
 
 
 def cmd_sim(args) -> int:
-    from skyfix.edge.sim import format_summary, run_sim
+    from skyfix.export.models import load_embedder, model_for_pack
+    from skyfix.sim.run import run_sim
+    from skyfix.sim.score import format_summary
+    from skyfix.tiles.pack import TilePack
     cfg = _config(args, sim=_sim_overrides(args), bridge={"protocol": args.protocol})
-    model = args.model or _pack_model(args.pack)
-    summary = run_sim(args.pack, model, cfg, frames_from=args.frames_from or args.ortho,
+    embedder = load_embedder(model_for_pack(TilePack.open(args.pack), args.model), "drone", cfg.model)
+    summary = run_sim(args.pack, embedder, cfg, frames_from=args.frames_from or args.ortho,
                       source_gsd_m=args.source_gsd_m, out_dir=args.out, progress=not args.quiet)
     print(format_summary(summary))
     print(f"track: {Path(args.out) / 'track.png'}, {Path(args.out) / 'track.csv'}")
@@ -133,11 +114,6 @@ def cmd_sim(args) -> int:
         Path(args.json).write_text(json.dumps(summary, indent=2))
         print(f"wrote {args.json}")
     return 0
-
-
-def _pack_model(pack_path: str) -> str:
-    from skyfix.tiles.pack import TilePack
-    return TilePack.open(pack_path).manifest.get("model_source") or "imagenet"
 
 
 def cmd_demo(args) -> int:
@@ -153,76 +129,38 @@ def cmd_fly(args) -> int:
 
 
 def cmd_query(args) -> int:
-    import numpy as np
+    import math
 
-    from skyfix.edge.embedders import load_embedder
-    from skyfix.edge.gallery import FrameGallery
-    from skyfix.errors import ModelMismatch
+    from skyfix.edge.gallery import FrameGallery, frames_that_saw
+    from skyfix.export.models import load_embedder, model_for_pack
     from skyfix.tiles.pack import TilePack
     pack = TilePack.open(args.pack)
-    gallery = FrameGallery.load(args.gallery)
-    if gallery.model_id != pack.model_id:
-        raise ModelMismatch(f"gallery model {gallery.model_id} != pack model {pack.model_id}")
-    sat = load_embedder(args.model or pack.manifest.get("model_source") or "imagenet", "sat")
-    if args.tile_id is not None:
-        tile = pack.tile(args.tile_id)
-    else:
-        e, n, _ = pack.frame.to_enu(args.lat, args.lon)
-        d = np.hypot(pack.east_m - e, pack.north_m - n)
-        tile = pack.tile(int(np.argmin(d)))
-    img = pack.canvas().render(tile.east_m, tile.north_m, tile.size_m, sat.input_px)[0]
-    hits = gallery.query(sat.embed(img[None]), args.k)[0]
+    sat = load_embedder(model_for_pack(pack, args.model), "sat")
+    point = (args.lat, args.lon) if args.lat is not None and args.lon is not None else None
+    tile, hits = frames_that_saw(pack, FrameGallery.load(args.gallery), sat, args.tile_id, point, args.k)
     print(f"tile {tile.tile_id} at {tile.lat_deg:.6f}, {tile.lon_deg:.6f}: frames that saw it")
     for h in hits:
-        where = f"fix {h['lat_deg']:.6f}, {h['lon_deg']:.6f}" if np.isfinite(h["lat_deg"]) else "no fix"
+        where = f"fix {h['lat_deg']:.6f}, {h['lon_deg']:.6f}" if math.isfinite(h["lat_deg"]) else "no fix"
         print(f"  {h['frame_id']}  score {h['score']:.3f}  t {h['t_capture_us'] / 1e6:.2f} s  {where}")
     return 0
 
 
 # ---- train ----------------------------------------------------------------------------------
-TRAIN_PRESETS = {
-    # Minutes on a laptop CPU: small batches, few steps; proves the loop and gives a first gain.
-    "cpu-quick": {"train": {"batch_size": 12, "epochs": 3, "steps_per_epoch": 25, "lr": 1e-4,
-                            "warmup_steps": 5, "val_views": 60, "location_spacing_m": 20.0}},
-    # A workstation GPU: large contrastive batches (grad cache keeps memory flat), AMP.
-    "workstation": {"train": {"batch_size": 128, "grad_cache_chunk": 32, "epochs": 30,
-                              "lr": 3e-4, "warmup_steps": 200, "val_views": 300,
-                              "location_spacing_m": 10.0, "amp": True}},
-}
-
-
 def cmd_train(args) -> int:
-    import yaml
-
-    from skyfix.config import load_config
-    from skyfix.train.trainer import train
-    overrides = {k: dict(v) for k, v in TRAIN_PRESETS.get(args.preset, {}).items()}
-    if args.preset and args.preset not in TRAIN_PRESETS:
-        raise SkyfixError(f"unknown preset '{args.preset}'; presets: {', '.join(TRAIN_PRESETS)}")
-    t = overrides.setdefault("train", {})
-    for key in ("ortho", "drone_from", "source_gsd_m", "u1652_root", "loss", "epochs", "out", "seed"):
-        if getattr(args, key) is not None:
-            t[key] = getattr(args, key)
-    if args.config:
-        user = yaml.safe_load(Path(args.config).read_text()) or {}
-        for section, values in user.items():
-            overrides.setdefault(section, {}).update(values or {})
-    cfg = load_config(None, overrides)
+    from skyfix.config import train_config
+    from skyfix.train.trainer import init_distributed, train
+    cli = {key: getattr(args, key) for key in ("ortho", "drone_from", "source_gsd_m", "u1652_root",
+                                               "loss", "epochs", "out", "seed")}
+    cfg = train_config(args.preset, args.config, cli)
     if args.distributed:
-        import torch
-        import torch.distributed as dist
-        gpu = torch.cuda.is_available() and cfg.train.device != "cpu"
-        dist.init_process_group("nccl" if gpu else "gloo")
+        init_distributed(cfg)
     train(cfg, resume=args.resume)
     return 0
 
 
 def cmd_eval_u1652(args) -> int:
-    from skyfix.edge.embedders import load_embedder
     from skyfix.train.evaluate import evaluate_u1652
-    cfg = _config(args)
-    res = evaluate_u1652(args.root, load_embedder(args.model, "drone", cfg.model),
-                         load_embedder(args.model, "sat", cfg.model))
+    res = evaluate_u1652(args.root, *_both_towers(args, _config(args)))
     for name, m in res.items():
         print(f"{name:13s} " + ("no test folders" if m is None else
                                 f"R@1 {m['r1']:.3f}  R@5 {m['r5']:.3f}  R@10 {m['r10']:.3f}  AP {m['ap']:.3f}  ({m['n_queries']} queries)"))
@@ -346,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     eu.set_defaults(func=cmd_eval_u1652)
 
     tr = sub.add_parser("train", help="metric learning of the towers (CPU or GPU; torchrun for several)")
-    tr.add_argument("--preset", help="cpu-quick | workstation")
+    tr.add_argument("--preset", choices=sorted(TRAIN_PRESETS))
     tr.add_argument("--ortho", help="map the training pairs are cut from")
     tr.add_argument("--drone-from", help="second date of the same area for the drone views")
     tr.add_argument("--source-gsd-m", type=float)

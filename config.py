@@ -222,17 +222,51 @@ def _build(cls, data: Any, where: str):
     return cls(**kwargs)
 
 
+def _read_yaml(path: str | Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _merge(data: dict, overrides: Optional[dict]) -> dict:
+    """Section-wise update of `data` by `overrides`; None values leave a key as it was."""
+    for section, values in (overrides or {}).items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section '{section}': expected a mapping, got {type(values).__name__}")
+        data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
+    return data
+
+
 def load_config(path: Optional[str | Path] = None, overrides: Optional[dict] = None) -> SkyfixConfig:
     """Read a YAML config (or defaults when `path` is None) and apply nested `overrides`."""
-    data: dict = {}
+    data = _read_yaml(path) if path is not None else {}
+    return _build(SkyfixConfig, _merge(data, overrides), "")
+
+
+TRAIN_PRESETS = {
+    # Minutes on a laptop CPU: small batches, few steps; proves the loop and gives a first gain.
+    "cpu-quick": {"train": {"batch_size": 12, "epochs": 3, "steps_per_epoch": 25, "lr": 1e-4,
+                            "warmup_steps": 5, "val_views": 60, "location_spacing_m": 20.0}},
+    # A workstation GPU: large contrastive batches (grad cache keeps memory flat), AMP.
+    "workstation": {"train": {"batch_size": 128, "grad_cache_chunk": 32, "epochs": 30,
+                              "lr": 3e-4, "warmup_steps": 200, "val_views": 300,
+                              "location_spacing_m": 10.0, "amp": True}},
+}
+
+
+def train_config(preset: Optional[str] = None, path: Optional[str | Path] = None,
+                 train_overrides: Optional[dict] = None) -> SkyfixConfig:
+    """The config of a training run: defaults < preset < YAML file < command-line values."""
+    if preset is not None and preset not in TRAIN_PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'; presets: {', '.join(TRAIN_PRESETS)}")
+    data = _merge({}, TRAIN_PRESETS.get(preset, {}))
     if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    for section, values in (overrides or {}).items():
-        data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
-    return _build(SkyfixConfig, data, "")
+        _merge(data, _read_yaml(path))
+    return _build(SkyfixConfig, _merge(data, {"train": train_overrides or {}}), "")
 
 
 def config_to_dict(cfg) -> dict:

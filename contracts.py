@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Optional, Protocol, runtime_checkable
 
 import numpy as np
@@ -63,25 +64,39 @@ class Fix:
     tile_id: Optional[int] = None
 
 
+class Reason(str, Enum):
+    """Why a frame got the answer it got. Counters, logs and tests match on the kind; the
+    FixResult's `detail` carries the numbers."""
+
+    OK = "ok"
+    BAD_FRAME = "bad frame"                  # not a uint8 H x W x 3 image of the camera's size
+    BLANK_FRAME = "blank frame"              # no texture (lens cap, cloud, water)
+    HEIGHT_MISSING = "height missing"        # no usable height above ground
+    CROP_OUTSIDE = "crop outside frame"      # the map-sized crop does not fit in the frame
+    NO_MATCH = "no match"                    # refinement found nothing near the candidates
+    WEAK_MATCH = "weak match"                # too few or too scattered inliers
+    AMBIGUOUS = "ambiguous"                  # a second place matches almost as well
+    IMPLAUSIBLE = "implausible match"        # rotation/scale contradict the telemetry
+    ACQUIRING = "acquiring"                  # a candidate track, not yet confirmed
+    INCONSISTENT = "inconsistent with track" # the filter's innovation gate rejected it
+    TRACK_RESET = "track reset"              # repeated disagreement: the track starts over
+    INACCURATE = "inaccurate"                # the filter's accuracy is above the publish cap
+    ERROR = "error"                          # an exception inside the step (logged)
+
+
 @dataclass(frozen=True)
 class FixResult:
     """Every frame gets one: a fix, or `fix=None` with the reason (a bad frame never raises)."""
 
     fix: Optional[Fix]
-    reason: str = "ok"
+    kind: Reason = Reason.OK
+    detail: str = ""
     timings_ms: dict = field(default_factory=dict)
 
-
-@dataclass(frozen=True)
-class EngineManifest:
-    """What a built inference engine is: which model, which precision, which input shape."""
-
-    model_id: str
-    tower: str
-    precision: str
-    input_px: int
-    dim: int
-    max_batch: int = 1
+    @property
+    def reason(self) -> str:
+        """One line for people: 'weak match: 4 inliers of 30 matches'."""
+        return f"{self.kind.value}: {self.detail}" if self.detail else self.kind.value
 
 
 @runtime_checkable

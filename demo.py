@@ -35,8 +35,9 @@ def ensure_model(out: Path) -> Path:
 
 
 def run_demo(ortho: Optional[str], out: str | Path, duration_s: float, source_gsd_m: Optional[float]) -> int:
-    from skyfix.edge.embedders import load_embedder
-    from skyfix.edge.sim import format_summary, run_sim
+    from skyfix.edge.embedders import open_embedder
+    from skyfix.sim.run import run_sim
+    from skyfix.sim.score import format_summary
     from skyfix.errors import PackError
     from skyfix.tiles.build import build_pack
     from skyfix.tiles.pack import TilePack
@@ -48,7 +49,7 @@ def run_demo(ortho: Optional[str], out: str | Path, duration_s: float, source_gs
     cfg = load_config(overrides={"sim": {"route": "lawnmower", "duration_s": duration_s,
                                          "length_m": 1500.0}})
     pack_dir = out / "pack"
-    embedder = load_embedder(model_dir, "sat")
+    embedder = open_embedder(model_dir, "sat")
     try:
         pack = TilePack.open(pack_dir, expect_model_id=embedder.model_id)
         if pack.manifest["source"] != str(map_path):
@@ -57,7 +58,7 @@ def run_demo(ortho: Optional[str], out: str | Path, duration_s: float, source_gs
         build_pack(map_path, pack_dir, cfg, embedder, model_source=str(model_dir), source_gsd_m=gsd)
     print(f"flying {duration_s:.0f} s of a lawnmower survey at {cfg.sim.alt_agl_m:.0f} m AGL "
           "(real time; skyfix <-> simulated autopilot over MAVLink/UDP)...")
-    summary = run_sim(pack_dir, str(model_dir), cfg, out_dir=out / "flight")
+    summary = run_sim(pack_dir, open_embedder(model_dir, "drone"), cfg, out_dir=out / "flight")
     print(format_summary(summary))
     print(f"map used: {what}\nplot: {out / 'flight' / 'track.png'}; track: {out / 'flight' / 'track.csv'}")
     return 0

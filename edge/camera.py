@@ -1,8 +1,9 @@
 """Pinhole camera geometry over flat ground: render views from a map and rectify frames to it.
 
-World frame is NED (north_m, east_m, down_m); attitude is aerospace roll/pitch/yaw (ZYX), yaw
-from north, clockwise. The camera looks down along body z with the image top towards the nose.
-Homographies map homogeneous ground (north_m, east_m, 1) <-> image (u_px, v_px, 1).
+The body attitude is aerospace roll/pitch/yaw (ZYX) in NED, yaw from north, clockwise. The camera
+looks down along body z with the image top towards the nose. Ground points are always
+(east_m, north_m), the order used everywhere in skyfix; homographies map homogeneous ground
+(east_m, north_m, 1) <-> image (u_px, v_px, 1).
 """
 from __future__ import annotations
 
@@ -54,27 +55,28 @@ def world_from_body(roll_rad: float, pitch_rad: float, yaw_rad: float) -> np.nda
 
 
 def image_from_ground(cam: PinholeCamera, roll_rad: float, pitch_rad: float, yaw_rad: float,
-                      north_m: float, east_m: float, agl_m: float) -> np.ndarray:
-    """3x3 homography: ground (north_m, east_m, 1) -> image (u, v, 1), camera at height agl_m."""
+                      east_m: float, north_m: float, agl_m: float) -> np.ndarray:
+    """3x3 homography: ground (east_m, north_m, 1) -> image (u, v, 1), camera at height agl_m
+    above the ground point (east_m, north_m)."""
     r_cw = (world_from_body(roll_rad, pitch_rad, yaw_rad) @ BODY_FROM_CAM).T
-    centre = np.array([north_m, east_m, -agl_m])
-    # x_img ~ K R_cw (P - C) with P = (N, E, 0): columns e1, e2 and -C.
-    m = np.column_stack([r_cw[:, 0], r_cw[:, 1], -r_cw @ centre])
+    centre_ned = np.array([north_m, east_m, -agl_m])
+    # x_img ~ K R_cw (P - C) with P = (N, E, 0) in NED: columns for east, north, and -C.
+    m = np.column_stack([r_cw[:, 1], r_cw[:, 0], -r_cw @ centre_ned])
     return cam.K() @ m
 
 
 def ground_of_pixel(h_img_ground: np.ndarray, u_px: float, v_px: float):
-    """Ground (north_m, east_m) seen at image pixel (u_px, v_px)."""
+    """Ground (east_m, north_m) seen at image pixel (u_px, v_px)."""
     g = np.linalg.solve(h_img_ground, np.array([u_px, v_px, 1.0]))
     return g[0] / g[2], g[1] / g[2]
 
 
-def ground_from_crop(centre_north_m: float, centre_east_m: float, size_m: float,
+def ground_from_crop(centre_east_m: float, centre_north_m: float, size_m: float,
                      out_px: int) -> np.ndarray:
-    """3x3: north-up crop pixel (col, row, 1) -> ground (north_m, east_m, 1); crop centred."""
+    """3x3: north-up crop pixel (col, row, 1) -> ground (east_m, north_m, 1); crop centred."""
     s = size_m / out_px
-    return np.array([[0.0, -s, centre_north_m + size_m / 2 - 0.5 * s],
-                     [s, 0.0, centre_east_m - size_m / 2 + 0.5 * s],
+    return np.array([[s, 0.0, centre_east_m - size_m / 2 + 0.5 * s],
+                     [0.0, -s, centre_north_m + size_m / 2 - 0.5 * s],
                      [0.0, 0.0, 1.0]])
 
 
@@ -84,11 +86,11 @@ def rectify(image_rgb: np.ndarray, cam: PinholeCamera, roll_rad: float, pitch_ra
 
     Uses the estimated attitude and height (a wrong yaw leaves the crop rotated by the error, a
     wrong height scales it). Returns (crop uint8 out_px x out_px x 3, inside_frac: share of the
-    crop the frame covers, (north_m, east_m) of the crop centre relative to the camera's nadir).
+    crop the frame covers, (east_m, north_m) of the crop centre relative to the camera's nadir).
     """
     h_ig = image_from_ground(cam, roll_rad, pitch_rad, yaw_rad, 0.0, 0.0, agl_m)
-    cn, ce = ground_of_pixel(h_ig, cam.cx_px, cam.cy_px)
-    h = h_ig @ ground_from_crop(cn, ce, size_m, out_px)
+    centre_e, centre_n = ground_of_pixel(h_ig, cam.cx_px, cam.cy_px)
+    h = h_ig @ ground_from_crop(centre_e, centre_n, size_m, out_px)
     src = image_rgb
     ground_per_px = agl_m / cam.fx_px
     shrink = (size_m / out_px) / ground_per_px
@@ -98,4 +100,4 @@ def rectify(image_rgb: np.ndarray, cam: PinholeCamera, roll_rad: float, pitch_ra
     crop = cv2.warpPerspective(src, h, (out_px, out_px), flags=flags, borderValue=(0, 0, 0))
     inside = cv2.warpPerspective(np.ones(image_rgb.shape[:2], np.uint8), h, (out_px, out_px),
                                  flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0)
-    return crop, float(inside.mean()), (cn, ce)
+    return crop, float(inside.mean()), (centre_e, centre_n)

@@ -1,12 +1,14 @@
 """Embedder backends behind one protocol (skyfix.contracts.Embedder).
 
 uint8 RGB N x H x W x 3 in (resized to the model's `input_px` if needed), float32 N x D unit
-vectors out. Backends: onnxruntime (CPU, CUDA or TensorRT execution provider, whichever is
-present) and torch. A model directory, written by `skyfix export onnx`, holds `drone.onnx`,
+vectors out. Onboard backend: onnxruntime (TensorRT, CUDA or CPU execution provider, whichever is
+present; the one picked is named in `backend` and logged). The torch backend of the towers lives
+with training (`skyfix.train.torch_embedder`). A model directory, written by `skyfix export onnx`, holds `drone.onnx`,
 `sat.onnx` and `model.yaml`.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -15,6 +17,8 @@ import numpy as np
 import yaml
 
 from skyfix.errors import SkyfixError, require
+
+log = logging.getLogger("skyfix.embed")
 
 TOWERS = ("drone", "sat")
 
@@ -61,37 +65,21 @@ class OnnxEmbedder:
         self.input_px, self.dim = int(meta["input_px"]), int(meta["dim"])
         self.input_name = self.session.get_inputs()[0].name
         self.backend = f"onnxruntime:{self.session.get_providers()[0]}"
+        # Say which path runs: a Jetson silently falling back to the CPU is a slow surprise.
+        log.info("%s tower %s on %s (available: %s)", self.tower, onnx_path.name, self.backend,
+                 ", ".join(available))
 
     def embed(self, images_rgb: np.ndarray) -> np.ndarray:
         x = fit_to_input(images_rgb, self.input_px)
         return self.session.run(None, {self.input_name: x})[0].astype(np.float32)
 
 
-class TorchEmbedder:
-    """torch backend: a tower of a `TwoTowers` model (CPU or the first CUDA device)."""
+def open_embedder(spec: str | Path, tower: str) -> OnnxEmbedder:
+    """The deployable drone or satellite tower (`tower`: 'drone' or 'sat') from a model
+    directory written by `skyfix export onnx` or an `.onnx` file. No torch needed.
 
-    def __init__(self, model, tower: str, model_id: Optional[str] = None, device: str = "cpu"):
-        self.torch = require("torch")
-        from skyfix.train.towers import compute_model_id  # torch-only module, loaded on demand
-        self.net = model.tower(tower).to(device).eval()
-        self.device, self.tower = device, tower
-        self.model_id = model_id or compute_model_id(model)
-        self.input_px, self.dim = model.cfg.input_px, model.cfg.dim
-        self.backend = f"torch:{device}"
-
-    def embed(self, images_rgb: np.ndarray) -> np.ndarray:
-        x = fit_to_input(images_rgb, self.input_px)
-        with self.torch.inference_mode():
-            out = self.net(self.torch.from_numpy(x).to(self.device))
-        return out.float().cpu().numpy()
-
-
-def load_embedder(spec: str | Path, tower: str, model_cfg=None):
-    """Open an embedder for `tower` ('drone' or 'sat') from:
-
-    - a model directory from `skyfix export onnx` (onnxruntime; no torch needed),
-    - a `.pt` checkpoint (torch),
-    - 'imagenet': ImageNet-initialised towers built from `model_cfg` (torch).
+    Checkpoints and the ImageNet default are training-side formats: resolve those with
+    `skyfix.export.models.load_embedder` (workstation) or export them first.
     """
     if tower not in TOWERS:
         raise SkyfixError(f"tower must be one of {TOWERS}, got '{tower}'")
@@ -100,14 +88,8 @@ def load_embedder(spec: str | Path, tower: str, model_cfg=None):
         return OnnxEmbedder(path / f"{tower}.onnx")
     if path.suffix == ".onnx":
         return OnnxEmbedder(path)
-    if path.suffix == ".pt":
-        from skyfix.train.towers import load_checkpoint
-        return TorchEmbedder(load_checkpoint(path), tower)
-    if str(spec) == "imagenet":
-        from skyfix.config import ModelConfig
-        from skyfix.train.towers import build_towers
-        return TorchEmbedder(build_towers(model_cfg or ModelConfig()), tower)
-    raise SkyfixError(f"model '{spec}' is not a model directory, .onnx, .pt or 'imagenet'")
+    raise SkyfixError(f"model '{spec}' is not a model directory or .onnx file; onboard skyfix runs "
+                      "exported models: `skyfix export onnx --checkpoint CKPT --out DIR`")
 
 
 def read_model_card(model_dir: str | Path) -> dict:

@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 
 CHI2_2DOF_999 = 13.82  # 99.9 % gate for a 2-D innovation
+MAX_INFLATION = 25.0   # covariance widening after a rejection: at most 5x the 1-sigma
 
 
 @dataclass
@@ -69,9 +70,14 @@ class ConstantVelocityFilter:
     def inflate_for_manoeuvre(self, t_s: float, d2: float) -> None:
         """After a rejected strong measurement: the motion model may be wrong (a turn the
         constant-velocity model did not foresee). Predict to t_s and widen the covariance so the
-        next measurements can pull the track back, instead of trusting a stale velocity."""
+        next measurements can pull the track back, instead of trusting a stale velocity.
+
+        The widening is capped (variance x MAX_INFLATION): scaled by d2 alone, one wild
+        measurement would open the gate to anything, and a run of wrong ones could then walk
+        the track away at an impossible speed."""
         p = self.predict(t_s)
-        self.state = FilterState(t_s, p.x, p.P * max(d2 / self.gate_d2, 1.0) * 4.0)
+        factor = min(max(d2 / self.gate_d2, 1.0) * 4.0, MAX_INFLATION)
+        self.state = FilterState(t_s, p.x, p.P * factor)
 
     @staticmethod
     def horiz_accuracy_m(state: FilterState) -> float:

@@ -17,7 +17,7 @@ def startup(cfg):
     """Open and cross-check everything before flying; refuse with a message that says what was
     expected, what was found and how to fix it. Returns (pack, embedder, camera)."""
     from skyfix.edge.camera import PinholeCamera
-    from skyfix.edge.embedders import load_embedder
+    from skyfix.edge.embedders import open_embedder
     from skyfix.errors import ModelMismatch
     from skyfix.tiles.pack import TilePack
     if not cfg.nav.pack:
@@ -25,7 +25,7 @@ def startup(cfg):
     if not cfg.nav.model:
         raise SkyfixError("nav.model is not set: give the model folder that built the pack")
     pack = TilePack.open(cfg.nav.pack)
-    embedder = load_embedder(cfg.nav.model, "drone", cfg.model)
+    embedder = open_embedder(cfg.nav.model, "drone")
     if embedder.model_id != pack.model_id:
         raise ModelMismatch(f"model {cfg.nav.model} is {embedder.model_id} but pack {cfg.nav.pack} was "
                             f"built by {pack.model_id}: rebuild the pack with this model, or fly the model "
@@ -59,7 +59,7 @@ def run_fly(cfg, link_wait_s: float = 10.0, max_frames: int = 0) -> dict:
             sf = source.read()
             if sf is None:
                 break
-            tel = sf.telemetry or bridge.telemetry.snapshot(time.monotonic(), cfg.nav.telemetry_max_age_s)
+            tel = sf.telemetry or bridge.telemetry.at(sf.t_capture_mono_s, cfg.nav.telemetry_max_age_s)
             nav.step(Frame(sf.image_rgb, int(sf.t_capture_mono_s * 1e6), tel, sf.source_id))
             n += 1
     finally:
@@ -70,5 +70,5 @@ def run_fly(cfg, link_wait_s: float = 10.0, max_frames: int = 0) -> dict:
         bridge.close()
     Path(cfg.nav.gallery_out).parent.mkdir(parents=True, exist_ok=True)
     nav.gallery.save(cfg.nav.gallery_out)
-    return {"frames": sum(nav.reasons.values()), "reasons": dict(nav.reasons),
+    return {"frames": sum(nav.reasons.values()), "reasons": nav.reason_counts(),
             "latency_ms": nav.timing_summary(), "published": publisher.sent if publisher else 0}

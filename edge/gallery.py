@@ -75,3 +75,27 @@ class FrameGallery:
         except (OSError, KeyError, ValueError) as exc:
             raise SkyfixError(f"cannot read frame gallery {path}: {exc}") from exc
         return g
+
+
+def frames_that_saw(pack, gallery: FrameGallery, sat_embedder, tile_id: Optional[int] = None,
+                    lat_lon_deg: Optional[tuple] = None, k: int = 5) -> tuple:
+    """Satellite -> drone: the k gallery frames most like one tile of the pack, given by its id
+    or by a point (the tile whose centre is nearest). Returns (GeoTile, hits) with hits as in
+    `FrameGallery.query`, best first."""
+    from skyfix.errors import ModelMismatch
+    for what, model_id in (("gallery", gallery.model_id), ("satellite model", sat_embedder.model_id)):
+        if model_id != pack.model_id:
+            raise ModelMismatch(f"{what} model {model_id} != pack model {pack.model_id}: "
+                                "use the gallery and model of the flight that used this pack")
+    if tile_id is None and lat_lon_deg is None:
+        raise SkyfixError("give a tile id or a latitude and longitude")
+    if tile_id is None:
+        e, n, _ = pack.frame.to_enu(*lat_lon_deg)
+        if not pack.contains(e, n).any():
+            raise SkyfixError(f"{lat_lon_deg[0]:.6f}, {lat_lon_deg[1]:.6f} is outside the pack's region")
+        tile_id = pack.nearest_tile_id(e, n)
+    if not 0 <= tile_id < len(pack):
+        raise SkyfixError(f"tile id {tile_id} is not in the pack (0..{len(pack) - 1})")
+    tile = pack.tile(tile_id)
+    img = pack.canvas().render(tile.east_m, tile.north_m, tile.size_m, sat_embedder.input_px)[0]
+    return tile, gallery.query(sat_embedder.embed(img[None]), k)[0]

@@ -9,79 +9,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Optional
 
-from skyfix.contracts import Telemetry
 from skyfix.errors import SkyfixError, require
 from skyfix.firmware_bridge.messages import mavlink_module
+from skyfix.firmware_bridge.telemetry import TelemetryStore
 
 log = logging.getLogger("skyfix.link")
 
 TELEMETRY_TYPES = ["ATTITUDE", "GLOBAL_POSITION_INT", "ALTITUDE", "DISTANCE_SENSOR", "SYSTEM_TIME",
                    "HEARTBEAT"]
-
-
-@dataclass
-class TelemetryStore:
-    """Latest telemetry messages with their monotonic receive times; thread-safe."""
-
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    latest: dict = field(default_factory=dict)           # type -> (message, t_recv_mono_s)
-    unix_offset_s: Optional[float] = None                 # FC unix time - local monotonic
-    boot_offset_s: Optional[float] = None                 # FC boot time - local monotonic
-    received: int = 0
-
-    def update(self, msg, t_mono_s: float) -> None:
-        kind = msg.get_type()
-        with self._lock:
-            self.received += 1
-            self.latest[kind] = (msg, t_mono_s)
-            if kind == "SYSTEM_TIME":
-                if msg.time_unix_usec > 0:
-                    self.unix_offset_s = msg.time_unix_usec / 1e6 - t_mono_s
-                self.boot_offset_s = msg.time_boot_ms / 1e3 - t_mono_s
-
-    def get(self, kind: str, max_age_s: float, now_mono_s: float):
-        with self._lock:
-            item = self.latest.get(kind)
-        if item is None or now_mono_s - item[1] > max_age_s:
-            return None
-        return item[0]
-
-    def last_receive_s(self) -> Optional[float]:
-        with self._lock:
-            return max((t for _, t in self.latest.values()), default=None)
-
-    def snapshot(self, now_mono_s: float, max_age_s: float = 0.5) -> Telemetry:
-        """The contracts.Telemetry view; fields older than max_age_s are None (never stale data).
-
-        Height above ground: the rangefinder (DISTANCE_SENSOR) when fresh and in range, else
-        ALTITUDE.altitude_relative, else GLOBAL_POSITION_INT.relative_alt (flat-ground assumption).
-        """
-        att = self.get("ATTITUDE", max_age_s, now_mono_s)
-        agl = None
-        rng = self.get("DISTANCE_SENSOR", max_age_s, now_mono_s)
-        if rng is not None and rng.min_distance < rng.current_distance < rng.max_distance:
-            agl = rng.current_distance / 100.0
-        alt = self.get("ALTITUDE", max_age_s, now_mono_s)
-        gpi = self.get("GLOBAL_POSITION_INT", max_age_s, now_mono_s)
-        if agl is None and alt is not None:
-            agl = float(alt.altitude_relative)
-        if agl is None and gpi is not None:
-            agl = gpi.relative_alt / 1000.0
-        msl = float(alt.altitude_amsl) if alt is not None else (gpi.alt / 1000.0 if gpi is not None else None)
-        boot = self.boot_offset_s
-        return Telemetry(
-            t_boot_us=int((now_mono_s + boot) * 1e6) if boot is not None else int(now_mono_s * 1e6),
-            roll_rad=att.roll if att else None, pitch_rad=att.pitch if att else None,
-            yaw_rad=att.yaw if att else None, alt_agl_m=agl, alt_msl_m=msl)
-
-    def unix_us(self, now_mono_s: float) -> int:
-        """FC unix time (from SYSTEM_TIME) at a local monotonic time; the host clock if unknown."""
-        if self.unix_offset_s is not None:
-            return int((now_mono_s + self.unix_offset_s) * 1e6)
-        return int((now_mono_s + (time.time() - time.monotonic())) * 1e6)
 
 
 class MavlinkBridge:

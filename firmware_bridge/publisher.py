@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from typing import Callable, Optional
 
 from skyfix.contracts import Fix
@@ -34,7 +35,7 @@ class FixPublisher:
         self.rate_hz, self.max_age_s, self.vert_accuracy_m = rate_hz, max_age_s, vert_accuracy_m
         self.sent = 0
         self.withheld = 0
-        self.send_ms: list[float] = []  # encode + send time of each message
+        self.send_ms: deque = deque(maxlen=10_000)  # encode + send time of recent messages
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 

@@ -2,20 +2,20 @@ import numpy as np
 import pytest
 
 from skyfix.edge.camera import PinholeCamera, ground_of_pixel, image_from_ground, rectify
-from skyfix.edge.views import ViewPose, photometric, render_view
+from skyfix.sim.views import ViewPose, photometric, render_view
 
 CAM = PinholeCamera.from_hfov(320, 240, 70.0)
 
 
 def test_nadir_camera_sees_north_at_image_top():
     h = image_from_ground(CAM, 0.0, 0.0, 0.0, 0.0, 0.0, 100.0)
-    u, v, w = h @ np.array([10.0, 0.0, 1.0])  # 10 m north of the camera
+    u, v, w = h @ np.array([0.0, 10.0, 1.0])  # 10 m north of the camera
     assert u / w == pytest.approx(CAM.cx_px) and v / w < CAM.cy_px
-    u, v, w = h @ np.array([0.0, 10.0, 1.0])  # 10 m east: image right
+    u, v, w = h @ np.array([10.0, 0.0, 1.0])  # 10 m east: image right
     assert u / w > CAM.cx_px and v / w == pytest.approx(CAM.cy_px)
     # Heading east (yaw 90 deg): north now appears on the image's left.
     h = image_from_ground(CAM, 0.0, 0.0, np.pi / 2, 0.0, 0.0, 100.0)
-    u, v, w = h @ np.array([10.0, 0.0, 1.0])
+    u, v, w = h @ np.array([0.0, 10.0, 1.0])
     assert u / w < CAM.cx_px and v / w == pytest.approx(CAM.cy_px)
 
 
@@ -23,7 +23,7 @@ def test_tilt_moves_the_centre_ray():
     # Pitch up 10 deg (nose up) at 100 m: the optical axis hits the ground behind... forward is
     # north at yaw 0; a downward camera pitched nose-up looks forward by agl * tan(10 deg).
     h = image_from_ground(CAM, 0.0, np.radians(10), 0.0, 0.0, 0.0, 100.0)
-    n, e = ground_of_pixel(h, CAM.cx_px, CAM.cy_px)
+    e, n = ground_of_pixel(h, CAM.cx_px, CAM.cy_px)
     assert n == pytest.approx(100 * np.tan(np.radians(10)), abs=1e-6) and e == pytest.approx(0, abs=1e-6)
 
 

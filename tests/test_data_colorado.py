@@ -23,11 +23,11 @@ def test_xyz_folder_and_geotiff_give_the_same_map():
 def colorado_pack(tmp_path_factory, tiny_onnx_dir):
     pytest.importorskip("rasterio")
     from skyfix.config import load_config
-    from skyfix.edge.embedders import load_embedder
+    from skyfix.edge.embedders import open_embedder
     from skyfix.tiles.build import build_pack
     cfg = load_config(overrides={"tiles": {"tile_size_m": 120.0, "stride_m": 120.0}})
     out = tmp_path_factory.mktemp("packs") / "colorado"
-    return build_pack(need_shared(COLORADO_TIF), out, cfg, load_embedder(tiny_onnx_dir, "sat"),
+    return build_pack(need_shared(COLORADO_TIF), out, cfg, open_embedder(tiny_onnx_dir, "sat"),
                       model_source=str(tiny_onnx_dir), progress=False, log=lambda *_: None)
 
 
@@ -58,10 +58,10 @@ def test_eval_refuses_other_model(colorado_pack):
 
 
 def test_sues200_crossview_margins(tiny_onnx_dir):
-    from skyfix.edge.embedders import load_embedder
+    from skyfix.edge.embedders import open_embedder
     from skyfix.train.evaluate import crossview_smoke
-    res = crossview_smoke(need_shared(SHARED / "sues200"), load_embedder(tiny_onnx_dir, "drone"),
-                          load_embedder(tiny_onnx_dir, "sat"))
+    res = crossview_smoke(need_shared(SHARED / "sues200"), open_embedder(tiny_onnx_dir, "drone"),
+                          open_embedder(tiny_onnx_dir, "sat"))
     assert res["total"] == 12
     np.testing.assert_allclose(res["margin"], np.subtract(res["sim_sat"], res["best_sim_scene_b"]))
     # Drone photos of one place resemble each other more than photos of another place.

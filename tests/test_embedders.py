@@ -13,8 +13,9 @@ def _images(n, px, seed=0):
 
 @pytest.fixture(params=["torch", "onnxruntime"])
 def embedder(request, tiny_towers, tiny_onnx_dir):
-    from skyfix.edge.embedders import OnnxEmbedder, TorchEmbedder
+    from skyfix.edge.embedders import OnnxEmbedder
     if request.param == "torch":
+        from skyfix.train.torch_embedder import TorchEmbedder
         return TorchEmbedder(tiny_towers, "drone")
     return OnnxEmbedder(tiny_onnx_dir / "drone.onnx")
 
@@ -35,7 +36,8 @@ def test_embedder_contract(embedder):
 
 
 def test_backends_share_model_id(tiny_towers, tiny_onnx_dir):
-    from skyfix.edge.embedders import OnnxEmbedder, TorchEmbedder
+    from skyfix.edge.embedders import OnnxEmbedder
+    from skyfix.train.torch_embedder import TorchEmbedder
     from skyfix.edge.embedders import read_model_card
     ids = {TorchEmbedder(tiny_towers, "sat").model_id, OnnxEmbedder(tiny_onnx_dir / "sat.onnx").model_id,
            read_model_card(tiny_onnx_dir)["model_id"]}
@@ -68,6 +70,7 @@ def test_checkpoint_round_trip(tiny_towers, tmp_path):
 
 
 def test_square_ring_masks_partition():
+    pytest.importorskip("torch")
     from skyfix.train.towers import square_ring_masks
     m = square_ring_masks(7, 4)
     assert m.shape == (4, 7, 7) and np.all(m.sum(axis=0) == 1)
@@ -75,6 +78,7 @@ def test_square_ring_masks_partition():
 
 
 def test_too_many_rings_refused():
+    pytest.importorskip("torch")
     from skyfix.errors import SkyfixError
     from skyfix.train.towers import square_ring_masks
     with pytest.raises(SkyfixError, match="do not fit"):

@@ -1,25 +1,18 @@
 """`skyfix fly` startup checks and frame sources (no camera or autopilot hardware here)."""
-import socket
-
 import pytest
 
 from skyfix.config import load_config
 from skyfix.errors import ModelMismatch, PackError, SkyfixError
 from tests.conftest import SHARED, need_shared
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import free_udp_port
 
 
 @pytest.fixture()
 def small_pack(tmp_path, textured_canvas, tiny_onnx_dir):
-    from skyfix.edge.embedders import load_embedder
+    from skyfix.edge.embedders import open_embedder
     from skyfix.tiles.build import embed_tiles, tile_grid
     from skyfix.tiles.pack import write_pack
-    sat = load_embedder(tiny_onnx_dir, "sat")
+    sat = open_embedder(tiny_onnx_dir, "sat")
     tiles, _ = tile_grid(textured_canvas, 200.0, 200.0)
     return write_pack(tmp_path / "pack", textured_canvas, tiles,
                       embed_tiles(textured_canvas, tiles, sat, 8, progress=False),
@@ -53,7 +46,7 @@ def test_fly_refuses_without_a_link(small_pack, tiny_onnx_dir):
     from skyfix.edge.fly import run_fly
     cfg = load_config(overrides={
         "nav": {"pack": str(small_pack), "model": str(tiny_onnx_dir)},
-        "bridge": {"connection": f"udpin:127.0.0.1:{_free_port()}"},
+        "bridge": {"connection": f"udpin:127.0.0.1:{free_udp_port()}"},
         "camera": {"width_px": 320, "height_px": 240}})
     with pytest.raises(SkyfixError, match="no HEARTBEAT"):
         run_fly(cfg, link_wait_s=0.5)

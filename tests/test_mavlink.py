@@ -15,6 +15,7 @@ from skyfix.contracts import Fix  # noqa: E402
 from skyfix.firmware_bridge import messages  # noqa: E402
 from skyfix.firmware_bridge.link import MavlinkBridge  # noqa: E402
 from skyfix.firmware_bridge.publisher import FixPublisher  # noqa: E402
+from tests.helpers import free_udp_port  # noqa: E402
 
 FIX = Fix(t_capture_us=1_000_000, lat_deg=38.9850328, lon_deg=-107.8843689, alt_msl_m=2620.5,
           horiz_accuracy_m=2.4, vel_north_m_s=3.0, vel_east_m_s=-1.5, speed_accuracy_m_s=0.4,
@@ -89,11 +90,6 @@ def test_broken_packet_is_rejected_by_the_parser():
     assert all(m.get_type() == "BAD_DATA" for m in msgs)
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _vehicle_send(fc, t_boot_ms):
     fc.mav.heartbeat_send(mavlink2.MAV_TYPE_QUADROTOR, mavlink2.MAV_AUTOPILOT_ARDUPILOTMEGA, 0, 0, 4)
@@ -103,7 +99,7 @@ def _vehicle_send(fc, t_boot_ms):
 
 
 def test_bridge_and_publisher_over_loopback_udp():
-    port = _free_port()
+    port = free_udp_port()
     fc = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", source_system=1, source_component=1)
     bridge = MavlinkBridge(f"udpin:127.0.0.1:{port}", link_timeout_s=1.0).start()
     last_accept = {"t": time.monotonic()}
@@ -121,7 +117,7 @@ def test_bridge_and_publisher_over_loopback_udp():
             _vehicle_send(fc, 2000)
             time.sleep(0.02)
         time.sleep(0.1)
-        tel = bridge.telemetry.snapshot(time.monotonic(), max_age_s=1.0)
+        tel = bridge.telemetry.at(time.monotonic(), max_age_s=1.0)
         assert tel.yaw_rad == pytest.approx(1.2) and tel.alt_agl_m == pytest.approx(120.0)
         pub = FixPublisher(bridge, estimate, "ardupilot", rate_hz=10, max_age_s=0.6).start()
         got = []
@@ -147,7 +143,7 @@ def test_bridge_and_publisher_over_loopback_udp():
 
 
 def test_silent_link_reconnects_and_recovers():
-    port = _free_port()
+    port = free_udp_port()
     fc = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", source_system=1, source_component=1)
     bridge = MavlinkBridge(f"udpin:127.0.0.1:{port}", link_timeout_s=0.5).start()
     try:
@@ -158,7 +154,7 @@ def test_silent_link_reconnects_and_recovers():
         time.sleep(1.3)  # the vehicle goes silent
         assert not bridge.link_ok()
         assert bridge.reconnects >= 1
-        assert bridge.telemetry.snapshot(time.monotonic(), 0.5).yaw_rad is None  # no stale attitude
+        assert bridge.telemetry.at(time.monotonic(), 0.5).yaw_rad is None  # no stale attitude
         # Garbage on the socket is counted and dropped; real packets still get through.
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(b"\xfd\x09garbage-not-mavlink" * 3, ("127.0.0.1", port))
@@ -167,7 +163,7 @@ def test_silent_link_reconnects_and_recovers():
             _vehicle_send(fc, 3000)
             time.sleep(0.05)
         assert bridge.link_ok()
-        assert bridge.telemetry.snapshot(time.monotonic(), 0.5).yaw_rad == pytest.approx(1.2)
+        assert bridge.telemetry.at(time.monotonic(), 0.5).yaw_rad == pytest.approx(1.2)
     finally:
         bridge.close()
         fc.close()

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from skyfix.config import NavConfig
-from skyfix.contracts import Frame, Telemetry
+from skyfix.contracts import Frame, Reason, Telemetry
 from skyfix.edge.camera import PinholeCamera
-from skyfix.edge.views import ViewPose, render_view
+from skyfix.sim.views import ViewPose, render_view
 from skyfix.geo import LocalFrame
 from skyfix.tiles.canvas import MapCanvas
 
@@ -19,15 +19,15 @@ AGL_M = 120.0
 
 @pytest.fixture(scope="module")
 def world(tiny_onnx_dir, tmp_path_factory):
-    from skyfix.edge.embedders import load_embedder
+    from skyfix.edge.embedders import open_embedder
     from skyfix.tiles.build import embed_tiles, tile_grid
     from skyfix.tiles.pack import TilePack, write_pack
     from skyfix.tiles.synthetic import synthetic_map
     img = synthetic_map(1400, seed=3)  # 700 m at 0.5 m/px
     canvas = MapCanvas(img, np.ones(img.shape[:2], bool), 0.5, LocalFrame(47.0, 8.0), -350.0, 350.0)
-    emb = load_embedder(tiny_onnx_dir, "drone")
+    emb = open_embedder(tiny_onnx_dir, "drone")
     tiles, _ = tile_grid(canvas, 100.0, 50.0)
-    vectors = embed_tiles(canvas, tiles, load_embedder(tiny_onnx_dir, "sat"), 32, progress=False)
+    vectors = embed_tiles(canvas, tiles, open_embedder(tiny_onnx_dir, "sat"), 32, progress=False)
     path = write_pack(tmp_path_factory.mktemp("nav") / "pack", canvas, tiles, vectors,
                       model_id=emb.model_id, tile_px=emb.input_px, stride_m=50.0)
     return TilePack.open(path), emb, canvas
@@ -67,11 +67,15 @@ def test_track_then_faults(nav, world):
         frame, pose = _frame(canvas, 0.5 * i, i)
         results.append((nav.step(frame), pose))
     fixes = [(r.fix, p) for r, p in results if r.fix is not None]
-    assert results[0][0].fix is None and results[0][0].reason.startswith("acquiring")
+    assert results[0][0].fix is None and results[0][0].kind is Reason.ACQUIRING
     assert len(fixes) >= 3
     for fix, pose in fixes:
         err = _err(pack, fix, pose)
         assert err < 3.0 and err < 3 * fix.horiz_accuracy_m
+        # The fix names the pack tile it was matched in: the tile nearest the vehicle's ground
+        # point (the crop centre is a few metres off the nadir at this tilt).
+        tile = pack.tile(fix.tile_id)
+        assert math.hypot(tile.east_m - pose.east_m, tile.north_m - pose.north_m) < 0.75 * tile.size_m
     est = nav.estimate_at(3.0)
     assert est is not None and est[1] == pytest.approx(0.5, abs=1e-6)
 
@@ -84,24 +88,23 @@ def test_track_then_faults(nav, world):
     }
     for name, frame in faults.items():
         r = nav.step(frame)
-        assert r.fix is None and r.reason.startswith(("bad frame", "blank frame")), (name, r.reason)
+        assert r.fix is None and r.kind in (Reason.BAD_FRAME, Reason.BLANK_FRAME), (name, r.reason)
+    assert nav.reasons[Reason.BAD_FRAME] == 3 and nav.reasons[Reason.BLANK_FRAME] == 1
 
-    # NaN attitude: assumed level, still localises (small tilt), and says so.
+    # NaN attitude: assumed level, still localises on the confirmed track (small tilt), says so.
     frame, pose = _frame(canvas, 3.0, 10, roll_rad=float("nan"), pitch_rad=None)
     r = nav.step(frame)
-    assert "attitude missing" in r.reason
-    if r.fix is not None:
-        assert _err(pack, r.fix, pose) < 3 * r.fix.horiz_accuracy_m
+    assert r.kind is Reason.OK and "attitude missing" in r.detail
+    assert _err(pack, r.fix, pose) < 3 * r.fix.horiz_accuracy_m
     # Missing height shortly after a good one: the last value is used, and the result says so.
     frame, pose = _frame(canvas, 3.5, 11, alt_agl_m=None)
     r = nav.step(frame)
-    assert "height missing" in r.reason
-    # Missing heading: the rotation is searched; a fix stays right.
+    assert "height missing" in r.detail
+    # Missing heading: the rotation is searched; the fix stays right.
     frame, pose = _frame(canvas, 4.0, 12, yaw_rad=float("nan"))
     r = nav.step(frame)
-    assert "heading missing" in r.reason
-    if r.fix is not None:
-        assert _err(pack, r.fix, pose) < 3 * r.fix.horiz_accuracy_m
+    assert r.kind is Reason.OK and "heading missing" in r.detail
+    assert _err(pack, r.fix, pose) < 3 * r.fix.horiz_accuracy_m
 
 
 def test_frame_from_outside_the_region_gives_no_fix(nav, world):
@@ -120,7 +123,7 @@ def test_no_height_at_all_is_refused(nav, world):
     _, _, canvas = world
     frame, _ = _frame(canvas, 0.0, 0, alt_agl_m=None)
     r = nav.step(frame)
-    assert r.fix is None and r.reason.startswith("height missing")
+    assert r.fix is None and r.kind is Reason.HEIGHT_MISSING
 
 
 def test_navigator_refuses_other_model(world):
@@ -136,15 +139,32 @@ def test_navigator_refuses_other_model(world):
 
 
 def test_gallery_answers_which_frames_saw_a_tile(nav, world, tiny_onnx_dir, tmp_path):
-    from skyfix.edge.embedders import load_embedder
-    from skyfix.edge.gallery import FrameGallery
+    from skyfix.edge.embedders import open_embedder
+    from skyfix.edge.gallery import FrameGallery, frames_that_saw
+    from skyfix.errors import SkyfixError
     pack, _, canvas = world
+    # Frames along the leg, 0.5 s (5 m) apart: from (-150, -150) to (-125, -125).
+    poses = {}
     for i in range(6):
-        nav.step(_frame(canvas, 0.5 * i, i)[0])
-    path = nav.gallery.save(tmp_path / "g.npz")
-    g = FrameGallery.load(path)
-    assert len(g) == len(nav.gallery) > 0 and g.model_id == pack.model_id
-    sat = load_embedder(tiny_onnx_dir, "sat")
-    tile = pack.tile(int(np.argmin(np.hypot(pack.east_m + 150, pack.north_m + 150))))
-    hits = g.query(sat.embed(canvas.render(tile.east_m, tile.north_m, 100.0, sat.input_px)[0][None]), k=3)[0]
-    assert len(hits) == 3 and hits[0]["score"] >= hits[-1]["score"]
+        frame, pose = _frame(canvas, 0.5 * i, i)
+        poses[frame.source_id] = pose
+        nav.step(frame)
+    g = FrameGallery.load(nav.gallery.save(tmp_path / "g.npz"))
+    assert len(g) == 6 and g.model_id == pack.model_id
+    sat = open_embedder(tiny_onnx_dir, "sat")
+    lat, lon, _ = pack.frame.to_lla(-150.0, -150.0)
+    tile, hits = frames_that_saw(pack, g, sat, lat_lon_deg=(lat, lon), k=6)
+    assert math.hypot(tile.east_m + 150, tile.north_m + 150) <= 25 * math.sqrt(2)
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True) and len(hits) == 6
+    # Every frame saw this tile's ground, the ones nearest its centre the most: the best hit is
+    # one of the two nearest frames, and it ranks above the farthest one.
+    dist = {fid: math.hypot(p.east_m - tile.east_m, p.north_m - tile.north_m) for fid, p in poses.items()}
+    nearest = sorted(dist, key=dist.get)[:2]
+    assert hits[0]["frame_id"] in nearest, (hits, dist)
+    order = [h["frame_id"] for h in hits]
+    assert order.index(max(dist, key=dist.get)) > 0
+    with pytest.raises(SkyfixError, match="not in the pack"):
+        frames_that_saw(pack, g, sat, tile_id=len(pack) + 5)
+    with pytest.raises(SkyfixError, match="tile id or a latitude"):
+        frames_that_saw(pack, g, sat)

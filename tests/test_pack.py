@@ -6,12 +6,9 @@ from skyfix.errors import ModelMismatch, PackError
 from skyfix.tiles.build import tile_grid
 from skyfix.tiles.pack import TilePack, write_pack
 
+from tests.helpers import unit_vectors
+
 DIM = 16
-
-
-def unit_vectors(n, d=DIM, seed=0):
-    v = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 @pytest.fixture()

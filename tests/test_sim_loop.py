@@ -12,11 +12,11 @@ pytestmark = [pytest.mark.data, pytest.mark.slow]
 def pack(tmp_path_factory, tiny_onnx_dir):
     pytest.importorskip("rasterio")
     from skyfix.config import load_config
-    from skyfix.edge.embedders import load_embedder
+    from skyfix.edge.embedders import open_embedder
     from skyfix.tiles.build import build_pack
     cfg = load_config(overrides={"tiles": {"tile_size_m": 100.0, "stride_m": 100.0}})
     return build_pack(need_shared(COLORADO_TIF), tmp_path_factory.mktemp("sim") / "colorado", cfg,
-                      load_embedder(tiny_onnx_dir, "sat"), model_source=str(tiny_onnx_dir),
+                      open_embedder(tiny_onnx_dir, "sat"), model_source=str(tiny_onnx_dir),
                       progress=False, log=lambda *_: None)
 
 
@@ -25,9 +25,10 @@ def test_sim_short_route_with_a_link_drop(pack, tmp_path):
     js = tmp_path / "sim.json"
     # 24 s flight; the autopilot goes silent from 10 s to 14 s (both directions).
     from skyfix.config import load_config
-    from skyfix.edge.sim import run_sim
+    from skyfix.edge.embedders import open_embedder
+    from skyfix.sim.run import run_sim
     cfg = load_config(overrides={"sim": {"duration_s": 24.0, "route": "straight", "seed": 2}})
-    s = run_sim(pack, _model(pack), cfg, out_dir=tmp_path / "out", link_drop=(10.0, 4.0),
+    s = run_sim(pack, open_embedder(_model(pack), "drone"), cfg, out_dir=tmp_path / "out", link_drop=(10.0, 4.0),
                 progress=False)
     assert s["n_published"] > 50
     assert s["error_m"]["median"] < 5.0 and s["error_m"]["max"] < 15.0

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from skyfix.config import SimConfig
-from skyfix.edge.sim import Trajectory, make_route, round_corners, score
+from skyfix.sim.route import Trajectory, make_route, round_corners
+from skyfix.sim.score import score
 
 
 def test_lawnmower_route_has_the_asked_length_inside_bounds():

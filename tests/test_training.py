@@ -125,7 +125,7 @@ def test_u1652_reader_on_a_tiny_tree(tmp_path):
     sets = u1652_test_sets(tmp_path)
     assert len(sets["query_drone"]["0001"]) == 3 and sets["query_satellite"] == {}
     # The protocol runs on the tree: one location, so every drone query finds it first.
-    from skyfix.edge.embedders import load_embedder
+    from skyfix.export.models import load_embedder
     from skyfix.train.evaluate import evaluate_u1652
     emb = load_embedder("imagenet", "drone", ModelConfig(input_px=PX, dim=32))
     res = evaluate_u1652(tmp_path, emb, emb)

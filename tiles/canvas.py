@@ -38,10 +38,10 @@ class MapCanvas:
                 self.east0_m + self.width_m, self.north0_m)
 
     def ground_from_px(self) -> np.ndarray:
-        """3x3 matrix: homogeneous pixel (col, row, 1) -> ground (north_m, east_m, 1)."""
+        """3x3 matrix: homogeneous pixel (col, row, 1) -> ground (east_m, north_m, 1)."""
         g = self.gsd_m
-        return np.array([[0.0, -g, self.north0_m - 0.5 * g],
-                         [g, 0.0, self.east0_m + 0.5 * g],
+        return np.array([[g, 0.0, self.east0_m + 0.5 * g],
+                         [0.0, -g, self.north0_m - 0.5 * g],
                          [0.0, 0.0, 1.0]])
 
     def px_from_en(self, east_m, north_m):

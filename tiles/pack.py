@@ -261,6 +261,10 @@ class TilePack:
         d2 = (self.east_m - east_m) ** 2 + (self.north_m - north_m) ** 2
         return self.tile_ids[d2 <= radius_m ** 2]
 
+    def nearest_tile_id(self, east_m: float, north_m: float) -> int:
+        """The tile whose centre is nearest to (east_m, north_m)."""
+        return int(self.tile_ids[np.argmin((self.east_m - east_m) ** 2 + (self.north_m - north_m) ** 2)])
+
     def search(self, vectors: np.ndarray, k: int, near: Optional[tuple] = None):
         """Top-k tiles for float32 N x D query vectors.
 
@@ -282,3 +286,20 @@ class TilePack:
             scores, ids = self.index.search(q, k, params=params)
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
         return scores, ids
+
+
+def describe(pack: TilePack) -> str:
+    """A few lines about a pack for people: model, source, extent, grid, files."""
+    m = pack.manifest
+    e0, n0, e1, n1 = m["region"]["bounds_en_m"]
+    r = m["region"]
+    return (f"TilePack {pack.path}  (schema {m['schema_version']}, created {m['created_utc']})\n"
+            f"  model_id   {m['model_id']}  dim {m['dim']}  metric {m['metric']}  index {m['index']}\n"
+            f"  source     {m['source']}  ({m['crs_source']})\n"
+            f"  imagery    {m.get('imagery')}\n"
+            f"  extent     {e1 - e0:.0f} x {n1 - n0:.0f} m; tile centres lat {r['lat_min_deg']:.6f}.."
+            f"{r['lat_max_deg']:.6f}, lon {r['lon_min_deg']:.6f}..{r['lon_max_deg']:.6f}\n"
+            f"  grid       {m['grid']['tile_size_m']:g} m tiles every {m['grid']['stride_m']:g} m, "
+            f"{m['grid']['tile_px']} px; map {m['map']['width_px']} x {m['map']['height_px']} px at "
+            f"{m['map']['gsd_m']:.3f} m/px\n"
+            f"  tiles      {len(pack)}  (files verified: {', '.join(m['files'])})")

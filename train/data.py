@@ -10,8 +10,8 @@ from typing import Optional
 import numpy as np
 
 from skyfix.edge.camera import PinholeCamera, ground_of_pixel, image_from_ground, rectify
-from skyfix.edge.views import ViewPose, photometric, render_view
 from skyfix.errors import SkyfixError
+from skyfix.sim.views import ViewPose, photometric, render_view
 from skyfix.tiles.canvas import MapCanvas
 
 
@@ -79,7 +79,7 @@ class OrthoPairs:
         roll, pitch = rng.uniform(-self.tilt, self.tilt, 2)
         yaw = rng.uniform(0, 2 * math.pi)
         # Place the camera so that its image centre looks at the location (plus a few metres).
-        n_off, e_off = ground_of_pixel(image_from_ground(self.cam, roll, pitch, yaw, 0, 0, agl),
+        e_off, n_off = ground_of_pixel(image_from_ground(self.cam, roll, pitch, yaw, 0, 0, agl),
                                        self.cam.cx_px, self.cam.cy_px)
         jitter = rng.normal(0, 3.0, 2)
         pose = ViewPose(loc.east_m - e_off + jitter[0], loc.north_m - n_off + jitter[1], agl, roll, pitch, yaw)

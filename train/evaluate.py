@@ -6,9 +6,11 @@ ranked against every tile of the pack. numpy/OpenCV/faiss only; the embedders br
 """
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -16,8 +18,8 @@ from tqdm import tqdm
 
 from skyfix.config import CameraConfig, EvalConfig
 from skyfix.edge.camera import PinholeCamera, rectify
-from skyfix.edge.views import ViewPose, photometric, render_view
 from skyfix.errors import ModelMismatch, SkyfixError
+from skyfix.sim.views import ViewPose, photometric, render_view
 from skyfix.tiles.canvas import MapCanvas
 from skyfix.tiles.pack import TilePack
 from skyfix.train.metrics import retrieval_metrics
@@ -62,7 +64,7 @@ def make_queries(pack: TilePack, query_canvas: MapCanvas, cam_cfg: CameraConfig,
                  out_px: int, progress: bool = True) -> QuerySet:
     """Render, perturb and rectify `cfg.views` drone views (deterministic for a seed)."""
     rng = np.random.default_rng(cfg.seed)
-    cam = PinholeCamera.from_hfov(cam_cfg.width_px, cam_cfg.height_px, cam_cfg.hfov_deg)
+    cam = PinholeCamera.from_config(cam_cfg)
     crops, east, north, poses = [], [], [], sample_poses(pack, cfg, rng)
     for pose in tqdm(poses, desc="render views", unit="view", disable=not progress):
         frame, _, (e, n) = render_view(query_canvas, cam, pose)
@@ -121,6 +123,25 @@ def evaluate(pack: TilePack, drone_embedder, query_canvas: MapCanvas, cam_cfg: C
         "seconds": round(time.perf_counter() - t0, 1),
         "_internal": {"S": S, "P": P, "queries": qs},
     }
+
+
+def run_eval(pack: TilePack, drone_embedder, queries_from: str | Path, cfg, source_gsd_m: Optional[float] = None,
+             json_path: Optional[str | Path] = None, png_path: Optional[str | Path] = None,
+             progress: bool = True) -> dict:
+    """Evaluate retrieval with views rendered from `queries_from` (cfg: the whole SkyfixConfig);
+    write the example PNG and the JSON when given. Returns the JSON-able result."""
+    from skyfix.tiles.ortho import load_canvas
+    canvas = load_canvas(queries_from, pack.canvas().gsd_m, source_gsd_m=source_gsd_m, frame=pack.frame)
+    result = evaluate(pack, drone_embedder, canvas, cfg.camera, cfg.eval, progress=progress)
+    if png_path:
+        plot_examples(pack, result, png_path)
+    result.pop("_internal")
+    result.update({"pack": str(pack.path), "queries_from": str(queries_from),
+                   "config": {"eval": asdict(cfg.eval), "camera": asdict(cfg.camera)}})
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2))
+    return result
 
 
 def plot_examples(pack: TilePack, result: dict, path: str | Path, n: int = 6, k: int = 5,

@@ -316,19 +316,65 @@ def build_datasets(full_cfg):
     return ConcatPairs(train_parts), val, info
 
 
-def train(full_cfg, resume: Optional[str] = None, log=print) -> Path:
-    """Train from `full_cfg.train`; returns the folder with best.pt, last.pt, metrics.jsonl, run.yaml."""
-    from tqdm import tqdm
+def init_distributed(full_cfg) -> tuple[int, int]:
+    """Under torchrun: join the process group (NCCL on GPUs, gloo on CPUs); returns (rank, world)."""
+    gpu = torch.cuda.is_available() and full_cfg.train.device != "cpu"
+    dist.init_process_group("nccl" if gpu else "gloo")
+    return _rank_world()
 
-    from skyfix.train.data import LocationBatchSampler
-    from skyfix.train.towers import build_towers, compute_model_id, save_checkpoint
-    cfg = full_cfg.train
-    rank, world = _rank_world()
+
+def _pick_device(cfg, rank: int, world: int) -> str:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     if device == "cuda" and world > 1:  # one GPU per process under torchrun
         import os
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
         torch.cuda.set_device(device)
+    return device
+
+
+def _train_epoch(state, pairs, sampler, epoch: int, steps_per_epoch: int, rank: int, metrics_log) -> None:
+    """One epoch of steps (resuming mid-epoch); each rank trains on its share of every batch."""
+    from tqdm import tqdm
+    cfg = state.cfg
+    pairs.epoch = sampler.epoch = epoch
+    batches = list(sampler)[: steps_per_epoch]
+    skip = state.step_count - epoch * steps_per_epoch
+    bar = tqdm(batches[skip:], desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0)
+    for idx in bar:
+        mine = idx[rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
+        loss = state.step(*collate([pairs[i] for i in mine]))
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{state.sched.get_last_lr()[0]:.2e}")
+        if metrics_log:
+            metrics_log.write(json.dumps({"step": state.step_count, "loss": loss,
+                                          "lr": state.sched.get_last_lr()[0]}) + "\n")
+
+
+def _end_epoch(model, state, val, device: str, out: Path, epoch: int, best: float, metrics_log,
+               t0: float, log) -> float:
+    """Validate, log, save last.pt, and best.pt when R@1 improved; returns the best R@1."""
+    from skyfix.train.towers import compute_model_id, save_checkpoint
+    v = validate(model, val, device)
+    r1 = v["drone_to_sat"]["r1"]
+    metrics_log.write(json.dumps({"epoch": epoch + 1, "step": state.step_count, "val": v,
+                                  "minutes": (time.perf_counter() - t0) / 60}) + "\n")
+    metrics_log.flush()
+    log(f"epoch {epoch + 1}: val drone->sat R@1 {r1:.3f} AP {v['drone_to_sat']['ap']:.3f}, "
+        f"sat->drone R@1 {v['sat_to_drone']['r1']:.3f}")
+    state.save(out / "last.pt")
+    if r1 > best:
+        save_checkpoint(model, out / "best.pt", extra={
+            "epoch": epoch + 1, "val_r1": r1, "model_id": compute_model_id(model),
+            "orientation_head": state.orient.state_dict() if state.orient else {}})
+    return max(r1, best)
+
+
+def train(full_cfg, resume: Optional[str] = None, log=print) -> Path:
+    """Train from `full_cfg.train`; returns the folder with best.pt, last.pt, metrics.jsonl, run.yaml."""
+    from skyfix.train.data import LocationBatchSampler
+    from skyfix.train.towers import build_towers
+    cfg = full_cfg.train
+    rank, world = _rank_world()
+    device = _pick_device(cfg, rank, world)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -348,38 +394,17 @@ def train(full_cfg, resume: Optional[str] = None, log=print) -> Path:
         (out / "run.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
         log(f"train: {split_info['train']}; validation: {split_info['val']}; "
             f"{state.total_steps} steps on {device} x {world}")
-    best, best_path, t0 = -1.0, out / "best.pt", time.perf_counter()
+    best, t0 = -1.0, time.perf_counter()
     metrics_log = open(out / "metrics.jsonl", "a") if rank == 0 else None
-    start_epoch = state.step_count // steps_per_epoch
-    for epoch in range(start_epoch, cfg.epochs):
-        pairs.epoch = sampler.epoch = epoch
-        batches = list(sampler)[: steps_per_epoch]
-        skip = state.step_count - epoch * steps_per_epoch
-        bar = tqdm(batches[skip:], desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0)
-        for idx in bar:
-            mine = idx[rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
-            loss = state.step(*collate([pairs[i] for i in mine]))
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{state.sched.get_last_lr()[0]:.2e}")
-            if metrics_log:
-                metrics_log.write(json.dumps({"step": state.step_count, "loss": loss,
-                                              "lr": state.sched.get_last_lr()[0]}) + "\n")
-        if rank == 0:
-            v = validate(model, val, device)
-            r1 = v["drone_to_sat"]["r1"]
-            metrics_log.write(json.dumps({"epoch": epoch + 1, "step": state.step_count, "val": v,
-                                          "minutes": (time.perf_counter() - t0) / 60}) + "\n")
-            metrics_log.flush()
-            log(f"epoch {epoch + 1}: val drone->sat R@1 {r1:.3f} AP {v['drone_to_sat']['ap']:.3f}, "
-                f"sat->drone R@1 {v['sat_to_drone']['r1']:.3f}")
-            state.save(out / "last.pt")
-            if r1 > best:
-                best = r1
-                save_checkpoint(model, best_path, extra={
-                    "epoch": epoch + 1, "val_r1": r1, "model_id": compute_model_id(model),
-                    "orientation_head": state.orient.state_dict() if state.orient else {}})
-    if metrics_log:
-        metrics_log.close()
+    try:
+        for epoch in range(state.step_count // steps_per_epoch, cfg.epochs):
+            _train_epoch(state, pairs, sampler, epoch, steps_per_epoch, rank, metrics_log)
+            if rank == 0:
+                best = _end_epoch(model, state, val, device, out, epoch, best, metrics_log, t0, log)
+    finally:
+        if metrics_log:
+            metrics_log.close()
     if rank == 0:
-        log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; best val R@1 {best:.3f}: {best_path}\n"
-            f"next: skyfix export onnx --checkpoint {best_path} --out models/trained")
+        log(f"done in {(time.perf_counter() - t0) / 60:.1f} min; best val R@1 {best:.3f}: {out / 'best.pt'}\n"
+            f"next: skyfix export onnx --checkpoint {out / 'best.pt'} --out models/trained")
     return out

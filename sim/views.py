@@ -23,16 +23,15 @@ class ViewPose:
 
 
 def render_view(canvas: MapCanvas, cam: PinholeCamera, pose: ViewPose):
-    """Render what the camera sees. Returns (image uint8 H x W x 3, valid_frac, centre (e, n) m):
-    centre is the ground point under the image centre (the view's true position)."""
+    """Render what the camera sees. Returns (image uint8 H x W x 3, valid_frac in 0..1,
+    (east_m, north_m) of the ground point under the image centre: the view's true position)."""
     h_ig = image_from_ground(cam, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
-                             pose.north_m, pose.east_m, pose.agl_m)
+                             pose.east_m, pose.north_m, pose.agl_m)
     h = h_ig @ canvas.ground_from_px()  # canvas pixel -> image pixel
     size = (cam.width_px, cam.height_px)
     img = cv2.warpPerspective(canvas.image_rgb, h, size, flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
     val = cv2.warpPerspective(canvas.valid.astype(np.uint8), h, size, flags=cv2.INTER_NEAREST)
-    cn, ce = ground_of_pixel(h_ig, cam.cx_px, cam.cy_px)
-    return img, float(val.mean()), (ce, cn)
+    return img, float(val.mean()), ground_of_pixel(h_ig, cam.cx_px, cam.cy_px)
 
 
 def photometric(image_rgb: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:

@@ -1,0 +1,108 @@
+"""The track gate: which measurements become a track the autopilot may be given.
+
+A new track starts as a candidate from one strong measurement and is published only after
+`confirm_measurements` consistent measurements. A measurement the filter's innovation gate
+rejects suspends publishing and widens the covariance (a manoeuvre the constant-velocity model
+did not foresee, so the next measurements can pull the track back); `confirm_measurements`
+rejections in a row mean the track itself may be wrong, and it restarts from the new evidence.
+No accepted measurement for `lost_after_s`: the track is lost and the search goes global.
+
+Thread-safe: the navigator offers measurements from the camera thread while the publisher asks
+`estimate_at` from its own. Times are seconds on one monotonic clock (the frames' capture time).
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+from skyfix.contracts import Reason
+from skyfix.edge.filter import ConstantVelocityFilter, FilterState
+
+
+@dataclass(frozen=True)
+class GateVerdict:
+    """What the gate made of one measurement: `state` is set only when the track is confirmed
+    and accurate enough to publish."""
+
+    kind: Reason
+    detail: str = ""
+    state: Optional[FilterState] = None
+
+
+class TrackGate:
+    """Confirmation, disagreement, reset and covariance widening around one filter."""
+
+    def __init__(self, confirm_measurements: int = 3, lost_after_s: float = 5.0,
+                 max_accuracy_m: float = 15.0, accel_sigma_m_s2: float = 3.0):
+        self.confirm = confirm_measurements
+        self.lost_after_s, self.max_accuracy_m = lost_after_s, max_accuracy_m
+        self.filter = ConstantVelocityFilter(accel_sigma_m_s2)
+        self.confirmations = 0
+        self.disagreements = 0
+        self.last_accept_s: Optional[float] = None
+        self._lock = threading.Lock()
+
+    # ---- questions ----------------------------------------------------------------------------
+    def tracking(self, t_s: float) -> bool:
+        """True while a track (confirmed or candidate) has had a measurement within lost_after_s."""
+        return (self.filter.state is not None and self.last_accept_s is not None
+                and t_s - self.last_accept_s <= self.lost_after_s)
+
+    def prior(self, t_s: float) -> Optional[tuple]:
+        """(east_m, north_m, horiz_accuracy_m) predicted at t_s while tracking, else None: the
+        centre and size of the search window."""
+        with self._lock:
+            if not self.tracking(t_s):
+                return None
+            pred = self.filter.predict(t_s)
+        return float(pred.x[0]), float(pred.x[1]), ConstantVelocityFilter.horiz_accuracy_m(pred)
+
+    def estimate_at(self, now_s: float) -> Optional[tuple]:
+        """(FilterState propagated to now_s, age in s of the newest accepted measurement), or
+        None when the track is not confirmed or its accuracy is above the publish cap."""
+        with self._lock:
+            if self.filter.state is None or self.confirmations < self.confirm:
+                return None
+            state = self.filter.predict(now_s)
+            age_s = now_s - self.last_accept_s
+        if ConstantVelocityFilter.horiz_accuracy_m(state) > self.max_accuracy_m:
+            return None
+        return state, age_s
+
+    # ---- the one way in -----------------------------------------------------------------------
+    def offer(self, t_s: float, east_m: float, north_m: float, sigma_m: float) -> GateVerdict:
+        """Offer one position measurement (local metres, 1-sigma per axis) taken at t_s."""
+        with self._lock:
+            if not self.tracking(t_s):
+                self._restart(t_s, east_m, north_m, sigma_m)
+                return GateVerdict(Reason.ACQUIRING, f"candidate track 1/{self.confirm}")
+            accepted, d2 = self.filter.update(t_s, east_m, north_m, sigma_m)
+            if not accepted:
+                return self._disagree(t_s, east_m, north_m, sigma_m, d2)
+            self.disagreements = 0
+            self.confirmations += 1
+            self.last_accept_s = t_s
+            if self.confirmations < self.confirm:
+                return GateVerdict(Reason.ACQUIRING, f"candidate track {self.confirmations}/{self.confirm}")
+            state = self.filter.state
+        accuracy_m = ConstantVelocityFilter.horiz_accuracy_m(state)
+        if accuracy_m > self.max_accuracy_m:
+            return GateVerdict(Reason.INACCURATE, f"filter accuracy {accuracy_m:.1f} m")
+        return GateVerdict(Reason.OK, state=state)
+
+    def _restart(self, t_s: float, east_m: float, north_m: float, sigma_m: float) -> None:
+        self.filter.reset(t_s, east_m, north_m, sigma_m)
+        self.confirmations, self.disagreements, self.last_accept_s = 1, 0, t_s
+
+    def _disagree(self, t_s, east_m, north_m, sigma_m, d2: float) -> GateVerdict:
+        self.disagreements += 1
+        if self.disagreements >= self.confirm:
+            # Strong measurements keep disagreeing: the track itself may be wrong. Stop
+            # publishing and start over from the new evidence.
+            self._restart(t_s, east_m, north_m, sigma_m)
+            return GateVerdict(Reason.TRACK_RESET, "measurements disagree with the track")
+        # Not published until the track agrees again (estimate_at needs the confirmations back).
+        self.filter.inflate_for_manoeuvre(t_s, d2)
+        self.confirmations = min(self.confirmations, self.confirm - 2)
+        return GateVerdict(Reason.INCONSISTENT, f"innovation d2 {d2:.1f}")

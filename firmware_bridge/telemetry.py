@@ -1,0 +1,190 @@
+"""Telemetry from the autopilot, kept as short time series on the flight controller's clock, so
+that a frame is rectified with the attitude and height at its capture time, not at the time it
+happens to be processed (at 12 m/s and 3 deg/s, 200 ms of lag is 2.4 m and 0.6 deg).
+
+Clocks: every message used here carries the FC's boot time (`time_boot_ms`). The offset between
+the FC's boot clock and the local monotonic clock is estimated from the receive times: a message
+can only arrive after it was stamped, so the largest (boot - receive) over a recent window is
+the offset with the least transport delay in it. A boot time that jumps backwards (the FC
+rebooted) restarts the estimate and the histories.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from typing import Optional
+
+import numpy as np
+
+from skyfix.contracts import Telemetry
+
+HISTORY_SAMPLES = 512      # per series: 10 s of ATTITUDE at 50 Hz; bounded whatever the rate
+OFFSET_WINDOW = 200        # clock-offset samples the estimate is the max of (a few seconds)
+UNIX_TIME_MIN_US = 10 ** 15  # ALTITUDE.time_usec above this is unix time, below it boot time
+
+
+def _finite(*values) -> bool:
+    return all(v is not None and math.isfinite(v) for v in values)
+
+
+class BootClock:
+    """Local monotonic seconds <-> FC boot seconds, from (boot time, receive time) pairs."""
+
+    def __init__(self):
+        self._samples: deque = deque(maxlen=OFFSET_WINDOW)
+        self.last_boot_s: Optional[float] = None
+
+    def observe(self, boot_s: float, t_recv_mono_s: float) -> bool:
+        """Add a pair; returns True when the boot clock went backwards (an FC reboot)."""
+        rebooted = self.last_boot_s is not None and boot_s < self.last_boot_s - 1.0
+        if rebooted:
+            self._samples.clear()
+        self.last_boot_s = boot_s
+        self._samples.append(boot_s - t_recv_mono_s)
+        return rebooted
+
+    @property
+    def offset_s(self) -> Optional[float]:
+        """FC boot time minus local monotonic time, or None before the first message."""
+        return max(self._samples) if self._samples else None
+
+
+class Series:
+    """(boot_s, values...) samples in time order, interpolated linearly; angles unwrapped."""
+
+    def __init__(self, angle_columns: tuple = ()):
+        self.samples: deque = deque(maxlen=HISTORY_SAMPLES)
+        self.angle_columns = angle_columns
+
+    def add(self, boot_s: float, *values: float) -> None:
+        if self.samples and boot_s <= self.samples[-1][0]:
+            return  # out of order or repeated: the series stays monotonic
+        self.samples.append((boot_s, *values))
+
+    def at(self, boot_s: float, max_age_s: float) -> Optional[tuple]:
+        """Values at boot_s: interpolated between the samples around it, or the nearest sample
+        when boot_s lies within max_age_s outside the history; None otherwise."""
+        if not self.samples:
+            return None
+        first, last = self.samples[0], self.samples[-1]
+        if boot_s >= last[0]:
+            return last[1:] if boot_s - last[0] <= max_age_s else None
+        if boot_s <= first[0]:
+            return first[1:] if first[0] - boot_s <= max_age_s else None
+        times = np.fromiter((s[0] for s in self.samples), float, len(self.samples))
+        i = int(np.searchsorted(times, boot_s))  # samples[i-1].t < boot_s <= samples[i].t
+        a, b = self.samples[i - 1], self.samples[i]
+        if b[0] - a[0] > 2 * max_age_s:
+            return None  # a gap in the telemetry: do not invent what happened inside it
+        f = (boot_s - a[0]) / (b[0] - a[0])
+        out = []
+        for k, (va, vb) in enumerate(zip(a[1:], b[1:])):
+            if k in self.angle_columns:  # the short way round: 359 deg -> 1 deg passes 0
+                vb = va + (vb - va + math.pi) % (2 * math.pi) - math.pi
+            out.append(va + f * (vb - va))
+        return tuple(out)
+
+    def clear(self) -> None:
+        self.samples.clear()
+
+
+class TelemetryStore:
+    """The autopilot's telemetry: latest message per type, and histories for interpolation."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.latest: dict = {}                      # type -> (message, t_recv_mono_s)
+        self.clock = BootClock()
+        self.attitude = Series(angle_columns=(0, 1, 2))  # roll, pitch, yaw rad
+        self.agl_range = Series()                   # DISTANCE_SENSOR, m
+        self.agl_baro = Series()                    # ALTITUDE.altitude_relative, m
+        self.agl_home = Series()                    # GLOBAL_POSITION_INT.relative_alt, m
+        self.alt_msl = Series()                     # ALTITUDE.altitude_amsl / GLOBAL_POSITION_INT.alt, m
+        self.unix_offset_s: Optional[float] = None  # FC unix time - local monotonic
+        self.received = 0
+
+    # ---- intake -------------------------------------------------------------------------------
+    def update(self, msg, t_mono_s: float) -> None:
+        """Take one message received at local monotonic time t_mono_s."""
+        kind = msg.get_type()
+        with self._lock:
+            self.received += 1
+            self.latest[kind] = (msg, t_mono_s)
+            boot_ms = getattr(msg, "time_boot_ms", None)
+            if boot_ms is not None and self.clock.observe(boot_ms / 1e3, t_mono_s):
+                self._forget_history()
+            self._record(kind, msg, t_mono_s)
+
+    def _record(self, kind: str, msg, t_mono_s: float) -> None:
+        if kind == "ATTITUDE" and _finite(msg.roll, msg.pitch, msg.yaw):
+            self.attitude.add(msg.time_boot_ms / 1e3, msg.roll, msg.pitch, msg.yaw)
+        elif kind == "DISTANCE_SENSOR" and msg.min_distance < msg.current_distance < msg.max_distance:
+            self.agl_range.add(msg.time_boot_ms / 1e3, msg.current_distance / 100.0)
+        elif kind == "GLOBAL_POSITION_INT":
+            self.agl_home.add(msg.time_boot_ms / 1e3, msg.relative_alt / 1000.0)
+            self.alt_msl.add(msg.time_boot_ms / 1e3, msg.alt / 1000.0)
+        elif kind == "ALTITUDE" and _finite(msg.altitude_relative, msg.altitude_amsl):
+            boot_s = self._altitude_boot_s(msg.time_usec, t_mono_s)
+            if boot_s is not None:
+                self.agl_baro.add(boot_s, float(msg.altitude_relative))
+                self.alt_msl.add(boot_s, float(msg.altitude_amsl))
+        elif kind == "SYSTEM_TIME" and msg.time_unix_usec > 0:
+            self.unix_offset_s = msg.time_unix_usec / 1e6 - t_mono_s
+
+    def _altitude_boot_s(self, time_usec: int, t_mono_s: float) -> Optional[float]:
+        # ALTITUDE's stamp may be boot time or unix time; without either, use the receive time.
+        if 0 < time_usec < UNIX_TIME_MIN_US:
+            return time_usec / 1e6
+        offset = self.clock.offset_s
+        return None if offset is None else t_mono_s + offset
+
+    def _forget_history(self) -> None:
+        for series in (self.attitude, self.agl_range, self.agl_baro, self.agl_home, self.alt_msl):
+            series.clear()
+
+    # ---- questions ----------------------------------------------------------------------------
+    def get(self, kind: str, max_age_s: float, now_mono_s: float):
+        """The latest message of a type if it arrived within max_age_s, else None."""
+        with self._lock:
+            item = self.latest.get(kind)
+        if item is None or now_mono_s - item[1] > max_age_s:
+            return None
+        return item[0]
+
+    def last_receive_s(self) -> Optional[float]:
+        with self._lock:
+            return max((t for _, t in self.latest.values()), default=None)
+
+    def boot_s(self, t_mono_s: float) -> Optional[float]:
+        """FC boot time at a local monotonic time, or None before any time-stamped message."""
+        offset = self.clock.offset_s
+        return None if offset is None else t_mono_s + offset
+
+    def at(self, t_mono_s: float, max_age_s: float = 0.5) -> Telemetry:
+        """Telemetry interpolated at local monotonic time t_mono_s (a frame's capture time).
+
+        A value with no sample within max_age_s of that time is None (never stale data). Height
+        above ground: the rangefinder when in range, else ALTITUDE.altitude_relative, else
+        GLOBAL_POSITION_INT.relative_alt (flat-ground assumption).
+        """
+        with self._lock:
+            boot_s = self.boot_s(t_mono_s)
+            if boot_s is None:
+                return Telemetry(t_boot_us=int(t_mono_s * 1e6))
+            att = self.attitude.at(boot_s, max_age_s)
+            agl = next((v[0] for v in (s.at(boot_s, max_age_s) for s in
+                                       (self.agl_range, self.agl_baro, self.agl_home)) if v), None)
+            msl = self.alt_msl.at(boot_s, max_age_s)
+        roll, pitch, yaw = att if att else (None, None, None)
+        if yaw is not None:
+            yaw = (yaw + math.pi) % (2 * math.pi) - math.pi
+        return Telemetry(t_boot_us=int(boot_s * 1e6), roll_rad=roll, pitch_rad=pitch, yaw_rad=yaw,
+                         alt_agl_m=agl, alt_msl_m=msl[0] if msl else None)
+
+    def unix_us(self, now_mono_s: float) -> int:
+        """FC unix time (from SYSTEM_TIME) at a local monotonic time; the host clock if unknown."""
+        if self.unix_offset_s is not None:
+            return int((now_mono_s + self.unix_offset_s) * 1e6)
+        return int((now_mono_s + (time.time() - time.monotonic())) * 1e6)

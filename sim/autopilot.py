@@ -1,0 +1,121 @@
+"""The simulated autopilot: plays the flight controller over real MAVLink/UDP.
+
+It streams what ArduPilot streams to a companion computer (HEARTBEAT, ATTITUDE,
+GLOBAL_POSITION_INT with relative altitude and no GPS, ALTITUDE, SYSTEM_TIME; stamped with its
+own boot clock) and scores every GPS_INPUT / GLOBAL_POSITION_SENSOR it receives against the
+true position at reception.
+"""
+from __future__ import annotations
+
+import math
+import socket
+import threading
+import time
+
+from skyfix.errors import require
+from skyfix.firmware_bridge.messages import mavlink_module
+from skyfix.geo import LocalFrame
+from skyfix.sim.vehicle import VehicleModel
+from skyfix.sim.views import ViewPose
+
+GROUND_MSL_M = 2500.0  # simulated ground elevation (flat)
+BOOT_BEFORE_TAKEOFF_S = 60.0  # the FC booted a minute before take-off
+
+
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that nothing is bound to right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SimAutopilot:
+    """The `Vehicle` of the simulator: streams telemetry to skyfix, receives and scores its fixes.
+
+    t0_mono_s is take-off on the local monotonic clock; flight time t_s = monotonic - t0_mono_s.
+    """
+
+    def __init__(self, vehicle: VehicleModel, t0_mono_s: float, frame: LocalFrame,
+                 telemetry_hz: float = 20.0):
+        mavutil = require("pymavlink.mavutil")
+        self.vehicle, self.t0, self.frame, self.hz = vehicle, t0_mono_s, frame, telemetry_hz
+        port = free_udp_port()
+        self.skyfix_connection = f"udpin:127.0.0.1:{port}"
+        self.conn = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", source_system=1,
+                                               source_component=1, dialect="common")
+        self._received: list[dict] = []
+        self.silent_s = (math.inf, math.inf)  # fault injection: no traffic in [from, until) flight time
+        self._stop = threading.Event()
+        self._threads = []
+
+    # ---- the Vehicle interface ------------------------------------------------------------------
+    def start(self) -> "SimAutopilot":
+        for fn in (self._tx, self._rx):
+            th = threading.Thread(target=fn, daemon=True, name=f"sim-{fn.__name__}")
+            th.start()
+            self._threads.append(th)
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        for th in self._threads:
+            th.join(timeout=2.0)
+        self.conn.close()
+
+    def true_pose(self, t_s: float) -> ViewPose:
+        return self.vehicle.pose(t_s)
+
+    def received(self) -> list[dict]:
+        return list(self._received)
+
+    # ---- faults -------------------------------------------------------------------------------
+    def drop_link(self, from_s: float, duration_s: float) -> None:
+        """Both directions silent from flight time from_s for duration_s."""
+        self.silent_s = (from_s, from_s + duration_s)
+
+    def _silent(self, t_s: float) -> bool:
+        return self.silent_s[0] <= t_s < self.silent_s[1]
+
+    # ---- threads ------------------------------------------------------------------------------
+    def _tx(self) -> None:
+        k = 0
+        while not self._stop.wait(1.0 / self.hz):
+            t = time.monotonic() - self.t0
+            if not self._silent(t):
+                self._send_telemetry(t, with_slow=k % int(self.hz) == 0)
+            k += 1
+
+    def _send_telemetry(self, t_s: float, with_slow: bool) -> None:
+        m, mav = mavlink_module(), self.conn.mav
+        boot_s = t_s + BOOT_BEFORE_TAKEOFF_S
+        boot_ms = int(boot_s * 1e3)
+        roll, pitch, yaw, agl = self.vehicle.noisy(t_s)
+        yaw_wrapped = (yaw + math.pi) % (2 * math.pi) - math.pi
+        mav.attitude_send(boot_ms, roll, pitch, yaw_wrapped, 0.0, 0.0, 0.0)
+        # No GPS: lat/lon are zero; relative_alt (mm) is the barometric height over home.
+        mav.global_position_int_send(boot_ms, 0, 0, int((GROUND_MSL_M + agl) * 1e3),
+                                     int(agl * 1e3), 0, 0, 0, 65535)
+        msl = GROUND_MSL_M + agl
+        mav.altitude_send(int(boot_s * 1e6), msl, msl, msl, agl, float("nan"), float("nan"))
+        if with_slow:  # 1 Hz
+            mav.heartbeat_send(m.MAV_TYPE_QUADROTOR, m.MAV_AUTOPILOT_ARDUPILOTMEGA, 0, 0,
+                               m.MAV_STATE_ACTIVE)
+            mav.system_time_send(int(time.time() * 1e6), boot_ms)
+
+    def _rx(self) -> None:
+        while not self._stop.is_set():
+            msg = self.conn.recv_match(type=["GPS_INPUT", "GLOBAL_POSITION_SENSOR"], blocking=True, timeout=0.2)
+            if msg is None:
+                continue
+            t = time.monotonic() - self.t0
+            if not self._silent(t):
+                self._received.append(self._scored(msg, t))
+
+    def _scored(self, msg, t_s: float) -> dict:
+        pose = self.vehicle.pose(t_s)
+        e, n, _ = self.frame.to_enu(msg.lat / 1e7, msg.lon / 1e7)
+        acc = msg.horiz_accuracy if msg.get_type() == "GPS_INPUT" else msg.eph
+        return {"t_s": t_s, "type": msg.get_type(), "east_m": float(e), "north_m": float(n),
+                "true_east_m": pose.east_m, "true_north_m": pose.north_m,
+                "horiz_accuracy_m": float(acc),
+                "error_m": float(math.hypot(e - pose.east_m, n - pose.north_m))}

@@ -1,0 +1,154 @@
+"""`skyfix sim`: a virtual drone flies a route over a real map in real time; skyfix navigates by
+its camera and talks MAVLink over UDP to the vehicle (the simulated autopilot), which scores
+every fix it receives.
+
+    prepare_flight -> fly (camera frames -> Navigator; FixPublisher -> vehicle) -> summarise -> write
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from skyfix.contracts import Frame
+from skyfix.edge.camera import PinholeCamera
+from skyfix.edge.navigator import Navigator
+from skyfix.errors import SkyfixError
+from skyfix.firmware_bridge.link import MavlinkBridge
+from skyfix.firmware_bridge.publisher import FixPublisher
+from skyfix.sim.autopilot import SimAutopilot
+from skyfix.sim.camera import SimCamera
+from skyfix.sim.route import Trajectory, make_route, round_corners
+from skyfix.sim.score import frame_record, frame_summary, plot_track, score, write_track_csv
+from skyfix.sim.vehicle import VehicleModel
+from skyfix.tiles.pack import TilePack
+
+TURN_ACCEL_M_S2 = 2.5  # lateral acceleration in turns: the corner radius is v^2 / a
+
+
+@dataclass
+class Flight:
+    """Everything one simulated flight needs, made before take-off."""
+
+    pack: TilePack
+    nav: Navigator
+    camera: SimCamera
+    vehicle: VehicleModel
+    traj: Trajectory
+    duration_s: float
+    startup_s: float
+
+
+def prepare_flight(pack: TilePack, embedder, cfg, frames_from: Optional[str] = None,
+                   source_gsd_m: Optional[float] = None) -> Flight:
+    """Route, vehicle, camera and navigator for cfg.sim over the pack's map. Frames are rendered
+    from `frames_from` (e.g. another date of the same area) or from the pack's own map."""
+    if frames_from:
+        from skyfix.tiles.ortho import load_canvas
+        frames_canvas = load_canvas(frames_from, pack.canvas().gsd_m, source_gsd_m=source_gsd_m, frame=pack.frame)
+    else:
+        frames_canvas = pack.canvas()
+    cam = PinholeCamera.from_config(cfg.camera)
+    # Keep the whole footprint on the map: half its diagonal plus the tilt.
+    half_diag_m = cfg.sim.alt_agl_m / cam.fx_px * math.hypot(cam.width_px, cam.height_px) / 2
+    margin_m = half_diag_m + cfg.sim.alt_agl_m * math.tan(math.radians(cfg.sim.tilt_deg + 2))
+    route = round_corners(make_route(cfg.sim, pack.canvas().bounds_en(), margin_m),
+                          cfg.sim.speed_m_s ** 2 / TURN_ACCEL_M_S2)
+    traj = Trajectory(route, cfg.sim.speed_m_s)
+    t_start = time.perf_counter()
+    nav = Navigator(pack, embedder, cam, cfg.nav)
+    startup_s = time.perf_counter() - t_start
+    vehicle = VehicleModel(traj, cfg.sim)
+    return Flight(pack, nav, SimCamera(frames_canvas, cam, vehicle, cfg.sim), vehicle, traj,
+                  min(cfg.sim.duration_s or traj.duration_s, traj.duration_s), startup_s)
+
+
+def fly(flight: Flight, cfg, link_drop: Optional[tuple] = None, progress: bool = True):
+    """Fly in real time. Returns (frame records, scored fixes the vehicle received, link stats)."""
+    t0 = time.monotonic()
+    vehicle = SimAutopilot(flight.vehicle, t0, flight.pack.frame).start()
+    if link_drop:
+        vehicle.drop_link(*link_drop)
+    bridge = MavlinkBridge(vehicle.skyfix_connection, link_timeout_s=cfg.bridge.link_timeout_s).start()
+    publisher = None
+    frames: list[dict] = []
+    try:
+        if not bridge.wait_for_heartbeat(5.0):
+            raise SkyfixError("no HEARTBEAT from the simulated autopilot within 5 s")
+        publisher = FixPublisher(bridge, flight.nav.estimate_at, cfg.bridge.protocol, cfg.bridge.rate_hz,
+                                 cfg.bridge.max_fix_age_s, cfg.bridge.vert_accuracy_m).start()
+        _camera_loop(flight, bridge, t0, cfg, frames, vehicle if progress else None)
+    finally:
+        if publisher is not None:
+            publisher.close()
+        bridge.close()
+        vehicle.close()
+    link = {"reconnects": bridge.reconnects, "bad_packets": bridge.bad_packets,
+            "publish_ms": list(publisher.send_ms) if publisher else []}
+    return frames, vehicle.received(), link
+
+
+def _camera_loop(flight: Flight, bridge: MavlinkBridge, t0: float, cfg, frames: list,
+                 progress_vehicle=None) -> None:
+    """Frames at the camera rate (dropped when the loop falls behind), each with the telemetry
+    interpolated at its capture time."""
+    period, next_t, last_print = 1.0 / cfg.sim.camera_hz, 0.0, 0.0
+    while (t := time.monotonic() - t0) < flight.duration_s:
+        if t < next_t:
+            time.sleep(next_t - t)
+            continue
+        img = flight.camera.render(t)
+        tel = bridge.telemetry.at(t0 + t, cfg.nav.telemetry_max_age_s)
+        res = flight.nav.step(Frame(img, int((t0 + t) * 1e6), tel, f"sim-{len(frames):05d}"))
+        frames.append(frame_record(t, flight.vehicle.pose(t), res, flight.pack))
+        next_t = max(next_t + period, time.monotonic() - t0)
+        if progress_vehicle is not None and t - last_print >= 10:
+            last_print = t
+            print(f"  t {t:5.0f}/{flight.duration_s:.0f} s  frames {len(frames)}  fixes "
+                  f"{sum(f['fix'] for f in frames)}  published {len(progress_vehicle.received())}", flush=True)
+
+
+def summarise(flight: Flight, frames: list, received: list, link: dict, cfg) -> dict:
+    """The summary dict of the README's `skyfix sim` JSON."""
+    summary = score(received, flight.duration_s)
+    summary.update(frame_summary(frames, flight.nav, flight.duration_s, flight.startup_s))
+    if link["publish_ms"]:
+        summary["latency_ms"]["publish"] = {"p50": float(np.percentile(link["publish_ms"], 50)),
+                                            "p95": float(np.percentile(link["publish_ms"], 95))}
+    summary.update({"route_m": float(flight.traj.cum_m[-1]), "duration_s": flight.duration_s,
+                    "alt_agl_m": cfg.sim.alt_agl_m, "model_id": flight.pack.model_id,
+                    "pack": str(flight.pack.path), "protocol": cfg.bridge.protocol,
+                    "link": {k: link[k] for k in ("reconnects", "bad_packets")},
+                    "config": {k: dataclasses.asdict(getattr(cfg, k)) for k in ("sim", "nav", "bridge", "camera")}})
+    return summary
+
+
+def write_outputs(flight: Flight, received: list, summary: dict, out_dir: Path) -> Path:
+    """track.csv, track.png, gallery.npz and summary.json into out_dir; returns out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_track_csv(received, out_dir / "track.csv")
+    truth = np.array([flight.traj.at(t)[:2] for t in np.arange(0, flight.duration_s, 0.5)])
+    plot_track(flight.pack.canvas(), truth, received, out_dir / "track.png")
+    flight.nav.gallery.save(out_dir / "gallery.npz")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return out_dir
+
+
+def run_sim(pack_path: str | Path, embedder, cfg, frames_from: Optional[str] = None,
+            source_gsd_m: Optional[float] = None, out_dir: str | Path = "out/sim",
+            link_drop: Optional[tuple] = None, progress: bool = True) -> dict:
+    """Fly cfg.sim's route in real time with skyfix in the loop (drone tower `embedder`);
+    returns the summary and writes track.csv, track.png, summary.json and gallery.npz."""
+    pack = TilePack.open(pack_path, expect_model_id=embedder.model_id)
+    flight = prepare_flight(pack, embedder, cfg, frames_from, source_gsd_m)
+    frames, received, link = fly(flight, cfg, link_drop, progress)
+    summary = summarise(flight, frames, received, link, cfg)
+    summary["frames_from"] = str(frames_from or "pack map")
+    write_outputs(flight, received, summary, Path(out_dir))
+    return summary

@@ -1,0 +1,116 @@
+"""Scoring a simulated flight: errors of what the autopilot received, availability, calibration
+against the reported accuracy; the track as CSV and PNG; the summary as text."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from skyfix.errors import SkyfixError
+from skyfix.sim.views import ViewPose
+from skyfix.tiles.canvas import MapCanvas
+
+
+def score(received: list[dict], duration_s: float, fresh_s: float = 0.5) -> dict:
+    """Errors of the published fixes, availability (share of time with a fix received in the last
+    `fresh_s`), and calibration against the reported accuracy."""
+    if not received:
+        return {"error_m": {"median": None, "p95": None, "max": None}, "availability": 0.0,
+                "n_published": 0, "calibration": {"within_1x": None, "within_3x": None},
+                "time_to_first_fix_s": None}
+    err = np.array([r["error_m"] for r in received])
+    acc = np.array([r["horiz_accuracy_m"] for r in received])
+    t = np.array([r["t_s"] for r in received])
+    grid = np.arange(0.0, duration_s, 0.1)
+    idx = np.searchsorted(t, grid, side="right") - 1
+    fresh = (idx >= 0) & (grid - t[np.clip(idx, 0, None)] <= fresh_s)
+    return {"error_m": {"median": float(np.median(err)), "p95": float(np.percentile(err, 95)),
+                        "max": float(err.max())},
+            "availability": float(fresh.mean()),
+            "n_published": int(len(err)),
+            "calibration": {"within_1x": float(np.mean(err <= acc)), "within_3x": float(np.mean(err <= 3 * acc)),
+                            "worst_error_over_accuracy": float(np.max(err / acc))},
+            "time_to_first_fix_s": float(t[0])}
+
+
+def plot_track(canvas: MapCanvas, truth_en: np.ndarray, received: list[dict], path: str | Path,
+               max_px: int = 1200) -> Path:
+    """PNG of the map with the true track (green) and published fixes (red dots)."""
+    img = cv2.cvtColor(canvas.image_rgb, cv2.COLOR_RGB2BGR)
+    f = min(1.0, max_px / max(img.shape[:2]))
+    img = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+
+    def px(e, n):
+        c, r = canvas.px_from_en(e, n)
+        return int(round((c + 0.5) * f)), int(round((r + 0.5) * f))
+
+    pts = np.array([px(e, n) for e, n in truth_en], np.int32)
+    cv2.polylines(img, [pts], False, (0, 220, 0), 2, cv2.LINE_AA)
+    for r in received:
+        cv2.circle(img, px(r["east_m"], r["north_m"]), 2, (0, 0, 255), -1, cv2.LINE_AA)
+    cv2.putText(img, "true track (green), published fixes (red)", (10, 25), cv2.FONT_HERSHEY_SIMPLEX,
+                0.7, (255, 255, 255), 2, cv2.LINE_AA)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), img):
+        raise SkyfixError(f"cannot write {path}")
+    return Path(path)
+
+
+def write_track_csv(received: list[dict], path: str | Path) -> Path:
+    with open(path, "w", newline="") as f:
+        keys = ["t_s", "type", "true_east_m", "true_north_m", "east_m", "north_m", "horiz_accuracy_m", "error_m"]
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in received:
+            w.writerow({k: r[k] for k in keys})
+    return Path(path)
+
+
+def frame_record(t: float, pose: ViewPose, res, pack) -> dict:
+    """One frame of the flight: whether it gave a fix, why (kind and text), its error and accuracy."""
+    rec = {"t_s": t, "fix": res.fix is not None, "kind": res.kind.value, "reason": res.reason, "error_m": None, "acc_m": None}
+    if res.fix is not None:
+        e, n, _ = pack.frame.to_enu(res.fix.lat_deg, res.fix.lon_deg)
+        rec["error_m"] = float(math.hypot(e - pose.east_m, n - pose.north_m))
+        rec["acc_m"] = res.fix.horiz_accuracy_m
+    return rec
+
+
+def frame_summary(frames: list[dict], nav, duration: float, startup_s: float) -> dict:
+    """Per-frame figures: fixes, their errors, confident wrong fixes, latency, reasons."""
+    err = np.array([f["error_m"] for f in frames if f["fix"]])
+    acc = np.array([f["acc_m"] for f in frames if f["fix"]])
+    lat = nav.timing_summary()
+    total = lat.get("frame_total")
+    return {
+        "n_frames": len(frames),
+        "n_fixes": int(len(err)),
+        "frame_fix_error_m": {"median": float(np.median(err)) if len(err) else None,
+                              "p95": float(np.percentile(err, 95)) if len(err) else None,
+                              "max": float(err.max()) if len(err) else None},
+        "confident_wrong_fixes": int(np.sum(err > 3 * acc)) if len(err) else 0,
+        "latency_ms": lat,
+        "sustainable_fps": 1000.0 / total["p50"] if total else None,
+        "frames_per_s": len(frames) / duration,
+        "startup_s": startup_s,
+        "reasons": nav.reason_counts(),
+    }
+
+
+def format_summary(s: dict) -> str:
+    e, c = s["error_m"], s["calibration"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
+    lines = [f"route {s['route_m']:.0f} m at {s['alt_agl_m']:.0f} m AGL, {s['duration_s']:.0f} s, frames from {s['frames_from']}",
+             f"published fixes {s['n_published']} ({s['protocol']}): error median {fmt(e['median'])} m, "
+             f"p95 {fmt(e['p95'])} m, max {fmt(e['max'])} m; availability {s['availability']:.1%}",
+             f"calibration: within 1x accuracy {fmt(None if c['within_1x'] is None else 100 * c['within_1x'])} %, "
+             f"within 3x {fmt(None if c['within_3x'] is None else 100 * c['within_3x'])} %",
+             f"frames {s['n_frames']}, fixes {s['n_fixes']}, confident wrong fixes {s['confident_wrong_fixes']}; "
+             f"first fix after {fmt(s['time_to_first_fix_s'])} s",
+             "latency ms (p50/p95): " + ", ".join(f"{k} {v['p50']:.0f}/{v['p95']:.0f}"
+                                                  for k, v in s["latency_ms"].items() if v),
+             f"sustainable {fmt(s['sustainable_fps'])} frames/s on this machine; reasons {s['reasons']}"]
+    return "\n".join(lines)
