@@ -104,6 +104,10 @@ class NavConfig:
     unknown_tilt_deg: float = 8.0    # tilt to allow for when attitude is missing (1 sigma)
     lost_after_s: float = 5.0        # no accepted measurement for this long: re-acquire globally
     fallback_agl_m: float = 0.0      # height to assume when telemetry has none (0: refuse frame)
+    # Elevation of the ground flown over (m MSL). Given, a fix's altitude is this plus the height
+    # above ground; not given, the autopilot's own altitude is echoed, which is 0 before its EKF
+    # has an origin (then ArduPilot would place its origin at sea level).
+    ground_alt_msl_m: Optional[float] = None
     telemetry_max_age_s: float = 0.5
     gallery_size: int = 2000
 

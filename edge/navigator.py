@@ -198,7 +198,9 @@ class Navigator:
         if note:
             pose.height_known = False
             pose.notes.append(note)
-        if tel is not None and _finite(tel.alt_msl_m):
+        if self.cfg.ground_alt_msl_m is not None and pose.agl_m is not None:
+            self.last_alt_msl_m = self.cfg.ground_alt_msl_m + pose.agl_m
+        elif tel is not None and _finite(tel.alt_msl_m):
             self.last_alt_msl_m = tel.alt_msl_m
         return pose
 

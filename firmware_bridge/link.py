@@ -19,6 +19,12 @@ log = logging.getLogger("skyfix.link")
 
 TELEMETRY_TYPES = ["ATTITUDE", "GLOBAL_POSITION_INT", "ALTITUDE", "DISTANCE_SENSOR", "SYSTEM_TIME",
                    "HEARTBEAT"]
+# What skyfix asks the autopilot to stream on this link (SET_MESSAGE_INTERVAL), in Hz. ATTITUDE
+# fast, for interpolation at the frames' capture times; the rest as needed. Required ones that
+# do not arrive are requested again and reported; optional ones exist only on some vehicles.
+STREAM_RATES_HZ = {"ATTITUDE": 25.0, "GLOBAL_POSITION_INT": 10.0, "SYSTEM_TIME": 1.0,
+                   "DISTANCE_SENSOR": 10.0, "ALTITUDE": 10.0}
+REQUIRED_STREAMS = ("ATTITUDE", "GLOBAL_POSITION_INT", "SYSTEM_TIME")
 
 
 class MavlinkBridge:
@@ -37,6 +43,8 @@ class MavlinkBridge:
         self.reconnects = 0
         self.sent = 0
         self.bad_packets = 0
+        self.stream_requests = 0
+        self._stream_warned: set = set()
         self._opened_s = 0.0
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -125,6 +133,35 @@ class MavlinkBridge:
         while not self._stop.wait(1.0 / self.heartbeat_hz):
             self.send(lambda mav: mav.heartbeat_encode(m.MAV_TYPE_ONBOARD_CONTROLLER,
                                                         m.MAV_AUTOPILOT_INVALID, 0, 0, m.MAV_STATE_ACTIVE))
+            self.request_missing_streams(time.monotonic())
+
+    def missing_streams(self, now_mono_s: float) -> list[str]:
+        """Stream types not received within two of their periods plus a second."""
+        return [kind for kind, hz in STREAM_RATES_HZ.items()
+                if self.telemetry.get(kind, 2.0 / hz + 1.0, now_mono_s) is None]
+
+    def request_missing_streams(self, now_mono_s: float) -> list[str]:
+        """Once the autopilot is heard, ask for every stream that is not arriving
+        (MAV_CMD_SET_MESSAGE_INTERVAL on this link); warn once per required stream that still
+        does not come after a few requests. Returns the types requested."""
+        if self.telemetry.get("HEARTBEAT", self.link_timeout_s, now_mono_s) is None:
+            return []
+        m = mavlink_module()
+        missing = self.missing_streams(now_mono_s)
+        for kind in missing:
+            msg_id = getattr(m, f"MAVLINK_MSG_ID_{kind}")
+            interval_us = 1e6 / STREAM_RATES_HZ[kind]
+            self.send(lambda mav: mav.command_long_encode(
+                self.target_system, self.target_component, m.MAV_CMD_SET_MESSAGE_INTERVAL, 0,
+                msg_id, interval_us, 0, 0, 0, 0, 0))
+            self.stream_requests += 1
+        late = [k for k in missing if k in REQUIRED_STREAMS and k not in self._stream_warned]
+        if late and now_mono_s - self._opened_s > 10.0:
+            self._stream_warned.update(late)
+            log.warning("the autopilot does not stream %s on '%s' although asked: set its stream "
+                        "rates for this port (ArduPilot: MAVn_EXTRA1 / MAVn_POSITION / MAVn_EXTRA3, "
+                        "SRn_* on older firmware)", ", ".join(late), self.connection)
+        return missing
 
     def send(self, build) -> bool:
         """Send `build(mav)` (a function returning an encoded message); False if the link failed."""

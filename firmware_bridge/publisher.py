@@ -26,13 +26,15 @@ class FixPublisher:
     """A thread calling `estimate(now_mono_s) -> (Fix, measurement_age_s) | None` at rate_hz."""
 
     def __init__(self, bridge, estimate: Callable[[float], Optional[tuple]], protocol: str = "ardupilot",
-                 rate_hz: float = 10.0, max_age_s: float = 1.5, vert_accuracy_m: float = 5.0):
+                 rate_hz: float = 10.0, max_age_s: float = 1.5, vert_accuracy_m: float = 5.0,
+                 on_sent: Optional[Callable[[Fix, float], None]] = None):
         if protocol not in PROTOCOLS:
             raise SkyfixError(f"protocol must be one of {PROTOCOLS}, got '{protocol}'")
         if not 0 < rate_hz <= 50:
             raise SkyfixError(f"publish rate {rate_hz} Hz out of range (ArduPilot needs >= 5 Hz)")
         self.bridge, self.estimate, self.protocol = bridge, estimate, protocol
         self.rate_hz, self.max_age_s, self.vert_accuracy_m = rate_hz, max_age_s, vert_accuracy_m
+        self.on_sent = on_sent  # e.g. a simulator scoring what was sent against the truth
         self.sent = 0
         self.withheld = 0
         self.send_ms: deque = deque(maxlen=10_000)  # encode + send time of recent messages
@@ -60,6 +62,8 @@ class FixPublisher:
         if ok:
             self.sent += 1
             self.send_ms.append((time.perf_counter() - t0) * 1e3)
+            if self.on_sent is not None:
+                self.on_sent(fix, now_mono_s)
         return ok
 
     def _loop(self) -> None:

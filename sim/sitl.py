@@ -1,0 +1,336 @@
+"""ArduPilot SITL as the vehicle: the real flight code, with skyfix as its only GPS.
+
+The binary (`SKYFIX_SITL_BIN`, default ../shared/sitl/arducopter) runs in a temporary folder
+with its home at the map's centre and the parameters of `SKYFIX_PARAMS` (GPS1_TYPE=14, the
+simulated GPS off, ...). Two MAVLink links over TCP:
+- the control link (SERIAL0, like a ground station): modes, arming, take-off, targets, and the
+  truth (`SIM_STATE`), the autopilot's estimate (`GLOBAL_POSITION_INT`), `EKF_STATUS_REPORT`
+  and `STATUSTEXT`, recorded as the flight goes;
+- skyfix's own link (SERIAL1, like a companion computer's serial port): `skyfix_connection`,
+  where the MavlinkBridge reads telemetry and the FixPublisher sends GPS_INPUT.
+`close()` always stops the process (terminate, then kill) and removes the folder.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from skyfix.errors import SkyfixError, require
+from skyfix.geo import LocalFrame
+from skyfix.sim.views import ViewPose
+
+log = logging.getLogger("skyfix.sitl")
+DEFAULT_BIN = Path(__file__).resolve().parent / ".." / ".." / "shared" / "sitl" / "arducopter"
+GCS_SYSTEM = 255          # the control link speaks as a ground station (SYSID_MYGCS default)
+EKF_POS_HORIZ_ABS = 16    # EKF_STATUS_REPORT flag: absolute horizontal position is good
+EKF_GPS_GLITCHING = 32768
+
+# Every parameter skyfix changes from ArduPilot's SITL defaults, with its reason (README).
+SKYFIX_PARAMS = {
+    "GPS1_TYPE": 14,          # MAVLink GPS: GPS_INPUT from skyfix is the only GPS
+    "SIM_GPS1_ENABLE": 0,     # the simulated GPS receiver off
+    "EK3_SRC1_VELXY": 0,      # skyfix sends no velocity (see README): do not fuse GPS velocity
+    "EK3_SRC1_VELZ": 0,       # no vertical velocity from skyfix either
+    "PILOT_SPEED_UP": 500,    # climb at 5 m/s in ALT_HOLD to the hand-over height (default 2.5)
+}
+
+
+def sitl_binary(path: Optional[str] = None) -> Path:
+    """The SITL binary: `path`, else $SKYFIX_SITL_BIN, else ../shared/sitl/arducopter."""
+    p = Path(path or os.environ.get("SKYFIX_SITL_BIN") or DEFAULT_BIN).resolve()
+    if not p.is_file() or not os.access(p, os.X_OK):
+        raise SkyfixError(f"ArduPilot SITL binary not found or not executable: {p} (set SKYFIX_SITL_BIN, "
+                          "or build one: ./waf configure --board sitl && ./waf copter)")
+    return p
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One moment of the flight, from the control link (local monotonic time)."""
+
+    t_mono_s: float
+    true_east_m: float
+    true_north_m: float
+    true_agl_m: float
+    est_east_m: Optional[float]
+    est_north_m: Optional[float]
+    ekf_flags: int
+
+
+class SitlVehicle:
+    """The `Vehicle` interface for an ArduCopter SITL process (see the module docstring)."""
+
+    def __init__(self, frame: LocalFrame, home_alt_msl_m: float, binary: Optional[str] = None,
+                 instance: int = 0, params: Optional[dict] = None, speedup: float = 1.0):
+        self.frame, self.home_alt_msl_m = frame, home_alt_msl_m
+        self.binary, self.instance, self.speedup = sitl_binary(binary), instance, speedup
+        self.params = {**SKYFIX_PARAMS, **(params or {})}
+        self.skyfix_connection = f"tcp:127.0.0.1:{5762 + 10 * instance}"
+        self.t0_mono_s = time.monotonic()
+        self.samples: deque = deque(maxlen=20_000)
+        self.statustexts: list[tuple] = []    # (t_mono_s, severity, text)
+        self.modes: list[tuple] = []          # (t_mono_s, mode name) at each change
+        self.sent_fixes: list[dict] = []      # what skyfix sent, scored at sending
+        self._state: dict = {}
+        self._proc: Optional[subprocess.Popen] = None
+        self._dir: Optional[Path] = None
+        self.conn = None
+        self._stop = threading.Event()
+        self._rx: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def start(self, timeout_s: float = 60.0) -> "SitlVehicle":
+        try:
+            self._launch()
+            self._connect(timeout_s)
+        except BaseException:
+            self.close()
+            raise
+        self._rx = threading.Thread(target=self._rx_loop, daemon=True, name="sitl-rx")
+        self._rx.start()
+        self._request_streams()
+        return self
+
+    def _launch(self) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="skyfix-sitl-"))
+        (self._dir / "skyfix.parm").write_text("".join(f"{k} {v}\n" for k, v in self.params.items()))
+        lat, lon, _ = self.frame.to_lla(0.0, 0.0)
+        defaults = f"{self.binary.parent / 'copter.parm'},{self._dir / 'skyfix.parm'}"
+        cmd = [str(self.binary), "--model", "+", "--speedup", str(self.speedup), f"-I{self.instance}", "-w",
+               "--defaults", defaults, "--home", f"{lat:.8f},{lon:.8f},{self.home_alt_msl_m:.1f},0"]
+        self._log = open(self._dir / "sitl.log", "w")
+        self._proc = subprocess.Popen(cmd, cwd=self._dir, stdout=self._log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        log.info("started SITL pid %d in %s", self._proc.pid, self._dir)
+
+    def _connect(self, timeout_s: float) -> None:
+        mavutil = require("pymavlink.mavutil")
+        end = time.monotonic() + timeout_s
+        while True:
+            if self._proc.poll() is not None:
+                raise SkyfixError(f"SITL exited with code {self._proc.returncode}: {self._tail_log()}")
+            try:
+                self.conn = mavutil.mavlink_connection(f"tcp:127.0.0.1:{5760 + 10 * self.instance}",
+                                                       source_system=GCS_SYSTEM, dialect="ardupilotmega")
+                break
+            except OSError:
+                if time.monotonic() > end:
+                    raise SkyfixError(f"SITL did not open its MAVLink port within {timeout_s:.0f} s")
+                time.sleep(0.5)
+        if self.conn.wait_heartbeat(timeout=max(end - time.monotonic(), 1.0)) is None:
+            raise SkyfixError(f"no HEARTBEAT from SITL within {timeout_s:.0f} s: {self._tail_log()}")
+
+    def _tail_log(self) -> str:
+        try:
+            return (self._dir / "sitl.log").read_text()[-500:]
+        except OSError:
+            return "(no log)"
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._rx is not None:
+            self._rx.join(timeout=2.0)
+        if self.conn is not None:
+            self.conn.close()
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=5.0)
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    # ---- the Vehicle interface ----------------------------------------------------------------
+    def true_pose(self, t_s: float = None) -> Optional[ViewPose]:
+        """The latest true pose from SIM_STATE (the flight's 'now'; t_s is not used: SITL runs
+        in real time and its truth is streamed), or None before the first one."""
+        with self._lock:
+            st = self._state.get("SIM_STATE")
+        if st is None:
+            return None
+        e, n, _ = self.frame.to_enu(st["lat_deg"], st["lon_deg"])
+        return ViewPose(float(e), float(n), st["alt_msl_m"] - self.home_alt_msl_m, st["roll"], st["pitch"], st["yaw"])
+
+    def received(self) -> list[dict]:
+        return list(self.sent_fixes)
+
+    def record_fix(self, fix, t_mono_s: float) -> None:
+        """Called by the publisher for every GPS_INPUT sent: scored against the truth now."""
+        pose = self.true_pose()
+        if pose is None:
+            return
+        e, n, _ = self.frame.to_enu(fix.lat_deg, fix.lon_deg)
+        self.sent_fixes.append({"t_s": t_mono_s - self.t0_mono_s, "type": "GPS_INPUT",
+                                "east_m": float(e), "north_m": float(n), "true_east_m": pose.east_m,
+                                "true_north_m": pose.north_m, "horiz_accuracy_m": fix.horiz_accuracy_m,
+                                "error_m": float(math.hypot(e - pose.east_m, n - pose.north_m))})
+
+    # ---- control link -------------------------------------------------------------------------
+    def _request_streams(self) -> None:
+        m = self.conn.mav
+        for name, hz in (("SIM_STATE", 10), ("GLOBAL_POSITION_INT", 10), ("EKF_STATUS_REPORT", 5),
+                         ("HEARTBEAT", 1), ("SYS_STATUS", 1)):
+            msg_id = getattr(require("pymavlink.dialects.v20.ardupilotmega"), f"MAVLINK_MSG_ID_{name}")
+            m.command_long_send(1, 1, 511, 0, msg_id, 1e6 / hz, 0, 0, 0, 0, 0)
+
+    def _rx_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                msg = self.conn.recv_match(blocking=True, timeout=0.2)
+            except Exception as exc:  # the process went away: the flight loop notices
+                log.warning("SITL control link failed: %s", exc)
+                return
+            if msg is not None:
+                self._take(msg, time.monotonic())
+
+    def _take(self, msg, now: float) -> None:
+        kind = msg.get_type()
+        with self._lock:
+            if kind == "SIM_STATE":
+                lat = msg.lat_int / 1e7 if getattr(msg, "lat_int", 0) else msg.lat
+                lon = msg.lon_int / 1e7 if getattr(msg, "lon_int", 0) else msg.lon
+                self._state[kind] = {"lat_deg": lat, "lon_deg": lon, "alt_msl_m": msg.alt,
+                                     "roll": msg.roll, "pitch": msg.pitch, "yaw": msg.yaw, "t": now}
+                self._sample(now)
+            elif kind in ("GLOBAL_POSITION_INT", "EKF_STATUS_REPORT", "HEARTBEAT"):
+                self._state[kind] = msg
+                if kind == "HEARTBEAT" and msg.get_srcSystem() == 1:
+                    mode = self.conn.flightmode
+                    if not self.modes or self.modes[-1][1] != mode:
+                        self.modes.append((now, mode))
+            elif kind == "STATUSTEXT":
+                self.statustexts.append((now, msg.severity, msg.text))
+                log.info("SITL: %s", msg.text)
+
+    def _sample(self, now: float) -> None:
+        st, gpi = self._state["SIM_STATE"], self._state.get("GLOBAL_POSITION_INT")
+        te, tn, _ = self.frame.to_enu(st["lat_deg"], st["lon_deg"])
+        ee = en = None
+        if gpi is not None and (gpi.lat or gpi.lon):
+            ee, en, _ = self.frame.to_enu(gpi.lat / 1e7, gpi.lon / 1e7)
+        ekf = self._state.get("EKF_STATUS_REPORT")
+        self.samples.append(Sample(now, float(te), float(tn), st["alt_msl_m"] - self.home_alt_msl_m,
+                                   None if ee is None else float(ee), None if en is None else float(en),
+                                   ekf.flags if ekf is not None else 0))
+
+    def latest(self, kind: str):
+        with self._lock:
+            return self._state.get(kind)
+
+
+# ---- flying the SITL: what a ground station or a mission script does ---------------------------------
+class SitlPilot:
+    """Commands over the control link: modes, arming, the non-GPS climb, GUIDED targets, landing.
+    Each step waits for its result with a timeout and says what happened."""
+
+    def __init__(self, vehicle: SitlVehicle):
+        self.v = vehicle
+        self.events: list[tuple] = []  # (t_mono_s, text)
+
+    def note(self, text: str) -> None:
+        self.events.append((time.monotonic(), text))
+        log.info("pilot: %s", text)
+
+    def set_mode(self, mode: str, timeout_s: float = 10.0) -> bool:
+        conn = self.v.conn
+        mode_id = conn.mode_mapping()[mode]
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            conn.mav.command_long_send(1, 1, 176, 0, 1, mode_id, 0, 0, 0, 0, 0)  # MAV_CMD_DO_SET_MODE
+            time.sleep(0.5)
+            if self.v.modes and self.v.modes[-1][1] == mode:
+                self.note(f"mode {mode}")
+                return True
+        self.note(f"mode {mode} refused")
+        return False
+
+    def armed(self) -> bool:
+        hb = self.v.latest("HEARTBEAT")
+        return bool(hb is not None and hb.base_mode & 128)  # MAV_MODE_FLAG_SAFETY_ARMED
+
+    def arm(self, timeout_s: float = 120.0) -> bool:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            self.v.conn.mav.command_long_send(1, 1, 400, 0, 1, 0, 0, 0, 0, 0, 0)  # ARM_DISARM
+            time.sleep(1.0)
+            if self.armed():
+                self.note("armed")
+                return True
+        self.note("arming refused: " + "; ".join(t for _, _, t in self.v.statustexts[-3:]))
+        return False
+
+    def throttle(self, pwm: int) -> None:
+        """RC override of channel 3 (0 releases it)."""
+        self.v.conn.mav.rc_channels_override_send(1, 1, 0, 0, pwm, 0, 0, 0, 0, 0)
+
+    def estimated_agl_m(self) -> Optional[float]:
+        gpi = self.v.latest("GLOBAL_POSITION_INT")
+        return None if gpi is None else gpi.relative_alt / 1e3
+
+    def climb_to(self, agl_m: float, timeout_s: float = 120.0) -> bool:
+        """ALT_HOLD climb (no position needed) to agl_m by the autopilot's own height."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            self.throttle(1900)
+            time.sleep(0.2)
+            if (self.estimated_agl_m() or 0.0) >= agl_m - 3.0:
+                self.throttle(1500)
+                self.note(f"at {self.estimated_agl_m():.0f} m: holding")
+                return True
+        self.throttle(1500)
+        self.note("climb timed out")
+        return False
+
+    def wait_for_position(self, timeout_s: float) -> bool:
+        """Until the EKF reports an absolute horizontal position (it took skyfix's fixes)."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            self.throttle(1500)  # keep holding the climb's altitude in ALT_HOLD
+            ekf, gpi = self.v.latest("EKF_STATUS_REPORT"), self.v.latest("GLOBAL_POSITION_INT")
+            if ekf is not None and ekf.flags & EKF_POS_HORIZ_ABS and gpi is not None and (gpi.lat or gpi.lon):
+                self.note("EKF has an absolute position from skyfix")
+                return True
+            time.sleep(0.5)
+        self.note("EKF never took skyfix's position")
+        return False
+
+    def goto(self, east_m: float, north_m: float, agl_m: float, timeout_s: float, within_m: float = 5.0) -> bool:
+        """GUIDED target; True once the truth is within within_m of it."""
+        lat, lon, _ = self.v.frame.to_lla(east_m, north_m)
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            self.v.conn.mav.set_position_target_global_int_send(
+                0, 1, 1, 6, 0b110111111000, int(lat * 1e7), int(lon * 1e7), agl_m, 0, 0, 0, 0, 0, 0, 0, 0)
+            time.sleep(0.5)
+            pose = self.v.true_pose()
+            if pose is not None and math.hypot(pose.east_m - east_m, pose.north_m - north_m) <= within_m:
+                self.note(f"reached ({east_m:.0f}, {north_m:.0f})")
+                return True
+        self.note(f"did not reach ({east_m:.0f}, {north_m:.0f})")
+        return False
+
+    def land(self, timeout_s: float = 180.0) -> bool:
+        self.set_mode("LAND")
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if not self.armed():
+                self.note("landed and disarmed")
+                return True
+            time.sleep(0.5)
+        self.note("landing timed out")
+        return False
