@@ -121,6 +121,11 @@ class BridgeConfig:
     rate_hz: float = 10.0
     max_fix_age_s: float = 1.5       # stop publishing when the newest measurement is older
     vert_accuracy_m: float = 5.0
+    # Velocity from position fixes alone is uncertain (2-4 m/s 1-sigma): ArduPilot's EKF3 refuses
+    # a GPS whose speed accuracy is above 1 m/s, so it is not sent (EK3_SRC1_VELXY=0 on the FC).
+    send_velocity: bool = False
+    # The heading of the match is mostly the autopilot's own yaw fed back; not sent as GPS yaw.
+    send_heading: bool = False
     link_timeout_s: float = 3.0
     source_system: int = 1
 
@@ -142,6 +147,7 @@ class SimConfig:
     photometric: bool = True
     duration_s: float = 0.0          # 0: fly the whole route
     seed: int = 0
+    ground_alt_msl_m: float = 2600.0 # elevation of the (flat) simulated ground; SITL home altitude
 
 
 @dataclass

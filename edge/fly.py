@@ -50,8 +50,7 @@ def run_fly(cfg, link_wait_s: float = 10.0, max_frames: int = 0) -> dict:
             raise SkyfixError(f"no HEARTBEAT on '{cfg.bridge.connection}' within {link_wait_s:.0f} s: "
                               "check the cable/port, baud rate and the autopilot's SERIALn_PROTOCOL=2")
         source = open_source(cfg.nav.source, cfg.nav.telemetry_csv or None, cfg.nav.replay_rate_hz)
-        publisher = FixPublisher(bridge, nav.estimate_at, cfg.bridge.protocol, cfg.bridge.rate_hz,
-                                 cfg.bridge.max_fix_age_s, cfg.bridge.vert_accuracy_m).start()
+        publisher = FixPublisher.from_config(bridge, nav.estimate_at, cfg.bridge).start()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         n = 0

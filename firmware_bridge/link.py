@@ -45,6 +45,7 @@ class MavlinkBridge:
         self.bad_packets = 0
         self.stream_requests = 0
         self._stream_warned: set = set()
+        self._requests: dict = {}  # stream type -> requests sent
         self._opened_s = 0.0
 
     # ---- lifecycle ----------------------------------------------------------------------------
@@ -147,8 +148,12 @@ class MavlinkBridge:
         if self.telemetry.get("HEARTBEAT", self.link_timeout_s, now_mono_s) is None:
             return []
         m = mavlink_module()
-        missing = self.missing_streams(now_mono_s)
+        # Optional streams are asked for a couple of times only: an autopilot without them
+        # (ArduPilot has no ALTITUDE; DISTANCE_SENSOR needs a rangefinder) says so each time.
+        missing = [k for k in self.missing_streams(now_mono_s)
+                   if k in REQUIRED_STREAMS or self._requests.get(k, 0) < 2]
         for kind in missing:
+            self._requests[kind] = self._requests.get(kind, 0) + 1
             msg_id = getattr(m, f"MAVLINK_MSG_ID_{kind}")
             interval_us = 1e6 / STREAM_RATES_HZ[kind]
             self.send(lambda mav: mav.command_long_encode(

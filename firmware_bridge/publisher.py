@@ -7,6 +7,7 @@ fusing a dead-reckoned guess.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -27,7 +28,8 @@ class FixPublisher:
 
     def __init__(self, bridge, estimate: Callable[[float], Optional[tuple]], protocol: str = "ardupilot",
                  rate_hz: float = 10.0, max_age_s: float = 1.5, vert_accuracy_m: float = 5.0,
-                 on_sent: Optional[Callable[[Fix, float], None]] = None):
+                 on_sent: Optional[Callable[[Fix, float], None]] = None, send_velocity: bool = False,
+                 send_heading: bool = False):
         if protocol not in PROTOCOLS:
             raise SkyfixError(f"protocol must be one of {PROTOCOLS}, got '{protocol}'")
         if not 0 < rate_hz <= 50:
@@ -35,6 +37,7 @@ class FixPublisher:
         self.bridge, self.estimate, self.protocol = bridge, estimate, protocol
         self.rate_hz, self.max_age_s, self.vert_accuracy_m = rate_hz, max_age_s, vert_accuracy_m
         self.on_sent = on_sent  # e.g. a simulator scoring what was sent against the truth
+        self.send_velocity, self.send_heading = send_velocity, send_heading
         self.sent = 0
         self.withheld = 0
         self.send_ms: deque = deque(maxlen=10_000)  # encode + send time of recent messages
@@ -56,7 +59,7 @@ class FixPublisher:
         if est is None or est[1] > self.max_age_s:
             self.withheld += 1
             return False
-        fix = est[0]
+        fix = self._outgoing(est[0])
         t0 = time.perf_counter()
         ok = self.bridge.send(lambda mav: self.build(mav, fix, now_mono_s))
         if ok:
@@ -65,6 +68,20 @@ class FixPublisher:
             if self.on_sent is not None:
                 self.on_sent(fix, now_mono_s)
         return ok
+
+    def _outgoing(self, fix: Fix) -> Fix:
+        """The fix as sent: without the fields this link is configured not to claim."""
+        if not self.send_velocity:
+            fix = dataclasses.replace(fix, vel_north_m_s=None, vel_east_m_s=None, speed_accuracy_m_s=None)
+        if not self.send_heading:
+            fix = dataclasses.replace(fix, yaw_rad=None)
+        return fix
+
+    @classmethod
+    def from_config(cls, bridge, estimate, cfg, **kwargs) -> "FixPublisher":
+        """From a BridgeConfig (protocol, rate, age limit, accuracy, velocity and heading)."""
+        return cls(bridge, estimate, cfg.protocol, cfg.rate_hz, cfg.max_fix_age_s, cfg.vert_accuracy_m,
+                   send_velocity=cfg.send_velocity, send_heading=cfg.send_heading, **kwargs)
 
     def _loop(self) -> None:
         period = 1.0 / self.rate_hz

@@ -18,7 +18,6 @@ from skyfix.geo import LocalFrame
 from skyfix.sim.vehicle import VehicleModel
 from skyfix.sim.views import ViewPose
 
-GROUND_MSL_M = 2500.0  # simulated ground elevation (flat)
 BOOT_BEFORE_TAKEOFF_S = 60.0  # the FC booted a minute before take-off
 
 
@@ -93,9 +92,8 @@ class SimAutopilot:
         yaw_wrapped = (yaw + math.pi) % (2 * math.pi) - math.pi
         mav.attitude_send(boot_ms, roll, pitch, yaw_wrapped, 0.0, 0.0, 0.0)
         # No GPS: lat/lon are zero; relative_alt (mm) is the barometric height over home.
-        mav.global_position_int_send(boot_ms, 0, 0, int((GROUND_MSL_M + agl) * 1e3),
-                                     int(agl * 1e3), 0, 0, 0, 65535)
-        msl = GROUND_MSL_M + agl
+        msl = self.vehicle.cfg.ground_alt_msl_m + agl
+        mav.global_position_int_send(boot_ms, 0, 0, int(msl * 1e3), int(agl * 1e3), 0, 0, 0, 65535)
         mav.altitude_send(int(boot_s * 1e6), msl, msl, msl, agl, float("nan"), float("nan"))
         if with_slow:  # 1 Hz
             mav.heartbeat_send(m.MAV_TYPE_QUADROTOR, m.MAV_AUTOPILOT_ARDUPILOTMEGA, 0, 0,

@@ -81,8 +81,7 @@ def fly(flight: Flight, cfg, link_drop: Optional[tuple] = None, progress: bool =
     try:
         if not bridge.wait_for_heartbeat(5.0):
             raise SkyfixError("no HEARTBEAT from the simulated autopilot within 5 s")
-        publisher = FixPublisher(bridge, flight.nav.estimate_at, cfg.bridge.protocol, cfg.bridge.rate_hz,
-                                 cfg.bridge.max_fix_age_s, cfg.bridge.vert_accuracy_m).start()
+        publisher = FixPublisher.from_config(bridge, flight.nav.estimate_at, cfg.bridge).start()
         _camera_loop(flight, bridge, t0, cfg, frames, vehicle if progress else None)
     finally:
         if publisher is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -37,8 +38,9 @@ def score(received: list[dict], duration_s: float, fresh_s: float = 0.5) -> dict
 
 
 def plot_track(canvas: MapCanvas, truth_en: np.ndarray, received: list[dict], path: str | Path,
-               max_px: int = 1200) -> Path:
-    """PNG of the map with the true track (green) and published fixes (red dots)."""
+               max_px: int = 1200, estimate: Optional[list] = None) -> Path:
+    """PNG of the map with the published fixes (red dots), the autopilot's own estimate when
+    given (blue) and the true track (green, drawn last so it stays visible)."""
     img = cv2.cvtColor(canvas.image_rgb, cv2.COLOR_RGB2BGR)
     f = min(1.0, max_px / max(img.shape[:2]))
     img = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
@@ -47,12 +49,15 @@ def plot_track(canvas: MapCanvas, truth_en: np.ndarray, received: list[dict], pa
         c, r = canvas.px_from_en(e, n)
         return int(round((c + 0.5) * f)), int(round((r + 0.5) * f))
 
-    pts = np.array([px(e, n) for e, n in truth_en], np.int32)
-    cv2.polylines(img, [pts], False, (0, 220, 0), 2, cv2.LINE_AA)
     for r in received:
         cv2.circle(img, px(r["east_m"], r["north_m"]), 2, (0, 0, 255), -1, cv2.LINE_AA)
-    cv2.putText(img, "true track (green), published fixes (red)", (10, 25), cv2.FONT_HERSHEY_SIMPLEX,
-                0.7, (255, 255, 255), 2, cv2.LINE_AA)
+    legend = "true track (green), published fixes (red)"
+    if estimate:
+        est = np.array([px(r["east_m"], r["north_m"]) for r in estimate], np.int32)
+        cv2.polylines(img, [est], False, (255, 120, 0), 1, cv2.LINE_AA)
+        legend += ", autopilot estimate (blue)"
+    cv2.polylines(img, [np.array([px(e, n) for e, n in truth_en], np.int32)], False, (0, 220, 0), 2, cv2.LINE_AA)
+    cv2.putText(img, legend, (10, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), img):
         raise SkyfixError(f"cannot write {path}")

@@ -33,6 +33,7 @@ log = logging.getLogger("skyfix.sitl")
 DEFAULT_BIN = Path(__file__).resolve().parent / ".." / ".." / "shared" / "sitl" / "arducopter"
 GCS_SYSTEM = 255          # the control link speaks as a ground station (SYSID_MYGCS default)
 EKF_POS_HORIZ_ABS = 16    # EKF_STATUS_REPORT flag: absolute horizontal position is good
+EKF_CONST_POS_MODE = 128  # EKF_STATUS_REPORT flag: no position aiding (holding a constant position)
 EKF_GPS_GLITCHING = 32768
 
 # Every parameter skyfix changes from ArduPilot's SITL defaults, with its reason (README).
@@ -71,8 +72,9 @@ class SitlVehicle:
     """The `Vehicle` interface for an ArduCopter SITL process (see the module docstring)."""
 
     def __init__(self, frame: LocalFrame, home_alt_msl_m: float, binary: Optional[str] = None,
-                 instance: int = 0, params: Optional[dict] = None, speedup: float = 1.0):
-        self.frame, self.home_alt_msl_m = frame, home_alt_msl_m
+                 instance: int = 0, params: Optional[dict] = None, speedup: float = 1.0,
+                 home_en: tuple = (0.0, 0.0)):
+        self.frame, self.home_alt_msl_m, self.home_en = frame, home_alt_msl_m, home_en
         self.binary, self.instance, self.speedup = sitl_binary(binary), instance, speedup
         self.params = {**SKYFIX_PARAMS, **(params or {})}
         self.skyfix_connection = f"tcp:127.0.0.1:{5762 + 10 * instance}"
@@ -105,7 +107,7 @@ class SitlVehicle:
     def _launch(self) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="skyfix-sitl-"))
         (self._dir / "skyfix.parm").write_text("".join(f"{k} {v}\n" for k, v in self.params.items()))
-        lat, lon, _ = self.frame.to_lla(0.0, 0.0)
+        lat, lon, _ = self.frame.to_lla(*self.home_en)
         defaults = f"{self.binary.parent / 'copter.parm'},{self._dir / 'skyfix.parm'}"
         cmd = [str(self.binary), "--model", "+", "--speedup", str(self.speedup), f"-I{self.instance}", "-w",
                "--defaults", defaults, "--home", f"{lat:.8f},{lon:.8f},{self.home_alt_msl_m:.1f},0"]
@@ -183,7 +185,7 @@ class SitlVehicle:
     # ---- control link -------------------------------------------------------------------------
     def _request_streams(self) -> None:
         m = self.conn.mav
-        for name, hz in (("SIM_STATE", 10), ("GLOBAL_POSITION_INT", 10), ("EKF_STATUS_REPORT", 5),
+        for name, hz in (("SIM_STATE", 50), ("GLOBAL_POSITION_INT", 10), ("EKF_STATUS_REPORT", 5),
                          ("HEARTBEAT", 1), ("SYS_STATUS", 1)):
             msg_id = getattr(require("pymavlink.dialects.v20.ardupilotmega"), f"MAVLINK_MSG_ID_{name}")
             m.command_long_send(1, 1, 511, 0, msg_id, 1e6 / hz, 0, 0, 0, 0, 0)
@@ -207,12 +209,16 @@ class SitlVehicle:
                 self._state[kind] = {"lat_deg": lat, "lon_deg": lon, "alt_msl_m": msg.alt,
                                      "roll": msg.roll, "pitch": msg.pitch, "yaw": msg.yaw, "t": now}
                 self._sample(now)
-            elif kind in ("GLOBAL_POSITION_INT", "EKF_STATUS_REPORT", "HEARTBEAT"):
-                self._state[kind] = msg
-                if kind == "HEARTBEAT" and msg.get_srcSystem() == 1:
-                    mode = self.conn.flightmode
+            elif kind == "HEARTBEAT":
+                # Only the autopilot's own: the SITL also routes skyfix's heartbeats to this link.
+                if msg.get_srcComponent() == 1 and msg.autopilot == 3:  # MAV_AUTOPILOT_ARDUPILOTMEGA
+                    self._state[kind] = msg
+                    names = {v: k for k, v in (self.conn.mode_mapping() or {}).items()}
+                    mode = names.get(msg.custom_mode, str(msg.custom_mode))
                     if not self.modes or self.modes[-1][1] != mode:
                         self.modes.append((now, mode))
+            elif kind in ("GLOBAL_POSITION_INT", "EKF_STATUS_REPORT"):
+                self._state[kind] = msg
             elif kind == "STATUSTEXT":
                 self.statustexts.append((now, msg.severity, msg.text))
                 log.info("SITL: %s", msg.text)
@@ -259,13 +265,33 @@ class SitlPilot:
         self.note(f"mode {mode} refused")
         return False
 
+    def set_origin(self, timeout_s: float = 30.0) -> bool:
+        """Tell the EKF where it is before take-off (SET_GPS_GLOBAL_ORIGIN at the launch point,
+        as a ground station does for non-GPS navigation). Without an origin the autopilot cannot
+        look up the magnetic declination, so its heading is magnetic, not true (8.7 deg off over
+        the Colorado map), until skyfix's first fix sets one in flight and the heading jumps."""
+        lat, lon, _ = self.v.frame.to_lla(*self.v.home_en)
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            self.v.conn.mav.set_gps_global_origin_send(1, int(lat * 1e7), int(lon * 1e7),
+                                                      int(self.v.home_alt_msl_m * 1e3))
+            time.sleep(1.0)
+            if any("origin set" in text for _, _, text in self.v.statustexts):
+                self.note("EKF origin set at the launch point")
+                return True
+        self.note("EKF origin refused")
+        return False
+
     def armed(self) -> bool:
         hb = self.v.latest("HEARTBEAT")
         return bool(hb is not None and hb.base_mode & 128)  # MAV_MODE_FLAG_SAFETY_ARMED
 
-    def arm(self, timeout_s: float = 120.0) -> bool:
+    def arm(self, mode: str, timeout_s: float = 120.0) -> bool:
+        """Arm in `mode` (set again if something else changed it meanwhile)."""
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
+            if not self.v.modes or self.v.modes[-1][1] != mode:
+                self.set_mode(mode)
             self.v.conn.mav.command_long_send(1, 1, 400, 0, 1, 0, 0, 0, 0, 0, 0)  # ARM_DISARM
             time.sleep(1.0)
             if self.armed():
@@ -302,7 +328,8 @@ class SitlPilot:
         while time.monotonic() < end:
             self.throttle(1500)  # keep holding the climb's altitude in ALT_HOLD
             ekf, gpi = self.v.latest("EKF_STATUS_REPORT"), self.v.latest("GLOBAL_POSITION_INT")
-            if ekf is not None and ekf.flags & EKF_POS_HORIZ_ABS and gpi is not None and (gpi.lat or gpi.lon):
+            if (ekf is not None and ekf.flags & EKF_POS_HORIZ_ABS and not ekf.flags & EKF_CONST_POS_MODE
+                    and gpi is not None and (gpi.lat or gpi.lon)):
                 self.note("EKF has an absolute position from skyfix")
                 return True
             time.sleep(0.5)

@@ -1,0 +1,203 @@
+"""`skyfix sim --vehicle ardupilot-sitl`: a mission flown by the real ArduCopter on skyfix alone.
+
+    take-off: ALT_HOLD climb (no position needed) to the hand-over height, where the camera's
+              footprint holds a whole map tile; skyfix acquires and publishes GPS_INPUT; the
+              EKF takes it as its only GPS (origin set in flight)
+    mission:  GUIDED targets along the route, back over the take-off point
+    landing:  LAND (below the hand-over height the fixes stop; the autopilot lands on its own)
+
+Frames are rendered from the map at the SITL's true pose (SIM_STATE), telemetry comes from the
+SITL over skyfix's own MAVLink link, and GPS_INPUT goes back on that link, as on a real drone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from skyfix.contracts import Frame
+from skyfix.edge.camera import PinholeCamera
+from skyfix.edge.navigator import Navigator
+from skyfix.firmware_bridge.link import MavlinkBridge
+from skyfix.firmware_bridge.publisher import FixPublisher
+from skyfix.sim.route import make_route
+from skyfix.sim.score import plot_track, score, write_track_csv
+from skyfix.sim.sitl import EKF_GPS_GLITCHING, SitlPilot, SitlVehicle
+from skyfix.sim.views import render_view
+from skyfix.tiles.pack import TilePack
+
+MIN_RENDER_AGL_M = 5.0  # below this the camera sees the ground too close to matter
+
+
+def mission_waypoints(pack: TilePack, cfg, home_en: tuple) -> list[tuple]:
+    """[(east_m, north_m)]: the configured route, then back over home."""
+    cam = PinholeCamera.from_config(cfg.camera)
+    margin_m = cfg.sim.alt_agl_m / cam.fx_px * math.hypot(cam.width_px, cam.height_px) / 2 + 20.0
+    route = make_route(cfg.sim, pack.canvas().bounds_en(), margin_m)
+    return [tuple(map(float, p)) for p in route] + [home_en]
+
+
+def _fly_mission(pilot: SitlPilot, waypoints: list, agl_m: float, speed_m_s: float, result: dict,
+                 fault: Optional[dict]) -> None:
+    """The pilot's script (runs in its own thread); fills `result`."""
+    result["mission_completed"] = False
+    if not (pilot.set_origin() and pilot.arm("ALT_HOLD") and pilot.climb_to(agl_m)):
+        return
+    if not pilot.wait_for_position(timeout_s=120.0):
+        pilot.land()
+        return
+    result["handover_t_mono_s"] = time.monotonic()
+    if not pilot.set_mode("GUIDED"):
+        pilot.land()
+        return
+    pilot.throttle(0)  # hand the throttle back; GUIDED flies the targets
+    reached = True
+    prev = None
+    for e, n in waypoints:
+        leg_m = 200.0 if prev is None else math.hypot(e - prev[0], n - prev[1])
+        if fault is not None and "start_mono_s" not in fault:
+            fault["start_mono_s"] = time.monotonic() + fault["after_s"]
+        reached &= pilot.goto(e, n, agl_m, timeout_s=leg_m / speed_m_s * 2.5 + 30.0)
+        prev = (e, n)
+    result["land_t_mono_s"] = time.monotonic()
+    landed = pilot.land()
+    result["mission_completed"] = bool(reached and landed)
+
+
+def _telemetry_error(t_s: float, tel, pose) -> dict:
+    """What the autopilot's telemetry said at the frame's capture time minus the truth."""
+    def d(a, b, wrap=False):
+        if a is None:
+            return None
+        x = a - b
+        return float(math.degrees((x + math.pi) % (2 * math.pi) - math.pi)) if wrap else float(x)
+    return {"t_s": round(t_s, 2), "agl_m": d(tel.alt_agl_m, pose.agl_m), "roll_deg": d(tel.roll_rad, pose.roll_rad, True),
+            "pitch_deg": d(tel.pitch_rad, pose.pitch_rad, True), "yaw_deg": d(tel.yaw_rad, pose.yaw_rad, True)}
+
+
+def _camera_loop(nav: Navigator, vehicle: SitlVehicle, bridge: MavlinkBridge, pack: TilePack,
+                 cam: PinholeCamera, cfg, pilot_thread: threading.Thread, progress: bool,
+                 telemetry_errors: list) -> list:
+    """Frames at the camera rate from the true pose while the mission runs; returns reasons."""
+    period, next_t, last_print, kinds = 1.0 / cfg.sim.camera_hz, time.monotonic(), 0.0, []
+    canvas = pack.canvas()
+    while pilot_thread.is_alive():
+        now = time.monotonic()
+        if now < next_t:
+            time.sleep(min(next_t - now, 0.05))
+            continue
+        next_t = max(next_t + period, time.monotonic())
+        pose = vehicle.true_pose()
+        if pose is None or pose.agl_m < MIN_RENDER_AGL_M:
+            continue
+        img, _, _ = render_view(canvas, cam, pose)
+        tel = bridge.telemetry.at(now, cfg.nav.telemetry_max_age_s)
+        res = nav.step(Frame(img, int(now * 1e6), tel, f"sitl-{len(kinds):05d}"))
+        kinds.append(res.kind.value)
+        telemetry_errors.append(_telemetry_error(now - vehicle.t0_mono_s, tel, pose))
+        if progress and now - last_print >= 10:
+            last_print = now
+            print(f"  {now - vehicle.t0_mono_s:5.0f} s  agl {pose.agl_m:5.1f} m  frames {len(kinds)}  "
+                  f"published {len(vehicle.sent_fixes)}  mode {vehicle.modes[-1][1] if vehicle.modes else '?'}",
+                  flush=True)
+    return kinds
+
+
+def _faulted(estimate, fault: Optional[dict]):
+    """The navigator's estimate, withheld during the fault window (the camera 'blinded')."""
+    def wrapped(now_s: float):
+        start = (fault or {}).get("start_mono_s")
+        if start is not None and start <= now_s < start + fault["duration_s"]:
+            return None
+        return estimate(now_s)
+    return wrapped
+
+
+def run_sitl(pack_path: str | Path, embedder, cfg, out_dir: str | Path = "out/sitl",
+             fault_after_s: Optional[float] = None, fault_s: float = 10.0, binary: Optional[str] = None,
+             progress: bool = True) -> dict:
+    """Fly the mission with ArduCopter SITL on skyfix's fixes alone; returns the summary and
+    writes track.csv, track.png and summary.json into out_dir."""
+    pack = TilePack.open(pack_path, expect_model_id=embedder.model_id)
+    e0, n0, e1, n1 = pack.canvas().bounds_en()
+    home_en = ((e0 + e1) / 2, (n0 + n1) / 2)
+    home_alt = cfg.sim.ground_alt_msl_m
+    cam = PinholeCamera.from_config(cfg.camera)
+    nav = Navigator(pack, embedder, cam, dataclasses.replace(cfg.nav, ground_alt_msl_m=home_alt))
+    fault = None if fault_after_s is None else {"after_s": fault_after_s, "duration_s": fault_s}
+    vehicle = SitlVehicle(pack.frame, home_alt, binary=binary, home_en=home_en).start()
+    bridge = publisher = None
+    result: dict = {}
+    telemetry_errors: list = []
+    try:
+        bridge = MavlinkBridge(vehicle.skyfix_connection, source_system=cfg.bridge.source_system,
+                               link_timeout_s=cfg.bridge.link_timeout_s).start()
+        publisher = FixPublisher.from_config(bridge, _faulted(nav.estimate_at, fault),
+                                             dataclasses.replace(cfg.bridge, protocol="ardupilot"),
+                                             on_sent=vehicle.record_fix).start()
+        pilot = SitlPilot(vehicle)
+        waypoints = mission_waypoints(pack, cfg, home_en)
+        script = threading.Thread(target=_fly_mission, args=(pilot, waypoints, cfg.sim.alt_agl_m,
+                                                             cfg.sim.speed_m_s, result, fault), daemon=True)
+        script.start()
+        kinds = _camera_loop(nav, vehicle, bridge, pack, cam, cfg, script, progress, telemetry_errors)
+    finally:
+        if publisher is not None:
+            publisher.close()
+        if bridge is not None:
+            bridge.close()
+        vehicle.close()
+    summary = summarise_sitl(vehicle, pilot, result, nav, kinds, fault, bridge)
+    summary["telemetry_error"] = telemetry_errors
+    write_sitl_outputs(pack, vehicle, summary, Path(out_dir))
+    return summary
+
+
+def summarise_sitl(vehicle: SitlVehicle, pilot: SitlPilot, result: dict, nav: Navigator, kinds: list,
+                   fault: Optional[dict], bridge) -> dict:
+    """The `--json` summary: the autopilot's estimate and skyfix's fixes against the truth."""
+    t0 = vehicle.t0_mono_s
+    start, end = result.get("handover_t_mono_s"), result.get("land_t_mono_s")
+    flying = [s for s in vehicle.samples if start is not None and start <= s.t_mono_s <= (end or math.inf)
+              and s.est_east_m is not None]
+    err = np.array([math.hypot(s.est_east_m - s.true_east_m, s.est_north_m - s.true_north_m) for s in flying])
+    glitch_flags = sum(1 for a, b in zip(vehicle.samples, list(vehicle.samples)[1:])
+                       if b.ekf_flags & EKF_GPS_GLITCHING and not a.ekf_flags & EKF_GPS_GLITCHING)
+    texts = [(round(t - t0, 1), text) for t, _, text in vehicle.statustexts]
+    duration_s = (vehicle.samples[-1].t_mono_s - t0) if vehicle.samples else 0.0
+    summary = score(vehicle.received(), duration_s)
+    summary.update({
+        "vehicle": "ardupilot-sitl",
+        "autopilot_error_m": ({"median": float(np.median(err)), "p95": float(np.percentile(err, 95)),
+                               "max": float(err.max())} if len(err) else {"median": None, "p95": None, "max": None}),
+        "ekf_glitches": glitch_flags + sum("glitch" in t.lower() for _, t in texts),
+        "failsafes": [f"{t} s: {text}" for t, text in texts if "failsafe" in text.lower()],
+        "mission_completed": bool(result.get("mission_completed")),
+        "handover_s": None if start is None else round(start - t0, 1),
+        "mission_s": None if start is None or end is None else round(end - start, 1),
+        "fault": None if not fault or "start_mono_s" not in fault else
+        {"from_s": round(fault["start_mono_s"] - t0, 1), "duration_s": fault["duration_s"]},
+        "modes": [(round(t - t0, 1), m) for t, m in vehicle.modes],
+        "pilot": [(round(t - t0, 1), e) for t, e in pilot.events],
+        "statustext": texts[-60:],
+        "n_frames": len(kinds), "reasons": nav.reason_counts(), "latency_ms": nav.timing_summary(),
+        "link": {"stream_requests": bridge.stream_requests if bridge else 0},
+    })
+    return summary
+
+
+def write_sitl_outputs(pack: TilePack, vehicle: SitlVehicle, summary: dict, out_dir: Path) -> Path:
+    import json
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_track_csv(vehicle.received(), out_dir / "track.csv")
+    truth = np.array([(s.true_east_m, s.true_north_m) for s in vehicle.samples]) if vehicle.samples else np.zeros((1, 2))
+    estimate = [{"east_m": s.est_east_m, "north_m": s.est_north_m} for s in vehicle.samples
+                if s.est_east_m is not None]
+    plot_track(pack.canvas(), truth, vehicle.received(), out_dir / "track.png", estimate=estimate)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return out_dir
