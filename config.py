@@ -101,6 +101,7 @@ class NavConfig:
     max_accuracy_m: float = 15.0     # never publish a fix less accurate than this (DRMS)
     accel_sigma_m_s2: float = 3.0    # filter process noise (multirotor manoeuvres)
     attitude_sigma_deg: float = 1.0  # telemetry attitude error, enters the measurement accuracy
+    resect_camera: bool = True       # place the vehicle by camera resection (PnP), not the telemetry tilt
     unknown_tilt_deg: float = 8.0    # tilt to allow for when attitude is missing (1 sigma)
     lost_after_s: float = 5.0        # no accepted measurement for this long: re-acquire globally
     fallback_agl_m: float = 0.0      # height to assume when telemetry has none (0: refuse frame)

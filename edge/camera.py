@@ -80,6 +80,15 @@ def ground_from_crop(centre_east_m: float, centre_north_m: float, size_m: float,
                      [0.0, 0.0, 1.0]])
 
 
+def image_from_crop(cam: PinholeCamera, roll_rad: float, pitch_rad: float, yaw_rad: float,
+                    agl_m: float, size_m: float, out_px: int):
+    """(3x3 homography crop pixel -> frame pixel, (east_m, north_m) of the crop centre relative
+    to the nadir): the north-up crop of size_m around the image-centre ray, for this attitude."""
+    h_ig = image_from_ground(cam, roll_rad, pitch_rad, yaw_rad, 0.0, 0.0, agl_m)
+    centre_e, centre_n = ground_of_pixel(h_ig, cam.cx_px, cam.cy_px)
+    return h_ig @ ground_from_crop(centre_e, centre_n, size_m, out_px), (centre_e, centre_n)
+
+
 def rectify(image_rgb: np.ndarray, cam: PinholeCamera, roll_rad: float, pitch_rad: float,
             yaw_rad: float, agl_m: float, size_m: float, out_px: int):
     """Warp a frame onto the ground: north-up square of size_m around the image-centre ray.
@@ -88,9 +97,7 @@ def rectify(image_rgb: np.ndarray, cam: PinholeCamera, roll_rad: float, pitch_ra
     wrong height scales it). Returns (crop uint8 out_px x out_px x 3, inside_frac: share of the
     crop the frame covers, (east_m, north_m) of the crop centre relative to the camera's nadir).
     """
-    h_ig = image_from_ground(cam, roll_rad, pitch_rad, yaw_rad, 0.0, 0.0, agl_m)
-    centre_e, centre_n = ground_of_pixel(h_ig, cam.cx_px, cam.cy_px)
-    h = h_ig @ ground_from_crop(centre_e, centre_n, size_m, out_px)
+    h, (centre_e, centre_n) = image_from_crop(cam, roll_rad, pitch_rad, yaw_rad, agl_m, size_m, out_px)
     src = image_rgb
     ground_per_px = agl_m / cam.fx_px
     shrink = (size_m / out_px) / ground_per_px

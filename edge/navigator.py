@@ -23,10 +23,11 @@ import numpy as np
 
 from skyfix.config import NavConfig
 from skyfix.contracts import Fix, FixResult, Frame, Reason, Telemetry
-from skyfix.edge.camera import PinholeCamera, rectify
+from skyfix.edge.camera import PinholeCamera, image_from_crop, rectify
 from skyfix.edge.filter import ConstantVelocityFilter, FilterState
 from skyfix.edge.gallery import FrameGallery
 from skyfix.edge.gate import TrackGate
+from skyfix.edge.pose import image_px_of_crop_px, resect
 from skyfix.edge.refine import Match, MapMatcher
 from skyfix.errors import ModelMismatch
 from skyfix.tiles.pack import TilePack
@@ -156,9 +157,9 @@ class Navigator:
         rejected = self._reject_match(best, runner_up, pose)
         if rejected:
             return (None, *rejected)
-        east, north, heading_correction_rad = self._vehicle_position(best, offset_en)
+        east, north, heading_correction_rad, sigma_m = self._vehicle_position(best, pose, offset_en)
         with _timed(timings, "filter"):
-            verdict = self.gate.offer(t_s, east, north, self._measurement_sigma_m(best, pose))
+            verdict = self.gate.offer(t_s, east, north, sigma_m)
         notes = "; ".join(pose.notes)
         if verdict.state is None:
             return None, verdict.kind, "; ".join(x for x in (verdict.detail, notes) if x)
@@ -270,27 +271,33 @@ class Navigator:
             return Reason.IMPLAUSIBLE, f"scale {best.scale:.2f} against the known height"
         return None
 
-    @staticmethod
-    def _vehicle_position(match: Match, offset_en: tuple) -> tuple:
-        """(east_m, north_m, heading correction rad) of the vehicle: the match locates the crop
-        centre, which lies offset_en from the nadir (tilt), turned by the heading error."""
-        # The crop turns on the map by minus the yaw error, so the heading is off by +rotation.
-        turn = math.radians(match.rotation_deg)
+    def _vehicle_position(self, match: Match, pose: CropPose, offset_en: tuple) -> tuple:
+        """(east_m, north_m, heading correction rad, 1-sigma per axis m) of the vehicle.
+
+        From the image alone when it can (camera resection on the match's inliers: independent
+        of the autopilot's attitude, so no feedback through it), else from the match centre
+        minus the crop's offset from the nadir, which the telemetry's tilt sets."""
+        turn = math.radians(match.rotation_deg)  # the crop turns on the map by minus the yaw error
+        fit_m = 2.0 * match.rms_px * self.canvas.gsd_m / math.sqrt(max(match.inliers, 1))
+        floor_m = 2 * self.canvas.gsd_m
+        if self.cfg.resect_camera and match.crop_px is not None:
+            h, _ = image_from_crop(self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad, pose.agl_m,
+                                   self.pack.tile_size_m, self.crop_px)
+            cp = resect(self.camera, image_px_of_crop_px(match.crop_px, h), match.ground_en_m)
+            if cp is not None and abs(cp.agl_m / pose.agl_m - 1) < self.cfg.max_scale_error:
+                # Resection noise: ground size of the pixel noise, amplified by the tilt/shift
+                # coupling of a plane seen through a 70 deg lens (x30, from rendered views).
+                pnp_m = 30.0 * (cp.agl_m / self.camera.fx_px) * max(cp.rms_px, 0.3) / math.sqrt(cp.n_points)
+                return cp.east_m, cp.north_m, turn, math.sqrt(fit_m ** 2 + pnp_m ** 2 + floor_m ** 2)
         oe, on = offset_en
         c, s = math.cos(turn), math.sin(turn)
         east = match.east_m - (oe * c + on * s)
         north = match.north_m - (on * c - oe * s)
-        return east, north, turn
-
-    def _measurement_sigma_m(self, m: Match, pose: CropPose) -> float:
-        """1-sigma per axis: keypoint fit, attitude error projected to the ground, map floor.
-
-        Without attitude the crop is taken as level: the unknown tilt moves the image centre by
-        up to agl * tan(tilt) from the vehicle, so it enters as a (much larger) error."""
-        fit = 2.0 * m.rms_px * self.canvas.gsd_m / math.sqrt(max(m.inliers, 1))
+        # Without resection the attitude error moves the fix: agl * tan(tilt error). Without
+        # attitude the crop is taken as level, and the unknown tilt enters (much larger).
         tilt_deg = self.cfg.attitude_sigma_deg if pose.attitude_known else self.cfg.unknown_tilt_deg
-        attitude = pose.agl_m * math.tan(math.radians(tilt_deg))
-        return math.sqrt(fit ** 2 + attitude ** 2 + (2 * self.canvas.gsd_m) ** 2)
+        attitude_m = pose.agl_m * math.tan(math.radians(tilt_deg))
+        return east, north, turn, math.sqrt(fit_m ** 2 + attitude_m ** 2 + floor_m ** 2)
 
     def _fix_from_state(self, state: FilterState, t_capture_us: int, yaw_rad: Optional[float]) -> Fix:
         lat, lon, _ = self.pack.frame.to_lla(state.x[0], state.x[1])

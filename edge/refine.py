@@ -3,7 +3,7 @@ RANSAC homography (OpenCV). The homography places the crop centre on the map and
 heading and scale error; its inlier count is the main confidence signal."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import cv2
@@ -24,6 +24,10 @@ class Match:
     rms_px: float          # inlier reprojection RMS, map pixels
     rotation_deg: float    # crop -> map rotation (heading correction), clockwise positive
     scale: float           # map px per crop px (height error: true agl ~ assumed agl * scale)
+    # The RANSAC inliers: crop pixels (col, row) and the map points they match (east_m, north_m),
+    # N x 2 each; what camera resection (edge/pose.py) needs.
+    crop_px: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    ground_en_m: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
 
 
 def _detector(method: str, n_features: int):
@@ -90,5 +94,9 @@ class MapMatcher:
         dx, dy = right - centre
         e = self.canvas.east0_m + (centre[0] + 0.5) * self.canvas.gsd_m
         n = self.canvas.north0_m - (centre[1] + 0.5) * self.canvas.gsd_m
+        g = self.canvas.gsd_m
+        ground = np.column_stack([self.canvas.east0_m + (dst[inl, 0] + 0.5) * g,
+                                  self.canvas.north0_m - (dst[inl, 1] + 0.5) * g])
         return Match(float(e), float(n), int(inl.sum()), len(good), rms,
-                     float(np.degrees(np.arctan2(dy, dx))), float(np.hypot(dx, dy) / eps))
+                     float(np.degrees(np.arctan2(dy, dx))), float(np.hypot(dx, dy) / eps),
+                     crop_px=src[inl] / s, ground_en_m=ground)

@@ -129,6 +129,9 @@ def test_bridge_and_publisher_over_loopback_udp():
         gps = [m for m in got if m.get_type() == "GPS_INPUT"]
         assert 3 <= len(gps) <= 7, len(gps)  # ~10 Hz for 0.5 s
         assert gps[0].lat == 389850328 and gps[0].get_srcComponent() == 191
+        # By default neither velocity (too uncertain for EKF3's checks) nor heading is claimed.
+        assert gps[0].ignore_flags & mavlink2.GPS_INPUT_IGNORE_FLAG_VEL_HORIZ
+        assert gps[0].ignore_flags & mavlink2.GPS_INPUT_IGNORE_FLAG_SPEED_ACCURACY and gps[0].yaw == 0
         # Once the newest measurement is older than max_age_s, publishing stops.
         time.sleep(0.5)
         while fc.recv_match(type="GPS_INPUT", blocking=False) is not None:
@@ -167,3 +170,27 @@ def test_silent_link_reconnects_and_recovers():
     finally:
         bridge.close()
         fc.close()
+
+
+def test_bridge_asks_for_the_telemetry_it_needs():
+    """An autopilot that streams nothing on this port gets SET_MESSAGE_INTERVAL requests for
+    ATTITUDE, GLOBAL_POSITION_INT and SYSTEM_TIME; optional streams are asked for only twice."""
+    port = free_udp_port()
+    fc = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", source_system=1, source_component=1)
+    bridge = MavlinkBridge(f"udpin:127.0.0.1:{port}", link_timeout_s=5.0, heartbeat_hz=5.0).start()
+    asked = {}
+    try:
+        t_end = time.monotonic() + 2.5
+        while time.monotonic() < t_end:
+            fc.mav.heartbeat_send(mavlink2.MAV_TYPE_QUADROTOR, mavlink2.MAV_AUTOPILOT_ARDUPILOTMEGA, 0, 0, 4)
+            m = fc.recv_match(type="COMMAND_LONG", blocking=True, timeout=0.2)
+            if m is not None and m.command == mavlink2.MAV_CMD_SET_MESSAGE_INTERVAL:
+                asked[int(m.param1)] = asked.get(int(m.param1), 0) + 1
+                assert m.param2 > 0 and m.target_system == 1
+    finally:
+        bridge.close()
+        fc.close()
+    for required in (mavlink2.MAVLINK_MSG_ID_ATTITUDE, mavlink2.MAVLINK_MSG_ID_GLOBAL_POSITION_INT,
+                     mavlink2.MAVLINK_MSG_ID_SYSTEM_TIME):
+        assert asked.get(required, 0) >= 3, asked
+    assert asked.get(mavlink2.MAVLINK_MSG_ID_ALTITUDE, 0) == 2  # optional: not nagged for ever
