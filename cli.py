@@ -95,7 +95,8 @@ def cmd_crossview_check(args) -> int:
 # ---- onboard --------------------------------------------------------------------------------
 def _sim_overrides(args) -> dict:
     return {"route": args.route, "alt_agl_m": args.alt_agl_m, "duration_s": args.duration_s,
-            "length_m": args.length_m, "speed_m_s": args.speed_m_s, "seed": args.seed}
+            "length_m": args.length_m, "speed_m_s": args.speed_m_s, "seed": args.seed,
+            "declination_deg": getattr(args, "declination_deg", None)}
 
 
 def cmd_sim(args) -> int:
@@ -105,14 +106,24 @@ def cmd_sim(args) -> int:
     from skyfix.tiles.pack import TilePack
     cfg = _config(args, sim=_sim_overrides(args), bridge={"protocol": args.protocol})
     embedder = load_embedder(model_for_pack(TilePack.open(args.pack), args.model), "drone", cfg.model)
+    if args.vehicle == "ardupilot-sitl":
+        from skyfix.sim.sitl_flight import format_sitl_summary, run_sitl
+        summary = run_sitl(args.pack, embedder, cfg, out_dir=args.out, fault_after_s=args.fault_after_s,
+                           binary=args.sitl_bin, progress=not args.quiet)
+        print(format_sitl_summary(summary))
+        return _write_json(summary, args.json, args.out)
     summary = run_sim(args.pack, embedder, cfg, frames_from=args.frames_from or args.ortho,
                       source_gsd_m=args.source_gsd_m, out_dir=args.out, progress=not args.quiet)
     print(format_summary(summary))
-    print(f"track: {Path(args.out) / 'track.png'}, {Path(args.out) / 'track.csv'}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=2))
-        print(f"wrote {args.json}")
+    return _write_json(summary, args.json, args.out)
+
+
+def _write_json(summary: dict, json_path, out_dir) -> int:
+    print(f"track: {Path(out_dir) / 'track.png'}, {Path(out_dir) / 'track.csv'}")
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(summary, indent=2))
+        print(f"wrote {json_path}")
     return 0
 
 
@@ -248,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--speed-m-s", type=float)
     si.add_argument("--seed", type=int)
     si.add_argument("--protocol", choices=["ardupilot", "px4"])
+    si.add_argument("--vehicle", choices=["simulated", "ardupilot-sitl"], default="simulated",
+                    help="the autopilot in the loop: skyfix's own simulation, or ArduCopter SITL")
+    si.add_argument("--declination-deg", type=float,
+                    help="ardupilot-sitl: magnetic declination to set on the autopilot (east positive)")
+    si.add_argument("--sitl-bin", help="ArduCopter SITL binary (default $SKYFIX_SITL_BIN or ../shared/sitl/arducopter)")
+    si.add_argument("--fault-after-s", type=float,
+                    help="ardupilot-sitl: stop publishing for 10 s this long after the mission starts")
     si.add_argument("--out", default="out/sim")
     si.add_argument("--json")
     si.add_argument("--config")
@@ -299,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     bn = sub.add_parser("bench", help="benchmarks that print tables")
-    bn.add_argument("what", choices=["embed", "faiss", "retrieval", "orientation", "telemetry", "all"])
+    bn.add_argument("what", choices=["embed", "faiss", "retrieval", "orientation", "telemetry", "resection", "all"])
     bn.add_argument("--checkpoint", help="orientation: a best.pt trained with orientation_weight > 0")
     bn.add_argument("--queries-from", help="orientation: map the views are rendered from")
     bn.add_argument("--east-min-m", type=float, help="orientation: held-out area")

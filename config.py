@@ -149,6 +149,10 @@ class SimConfig:
     duration_s: float = 0.0          # 0: fly the whole route
     seed: int = 0
     ground_alt_msl_m: float = 2600.0 # elevation of the (flat) simulated ground; SITL home altitude
+    # ArduPilot SITL: magnetic declination to set (COMPASS_DEC, COMPASS_AUTODEC=0). Without a GPS
+    # at boot ArduPilot cannot look it up, so its heading is magnetic until the first fix.
+    # None leaves it to ArduPilot. 8.66 deg E over the shared Colorado map (see README).
+    declination_deg: Optional[float] = None
 
 
 @dataclass

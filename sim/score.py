@@ -56,7 +56,8 @@ def plot_track(canvas: MapCanvas, truth_en: np.ndarray, received: list[dict], pa
         est = np.array([px(r["east_m"], r["north_m"]) for r in estimate], np.int32)
         cv2.polylines(img, [est], False, (255, 120, 0), 1, cv2.LINE_AA)
         legend += ", autopilot estimate (blue)"
-    cv2.polylines(img, [np.array([px(e, n) for e, n in truth_en], np.int32)], False, (0, 220, 0), 2, cv2.LINE_AA)
+    cv2.polylines(img, [np.array([px(e, n) for e, n in truth_en], np.int32)], False, (0, 220, 0),
+                  1 if estimate else 2, cv2.LINE_AA)
     cv2.putText(img, legend, (10, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), img):

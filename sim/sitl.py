@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -44,6 +45,15 @@ SKYFIX_PARAMS = {
     "EK3_SRC1_VELZ": 0,       # no vertical velocity from skyfix either
     "PILOT_SPEED_UP": 500,    # climb at 5 m/s in ALT_HOLD to the hand-over height (default 2.5)
 }
+
+
+def _die_with_parent() -> None:
+    """In the SITL child before exec: Linux sends it SIGTERM when skyfix dies, however it dies."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux: close() still stops it on every normal exit
 
 
 def sitl_binary(path: Optional[str] = None) -> Path:
@@ -113,7 +123,7 @@ class SitlVehicle:
                "--defaults", defaults, "--home", f"{lat:.8f},{lon:.8f},{self.home_alt_msl_m:.1f},0"]
         self._log = open(self._dir / "sitl.log", "w")
         self._proc = subprocess.Popen(cmd, cwd=self._dir, stdout=self._log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=_die_with_parent)
         log.info("started SITL pid %d in %s", self._proc.pid, self._dir)
 
     def _connect(self, timeout_s: float) -> None:
@@ -341,6 +351,18 @@ class SitlPilot:
         lat, lon, _ = self.v.frame.to_lla(east_m, north_m)
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
+            if not self.armed():
+                self.note("disarmed during the mission")
+                return False
+            if self.v.modes and self.v.modes[-1][1] != "GUIDED":
+                # A failsafe took over (e.g. LAND on lost position). An operator resumes the
+                # mission once the autopilot accepts GUIDED again (its position is back).
+                self.v.conn.mav.command_long_send(1, 1, 176, 0, 1, self.v.conn.mode_mapping()["GUIDED"],
+                                                  0, 0, 0, 0, 0)
+                time.sleep(1.0)
+                if self.v.modes[-1][1] == "GUIDED":
+                    self.note("GUIDED again after the failsafe")
+                continue
             self.v.conn.mav.set_position_target_global_int_send(
                 0, 1, 1, 6, 0b110111111000, int(lat * 1e7), int(lon * 1e7), agl_m, 0, 0, 0, 0, 0, 0, 0, 0)
             time.sleep(0.5)
@@ -349,6 +371,24 @@ class SitlPilot:
                 self.note(f"reached ({east_m:.0f}, {north_m:.0f})")
                 return True
         self.note(f"did not reach ({east_m:.0f}, {north_m:.0f})")
+        return False
+
+    def descend_and_land(self, timeout_s: float = 180.0) -> bool:
+        """The way down mirrors the way up: below the hand-over height skyfix has no fix (the
+        map-sized crop no longer fits in the frame), so descend in ALT_HOLD, which needs no
+        position, and let the land detector disarm on the ground."""
+        if not self.set_mode("ALT_HOLD"):
+            return self.land(timeout_s)
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if not self.armed():
+                self.throttle(0)
+                self.note("landed (ALT_HOLD descent) and disarmed")
+                return True
+            agl = self.estimated_agl_m() or 0.0
+            self.throttle(1200 if agl > 15.0 else 1350 if agl > 1.0 else 1100)
+            time.sleep(0.2)
+        self.note("descent timed out")
         return False
 
     def land(self, timeout_s: float = 180.0) -> bool:

@@ -4,7 +4,8 @@
               footprint holds a whole map tile; skyfix acquires and publishes GPS_INPUT; the
               EKF takes it as its only GPS (origin set in flight)
     mission:  GUIDED targets along the route, back over the take-off point
-    landing:  LAND (below the hand-over height the fixes stop; the autopilot lands on its own)
+    landing:  back over the take-off point, ALT_HOLD descent (below the hand-over height the
+              fixes stop, so the way down mirrors the way up), disarm on the ground
 
 Frames are rendered from the map at the SITL's true pose (SIM_STATE), telemetry comes from the
 SITL over skyfix's own MAVLink link, and GPS_INPUT goes back on that link, as on a real drone.
@@ -63,9 +64,11 @@ def _fly_mission(pilot: SitlPilot, waypoints: list, agl_m: float, speed_m_s: flo
         if fault is not None and "start_mono_s" not in fault:
             fault["start_mono_s"] = time.monotonic() + fault["after_s"]
         reached &= pilot.goto(e, n, agl_m, timeout_s=leg_m / speed_m_s * 2.5 + 30.0)
+        if not pilot.armed():
+            return
         prev = (e, n)
     result["land_t_mono_s"] = time.monotonic()
-    landed = pilot.land()
+    landed = pilot.descend_and_land()
     result["mission_completed"] = bool(reached and landed)
 
 
@@ -108,6 +111,18 @@ def _camera_loop(nav: Navigator, vehicle: SitlVehicle, bridge: MavlinkBridge, pa
     return kinds
 
 
+def _terminate_cleanly() -> None:
+    """SIGTERM raises SystemExit in the main thread, so the SITL is stopped and its folder
+    removed by the `finally` blocks (Python's default would exit without running them)."""
+    import signal
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_signal)
+
+
+def _exit_on_signal(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
 def _faulted(estimate, fault: Optional[dict]):
     """The navigator's estimate, withheld during the fault window (the camera 'blinded')."""
     def wrapped(now_s: float):
@@ -130,7 +145,11 @@ def run_sitl(pack_path: str | Path, embedder, cfg, out_dir: str | Path = "out/si
     cam = PinholeCamera.from_config(cfg.camera)
     nav = Navigator(pack, embedder, cam, dataclasses.replace(cfg.nav, ground_alt_msl_m=home_alt))
     fault = None if fault_after_s is None else {"after_s": fault_after_s, "duration_s": fault_s}
-    vehicle = SitlVehicle(pack.frame, home_alt, binary=binary, home_en=home_en).start()
+    params = {"GPS1_DELAY_MS": 1}  # GPS_INPUT carries the estimate at its send time, not 200 ms old
+    if cfg.sim.declination_deg is not None:
+        params.update({"COMPASS_DEC": math.radians(cfg.sim.declination_deg), "COMPASS_AUTODEC": 0})
+    _terminate_cleanly()
+    vehicle = SitlVehicle(pack.frame, home_alt, binary=binary, home_en=home_en, params=params).start()
     bridge = publisher = None
     result: dict = {}
     telemetry_errors: list = []
@@ -171,6 +190,8 @@ def summarise_sitl(vehicle: SitlVehicle, pilot: SitlPilot, result: dict, nav: Na
     texts = [(round(t - t0, 1), text) for t, _, text in vehicle.statustexts]
     duration_s = (vehicle.samples[-1].t_mono_s - t0) if vehicle.samples else 0.0
     summary = score(vehicle.received(), duration_s)
+    if fault and "start_mono_s" in fault:
+        summary["fault_recovery"] = _fault_recovery(vehicle, fault)
     summary.update({
         "vehicle": "ardupilot-sitl",
         "autopilot_error_m": ({"median": float(np.median(err)), "p95": float(np.percentile(err, 95)),
@@ -191,6 +212,23 @@ def summarise_sitl(vehicle: SitlVehicle, pilot: SitlPilot, result: dict, nav: Na
     return summary
 
 
+def _fault_recovery(vehicle: SitlVehicle, fault: dict) -> dict:
+    """The autopilot's error during the blackout and in the 10 s after the fixes return, and the
+    largest jump of its estimate from one sample to the next (beyond the true motion) then."""
+    t0, t1 = fault["start_mono_s"], fault["start_mono_s"] + fault["duration_s"]
+    est = [s for s in vehicle.samples if s.est_east_m is not None]
+
+    def worst(a, b):
+        e = [math.hypot(s.est_east_m - s.true_east_m, s.est_north_m - s.true_north_m) for s in est if a <= s.t_mono_s < b]
+        return round(max(e), 2) if e else None
+    after = [s for s in est if t1 <= s.t_mono_s < t1 + 10.0]
+    jumps = [math.hypot((b.est_east_m - a.est_east_m) - (b.true_east_m - a.true_east_m),
+                        (b.est_north_m - a.est_north_m) - (b.true_north_m - a.true_north_m))
+             for a, b in zip(after, after[1:])]
+    return {"autopilot_error_max_during_m": worst(t0, t1), "autopilot_error_max_10s_after_m": worst(t1, t1 + 10.0),
+            "largest_estimate_jump_after_m": round(max(jumps), 2) if jumps else None}
+
+
 def write_sitl_outputs(pack: TilePack, vehicle: SitlVehicle, summary: dict, out_dir: Path) -> Path:
     import json
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -201,3 +239,16 @@ def write_sitl_outputs(pack: TilePack, vehicle: SitlVehicle, summary: dict, out_
     plot_track(pack.canvas(), truth, vehicle.received(), out_dir / "track.png", estimate=estimate)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return out_dir
+
+
+def format_sitl_summary(s: dict) -> str:
+    fmt = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
+    a, e = s["autopilot_error_m"], s["error_m"]
+    return "\n".join([
+        f"ArduCopter SITL on skyfix alone: mission {'completed' if s['mission_completed'] else 'NOT completed'}; "
+        f"hand-over at {fmt(s['handover_s'])} s, mission {fmt(s['mission_s'])} s",
+        f"autopilot's estimate vs truth: median {fmt(a['median'])} m, p95 {fmt(a['p95'])} m, max {fmt(a['max'])} m",
+        f"skyfix's GPS_INPUT vs truth: median {fmt(e['median'])} m, p95 {fmt(e['p95'])} m, max {fmt(e['max'])} m; "
+        f"{s['n_published']} sent",
+        f"EKF GPS glitches {s['ekf_glitches']}; failsafes {s['failsafes'] or 'none'}; fault {s['fault']}",
+        f"modes {s['modes']}"])

@@ -44,3 +44,23 @@ def test_photometric_changes_but_keeps_shape():
     img = np.full((50, 60, 3), 120, np.uint8)
     out = photometric(img, np.random.default_rng(0))
     assert out.shape == img.shape and out.dtype == np.uint8 and np.abs(out.astype(int) - img).mean() > 1
+
+
+def test_resection_places_the_camera_despite_a_wrong_attitude(textured_canvas):
+    """The pose from the image: rectified with 3-4 deg of attitude error and 4 % of height
+    error, the matched points still put the camera where it is (the tilt-based offset would be
+    agl * tan(error), about 7 m here)."""
+    from skyfix.edge.camera import image_from_crop
+    from skyfix.edge.pose import image_px_of_crop_px, resect
+    from skyfix.edge.refine import MapMatcher
+    pose = ViewPose(20.0, -15.0, 100.0, np.radians(3), np.radians(-5), np.radians(40))
+    frame, _, _ = render_view(textured_canvas, CAM, pose)
+    roll, pitch, yaw, agl = pose.roll_rad + np.radians(3), pose.pitch_rad - np.radians(3), pose.yaw_rad + 0.05, 104.0
+    crop, _, _ = rectify(frame, CAM, roll, pitch, yaw, agl, 100.0, 200)
+    m = MapMatcher(textured_canvas).match(crop, 0.5, (pose.east_m, pose.north_m), 60.0)
+    assert m is not None and m.inliers >= 15
+    h, _ = image_from_crop(CAM, roll, pitch, yaw, agl, 100.0, 200)
+    cp = resect(CAM, image_px_of_crop_px(m.crop_px, h), m.ground_en_m)
+    assert np.hypot(cp.east_m - pose.east_m, cp.north_m - pose.north_m) < 1.0
+    assert cp.agl_m == pytest.approx(100.0, abs=1.5)
+    assert resect(CAM, image_px_of_crop_px(m.crop_px[:5], h), m.ground_en_m[:5]) is None  # too few

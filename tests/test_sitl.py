@@ -1,0 +1,43 @@
+"""A real ArduCopter (SITL) flies on skyfix's fixes alone: take-off in ALT_HOLD to the hand-over
+height, a 200 m leg in GUIDED, back, ALT_HOLD descent. About 4 minutes in real time."""
+import pytest
+
+from skyfix.errors import SkyfixError
+from tests.conftest import COLORADO_TIF, need_shared
+
+pytestmark = [pytest.mark.data, pytest.mark.slow, pytest.mark.sitl]
+
+
+@pytest.fixture(scope="module")
+def sitl_binary():
+    from skyfix.sim.sitl import sitl_binary as find
+    try:
+        return find()
+    except SkyfixError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory, tiny_onnx_dir):
+    pytest.importorskip("rasterio")
+    from skyfix.config import load_config
+    from skyfix.edge.embedders import open_embedder
+    from skyfix.tiles.build import build_pack
+    cfg = load_config(overrides={"tiles": {"tile_size_m": 100.0, "stride_m": 100.0}})
+    return build_pack(need_shared(COLORADO_TIF), tmp_path_factory.mktemp("sitl") / "colorado", cfg,
+                      open_embedder(tiny_onnx_dir, "sat"), model_source=str(tiny_onnx_dir),
+                      progress=False, log=lambda *_: None)
+
+
+def test_ardupilot_flies_a_leg_on_skyfix_alone(sitl_binary, pack, tiny_onnx_dir, tmp_path):
+    from skyfix.config import load_config
+    from skyfix.edge.embedders import open_embedder
+    from skyfix.sim.sitl_flight import run_sitl
+    cfg = load_config(overrides={"sim": {"route": "straight", "length_m": 200.0, "declination_deg": 8.66}})
+    s = run_sitl(pack, open_embedder(tiny_onnx_dir, "drone"), cfg, out_dir=tmp_path, progress=False)
+    detail = f"{s['pilot']} {s['statustext'][-10:]}"
+    assert s["mission_completed"], detail
+    assert s["autopilot_error_m"]["max"] < 10.0, (s["autopilot_error_m"], detail)
+    assert s["ekf_glitches"] == 0 and s["failsafes"] == [], detail
+    assert s["error_m"]["median"] < 3.0 and s["calibration"]["within_3x"] > 0.95
+    assert (tmp_path / "track.png").stat().st_size > 10_000
