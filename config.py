@@ -120,7 +120,12 @@ class BridgeConfig:
     connection: str = "udpin:0.0.0.0:14550"
     protocol: str = "ardupilot"      # ardupilot (GPS_INPUT) | px4 (GLOBAL_POSITION_SENSOR)
     rate_hz: float = 10.0
-    max_fix_age_s: float = 1.5       # stop publishing when the newest measurement is older
+    # Stop publishing when the newest accepted measurement is older than this. Set by the
+    # autopilot, not by the CPU: below ArduPilot's 4 s GPS timeout (with a margin), so that a real
+    # loss of fixes ends in the autopilot's own GPS failsafe, while a slow frame or two on a
+    # loaded computer does not cut the stream. Meanwhile the estimate's reported accuracy grows
+    # with its age, and the publish cap (nav.max_accuracy_m) still applies.
+    max_fix_age_s: float = 3.0
     vert_accuracy_m: float = 5.0
     # Velocity from position fixes alone is uncertain (2-4 m/s 1-sigma): ArduPilot's EKF3 refuses
     # a GPS whose speed accuracy is above 1 m/s, so it is not sent (EK3_SRC1_VELXY=0 on the FC).

@@ -380,13 +380,20 @@ class SitlPilot:
         if not self.set_mode("ALT_HOLD"):
             return self.land(timeout_s)
         end = time.monotonic() + timeout_s
+        history: deque = deque(maxlen=15)  # (t, agl) over the last 3 s
         while time.monotonic() < end:
             if not self.armed():
                 self.throttle(0)
                 self.note("landed (ALT_HOLD descent) and disarmed")
                 return True
             agl = self.estimated_agl_m() or 0.0
-            self.throttle(1200 if agl > 15.0 else 1350 if agl > 1.0 else 1100)
+            history.append((time.monotonic(), agl))
+            stalled = len(history) == history.maxlen and history[0][1] - agl < 0.3
+            if agl < 2.0 or (stalled and agl < 10.0):  # on the ground (the baro height may not read 0): throttle off
+                self.throttle(1000)
+                self.v.conn.mav.command_long_send(1, 1, 400, 0, 0, 0, 0, 0, 0, 0, 0)  # disarm
+            else:
+                self.throttle(1200 if agl > 15.0 else 1350)
             time.sleep(0.2)
         self.note("descent timed out")
         return False
