@@ -274,30 +274,41 @@ class Navigator:
     def _vehicle_position(self, match: Match, pose: CropPose, offset_en: tuple) -> tuple:
         """(east_m, north_m, heading correction rad, 1-sigma per axis m) of the vehicle.
 
-        From the image alone when it can (camera resection on the match's inliers: independent
-        of the autopilot's attitude, so no feedback through it), else from the match centre
-        minus the crop's offset from the nadir, which the telemetry's tilt sets."""
+        Two estimates with independent errors: the match centre minus the crop's offset from
+        the nadir, which the telemetry's tilt sets (agl * tan(tilt error)), and camera resection
+        from the image alone (edge/pose.py, its covariance from the fit). They are combined by
+        their covariances: with many well-spread points resection dominates, which breaks the
+        feedback through the autopilot's attitude; with few, the tilt-based estimate holds."""
         turn = math.radians(match.rotation_deg)  # the crop turns on the map by minus the yaw error
         fit_m = 2.0 * match.rms_px * self.canvas.gsd_m / math.sqrt(max(match.inliers, 1))
         floor_m = 2 * self.canvas.gsd_m
-        if self.cfg.resect_camera and match.crop_px is not None:
-            h, _ = image_from_crop(self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad, pose.agl_m,
-                                   self.pack.tile_size_m, self.crop_px)
-            cp = resect(self.camera, image_px_of_crop_px(match.crop_px, h), match.ground_en_m)
-            if cp is not None and abs(cp.agl_m / pose.agl_m - 1) < self.cfg.max_scale_error:
-                # Resection noise: ground size of the pixel noise, amplified by the tilt/shift
-                # coupling of a plane seen through a 70 deg lens (x30, from rendered views).
-                pnp_m = 30.0 * (cp.agl_m / self.camera.fx_px) * max(cp.rms_px, 0.3) / math.sqrt(cp.n_points)
-                return cp.east_m, cp.north_m, turn, math.sqrt(fit_m ** 2 + pnp_m ** 2 + floor_m ** 2)
         oe, on = offset_en
         c, s = math.cos(turn), math.sin(turn)
-        east = match.east_m - (oe * c + on * s)
-        north = match.north_m - (on * c - oe * s)
-        # Without resection the attitude error moves the fix: agl * tan(tilt error). Without
-        # attitude the crop is taken as level, and the unknown tilt enters (much larger).
+        tilt_en = np.array([match.east_m - (oe * c + on * s), match.north_m - (on * c - oe * s)])
+        # Without attitude the crop is taken as level, and the unknown tilt enters (much larger).
         tilt_deg = self.cfg.attitude_sigma_deg if pose.attitude_known else self.cfg.unknown_tilt_deg
-        attitude_m = pose.agl_m * math.tan(math.radians(tilt_deg))
-        return east, north, turn, math.sqrt(fit_m ** 2 + attitude_m ** 2 + floor_m ** 2)
+        tilt_var = (pose.agl_m * math.tan(math.radians(tilt_deg))) ** 2 + fit_m ** 2
+        cp = self._resect(match, pose) if self.cfg.resect_camera else None
+        if cp is None:
+            return float(tilt_en[0]), float(tilt_en[1]), turn, math.sqrt(tilt_var + floor_m ** 2)
+        info = np.linalg.inv(cp.cov_en_m2 + np.eye(2) * fit_m ** 2) + np.eye(2) / tilt_var
+        cov = np.linalg.inv(info)
+        en = cov @ (np.linalg.inv(cp.cov_en_m2 + np.eye(2) * fit_m ** 2) @ [cp.east_m, cp.north_m]
+                    + tilt_en / tilt_var)
+        sigma_m = math.sqrt(float(np.linalg.eigvalsh(cov).max()) + floor_m ** 2)
+        return float(en[0]), float(en[1]), turn, sigma_m
+
+    def _resect(self, match: Match, pose: CropPose):
+        """The camera pose from the match's inliers, or None (too few, or a height that
+        contradicts the telemetry's)."""
+        if match.crop_px is None:
+            return None
+        h, _ = image_from_crop(self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad, pose.agl_m,
+                               self.pack.tile_size_m, self.crop_px)
+        cp = resect(self.camera, image_px_of_crop_px(match.crop_px, h), match.ground_en_m)
+        if cp is None or abs(cp.agl_m / pose.agl_m - 1) > self.cfg.max_scale_error:
+            return None
+        return cp
 
     def _fix_from_state(self, state: FilterState, t_capture_us: int, yaw_rad: Optional[float]) -> Fix:
         lat, lon, _ = self.pack.frame.to_lla(state.x[0], state.x[1])

@@ -17,6 +17,7 @@ import numpy as np
 from skyfix.edge.camera import PinholeCamera
 
 MIN_POINTS = 12
+NOISE_FACTOR = 2.0  # matched points' errors are correlated: the fit's RMS understates them
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class CameraPose:
     agl_m: float           # camera height above the matched ground plane
     rms_px: float          # reprojection RMS of the points used
     n_points: int
+    cov_en_m2: np.ndarray  # 2 x 2 covariance of (east_m, north_m) from the fit (see resect)
 
 
 def image_px_of_crop_px(crop_px: np.ndarray, h_image_from_crop: np.ndarray) -> np.ndarray:
@@ -54,6 +56,32 @@ def resect(cam: PinholeCamera, image_px: np.ndarray, ground_en_m: np.ndarray,
     centre = -rot.T @ tvec.ravel()
     if centre[2] <= 0:
         return None
-    proj = cv2.projectPoints(obj, rvec, tvec, cam.K(), None)[0].reshape(-1, 2)
+    proj, jac = cv2.projectPoints(obj, rvec, tvec, cam.K(), None)
+    proj = proj.reshape(-1, 2)
     rms = float(np.sqrt(np.mean(np.sum((proj - img) ** 2, axis=1))))
-    return CameraPose(float(centre[0] + origin[0]), float(centre[1] + origin[1]), float(centre[2]), rms, len(img))
+    cov = _centre_covariance(jac[:, :6], np.concatenate([rvec.ravel(), tvec.ravel()]), rms, len(img))
+    if cov is None:
+        return None
+    return CameraPose(float(centre[0] + origin[0]), float(centre[1] + origin[1]), float(centre[2]), rms,
+                      len(img), cov)
+
+
+def _camera_centre(params: np.ndarray) -> np.ndarray:
+    return -cv2.Rodrigues(params[:3])[0].T @ params[3:]
+
+
+def _centre_covariance(jac_px: np.ndarray, params: np.ndarray, rms_px: float, n: int,
+                       noise_factor: float = NOISE_FACTOR) -> Optional[np.ndarray]:
+    """2 x 2 covariance of the camera centre's (east, north) from the Gauss-Newton normal
+    matrix of the pose fit (pixel noise = the fit's RMS, at least 0.3 px, x noise_factor because
+    match errors are not independent), propagated through C = -R^T t. None if singular.
+    Few or clustered points give a large covariance: that is the tilt/shift ambiguity."""
+    sigma_px = max(rms_px, 0.3) * noise_factor * np.sqrt(n / max(n - 6, 1))
+    normal = jac_px.T @ jac_px
+    if np.linalg.cond(normal) > 1e12:
+        return None
+    cov_params = sigma_px ** 2 * np.linalg.inv(normal)
+    eps = 1e-6
+    base = _camera_centre(params)
+    jc = np.column_stack([(_camera_centre(params + eps * np.eye(6)[i]) - base) / eps for i in range(6)])
+    return (jc @ cov_params @ jc.T)[:2, :2]
