@@ -46,3 +46,16 @@ def tiny_onnx_dir(tiny_towers, tmp_path_factory):
     pytest.importorskip("onnx")
     from skyfix.export.onnx_export import export_onnx
     return export_onnx(tiny_towers, tmp_path_factory.mktemp("models") / "tiny", log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def colorado_pack(tmp_path_factory, tiny_onnx_dir):
+    """The shared Colorado map as a pack of the tiny model (100 m tiles every 100 m)."""
+    pytest.importorskip("rasterio")
+    from skyfix.config import load_config
+    from skyfix.edge.embedders import open_embedder
+    from skyfix.tiles.build import build_pack
+    cfg = load_config(overrides={"tiles": {"tile_size_m": 100.0, "stride_m": 100.0}})
+    return build_pack(need_shared(COLORADO_TIF), tmp_path_factory.mktemp("colorado") / "pack", cfg,
+                      open_embedder(tiny_onnx_dir, "sat"), model_source=str(tiny_onnx_dir),
+                      progress=False, log=lambda *_: None)

@@ -3,21 +3,13 @@ import json
 
 import pytest
 
-from tests.conftest import COLORADO_TIF, need_shared
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def pack(tmp_path_factory, tiny_onnx_dir):
-    pytest.importorskip("rasterio")
-    from skyfix.config import load_config
-    from skyfix.edge.embedders import open_embedder
-    from skyfix.tiles.build import build_pack
-    cfg = load_config(overrides={"tiles": {"tile_size_m": 100.0, "stride_m": 100.0}})
-    return build_pack(need_shared(COLORADO_TIF), tmp_path_factory.mktemp("sim") / "colorado", cfg,
-                      open_embedder(tiny_onnx_dir, "sat"), model_source=str(tiny_onnx_dir),
-                      progress=False, log=lambda *_: None)
+def pack(colorado_pack):
+    return colorado_pack
 
 
 def test_sim_short_route_with_a_link_drop(pack, tmp_path):

@@ -3,7 +3,6 @@ height, a 200 m leg in GUIDED, back, ALT_HOLD descent. About 4 minutes in real t
 import pytest
 
 from skyfix.errors import SkyfixError
-from tests.conftest import COLORADO_TIF, need_shared
 
 pytestmark = [pytest.mark.data, pytest.mark.slow, pytest.mark.sitl]
 
@@ -18,15 +17,8 @@ def sitl_binary():
 
 
 @pytest.fixture(scope="module")
-def pack(tmp_path_factory, tiny_onnx_dir):
-    pytest.importorskip("rasterio")
-    from skyfix.config import load_config
-    from skyfix.edge.embedders import open_embedder
-    from skyfix.tiles.build import build_pack
-    cfg = load_config(overrides={"tiles": {"tile_size_m": 100.0, "stride_m": 100.0}})
-    return build_pack(need_shared(COLORADO_TIF), tmp_path_factory.mktemp("sitl") / "colorado", cfg,
-                      open_embedder(tiny_onnx_dir, "sat"), model_source=str(tiny_onnx_dir),
-                      progress=False, log=lambda *_: None)
+def pack(colorado_pack):
+    return colorado_pack
 
 
 def test_ardupilot_flies_a_leg_on_skyfix_alone(sitl_binary, pack, tiny_onnx_dir, tmp_path):
