@@ -40,3 +40,10 @@ def test_resolved_config_round_trips(tmp_path):
     path = save_config(cfg, tmp_path / "resolved.yaml")
     assert yaml.safe_load(path.read_text())["model"]["lpn_parts"] == 4
     assert load_config(path) == cfg
+
+
+def test_the_example_onboard_config_loads():
+    from pathlib import Path
+    cfg = load_config(Path(__file__).resolve().parents[1] / "edge.example.yaml")
+    assert cfg.bridge.protocol == "ardupilot" and cfg.nav.ground_alt_msl_m == 2600.0
+    assert not cfg.bridge.send_velocity and cfg.bridge.max_fix_age_s < 4.0  # ArduPilot's GPS timeout
