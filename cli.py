@@ -13,6 +13,21 @@ from skyfix.errors import SkyfixError
 log = logging.getLogger("skyfix")
 
 
+def _number(kind, low=None, high=None):
+    """An argparse type: a number of `kind` within [low, high], else a message with the range."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a{'n integer' if kind is int else ' number'}, got '{text}'")
+        if value != value or (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: valid {low if low is not None else '-inf'}"
+                                             f" .. {high if high is not None else 'inf'}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _config(args, **overrides):
     return load_config(getattr(args, "config", None), overrides)
 
@@ -33,7 +48,9 @@ def cmd_tiles_build(args) -> int:
                                "imagery_date": args.imagery_date,
                                "imagery_licence": args.imagery_licence})
     embedder = load_embedder(args.model, "sat", cfg.model)
-    build_pack(args.ortho, args.out, cfg, embedder, model_source=str(args.model),
+    # The pack records its model as an absolute path, so eval/sim find it from any folder.
+    model_source = str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model)
+    build_pack(args.ortho, args.out, cfg, embedder, model_source=model_source,
                source_gsd_m=args.source_gsd_m, progress=not args.quiet)
     print(f"next: skyfix tiles inspect {args.out}")
     return 0
@@ -188,21 +205,22 @@ def cmd_bench(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skyfix", description="GPS-free drone position fixes from a "
-                                "downward camera and a satellite map")
+                                "downward camera and a satellite map",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    d = sub.add_parser("doctor", help="versions and what each role can do here")
+    d = sub.add_parser("doctor", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="versions and what each role can do here")
     d.set_defaults(func=cmd_doctor)
 
-    tiles = sub.add_parser("tiles", help="ground station: TilePacks").add_subparsers(dest="tcmd", required=True)
-    b = tiles.add_parser("build", help="orthophoto -> TilePack")
+    tiles = sub.add_parser("tiles", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="ground station: TilePacks").add_subparsers(dest="tcmd", required=True)
+    b = tiles.add_parser("build", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="orthophoto -> TilePack")
     b.add_argument("--ortho", required=True, help="GeoTIFF, XYZ folder {z}/{x}/{y}.png, or an image with --source-gsd-m")
     b.add_argument("--out", required=True, help="pack folder to write (atomically)")
-    b.add_argument("--tile-size-m", type=float)
-    b.add_argument("--stride-m", type=float)
-    b.add_argument("--gsd-m", type=float, help="map resolution (default: the orthophoto's)")
-    b.add_argument("--source-gsd-m", type=float, help="read a non-georeferenced image at this GSD")
+    b.add_argument("--tile-size-m", type=_number(float, 10, 2000))
+    b.add_argument("--stride-m", type=_number(float, 1, 2000))
+    b.add_argument("--gsd-m", type=_number(float, 0.01, 50), help="map resolution (default: the orthophoto's)")
+    b.add_argument("--source-gsd-m", type=_number(float, 0.01, 50), help="read a non-georeferenced image at this GSD")
     b.add_argument("--index", choices=["flat", "ivfpq", "hnsw"])
     b.add_argument("--model", default="imagenet", help="model dir from `export onnx`, .pt, or 'imagenet'")
     b.add_argument("--imagery-date")
@@ -210,29 +228,29 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--config")
     b.add_argument("-q", "--quiet", action="store_true")
     b.set_defaults(func=cmd_tiles_build)
-    i = tiles.add_parser("inspect", help="validate a pack and summarise it")
+    i = tiles.add_parser("inspect", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="validate a pack and summarise it")
     i.add_argument("pack")
     i.set_defaults(func=cmd_tiles_inspect)
 
-    export = sub.add_parser("export", help="model export").add_subparsers(dest="ecmd", required=True)
-    o = export.add_parser("onnx", help="towers -> ONNX with parity check")
+    export = sub.add_parser("export", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="model export").add_subparsers(dest="ecmd", required=True)
+    o = export.add_parser("onnx", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="towers -> ONNX with parity check")
     o.add_argument("--out", required=True)
     o.add_argument("--checkpoint", help="trained .pt (default: ImageNet-initialised towers)")
-    o.add_argument("--lpn-parts", type=int)
-    o.add_argument("--dim", type=int)
+    o.add_argument("--lpn-parts", type=_number(int, 0, 16))
+    o.add_argument("--dim", type=_number(int, 8, 4096))
     o.add_argument("--config")
     o.set_defaults(func=cmd_export_onnx)
 
-    e = sub.add_parser("eval", help="drone <-> satellite retrieval on simulated views")
+    e = sub.add_parser("eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="drone <-> satellite retrieval on simulated views")
     e.add_argument("--pack", required=True)
     e.add_argument("--queries-from", required=True, help="map the views are rendered from")
-    e.add_argument("--source-gsd-m", type=float, help="GSD of a non-georeferenced --queries-from image")
+    e.add_argument("--source-gsd-m", type=_number(float, 0.01, 50), help="GSD of a non-georeferenced --queries-from image")
     e.add_argument("--model", help="default: the model recorded in the pack")
-    e.add_argument("--views", type=int)
+    e.add_argument("--views", type=_number(int, 1, 100000))
     e.add_argument("--heading", choices=["known", "unknown"])
-    e.add_argument("--alt-min-m", type=float)
-    e.add_argument("--alt-max-m", type=float)
-    e.add_argument("--seed", type=int)
+    e.add_argument("--alt-min-m", type=_number(float, 20, 3000))
+    e.add_argument("--alt-max-m", type=_number(float, 20, 3000))
+    e.add_argument("--seed", type=_number(int, 0, 2147483647))
     e.add_argument("--east-min-m", type=float, help="held-out area: views centred east of this (local metres)")
     e.add_argument("--json")
     e.add_argument("--png", help="example queries with their top-5 tiles (default: next to --json)")
@@ -240,31 +258,31 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-q", "--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
 
-    c = sub.add_parser("crossview-check", help="SUES-200 real drone views vs their satellite image")
+    c = sub.add_parser("crossview-check", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="SUES-200 real drone views vs their satellite image")
     c.add_argument("--data", required=True)
     c.add_argument("--model", default="imagenet")
     c.add_argument("--config")
     c.set_defaults(func=cmd_crossview_check)
 
-    si = sub.add_parser("sim", help="fly a simulated drone over a map, skyfix in the loop over MAVLink")
+    si = sub.add_parser("sim", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="fly a simulated drone over a map, skyfix in the loop over MAVLink")
     si.add_argument("--pack", required=True)
     si.add_argument("--ortho", help="orthophoto to render the frames from (default: the pack's map)")
     si.add_argument("--frames-from", help="render the camera frames from this image (e.g. another date)")
-    si.add_argument("--source-gsd-m", type=float, help="GSD of a non-georeferenced --frames-from image")
+    si.add_argument("--source-gsd-m", type=_number(float, 0.01, 50), help="GSD of a non-georeferenced --frames-from image")
     si.add_argument("--model", help="default: the model recorded in the pack")
     si.add_argument("--route", choices=["straight", "lawnmower", "waypoints"])
-    si.add_argument("--alt-agl-m", type=float)
-    si.add_argument("--duration-s", type=float)
-    si.add_argument("--length-m", type=float)
-    si.add_argument("--speed-m-s", type=float)
-    si.add_argument("--seed", type=int)
+    si.add_argument("--alt-agl-m", type=_number(float, 20, 3000))
+    si.add_argument("--duration-s", type=_number(float, 0, 86400))
+    si.add_argument("--length-m", type=_number(float, 10, 1000000.0))
+    si.add_argument("--speed-m-s", type=_number(float, 0.5, 60))
+    si.add_argument("--seed", type=_number(int, 0, 2147483647))
     si.add_argument("--protocol", choices=["ardupilot", "px4"])
     si.add_argument("--vehicle", choices=["simulated", "ardupilot-sitl"], default="simulated",
                     help="the autopilot in the loop: skyfix's own simulation, or ArduCopter SITL")
-    si.add_argument("--declination-deg", type=float,
+    si.add_argument("--declination-deg", type=_number(float, -180, 180),
                     help="ardupilot-sitl: magnetic declination to set on the autopilot (east positive)")
     si.add_argument("--sitl-bin", help="ArduCopter SITL binary (default $SKYFIX_SITL_BIN or ../shared/sitl/arducopter)")
-    si.add_argument("--fault-after-s", type=float,
+    si.add_argument("--fault-after-s", type=_number(float, 0, 86400),
                     help="ardupilot-sitl: stop publishing for 10 s this long after the mission starts")
     si.add_argument("--out", default="out/sim")
     si.add_argument("--json")
@@ -272,59 +290,59 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("-q", "--quiet", action="store_true")
     si.set_defaults(func=cmd_sim)
 
-    de = sub.add_parser("demo", help="build what is needed and fly a simulated flight over a map")
+    de = sub.add_parser("demo", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="build what is needed and fly a simulated flight over a map")
     de.add_argument("--ortho", help="your own GeoTIFF (default: the shared Colorado map, else a generated one)")
-    de.add_argument("--source-gsd-m", type=float, help="GSD of a non-georeferenced --ortho image")
+    de.add_argument("--source-gsd-m", type=_number(float, 0.01, 50), help="GSD of a non-georeferenced --ortho image")
     de.add_argument("--out", default="out/demo")
-    de.add_argument("--duration-s", type=float, default=120.0)
+    de.add_argument("--duration-s", type=_number(float, 0, 86400), default=120.0)
     de.set_defaults(func=cmd_demo)
 
-    fl = sub.add_parser("fly", help="the onboard loop on real hardware")
+    fl = sub.add_parser("fly", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="the onboard loop on real hardware")
     fl.add_argument("--config", required=True, help="edge.yaml: nav (pack, model, source), bridge, camera")
-    fl.add_argument("--max-frames", type=int, default=0)
+    fl.add_argument("--max-frames", type=_number(int, 0, None), default=0)
     fl.set_defaults(func=cmd_fly)
 
-    qu = sub.add_parser("query", help="satellite -> drone: which frames saw this tile")
+    qu = sub.add_parser("query", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="satellite -> drone: which frames saw this tile")
     qu.add_argument("--pack", required=True)
     qu.add_argument("--gallery", required=True, help="gallery.npz written by fly/sim")
-    qu.add_argument("--tile-id", type=int)
-    qu.add_argument("--lat", type=float)
-    qu.add_argument("--lon", type=float)
-    qu.add_argument("--k", type=int, default=5)
+    qu.add_argument("--tile-id", type=_number(int, 0, None))
+    qu.add_argument("--lat", type=_number(float, -90, 90))
+    qu.add_argument("--lon", type=_number(float, -180, 180))
+    qu.add_argument("--k", type=_number(int, 1, 1000), default=5)
     qu.add_argument("--model")
     qu.set_defaults(func=cmd_query)
 
-    eu = sub.add_parser("eval-u1652", help="University-1652 protocol (R@1, AP, both directions)")
+    eu = sub.add_parser("eval-u1652", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="University-1652 protocol (R@1, AP, both directions)")
     eu.add_argument("--root", required=True, help="folder with test/query_drone, test/gallery_satellite, ...")
     eu.add_argument("--model", default="imagenet")
     eu.add_argument("--json")
     eu.add_argument("--config")
     eu.set_defaults(func=cmd_eval_u1652)
 
-    tr = sub.add_parser("train", help="metric learning of the towers (CPU or GPU; torchrun for several)")
+    tr = sub.add_parser("train", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="metric learning of the towers (CPU or GPU; torchrun for several)")
     tr.add_argument("--preset", choices=sorted(TRAIN_PRESETS))
     tr.add_argument("--ortho", help="map the training pairs are cut from")
     tr.add_argument("--drone-from", help="second date of the same area for the drone views")
-    tr.add_argument("--source-gsd-m", type=float)
+    tr.add_argument("--source-gsd-m", type=_number(float, 0.01, 50))
     tr.add_argument("--u1652-root", help="train on a University-1652 tree instead of orthophotos")
     tr.add_argument("--loss", choices=["infonce", "soft_triplet", "mhnw"])
-    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--epochs", type=_number(int, 1, 100000))
     tr.add_argument("--out")
-    tr.add_argument("--seed", type=int)
+    tr.add_argument("--seed", type=_number(int, 0, 2147483647))
     tr.add_argument("--resume", help="last.pt of an interrupted run")
     tr.add_argument("--distributed", action="store_true", help="under torchrun: one process per device")
     tr.add_argument("--config")
     tr.set_defaults(func=cmd_train)
 
-    bn = sub.add_parser("bench", help="benchmarks that print tables")
+    bn = sub.add_parser("bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="benchmarks that print tables")
     bn.add_argument("what", choices=["embed", "faiss", "retrieval", "orientation", "telemetry", "resection", "all"])
     bn.add_argument("--checkpoint", help="orientation: a best.pt trained with orientation_weight > 0")
     bn.add_argument("--queries-from", help="orientation: map the views are rendered from")
     bn.add_argument("--east-min-m", type=float, help="orientation: held-out area")
     bn.add_argument("--model", default="models/imagenet", help="model dir from `skyfix export onnx`")
     bn.add_argument("--pack", help="pack to time searches on (faiss)")
-    bn.add_argument("--n-synthetic", type=int, default=1_000_000)
-    bn.add_argument("--views", type=int, default=200)
+    bn.add_argument("--n-synthetic", type=_number(int, 1000, 100000000), default=1_000_000)
+    bn.add_argument("--views", type=_number(int, 1, 100000), default=200)
     bn.add_argument("--out", default="out/bench")
     bn.set_defaults(func=cmd_bench)
     return p
@@ -339,6 +357,9 @@ def main(argv=None) -> int:
     except SkyfixError as exc:
         print(f"skyfix: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: outputs are written atomically, nothing half-done is left
+        print("skyfix: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -47,3 +47,17 @@ def test_the_example_onboard_config_loads():
     cfg = load_config(Path(__file__).resolve().parents[1] / "edge.example.yaml")
     assert cfg.bridge.protocol == "ardupilot" and cfg.nav.ground_alt_msl_m == 2600.0
     assert not cfg.bridge.send_velocity and cfg.bridge.max_fix_age_s < 4.0  # ArduPilot's GPS timeout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sim", "--pack", "p", "--alt-agl-m", "0"], "out of range: valid 20 .. 3000"),
+    (["sim", "--pack", "p", "--alt-agl-m", "-5"], "out of range"),
+    (["eval", "--pack", "p", "--queries-from", "m", "--views", "0"], "out of range: valid 1"),
+    (["query", "--pack", "p", "--gallery", "g", "--lat", "91"], "out of range: valid -90 .. 90"),
+    (["sim", "--pack", "p", "--speed-m-s", "fast"], "expected a number"),
+])
+def test_cli_refuses_numbers_out_of_range_with_the_range(argv, message, capsys):
+    from skyfix.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
