@@ -262,8 +262,11 @@ def telemetry_lag_errors(lag_s: float, telemetry_hz: float = 20.0, duration_s: f
     for t in np.arange(1.0, duration_s, 1.0 / camera_hz):
         receive_until(t + lag_s)  # the frame is processed lag_s after its capture
         true = vehicle.pose(t)
-        for method, ask_s in (("newest at processing", t + lag_s), ("interpolated at capture", t)):
-            tel = store.at(ask_s, max_age_s=0.5) if method.startswith("interp") else store.at(ask_s, 0.5 + lag_s)
+        # The newest values when processed: asked at processing time (max age widened by the lag
+        # so they are never refused); interpolated: asked at capture time.
+        for method, ask_s, max_age_s in (("newest at processing", t + lag_s, 0.5 + lag_s),
+                                         ("interpolated at capture", t, 0.5)):
+            tel = store.at(ask_s, max_age_s)
             d_yaw = (tel.yaw_rad - true.yaw_rad + np.pi) % (2 * np.pi) - np.pi
             e = out[method]
             e["heading_deg"].append(abs(np.degrees(d_yaw)))

@@ -291,10 +291,9 @@ class Navigator:
         cp = self._resect(match, pose) if self.cfg.resect_camera else None
         if cp is None:
             return float(tilt_en[0]), float(tilt_en[1]), turn, math.sqrt(tilt_var + floor_m ** 2)
-        info = np.linalg.inv(cp.cov_en_m2 + np.eye(2) * fit_m ** 2) + np.eye(2) / tilt_var
-        cov = np.linalg.inv(info)
-        en = cov @ (np.linalg.inv(cp.cov_en_m2 + np.eye(2) * fit_m ** 2) @ [cp.east_m, cp.north_m]
-                    + tilt_en / tilt_var)
+        resect_info = np.linalg.inv(cp.cov_en_m2 + np.eye(2) * fit_m ** 2)
+        cov = np.linalg.inv(resect_info + np.eye(2) / tilt_var)
+        en = cov @ (resect_info @ [cp.east_m, cp.north_m] + tilt_en / tilt_var)
         sigma_m = math.sqrt(float(np.linalg.eigvalsh(cov).max()) + floor_m ** 2)
         return float(en[0]), float(en[1]), turn, sigma_m
 

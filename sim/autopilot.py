@@ -15,6 +15,7 @@ import time
 from skyfix.errors import require
 from skyfix.firmware_bridge.messages import mavlink_module
 from skyfix.geo import LocalFrame
+from skyfix.sim.score import scored_fix
 from skyfix.sim.vehicle import VehicleModel
 from skyfix.sim.views import ViewPose
 
@@ -110,10 +111,6 @@ class SimAutopilot:
                 self._received.append(self._scored(msg, t))
 
     def _scored(self, msg, t_s: float) -> dict:
-        pose = self.vehicle.pose(t_s)
-        e, n, _ = self.frame.to_enu(msg.lat / 1e7, msg.lon / 1e7)
         acc = msg.horiz_accuracy if msg.get_type() == "GPS_INPUT" else msg.eph
-        return {"t_s": t_s, "type": msg.get_type(), "east_m": float(e), "north_m": float(n),
-                "true_east_m": pose.east_m, "true_north_m": pose.north_m,
-                "horiz_accuracy_m": float(acc),
-                "error_m": float(math.hypot(e - pose.east_m, n - pose.north_m))}
+        return scored_fix(self.frame, t_s, msg.get_type(), msg.lat / 1e7, msg.lon / 1e7, acc,
+                          self.vehicle.pose(t_s))

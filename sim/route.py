@@ -11,6 +11,13 @@ from skyfix.config import SimConfig
 from skyfix.errors import SkyfixError
 
 
+def footprint_margin_m(cam, agl_m: float, tilt_deg: float = 0.0) -> float:
+    """How far inside the map's edge a route must stay for the whole camera footprint (half its
+    diagonal at agl_m, plus the shift of a tilt of tilt_deg) to stay on the map."""
+    half_diag_m = agl_m / cam.fx_px * math.hypot(cam.width_px, cam.height_px) / 2
+    return half_diag_m + agl_m * math.tan(math.radians(tilt_deg))
+
+
 def make_route(cfg: SimConfig, bounds_en: tuple, margin_m: float) -> np.ndarray:
     """Waypoints K x 2 (east_m, north_m) inside bounds shrunk by margin_m."""
     e0, n0, e1, n1 = bounds_en

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from skyfix.firmware_bridge.link import MavlinkBridge
 from skyfix.firmware_bridge.publisher import FixPublisher
 from skyfix.sim.autopilot import SimAutopilot
 from skyfix.sim.camera import SimCamera
-from skyfix.sim.route import Trajectory, make_route, round_corners
+from skyfix.sim.route import Trajectory, footprint_margin_m, make_route, round_corners
 from skyfix.sim.score import frame_record, frame_summary, plot_track, score, write_track_csv
 from skyfix.sim.vehicle import VehicleModel
 from skyfix.tiles.pack import TilePack
@@ -55,9 +54,7 @@ def prepare_flight(pack: TilePack, embedder, cfg, frames_from: Optional[str] = N
     else:
         frames_canvas = pack.canvas()
     cam = PinholeCamera.from_config(cfg.camera)
-    # Keep the whole footprint on the map: half its diagonal plus the tilt.
-    half_diag_m = cfg.sim.alt_agl_m / cam.fx_px * math.hypot(cam.width_px, cam.height_px) / 2
-    margin_m = half_diag_m + cfg.sim.alt_agl_m * math.tan(math.radians(cfg.sim.tilt_deg + 2))
+    margin_m = footprint_margin_m(cam, cfg.sim.alt_agl_m, cfg.sim.tilt_deg + 2)
     route = round_corners(make_route(cfg.sim, pack.canvas().bounds_en(), margin_m),
                           cfg.sim.speed_m_s ** 2 / TURN_ACCEL_M_S2)
     traj = Trajectory(route, cfg.sim.speed_m_s)

@@ -15,6 +15,16 @@ from skyfix.sim.views import ViewPose
 from skyfix.tiles.canvas import MapCanvas
 
 
+def scored_fix(frame, t_s: float, kind: str, lat_deg: float, lon_deg: float, horiz_accuracy_m: float,
+               pose: ViewPose) -> dict:
+    """One fix the autopilot received, against the true pose at reception (local metres)."""
+    e, n, _ = frame.to_enu(lat_deg, lon_deg)
+    return {"t_s": t_s, "type": kind, "east_m": float(e), "north_m": float(n),
+            "true_east_m": pose.east_m, "true_north_m": pose.north_m,
+            "horiz_accuracy_m": float(horiz_accuracy_m),
+            "error_m": float(math.hypot(e - pose.east_m, n - pose.north_m))}
+
+
 def score(received: list[dict], duration_s: float, fresh_s: float = 0.5) -> dict:
     """Errors of the published fixes, availability (share of time with a fix received in the last
     `fresh_s`), and calibration against the reported accuracy."""

@@ -28,6 +28,7 @@ from typing import Optional
 
 from skyfix.errors import SkyfixError, require
 from skyfix.geo import LocalFrame
+from skyfix.sim.score import scored_fix
 from skyfix.sim.views import ViewPose
 
 log = logging.getLogger("skyfix.sitl")
@@ -72,7 +73,6 @@ class Sample:
     t_mono_s: float
     true_east_m: float
     true_north_m: float
-    true_agl_m: float
     est_east_m: Optional[float]
     est_north_m: Optional[float]
     ekf_flags: int
@@ -184,13 +184,9 @@ class SitlVehicle:
     def record_fix(self, fix, t_mono_s: float) -> None:
         """Called by the publisher for every GPS_INPUT sent: scored against the truth now."""
         pose = self.true_pose()
-        if pose is None:
-            return
-        e, n, _ = self.frame.to_enu(fix.lat_deg, fix.lon_deg)
-        self.sent_fixes.append({"t_s": t_mono_s - self.t0_mono_s, "type": "GPS_INPUT",
-                                "east_m": float(e), "north_m": float(n), "true_east_m": pose.east_m,
-                                "true_north_m": pose.north_m, "horiz_accuracy_m": fix.horiz_accuracy_m,
-                                "error_m": float(math.hypot(e - pose.east_m, n - pose.north_m))})
+        if pose is not None:
+            self.sent_fixes.append(scored_fix(self.frame, t_mono_s - self.t0_mono_s, "GPS_INPUT",
+                                              fix.lat_deg, fix.lon_deg, fix.horiz_accuracy_m, pose))
 
     # ---- control link -------------------------------------------------------------------------
     def _request_streams(self) -> None:
@@ -217,7 +213,7 @@ class SitlVehicle:
                 lat = msg.lat_int / 1e7 if getattr(msg, "lat_int", 0) else msg.lat
                 lon = msg.lon_int / 1e7 if getattr(msg, "lon_int", 0) else msg.lon
                 self._state[kind] = {"lat_deg": lat, "lon_deg": lon, "alt_msl_m": msg.alt,
-                                     "roll": msg.roll, "pitch": msg.pitch, "yaw": msg.yaw, "t": now}
+                                     "roll": msg.roll, "pitch": msg.pitch, "yaw": msg.yaw}
                 self._sample(now)
             elif kind == "HEARTBEAT":
                 # Only the autopilot's own: the SITL also routes skyfix's heartbeats to this link.
@@ -240,7 +236,7 @@ class SitlVehicle:
         if gpi is not None and (gpi.lat or gpi.lon):
             ee, en, _ = self.frame.to_enu(gpi.lat / 1e7, gpi.lon / 1e7)
         ekf = self._state.get("EKF_STATUS_REPORT")
-        self.samples.append(Sample(now, float(te), float(tn), st["alt_msl_m"] - self.home_alt_msl_m,
+        self.samples.append(Sample(now, float(te), float(tn),
                                    None if ee is None else float(ee), None if en is None else float(en),
                                    ekf.flags if ekf is not None else 0))
 
@@ -262,12 +258,14 @@ class SitlPilot:
         self.events.append((time.monotonic(), text))
         log.info("pilot: %s", text)
 
+    def request_mode(self, mode: str) -> None:
+        """MAV_CMD_DO_SET_MODE (custom mode); the HEARTBEAT says whether it was taken."""
+        self.v.conn.mav.command_long_send(1, 1, 176, 0, 1, self.v.conn.mode_mapping()[mode], 0, 0, 0, 0, 0)
+
     def set_mode(self, mode: str, timeout_s: float = 10.0) -> bool:
-        conn = self.v.conn
-        mode_id = conn.mode_mapping()[mode]
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
-            conn.mav.command_long_send(1, 1, 176, 0, 1, mode_id, 0, 0, 0, 0, 0)  # MAV_CMD_DO_SET_MODE
+            self.request_mode(mode)
             time.sleep(0.5)
             if self.v.modes and self.v.modes[-1][1] == mode:
                 self.note(f"mode {mode}")
@@ -357,8 +355,7 @@ class SitlPilot:
             if self.v.modes and self.v.modes[-1][1] != "GUIDED":
                 # A failsafe took over (e.g. LAND on lost position). An operator resumes the
                 # mission once the autopilot accepts GUIDED again (its position is back).
-                self.v.conn.mav.command_long_send(1, 1, 176, 0, 1, self.v.conn.mode_mapping()["GUIDED"],
-                                                  0, 0, 0, 0, 0)
+                self.request_mode("GUIDED")
                 time.sleep(1.0)
                 if self.v.modes[-1][1] == "GUIDED":
                     self.note("GUIDED again after the failsafe")

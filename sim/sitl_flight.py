@@ -26,7 +26,7 @@ from skyfix.edge.camera import PinholeCamera
 from skyfix.edge.navigator import Navigator
 from skyfix.firmware_bridge.link import MavlinkBridge
 from skyfix.firmware_bridge.publisher import FixPublisher
-from skyfix.sim.route import make_route
+from skyfix.sim.route import footprint_margin_m, make_route
 from skyfix.sim.score import plot_track, score, write_track_csv
 from skyfix.sim.sitl import EKF_GPS_GLITCHING, SitlPilot, SitlVehicle
 from skyfix.sim.views import render_view
@@ -37,8 +37,7 @@ MIN_RENDER_AGL_M = 5.0  # below this the camera sees the ground too close to mat
 
 def mission_waypoints(pack: TilePack, cfg, home_en: tuple) -> list[tuple]:
     """[(east_m, north_m)]: the configured route, then back over home."""
-    cam = PinholeCamera.from_config(cfg.camera)
-    margin_m = cfg.sim.alt_agl_m / cam.fx_px * math.hypot(cam.width_px, cam.height_px) / 2 + 20.0
+    margin_m = footprint_margin_m(PinholeCamera.from_config(cfg.camera), cfg.sim.alt_agl_m) + 20.0
     route = make_route(cfg.sim, pack.canvas().bounds_en(), margin_m)
     return [tuple(map(float, p)) for p in route] + [home_en]
 

@@ -12,10 +12,11 @@ def _walk(gate, t0_s, n, east0_m=0.0, speed_m_s=10.0, dt_s=0.5, sigma_m=1.0):
 
 def test_confirmation_then_publish():
     gate = TrackGate(confirm_measurements=3)
-    v = _walk(gate, 0.0, 3)
+    v = _walk(gate, 0.0, 2)
+    assert gate.estimate_at(0.5) is None  # a candidate track is not published
+    v += _walk(gate, 1.0, 1)
     assert [x.kind for x in v] == [Reason.ACQUIRING, Reason.ACQUIRING, Reason.OK]
     assert v[0].state is None and v[2].state is not None
-    assert gate.estimate_at(0.5) is None or gate.estimate_at(1.0) is not None
     state, age_s = gate.estimate_at(1.5)
     assert age_s == pytest.approx(0.5) and state.x[0] == pytest.approx(15.0, abs=1.5)
 
