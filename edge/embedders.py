@@ -38,24 +38,35 @@ def fit_to_input(images_rgb: np.ndarray, input_px: int) -> np.ndarray:
                      for im in images_rgb])
 
 
+def onnx_session(onnx_path: str | Path, providers: Optional[list] = None, threads: int = 0):
+    """(onnxruntime InferenceSession, backend name). Providers: TensorRT > CUDA > CPU, whichever
+    this install has, unless `providers` names them. Raises SkyfixError for a missing or corrupt
+    file. The provider picked is logged: a Jetson silently falling back to the CPU is a slow
+    surprise."""
+    ort = require("onnxruntime")
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise SkyfixError(f"ONNX model not found: {onnx_path}")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    available = ort.get_available_providers()
+    wanted = providers or [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                       "CPUExecutionProvider") if p in available]
+    try:
+        session = ort.InferenceSession(str(onnx_path), opts, providers=wanted)
+    except Exception as exc:  # onnxruntime raises its own types for corrupt graphs
+        raise SkyfixError(f"cannot load ONNX model {onnx_path}: {exc}") from exc
+    backend = f"onnxruntime:{session.get_providers()[0]}"
+    log.info("%s on %s (available: %s)", onnx_path.name, backend, ", ".join(available))
+    return session, backend
+
+
 class OnnxEmbedder:
-    """onnxruntime backend. Providers: TensorRT > CUDA > CPU, whichever this install has."""
+    """onnxruntime backend of a tower exported by `skyfix export onnx`."""
 
     def __init__(self, onnx_path: str | Path, providers: Optional[list] = None, threads: int = 0):
-        ort = require("onnxruntime")
-        onnx_path = Path(onnx_path)
-        if not onnx_path.is_file():
-            raise SkyfixError(f"ONNX model not found: {onnx_path}")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        available = ort.get_available_providers()
-        wanted = providers or [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider",
-                                           "CPUExecutionProvider") if p in available]
-        try:
-            self.session = ort.InferenceSession(str(onnx_path), opts, providers=wanted)
-        except Exception as exc:  # onnxruntime raises its own types for corrupt graphs
-            raise SkyfixError(f"cannot load ONNX model {onnx_path}: {exc}") from exc
+        self.session, self.backend = onnx_session(onnx_path, providers, threads)
         meta = self.session.get_modelmeta().custom_metadata_map
         missing = {"model_id", "tower", "input_px", "dim"} - set(meta)
         if missing:
@@ -64,10 +75,6 @@ class OnnxEmbedder:
         self.model_id, self.tower = meta["model_id"], meta["tower"]
         self.input_px, self.dim = int(meta["input_px"]), int(meta["dim"])
         self.input_name = self.session.get_inputs()[0].name
-        self.backend = f"onnxruntime:{self.session.get_providers()[0]}"
-        # Say which path runs: a Jetson silently falling back to the CPU is a slow surprise.
-        log.info("%s tower %s on %s (available: %s)", self.tower, onnx_path.name, self.backend,
-                 ", ".join(available))
 
     def embed(self, images_rgb: np.ndarray) -> np.ndarray:
         x = fit_to_input(images_rgb, self.input_px)

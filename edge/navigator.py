@@ -28,6 +28,7 @@ from skyfix.edge.filter import ConstantVelocityFilter, FilterState
 from skyfix.edge.gallery import FrameGallery
 from skyfix.edge.gate import TrackGate
 from skyfix.edge.pose import image_px_of_crop_px, resect
+from skyfix.edge.features import open_extractor
 from skyfix.edge.refine import Match, MapMatcher
 from skyfix.errors import ModelMismatch
 from skyfix.tiles.pack import TilePack
@@ -68,6 +69,15 @@ class CropPose:
     notes: list = field(default_factory=list)
 
 
+def open_matcher(pack: TilePack, cfg: NavConfig) -> MapMatcher:
+    """The refinement matcher for cfg.keypoints over the pack's stored map features. Raises
+    PackError at start, with the command that adds them, when the pack lacks those features or
+    they were computed by another extractor (another XFeat model, another OpenCV)."""
+    extractor = open_extractor(cfg.keypoints, cfg.features_model)
+    return MapMatcher(pack.map_features(extractor.name, extractor.identity), extractor, pack.map_gsd_m,
+                      cfg.crop_features)
+
+
 @contextmanager
 def _timed(timings: dict, stage: str):
     t0 = time.perf_counter()
@@ -84,8 +94,8 @@ class Navigator:
             raise ModelMismatch(f"drone model {embedder.model_id} does not match pack {pack.path} "
                                 f"(model {pack.model_id}); use the model that built the pack")
         self.pack, self.embedder, self.camera, self.cfg = pack, embedder, camera, cfg
-        self.canvas = pack.canvas()
-        self.matcher = matcher or MapMatcher(self.canvas, cfg.keypoints)
+        self.gsd_m = pack.map_gsd_m
+        self.matcher = matcher or open_matcher(pack, cfg)
         self.gate = TrackGate(cfg.confirm_measurements, cfg.lost_after_s, cfg.max_accuracy_m,
                               cfg.accel_sigma_m_s2)
         self.gallery = FrameGallery(cfg.gallery_size, embedder.dim, embedder.model_id)
@@ -95,7 +105,7 @@ class Navigator:
         self.reasons: Counter = Counter()      # Reason -> frames
         self.timings_ms: dict = defaultdict(lambda: deque(maxlen=TIMING_WINDOW))
         self._log_reason = _RateLimitedLog()
-        self.crop_px = int(round(pack.tile_size_m / self.canvas.gsd_m))
+        self.crop_px = int(round(pack.tile_size_m / self.gsd_m))
 
     # ---- public -------------------------------------------------------------------------------
     def step(self, frame: Frame) -> FixResult:
@@ -244,7 +254,7 @@ class Navigator:
 
     def _refine(self, crop: np.ndarray, candidates: list[tuple]):
         """(best Match, strongest match at another place) by inlier count; Nones when none."""
-        matches = [m for m in (self.matcher.match(crop, self.canvas.gsd_m, (e, n), r)
+        matches = [m for m in (self.matcher.match(crop, self.gsd_m, (e, n), r)
                                for e, n, r in candidates) if m is not None]
         if not matches:
             return None, None
@@ -280,8 +290,8 @@ class Navigator:
         their covariances: with many well-spread points resection dominates, which breaks the
         feedback through the autopilot's attitude; with few, the tilt-based estimate holds."""
         turn = math.radians(match.rotation_deg)  # the crop turns on the map by minus the yaw error
-        fit_m = 2.0 * match.rms_px * self.canvas.gsd_m / math.sqrt(max(match.inliers, 1))
-        floor_m = 2 * self.canvas.gsd_m
+        fit_m = 2.0 * match.rms_px * self.gsd_m / math.sqrt(max(match.inliers, 1))
+        floor_m = 2 * self.gsd_m
         oe, on = offset_en
         c, s = math.cos(turn), math.sin(turn)
         tilt_en = np.array([match.east_m - (oe * c + on * s), match.north_m - (on * c - oe * s)])

@@ -1,6 +1,7 @@
-"""Metre-level refinement: match a rectified frame crop against the map with keypoints and a
-RANSAC homography (OpenCV). The homography places the crop centre on the map and gives the
-heading and scale error; its inlier count is the main confidence signal."""
+"""Metre-level refinement: match a rectified frame crop against the map's local features (from
+the pack) near a candidate, and fit a RANSAC similarity (OpenCV). The fit places the crop
+centre on the map and gives the heading and scale error; its inlier count is the main
+confidence signal. The extractor is any `edge.features.Extractor` (SIFT, ORB, XFeat)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,10 +10,9 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from skyfix.edge.features import Extractor, match_descriptors
 from skyfix.errors import SkyfixError
-from skyfix.tiles.canvas import MapCanvas
-
-METHODS = ("sift", "orb")  # AKAZE left OpenCV 5's main modules
+from skyfix.tiles.features import MapFeatures
 
 
 @dataclass(frozen=True)
@@ -30,73 +30,72 @@ class Match:
     ground_en_m: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
 
 
-def _detector(method: str, n_features: int):
-    if method == "sift":
-        return cv2.SIFT_create(nfeatures=n_features), cv2.NORM_L2
-    if method == "orb":
-        return cv2.ORB_create(nfeatures=n_features), cv2.NORM_HAMMING
-    raise SkyfixError(f"unknown keypoint method '{method}'; choose one of {', '.join(METHODS)}")
-
-
-def _gray(image_rgb: np.ndarray) -> np.ndarray:
-    # CLAHE evens out illumination differences between the map date and the flight.
-    gray = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)
-    return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(gray)
+# Matching rule per extractor: Lowe's ratio for hand-made descriptors; mutual nearest
+# neighbours (XFeat's own rule) plus a loose ratio for the learned ones. Chosen in `skyfix bench match`.
+MATCH_RULES = {"sift": (0.8, False), "orb": (0.8, False), "xfeat": (0.95, True)}
 
 
 class MapMatcher:
-    """Keypoints of the whole map, computed once; per frame only the crop is described."""
+    """Match a rectified crop against the map's features near a candidate position.
 
-    def __init__(self, canvas: MapCanvas, method: str = "sift", map_features_per_mpx: int = 8000,
-                 crop_features: int = 1500, ratio: float = 0.8, ransac_px: float = 4.0):
-        self.canvas, self.method, self.ratio, self.ransac_px = canvas, method, ratio, ransac_px
-        mpx = canvas.image_rgb.shape[0] * canvas.image_rgb.shape[1] / 1e6
-        detector, self.norm = _detector(method, int(map_features_per_mpx * mpx))
-        kps, desc = detector.detectAndCompute(_gray(canvas.image_rgb), canvas.valid.astype(np.uint8) * 255)
-        if desc is None or len(kps) < 10:
-            raise SkyfixError("the map has too little texture for keypoint refinement")
-        self.map_xy = np.array([k.pt for k in kps], np.float32)
-        self.map_desc = desc
-        self.crop_detector = _detector(method, crop_features)[0]
-        self.matcher = cv2.BFMatcher(self.norm)
+    features: the map's keypoints (tiles/features.py, from the pack); extractor: the same
+    extractor, run onboard on the crop only; gsd_m: the pixel size in which the RANSAC
+    threshold ransac_px is expressed (the pack's map GSD)."""
+
+    def __init__(self, features: MapFeatures, extractor: Extractor, gsd_m: float, crop_features: int = 1500,
+                 ransac_px: float = 4.0, ratio: Optional[float] = None, mutual: Optional[bool] = None):
+        if features.name != extractor.name:
+            raise SkyfixError(f"map features are {features.name}, the extractor is {extractor.name}")
+        rule = MATCH_RULES[extractor.name]
+        self.features, self.extractor, self.gsd_m = features, extractor, gsd_m
+        self.crop_features, self.ransac_px = crop_features, ransac_px
+        self.ratio = rule[0] if ratio is None else ratio
+        self.mutual = rule[1] if mutual is None else mutual
+
+    @property
+    def method(self) -> str:
+        return self.extractor.name
 
     def match(self, crop_rgb: np.ndarray, crop_gsd_m: float, centre_en: tuple, radius_m: float,
               min_matches: int = 8) -> Optional[Match]:
-        """Locate a north-up crop (any rotation tolerated) whose centre lies within radius_m of
-        centre_en. Returns None when matching fails."""
-        kps, desc = self.crop_detector.detectAndCompute(_gray(crop_rgb), (crop_rgb.sum(axis=2) > 0).astype(np.uint8) * 255)
-        if desc is None or len(kps) < min_matches:
+        """Locate a north-up crop (crop_gsd_m metres per pixel) whose centre lies within
+        radius_m of centre_en (east_m, north_m). Returns None when matching fails."""
+        f = self.extractor.extract(crop_rgb, self.crop_features, crop_rgb.sum(axis=2) > 0)
+        if len(f) < min_matches:
             return None
-        c, r = self.canvas.px_from_en(*centre_en)
-        half_px = (radius_m + crop_rgb.shape[0] * crop_gsd_m * 0.75) / self.canvas.gsd_m
-        near = np.flatnonzero((np.abs(self.map_xy[:, 0] - c) <= half_px) & (np.abs(self.map_xy[:, 1] - r) <= half_px))
-        if near.size < min_matches:
-            return None
-        pairs = self.matcher.knnMatch(desc, self.map_desc[near], k=2)
-        good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < self.ratio * p[1].distance]
-        if len(good) < min_matches:
-            return None
-        # Crop pixels are scaled to map pixels first so the homography is near-identity in scale.
-        s = crop_gsd_m / self.canvas.gsd_m
-        src = np.array([kps[m.queryIdx].pt for m in good], np.float32) * s
-        dst = self.map_xy[near[[m.trainIdx for m in good]]]
-        H, mask = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, self.ransac_px, maxIters=2000, confidence=0.999)
-        if H is None or mask is None or int(mask.sum()) < 4:
-            return None
-        inl = mask.ravel().astype(bool)
-        proj = cv2.perspectiveTransform(src[inl][None], H)[0]
-        rms = float(np.sqrt(np.mean(np.sum((proj - dst[inl]) ** 2, axis=1))))
+        ce, cn = centre_en
         h, w = crop_rgb.shape[:2]
-        centre = cv2.perspectiveTransform(np.array([[[(w - 1) / 2 * s, (h - 1) / 2 * s]]], np.float32), H)[0, 0]
-        # Local linear part at the centre: rotation and scale of the crop on the map.
-        eps = 10.0
-        right = cv2.perspectiveTransform(np.array([[[(w - 1) / 2 * s + eps, (h - 1) / 2 * s]]], np.float32), H)[0, 0]
-        dx, dy = right - centre
-        e = self.canvas.east0_m + (centre[0] + 0.5) * self.canvas.gsd_m
-        n = self.canvas.north0_m - (centre[1] + 0.5) * self.canvas.gsd_m
-        g = self.canvas.gsd_m
-        ground = np.column_stack([self.canvas.east0_m + (dst[inl, 0] + 0.5) * g,
-                                  self.canvas.north0_m - (dst[inl, 1] + 0.5) * g])
-        return Match(float(e), float(n), int(inl.sum()), len(good), rms,
-                     float(np.degrees(np.arctan2(dy, dx))), float(np.hypot(dx, dy) / eps),
-                     crop_px=src[inl] / s, ground_en_m=ground)
+        map_en, map_desc = self.features.near(ce, cn, radius_m + max(h, w) * crop_gsd_m * 0.75)
+        iq, it = match_descriptors(f.desc, map_desc, self.extractor.binary, self.ratio, self.mutual)
+        if iq.size < min_matches:
+            return None
+        return fit_match(f.xy_px[iq], map_en[it], (w, h), crop_gsd_m, centre_en, self.gsd_m, self.ransac_px)
+
+
+def fit_match(crop_px: np.ndarray, ground_en_m: np.ndarray, crop_wh: tuple, crop_gsd_m: float,
+              centre_en: tuple, gsd_m: float, ransac_px: float) -> Optional[Match]:
+    """The geometry step, written once: matched crop pixels (N x 2, col,row) and their map
+    points (N x 2, east_m,north_m) -> where the crop centre lies, its rotation and scale.
+
+    The crop is rectified north-up from the telemetry, so crop -> map is a similarity (rotation,
+    scale, shift: 4 degrees of freedom); fitting only that, not a homography (8), needs two
+    points per RANSAC sample and lets chance consensus stay small, which is what makes a match
+    with few inliers across dates trustworthy. The residual perspective of an attitude error is
+    what camera resection (edge/pose.py) then takes out. Both sides are expressed in map pixels
+    (gsd_m) around centre_en, so ransac_px means the same for every extractor. None on failure."""
+    s = crop_gsd_m / gsd_m
+    ce, cn = centre_en
+    src = crop_px.astype(np.float32) * s
+    dst = np.column_stack([(ground_en_m[:, 0] - ce) / gsd_m, (cn - ground_en_m[:, 1]) / gsd_m]).astype(np.float32)
+    a, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=ransac_px,
+                                          maxIters=2000, confidence=0.999, refineIters=10)
+    if a is None or mask is None or int(mask.sum()) < 3:
+        return None
+    inl = mask.ravel().astype(bool)
+    proj = src[inl] @ a[:, :2].T + a[:, 2]
+    rms = float(np.sqrt(np.mean(np.sum((proj - dst[inl]) ** 2, axis=1))))
+    w, h = crop_wh
+    centre = a[:, :2] @ np.array([(w - 1) / 2 * s, (h - 1) / 2 * s]) + a[:, 2]
+    return Match(float(ce + centre[0] * gsd_m), float(cn - centre[1] * gsd_m), int(inl.sum()), len(src), rms,
+                 float(np.degrees(np.arctan2(a[1, 0], a[0, 0]))), float(np.hypot(a[0, 0], a[1, 0])),
+                 crop_px=crop_px[inl].astype(np.float32), ground_en_m=ground_en_m[inl].astype(np.float64))

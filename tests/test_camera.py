@@ -52,12 +52,16 @@ def test_resection_places_the_camera_despite_a_wrong_attitude(textured_canvas):
     agl * tan(error), about 7 m here)."""
     from skyfix.edge.camera import image_from_crop
     from skyfix.edge.pose import image_px_of_crop_px, resect
+    from skyfix.edge.features import open_extractor
     from skyfix.edge.refine import MapMatcher
+    from skyfix.tiles.features import features_in_memory
     pose = ViewPose(20.0, -15.0, 100.0, np.radians(3), np.radians(-5), np.radians(40))
     frame, _, _ = render_view(textured_canvas, CAM, pose)
     roll, pitch, yaw, agl = pose.roll_rad + np.radians(3), pose.pitch_rad - np.radians(3), pose.yaw_rad + 0.05, 104.0
     crop, _, _ = rectify(frame, CAM, roll, pitch, yaw, agl, 100.0, 200)
-    m = MapMatcher(textured_canvas).match(crop, 0.5, (pose.east_m, pose.north_m), 60.0)
+    sift = open_extractor("sift")
+    matcher = MapMatcher(features_in_memory(textured_canvas, sift, 8000), sift, textured_canvas.gsd_m)
+    m = matcher.match(crop, 0.5, (pose.east_m, pose.north_m), 60.0)
     assert m is not None and m.inliers >= 15
     h, _ = image_from_crop(CAM, roll, pitch, yaw, agl, 100.0, 200)
     cp = resect(CAM, image_px_of_crop_px(m.crop_px, h), m.ground_en_m)

@@ -11,12 +11,14 @@ from tests.helpers import free_udp_port
 def small_pack(tmp_path, textured_canvas, tiny_onnx_dir):
     from skyfix.edge.embedders import open_embedder
     from skyfix.tiles.build import embed_tiles, tile_grid
+    from skyfix.edge.features import OpenCvExtractor
     from skyfix.tiles.pack import write_pack
     sat = open_embedder(tiny_onnx_dir, "sat")
     tiles, _ = tile_grid(textured_canvas, 200.0, 200.0)
     return write_pack(tmp_path / "pack", textured_canvas, tiles,
                       embed_tiles(textured_canvas, tiles, sat, 8, progress=False),
-                      model_id=sat.model_id, tile_px=sat.input_px, stride_m=200.0)
+                      model_id=sat.model_id, tile_px=sat.input_px, stride_m=200.0,
+                      extractors=(OpenCvExtractor("sift"),))
 
 
 def test_fly_refuses_missing_pack(tmp_path, tiny_onnx_dir):

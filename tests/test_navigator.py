@@ -20,6 +20,7 @@ AGL_M = 120.0
 @pytest.fixture(scope="module")
 def world(tiny_onnx_dir, tmp_path_factory):
     from skyfix.edge.embedders import open_embedder
+    from skyfix.edge.features import OpenCvExtractor
     from skyfix.tiles.build import embed_tiles, tile_grid
     from skyfix.tiles.pack import TilePack, write_pack
     from skyfix.tiles.synthetic import synthetic_map
@@ -29,7 +30,8 @@ def world(tiny_onnx_dir, tmp_path_factory):
     tiles, _ = tile_grid(canvas, 100.0, 50.0)
     vectors = embed_tiles(canvas, tiles, open_embedder(tiny_onnx_dir, "sat"), 32, progress=False)
     path = write_pack(tmp_path_factory.mktemp("nav") / "pack", canvas, tiles, vectors,
-                      model_id=emb.model_id, tile_px=emb.input_px, stride_m=50.0)
+                      model_id=emb.model_id, tile_px=emb.input_px, stride_m=50.0,
+                      extractors=(OpenCvExtractor("sift"),))
     return TilePack.open(path), emb, canvas
 
 

@@ -71,8 +71,11 @@ def build_pack(ortho: str | Path, out: str | Path, cfg: SkyfixConfig, embedder, 
                model_source: str = "",
                source_gsd_m: Optional[float] = None, progress: bool = True, log=print) -> Path:
     """Build a TilePack from an orthophoto with the satellite-tower `embedder`. Returns `out`."""
+    from skyfix.edge.features import open_extractor
     from skyfix.tiles.ortho import read_source, to_canvas
     t0 = time.perf_counter()
+    # Open the feature extractors first: a missing model fails before minutes of embedding.
+    extractors = [open_extractor(name, cfg.nav.features_model) for name in cfg.tiles.features]
     src = read_source(ortho, source_gsd_m)
     canvas = to_canvas(src, cfg.tiles.gsd_m)
     tc = cfg.tiles
@@ -88,8 +91,9 @@ def build_pack(ortho: str | Path, out: str | Path, cfg: SkyfixConfig, embedder, 
     crs = str(src.crs) if src.crs is not None else "local (not georeferenced)"
     write_pack(out, canvas, tiles, vectors, model_id=embedder.model_id, tile_px=embedder.input_px,
                stride_m=tc.stride_m, index_kind=tc.index, imagery=imagery, source=str(ortho),
-               crs=crs, model_source=model_source, extra_files={"config.yaml": yaml.safe_dump(config_to_dict(cfg),
-                                                                   sort_keys=False)})
+               crs=crs, model_source=model_source, extractors=extractors,
+               features_per_mpx=tc.features_per_mpx, progress=progress,
+               extra_files={"config.yaml": yaml.safe_dump(config_to_dict(cfg), sort_keys=False)})
     total = time.perf_counter() - t0
     log(f"wrote {out}: {len(tiles)} tiles, model {embedder.model_id}, {embedder.backend}; "
         f"embedding {len(tiles) / dt_embed:.1f} tiles/s, total {total:.1f} s "

