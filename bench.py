@@ -4,6 +4,8 @@
   skyfix bench faiss  --pack PACK            search latency on a pack and a synthetic 1M index
   skyfix bench retrieval                     builds packs and runs every README eval
   skyfix bench resection --pack PACK         vehicle position: telemetry tilt vs camera resection
+  skyfix bench match [--methods sift,orb,xfeat] [--pairs 40] [--rotation-deg 15]
+                                             local features across dates (LEVIR-CD) and on Colorado
   skyfix bench telemetry                     attitude error: telemetry at capture time vs at processing
   skyfix bench orientation --checkpoint best.pt --model DIR --pack PACK --queries-from MAP
 """
@@ -216,6 +218,8 @@ def main(what: str, args) -> int:
         print(bench_resection(args.pack))
     if what in ("telemetry", "all"):
         print(bench_telemetry())
+    if what == "match":
+        print(bench_match(tuple(args.methods.split(",")), args.pairs, args.rotation_deg, args.features_model))
     if what == "orientation":
         print(bench_orientation(args.checkpoint, args.model, args.pack, args.queries_from, args.views,
                                 args.east_min_m))
@@ -393,7 +397,9 @@ def match_pairs(map_canvas, frame_canvas, n: int, rotation_deg: float, seed: int
                 size_m: float = 100.0, offset_m: float = 20.0):
     """n drone-like crops from frame_canvas with a known truth on map_canvas: a random centre,
     rotation within +-rotation_deg, scale 0.8-1.25 (the assumed height is wrong by that much),
-    the prior off by up to offset_m, photometric change. Yields (crop, truth_en, prior_en)."""
+    the prior off by up to offset_m, photometric change. Yields (crop, truth_en, prior_en,
+    wrong_en): wrong_en is a prior 230-400 m away whose search window cannot overlap the crop
+    (None when the map is too small around this point), for the chance-consensus null."""
     from skyfix.sim.views import photometric
     rng = np.random.default_rng(seed)
     e0, n0, e1, n1 = map_canvas.bounds_en()
@@ -405,23 +411,40 @@ def match_pairs(map_canvas, frame_canvas, n: int, rotation_deg: float, seed: int
         crop = frame_canvas.render(e, nn, size_m * scale, crop_px, rot)[0]
         crop = photometric(crop, rng, strength=1.0)
         prior = (e + rng.uniform(-offset_m, offset_m), nn + rng.uniform(-offset_m, offset_m))
-        yield crop, (e, nn), prior
+        wrong = None
+        for _ in range(50):
+            ang, dist = rng.uniform(0, 2 * np.pi), rng.uniform(230, 400)
+            we, wn = e + dist * np.cos(ang), nn + dist * np.sin(ang)
+            if e0 + size_m < we < e1 - size_m and n0 + size_m < wn < n1 - size_m:
+                wrong = (we, wn)
+                break
+        yield crop, (e, nn), prior, wrong
 
 
 def match_scores(matcher, pairs, gsd_m: float, crop_gsd_m: float, radius_m: float,
                  min_inliers: int) -> dict:
     """Run matcher.match on each pair: inliers, success (centre within MATCH_SUCCESS_PX map
-    pixels of the truth with >= min_inliers), ms per pair (extraction + matching + RANSAC)."""
-    inliers, ok, ms = [], [], []
-    for crop, (te, tn), prior in pairs:
+    pixels of the truth with >= min_inliers), ms per pair (extraction + matching + fit), and
+    the inliers found at the wrong place (what chance alone reaches)."""
+    inliers, ok, ms, null, err_px = [], [], [], [], []
+    for crop, (te, tn), prior, wrong in pairs:
         t0 = time.perf_counter()
-        m = matcher.match(crop, crop_gsd_m, prior, radius_m)
+        described = matcher.describe(crop)
+        m = matcher.match(crop, crop_gsd_m, prior, radius_m, described=described)
         ms.append((time.perf_counter() - t0) * 1e3)
         inliers.append(0 if m is None else m.inliers)
-        err_px = np.inf if m is None else np.hypot(m.east_m - te, m.north_m - tn) / gsd_m
-        ok.append(m is not None and m.inliers >= min_inliers and err_px < MATCH_SUCCESS_PX)
+        err = np.inf if m is None else np.hypot(m.east_m - te, m.north_m - tn) / gsd_m
+        ok.append(m is not None and m.inliers >= min_inliers and err < MATCH_SUCCESS_PX)
+        if m is not None and m.inliers >= min_inliers:
+            err_px.append(err)
+        if wrong is not None:
+            w = matcher.match(crop, crop_gsd_m, wrong, radius_m, described=described)
+            null.append(0 if w is None else w.inliers)
     return {"inliers_median": float(np.median(inliers)), "success": float(np.mean(ok)),
-            "ms_p50": float(np.percentile(ms, 50)), "n": len(ok)}
+            "accepted_err_px_median": float(np.median(err_px)) if err_px else float("nan"),
+            "ms_p50": float(np.percentile(ms, 50)), "n": len(ok),
+            "null_p99": float(np.percentile(null, 99)) if null else float("nan"),
+            "null_max": int(max(null)) if null else 0}
 
 
 def match_cases(shared: Path = SHARED):
@@ -438,24 +461,25 @@ def match_cases(shared: Path = SHARED):
 def bench_match(methods=("sift", "orb", "xfeat"), pairs: int = 40, rotation_deg: float = 15.0,
                 features_model: str = "models/xfeat", shared: Path = SHARED) -> str:
     """Markdown table: per case and method, median inliers, success rate, ms per pair."""
-    from skyfix.config import NavConfig
+    from skyfix.config import NavConfig, TilesConfig
     from skyfix.edge.features import open_extractor
     from skyfix.edge.refine import MapMatcher
     from skyfix.tiles.features import features_in_memory
     from skyfix.tiles.ortho import load_canvas
     nav = NavConfig()
     rows = [f"| case (rotation +-{rotation_deg:g} deg, scale 0.8-1.25, {pairs} pairs) | method | median inliers | "
-            f"success | ms/pair p50 |", "|---|---|---|---|---|"]
+            f"success | centre error px (accepted, median) | inliers at a wrong place p99 / max | ms/pair p50 |",
+            "|---|---|---|---|---|---|---|"]
     for name, map_path, frame_path, src_gsd in match_cases(shared):
         map_canvas = load_canvas(map_path, source_gsd_m=src_gsd)
         frame_canvas = map_canvas if frame_path == map_path else load_canvas(
             frame_path, source_gsd_m=src_gsd, frame=map_canvas.frame)
         for method in methods:
             ex = open_extractor(method, features_model)
-            mf = features_in_memory(map_canvas, ex, nav.map_features_per_mpx)
+            mf = features_in_memory(map_canvas, ex, TilesConfig().features_per_mpx)
             matcher = MapMatcher(mf, ex, map_canvas.gsd_m, nav.crop_features)
             r = match_scores(matcher, match_pairs(map_canvas, frame_canvas, pairs, rotation_deg),
                              map_canvas.gsd_m, map_canvas.gsd_m, 30.0, nav.min_inliers)
             rows.append(f"| {name} | {method} | {r['inliers_median']:.0f} | {100 * r['success']:.0f} % | "
-                        f"{r['ms_p50']:.0f} |")
+                        f"{r['accepted_err_px_median']:.1f} | {r['null_p99']:.0f} / {r['null_max']} | {r['ms_p50']:.0f} |")
     return "\n".join(rows)

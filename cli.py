@@ -141,7 +141,8 @@ def cmd_sim(args) -> int:
     from skyfix.sim.run import run_sim
     from skyfix.sim.score import format_summary
     from skyfix.tiles.pack import TilePack
-    cfg = _config(args, sim=_sim_overrides(args), bridge={"protocol": args.protocol})
+    cfg = _config(args, sim=_sim_overrides(args), bridge={"protocol": args.protocol},
+                  nav={"keypoints": args.matcher, "features_model": args.features_model})
     embedder = load_embedder(model_for_pack(TilePack.open(args.pack), args.model), "drone", cfg.model)
     if args.vehicle == "ardupilot-sitl":
         from skyfix.sim.sitl_flight import format_sitl_summary, run_sitl
@@ -306,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--frames-from", help="render the camera frames from this image (e.g. another date)")
     si.add_argument("--source-gsd-m", type=_number(float, 0.01, 50), help="GSD of a non-georeferenced --frames-from image")
     si.add_argument("--model", help="default: the model recorded in the pack")
+    si.add_argument("--matcher", choices=["sift", "orb", "xfeat"], help="local features for refinement "
+                    "(default: the config's nav.keypoints); the pack must carry them (`skyfix tiles features`)")
+    si.add_argument("--features-model", help="XFeat ONNX folder (default models/xfeat)")
     si.add_argument("--route", choices=["straight", "lawnmower", "waypoints"])
     si.add_argument("--alt-agl-m", type=_number(float, 20, 3000))
     si.add_argument("--duration-s", type=_number(float, 0, 86400))
@@ -371,7 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     bn = sub.add_parser("bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="benchmarks that print tables")
-    bn.add_argument("what", choices=["embed", "faiss", "retrieval", "orientation", "telemetry", "resection", "all"])
+    bn.add_argument("what", choices=["embed", "faiss", "retrieval", "orientation", "telemetry", "resection", "match", "all"])
+    bn.add_argument("--methods", default="sift,orb,xfeat", help="match: extractors to compare")
+    bn.add_argument("--pairs", type=_number(int, 1, 100000), default=40, help="match: pairs per case")
+    bn.add_argument("--rotation-deg", type=_number(float, 0, 180), default=15.0, help="match: crop rotation range (+-)")
+    bn.add_argument("--features-model", default="models/xfeat", help="match: XFeat ONNX folder")
     bn.add_argument("--checkpoint", help="orientation: a best.pt trained with orientation_weight > 0")
     bn.add_argument("--queries-from", help="orientation: map the views are rendered from")
     bn.add_argument("--east-min-m", type=float, help="orientation: held-out area")

