@@ -102,7 +102,14 @@ class NavConfig:
     # Similarity inliers for a usable measurement. At a wrong place (`skyfix bench match`, null
     # column: 6 maps, 2 dates) chance consensus reached at most 12 (XFeat) and 9 (SIFT).
     min_inliers: int = 15
-    min_inlier_ratio: float = 0.1    # of the descriptor matches (XFeat's mutual matches are many)
+    # Share of the descriptor matches that must be inliers; off by default: XFeat's mutual
+    # matches are many and mostly wrong across dates (8 % inliers on good matches), and chance
+    # is bounded by the inlier count above.
+    min_inlier_ratio: float = 0.0
+    # A weaker match (>= this, < min_inliers) counts only inside the gate of a confirmed track:
+    # chance consensus reaches it rarely (null p99 10-12), and landing by chance inside a gate a
+    # few metres wide in a window of a hundred or more is rarer still. It never starts a track.
+    min_inliers_tracking: int = 10
     ambiguity_ratio: float = 0.6     # a far candidate with >= this share of the best inliers: ambiguous
     max_rotation_deg: float = 20.0   # heading disagreement tolerated when heading is known
     max_scale_error: float = 0.25    # |scale - 1| tolerated when height is known

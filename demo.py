@@ -34,6 +34,16 @@ def ensure_model(out: Path) -> Path:
     return model_dir
 
 
+def ensure_features_model(out: Path) -> Path:
+    """XFeat exported to ONNX for the refinement matcher (done once)."""
+    model_dir = out / "xfeat"
+    if not (model_dir / "features.yaml").exists():
+        from skyfix.export.xfeat_onnx import export_xfeat
+        print("exporting XFeat local features to ONNX (once)...")
+        export_xfeat(model_dir)
+    return model_dir
+
+
 def run_demo(ortho: Optional[str], out: str | Path, duration_s: float, source_gsd_m: Optional[float]) -> int:
     from skyfix.edge.embedders import open_embedder
     from skyfix.sim.run import run_sim
@@ -46,8 +56,11 @@ def run_demo(ortho: Optional[str], out: str | Path, duration_s: float, source_gs
     map_path, gsd, what = pick_map(ortho, out, source_gsd_m)
     print(f"map: {what}")
     model_dir = ensure_model(out)
-    cfg = load_config(overrides={"sim": {"route": "lawnmower", "duration_s": duration_s,
-                                         "length_m": 1500.0}})
+    defaults = load_config()
+    uses_xfeat = defaults.nav.keypoints == "xfeat" or "xfeat" in defaults.tiles.features
+    features_dir = str(ensure_features_model(out)) if uses_xfeat else None
+    cfg = load_config(overrides={"sim": {"route": "lawnmower", "duration_s": duration_s, "length_m": 1500.0},
+                                 "nav": {"features_model": features_dir}})
     pack_dir = out / "pack"
     embedder = open_embedder(model_dir, "sat")
     try:

