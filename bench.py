@@ -6,6 +6,7 @@
   skyfix bench resection --pack PACK         vehicle position: telemetry tilt vs camera resection
   skyfix bench match [--methods sift,orb,xfeat] [--pairs 40] [--rotation-deg 15]
                                              local features across dates (LEVIR-CD) and on Colorado
+  skyfix bench sues [--methods ...]           SUES-200 real drone photos: inliers per extractor
   skyfix bench telemetry                     attitude error: telemetry at capture time vs at processing
   skyfix bench orientation --checkpoint best.pt --model DIR --pack PACK --queries-from MAP
 """
@@ -218,6 +219,8 @@ def main(what: str, args) -> int:
         print(bench_resection(args.pack))
     if what in ("telemetry", "all"):
         print(bench_telemetry())
+    if what == "sues":
+        print(bench_sues(tuple(args.methods.split(",")), args.features_model))
     if what == "match":
         print(bench_match(tuple(args.methods.split(",")), args.pairs, args.rotation_deg, args.features_model))
     if what == "orientation":
@@ -482,4 +485,42 @@ def bench_match(methods=("sift", "orb", "xfeat"), pairs: int = 40, rotation_deg:
                              map_canvas.gsd_m, map_canvas.gsd_m, 30.0, nav.min_inliers)
             rows.append(f"| {name} | {method} | {r['inliers_median']:.0f} | {100 * r['success']:.0f} % | "
                         f"{r['accepted_err_px_median']:.1f} | {r['null_p99']:.0f} / {r['null_max']} | {r['ms_p50']:.0f} |")
+    return "\n".join(rows)
+
+
+# ---- SUES-200: real drone photos against their satellite image ----------------------------------
+def bench_sues(methods=("sift", "orb", "xfeat"), features_model: str = "models/xfeat",
+               shared: Path = SHARED, size_px: int = 512, rotations: int = 8) -> str:
+    """Markdown table: per real drone photo of SUES-200 scene A, the inliers of a RANSAC
+    homography against scene A's satellite image (best of `rotations` turns of the photo,
+    since its heading is unknown), per extractor; scene B's photos (another place) against the
+    same image give what chance reaches. Photos and satellite image are resized to size_px:
+    the photos are oblique, with no attitude to rectify them, so this is a harder test than
+    the onboard one."""
+    import cv2
+
+    from skyfix.edge.features import match_descriptors, open_extractor
+    from skyfix.edge.refine import MATCH_RULES
+    from skyfix.tiles.ortho import read_image_px
+    root = shared / "sues200"
+    sat = read_image_px(root / "sceneA" / "satellite" / "s0.png", size_px)
+    photos = sorted((root / "sceneA" / "drone").glob("*.jpg")) + sorted((root / "sceneB" / "drone").glob("*.jpg"))
+    extractors = {m: open_extractor(m, features_model) for m in methods}
+    sat_f = {m: ex.extract(sat, 2000) for m, ex in extractors.items()}
+    rows = ["| photo | " + " | ".join(f"{m} inliers" for m in methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for path in photos:
+        img = read_image_px(path, size_px)
+        cells = []
+        for m, ex in extractors.items():
+            best = 0
+            for r in range(rotations):
+                turn = cv2.getRotationMatrix2D(((size_px - 1) / 2, (size_px - 1) / 2), 360.0 * r / rotations, 1.0)
+                f = ex.extract(cv2.warpAffine(img, turn, (size_px, size_px)), 2000)
+                iq, it = match_descriptors(f.desc, sat_f[m].desc, ex.binary, *MATCH_RULES[m])
+                if iq.size >= 8:
+                    _, mask = cv2.findHomography(f.xy_px[iq], sat_f[m].xy_px[it], cv2.USAC_MAGSAC, 4.0)
+                    best = max(best, 0 if mask is None else int(mask.sum()))
+            cells.append(str(best))
+        scene = "A" if "sceneA" in str(path) else "B (other place: chance)"
+        rows.append(f"| {scene} {path.stem} | " + " | ".join(cells) + " |")
     return "\n".join(rows)

@@ -62,7 +62,7 @@ def cmd_tiles_features(args) -> int:
     from skyfix.edge.features import open_extractor
     from skyfix.tiles.pack import add_features
     cfg = _config(args)
-    extractor = open_extractor(args.matcher, args.features_model or cfg.nav.features_model)
+    extractor = open_extractor(args.matcher, args.features_model or cfg.nav.features_model or None)
     entry = add_features(args.pack, extractor, args.per_mpx or cfg.tiles.features_per_mpx, progress=not args.quiet)
     print(f"{args.pack}: {entry['count']} {args.matcher} keypoints ({entry['identity']})")
     return 0
@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     bn = sub.add_parser("bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="benchmarks that print tables")
-    bn.add_argument("what", choices=["embed", "faiss", "retrieval", "orientation", "telemetry", "resection", "match", "all"])
+    bn.add_argument("what", choices=["embed", "faiss", "retrieval", "orientation", "telemetry", "resection", "match", "sues", "all"])
     bn.add_argument("--methods", default="sift,orb,xfeat", help="match: extractors to compare")
     bn.add_argument("--pairs", type=_number(int, 1, 100000), default=40, help="match: pairs per case")
     bn.add_argument("--rotation-deg", type=_number(float, 0, 180), default=15.0, help="match: crop rotation range (+-)")

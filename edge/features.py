@@ -46,6 +46,8 @@ class Extractor(Protocol):
     identity: str    # what must match between the pack's map features and the onboard extractor
     binary: bool     # Hamming descriptors (ORB) vs float (SIFT, XFeat)
     dim: int         # descriptor length (bytes for binary)
+    rotation_invariant: bool  # False: an unknown heading needs `extract_any_rotation`
+    source: str      # the model folder, recorded in packs so sim/fly find it ("" for OpenCV)
 
     def extract(self, image_rgb: np.ndarray, max_features: int,
                 mask: Optional[np.ndarray] = None) -> Features: ...
@@ -74,7 +76,8 @@ class OpenCvExtractor:
     def __init__(self, name: str):
         if name not in ("sift", "orb"):
             raise SkyfixError(f"OpenCV extractor must be sift or orb, got '{name}'")
-        self.name, self.binary = name, name == "orb"
+        self.name, self.binary, self.rotation_invariant = name, name == "orb", True
+        self.source = ""
         self.dim = 32 if self.binary else 128
         self.identity = f"opencv-{name}-{cv2.__version__}"
 
@@ -99,7 +102,7 @@ class XFeatExtractor:
     lifted cross-date success in `skyfix bench match` (LEVIR-CD 1: 5 -> 35 %, 3: 65 -> 80 %)
     at twice the time. Map and crop must use the same factor (it is part of the identity); a keypoint's score is its keypoint probability times the reliability map, as in XFeat."""
 
-    name, binary, dim = "xfeat", False, 64
+    name, binary, dim, rotation_invariant = "xfeat", False, 64, False
 
     def __init__(self, model_dir: str | Path = DEFAULT_FEATURES_MODEL, threshold: float = 0.05,
                  providers: Optional[list] = None, upscale: float = XFEAT_UPSCALE):
@@ -112,7 +115,7 @@ class XFeatExtractor:
         self.session, self.backend = onnx_session(onnx_path, providers)
         self.identity = f"xfeat-onnx-{file_digest(onnx_path)['sha256'][:16]}-x{upscale:g}"
         self.threshold, self.upscale = threshold, upscale
-        self.path = onnx_path
+        self.source = str(onnx_path.resolve().parent)  # recorded in packs, found again by sim/fly
 
     def extract(self, image_rgb: np.ndarray, max_features: int,
                 mask: Optional[np.ndarray] = None) -> Features:
@@ -154,12 +157,36 @@ def _bilinear(maps_chw: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
             + (1 - a) * b * m[v1, u0] + a * b * m[v1, u1])
 
 
-def open_extractor(name: str, model_dir: str | Path = DEFAULT_FEATURES_MODEL) -> Extractor:
-    """The extractor called `name` (sift, orb, xfeat); model_dir is XFeat's ONNX folder."""
+def extract_any_rotation(extractor: Extractor, image_rgb: np.ndarray, max_features: int,
+                         mask: Optional[np.ndarray] = None, turns: int = 8) -> Features:
+    """Features of an image whose orientation is unknown, for an extractor that is not rotation
+    invariant (XFeat: `skyfix bench match` at +-180 deg finds 23-30 % of same-date pairs): the
+    image is described at `turns` rotations and every keypoint is mapped back into the
+    unrotated image, so matching and the geometric fit see one image. Costs `turns` extractions."""
+    if extractor.rotation_invariant:
+        return extractor.extract(image_rgb, max_features, mask)
+    h, w = image_rgb.shape[:2]
+    centre = ((w - 1) / 2, (h - 1) / 2)
+    mask_u8 = np.ones((h, w), np.uint8) if mask is None else mask.astype(np.uint8)
+    parts = []
+    for k in range(turns):
+        turn = cv2.getRotationMatrix2D(centre, 360.0 * k / turns, 1.0)
+        img = cv2.warpAffine(image_rgb, turn, (w, h))
+        valid = cv2.warpAffine(mask_u8, turn, (w, h), flags=cv2.INTER_NEAREST) > 0
+        f = extractor.extract(img, max(1, max_features // turns), valid)
+        back = cv2.invertAffineTransform(turn)
+        parts.append(Features((f.xy_px @ back[:, :2].T + back[:, 2]).astype(np.float32), f.desc, f.scores))
+    return Features(np.concatenate([p.xy_px for p in parts]), np.concatenate([p.desc for p in parts]),
+                    np.concatenate([p.scores for p in parts]))
+
+
+def open_extractor(name: str, model_dir: Optional[str | Path] = None) -> Extractor:
+    """The extractor called `name` (sift, orb, xfeat); model_dir is XFeat's ONNX folder
+    (default models/xfeat)."""
     if name in ("sift", "orb"):
         return OpenCvExtractor(name)
     if name == "xfeat":
-        return XFeatExtractor(model_dir)
+        return XFeatExtractor(model_dir or DEFAULT_FEATURES_MODEL)
     raise SkyfixError(f"unknown feature extractor '{name}'; choose one of {', '.join(EXTRACTORS)}")
 
 

@@ -73,7 +73,8 @@ def open_matcher(pack: TilePack, cfg: NavConfig) -> MapMatcher:
     """The refinement matcher for cfg.keypoints over the pack's stored map features. Raises
     PackError at start, with the command that adds them, when the pack lacks those features or
     they were computed by another extractor (another XFeat model, another OpenCV)."""
-    extractor = open_extractor(cfg.keypoints, cfg.features_model)
+    recorded = ((pack.manifest.get("features") or {}).get(cfg.keypoints) or {}).get("source")
+    extractor = open_extractor(cfg.keypoints, cfg.features_model or recorded or None)
     return MapMatcher(pack.map_features(extractor.name, extractor.identity), extractor, pack.map_gsd_m,
                       cfg.crop_features)
 
@@ -194,7 +195,7 @@ class Navigator:
         with _timed(timings, "refine"):
             wide = rectify(frame.image_rgb, self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
                            pose.agl_m, self.refine_size_m, self.refine_px)[0]
-            best, runner_up = self._refine(wide, candidates)
+            best, runner_up = self._refine(wide, candidates, pose.heading_known)
         slot = self.gallery.add(vectors[0], frame.t_capture_us, frame.source_id, None)
         rejected = self._reject_match(best, runner_up, pose)
         if rejected:
@@ -287,13 +288,13 @@ class Navigator:
                 cands.append((te, tn, half + 10.0))
         return cands[:limit]
 
-    def _refine(self, crop: np.ndarray, candidates: list[tuple]):
+    def _refine(self, crop: np.ndarray, candidates: list[tuple], heading_known: bool = True):
         """(best Match, strongest match at another place) by inlier count; Nones when none.
 
         The crop is described once; overlapping candidate windows are merged so each part of
         the map is matched once (while tracking, one window), and each window gives its best
         placement and the best other one."""
-        described = self.matcher.describe(crop)
+        described = self.matcher.describe(crop, heading_known)
         reach_m = max(crop.shape[:2]) * self.gsd_m * 0.75
         wh = (crop.shape[1], crop.shape[0])
         matches = [m for e, n, half in merge_windows([(e, n, r + reach_m) for e, n, r in candidates])

@@ -10,7 +10,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from skyfix.edge.features import Extractor, Features, match_descriptors
+from skyfix.edge.features import Extractor, Features, extract_any_rotation, match_descriptors
 from skyfix.errors import SkyfixError
 from skyfix.tiles.features import MapFeatures
 
@@ -56,9 +56,13 @@ class MapMatcher:
     def method(self) -> str:
         return self.extractor.name
 
-    def describe(self, crop_rgb: np.ndarray) -> Features:
-        """The crop's keypoints (once per frame; every candidate reuses them)."""
-        return self.extractor.extract(crop_rgb, self.crop_features, crop_rgb.sum(axis=2) > 0)
+    def describe(self, crop_rgb: np.ndarray, heading_known: bool = True) -> Features:
+        """The crop's keypoints (once per frame; every candidate reuses them). Without a known
+        heading, an extractor that is not rotation invariant describes it at several turns."""
+        mask = crop_rgb.sum(axis=2) > 0
+        if heading_known:
+            return self.extractor.extract(crop_rgb, self.crop_features, mask)
+        return extract_any_rotation(self.extractor, crop_rgb, 2 * self.crop_features, mask)
 
     def match(self, crop_rgb: np.ndarray, crop_gsd_m: float, centre_en: tuple, radius_m: float,
               min_matches: int = 8, described: Optional[Features] = None) -> Optional[Match]:

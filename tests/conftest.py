@@ -49,13 +49,15 @@ def tiny_onnx_dir(tiny_towers, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def colorado_pack(tmp_path_factory, tiny_onnx_dir):
-    """The shared Colorado map as a pack of the tiny model (100 m tiles every 100 m)."""
+def colorado_pack(tmp_path_factory, tiny_onnx_dir, xfeat_dir):
+    """The shared Colorado map as a pack of the tiny model (100 m tiles every 100 m), with the
+    default map features (XFeat, SIFT)."""
     pytest.importorskip("rasterio")
     from skyfix.config import load_config
     from skyfix.edge.embedders import open_embedder
     from skyfix.tiles.build import build_pack
-    cfg = load_config(overrides={"tiles": {"tile_size_m": 100.0, "stride_m": 100.0}})
+    cfg = load_config(overrides={"tiles": {"tile_size_m": 100.0, "stride_m": 100.0},
+                                 "nav": {"features_model": str(xfeat_dir)}})
     return build_pack(need_shared(COLORADO_TIF), tmp_path_factory.mktemp("colorado") / "pack", cfg,
                       open_embedder(tiny_onnx_dir, "sat"), model_source=str(tiny_onnx_dir),
                       progress=False, log=lambda *_: None)

@@ -20,12 +20,13 @@ def test_xyz_folder_and_geotiff_give_the_same_map():
 
 
 @pytest.fixture(scope="module")
-def colorado_pack(tmp_path_factory, tiny_onnx_dir):
+def colorado_pack(tmp_path_factory, tiny_onnx_dir, xfeat_dir):
     pytest.importorskip("rasterio")
     from skyfix.config import load_config
     from skyfix.edge.embedders import open_embedder
     from skyfix.tiles.build import build_pack
-    cfg = load_config(overrides={"tiles": {"tile_size_m": 120.0, "stride_m": 120.0}})
+    cfg = load_config(overrides={"tiles": {"tile_size_m": 120.0, "stride_m": 120.0},
+                                 "nav": {"features_model": str(xfeat_dir)}})
     out = tmp_path_factory.mktemp("packs") / "colorado"
     return build_pack(need_shared(COLORADO_TIF), out, cfg, open_embedder(tiny_onnx_dir, "sat"),
                       model_source=str(tiny_onnx_dir), progress=False, log=lambda *_: None)

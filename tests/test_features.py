@@ -137,7 +137,7 @@ def test_navigator_refuses_a_pack_without_features_at_start(tmp_path, textured_c
     path = write_pack(tmp_path / "bare", textured_canvas, tiles, np.eye(1, 8, dtype=np.float32),
                       model_id="m", tile_px=64, stride_m=100.0)
     with pytest.raises(PackError, match="no map features for matcher 'sift'.*skyfix tiles features"):
-        open_matcher(TilePack.open(path), NavConfig())
+        open_matcher(TilePack.open(path), NavConfig(keypoints="sift"))
 
 
 def test_xfeat_export_matches_torch(xfeat_dir):
@@ -155,3 +155,17 @@ def test_missing_xfeat_model_says_how_to_make_it(tmp_path):
     from skyfix.errors import SkyfixError
     with pytest.raises(SkyfixError, match="skyfix export features"):
         open_extractor("xfeat", tmp_path / "nothing")
+
+
+@pytest.mark.data
+def test_unknown_heading_is_searched_for_a_matcher_that_is_not_rotation_invariant(levir_a, xfeat_dir):
+    """XFeat does not survive a 120 deg turn on its own; described at several turns it does."""
+    ex = open_extractor("xfeat", xfeat_dir)
+    matcher = MapMatcher(features_in_memory(levir_a, ex, 8000), ex, levir_a.gsd_m)
+    crop = levir_a.render(-30.0, 40.0, 100.0, 200, 120.0)[0]
+    plain = matcher.match(crop, 0.5, (-30.0, 40.0), 30.0)
+    assert plain is None or plain.inliers < 15
+    searched = matcher.match(crop, 0.5, (-30.0, 40.0), 30.0, described=matcher.describe(crop, heading_known=False))
+    assert searched is not None and searched.inliers >= 15
+    assert np.hypot(searched.east_m + 30.0, searched.north_m - 40.0) < 1.5
+    assert abs(abs(searched.rotation_deg) - 120.0) < 2.0

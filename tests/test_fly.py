@@ -47,7 +47,7 @@ def test_fly_refuses_other_model(small_pack, tmp_path, tiny_towers):
 def test_fly_refuses_without_a_link(small_pack, tiny_onnx_dir):
     from skyfix.edge.fly import run_fly
     cfg = load_config(overrides={
-        "nav": {"pack": str(small_pack), "model": str(tiny_onnx_dir)},
+        "nav": {"pack": str(small_pack), "model": str(tiny_onnx_dir), "keypoints": "sift"},
         "bridge": {"connection": f"udpin:127.0.0.1:{free_udp_port()}"},
         "camera": {"width_px": 320, "height_px": 240}})
     with pytest.raises(SkyfixError, match="no HEARTBEAT"):

@@ -39,7 +39,7 @@ def world(tiny_onnx_dir, tmp_path_factory):
 def nav(world):
     from skyfix.edge.navigator import Navigator
     pack, emb, _ = world
-    return Navigator(pack, emb, CAM, NavConfig(top_k=3, global_max_candidates=6))
+    return Navigator(pack, emb, CAM, NavConfig(keypoints="sift", top_k=3, global_max_candidates=6))
 
 
 def _pose(t_s):

@@ -75,7 +75,7 @@ def build_pack(ortho: str | Path, out: str | Path, cfg: SkyfixConfig, embedder, 
     from skyfix.tiles.ortho import read_source, to_canvas
     t0 = time.perf_counter()
     # Open the feature extractors first: a missing model fails before minutes of embedding.
-    extractors = [open_extractor(name, cfg.nav.features_model) for name in cfg.tiles.features]
+    extractors = [open_extractor(name, cfg.nav.features_model or None) for name in cfg.tiles.features]
     src = read_source(ortho, source_gsd_m)
     canvas = to_canvas(src, cfg.tiles.gsd_m)
     tc = cfg.tiles

@@ -137,7 +137,8 @@ def write_map_features(pack_dir: Path, canvas: MapCanvas, extractor: Extractor, 
               "scores.npy": f.scores[order].astype(np.float32), "cell_start.npy": cell_start}
     for name, arr in arrays.items():
         np.save(folder / name, np.ascontiguousarray(arr), allow_pickle=False)
-    return {"extractor": extractor.name, "identity": extractor.identity, "binary": bool(extractor.binary),
+    return {"extractor": extractor.name, "identity": extractor.identity, "source": extractor.source,
+            "binary": bool(extractor.binary),
             "dim": int(f.desc.shape[1]) if len(f) else int(extractor.dim), "count": int(len(f)),
             "per_mpx": int(per_mpx), "cell_m": CELL_M, "grid": {"east0_m": float(e0), "north0_m": float(n0),
                                                                   "cols": cols, "rows": rows},
