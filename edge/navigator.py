@@ -3,7 +3,8 @@
     crop   rectify the frame north-up with the attitude and height at its capture time
     embed  the drone tower (ONNX / TensorRT)
     search the pack's index: a prior window around the track, or global when lost
-    refine keypoints + RANSAC homography against the map near each candidate
+    refine the crop's local features against the pack's map features near the candidates,
+           one RANSAC similarity fit (edge/refine.py)
     filter the track gate (edge/gate.py): confirm, reject, reset, publish
 
 A frame never raises out of `step`; a fix is only produced when the track is confirmed, the
