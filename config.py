@@ -155,6 +155,10 @@ class BridgeConfig:
     send_heading: bool = False
     link_timeout_s: float = 3.0
     source_system: int = 1
+    # The autopilot skyfix takes telemetry from and talks to; 0 learns it from the first
+    # autopilot HEARTBEAT. Set both where the radio is shared, so no impostor can be first.
+    autopilot_system: int = 0
+    autopilot_component: int = 0
 
 
 @dataclass

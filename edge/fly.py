@@ -40,7 +40,7 @@ def run_fly(cfg, link_wait_s: float = 10.0, max_frames: int = 0) -> dict:
     from skyfix.firmware_bridge.publisher import FixPublisher
     pack, embedder, cam = startup(cfg)
     nav = Navigator(pack, embedder, cam, cfg.nav)
-    bridge = MavlinkBridge(cfg.bridge.connection, cfg.bridge.source_system, cfg.bridge.link_timeout_s).start()
+    bridge = MavlinkBridge.from_config(cfg.bridge).start()
     source = None
     publisher = None
     stop = threading.Event()
@@ -66,7 +66,9 @@ def run_fly(cfg, link_wait_s: float = 10.0, max_frames: int = 0) -> dict:
         if source is not None:
             source.close()
         bridge.close()
+        log.info("link: %s", bridge.counters())
     Path(cfg.nav.gallery_out).parent.mkdir(parents=True, exist_ok=True)
     nav.gallery.save(cfg.nav.gallery_out)
     return {"frames": sum(nav.reasons.values()), "reasons": nav.reason_counts(),
-            "latency_ms": nav.timing_summary(), "published": publisher.sent if publisher else 0}
+            "latency_ms": nav.timing_summary(), "published": publisher.sent if publisher else 0,
+            "link": bridge.counters()}

@@ -6,9 +6,13 @@ Connection strings are pymavlink's: `udpin:0.0.0.0:14550`, `udpout:192.168.1.2:1
 """
 from __future__ import annotations
 
+import errno
 import logging
+import socket
+import struct
 import threading
 import time
+from collections import Counter
 from typing import Optional
 
 from skyfix.errors import SkyfixError, require
@@ -27,15 +31,97 @@ STREAM_RATES_HZ = {"ATTITUDE": 25.0, "GLOBAL_POSITION_INT": 10.0, "SYSTEM_TIME":
 REQUIRED_STREAMS = ("ATTITUDE", "GLOBAL_POSITION_INT", "SYSTEM_TIME")
 
 
+# HEARTBEAT types that are never the autopilot (ground stations, companions, peripherals).
+NOT_AUTOPILOT_TYPES = ("GCS", "ONBOARD_CONTROLLER", "GIMBAL", "ADSB", "CAMERA", "CHARGING_STATION",
+                       "FLARM", "SERVO", "ODID", "BATTERY", "PARACHUTE", "LOG", "OSD", "IMU", "GPS",
+                       "WINCH", "GENERIC", "ANTENNA_TRACKER")
+
+
+class AutopilotBinding:
+    """The one system/component skyfix takes telemetry from: configured, or learned from the
+    first HEARTBEAT that comes from an autopilot (an autopilot field other than INVALID and a
+    vehicle type, not a ground station or a peripheral). Until then nothing else is taken."""
+
+    def __init__(self, system: int = 0, component: int = 0):
+        self.system, self.component = system, component  # 0: learn from the HEARTBEAT
+
+    @property
+    def bound(self) -> bool:
+        return self.system > 0 and self.component > 0
+
+    def offer(self, msg) -> bool:
+        """Bind to this HEARTBEAT's sender if it is an autopilot and matches any configured id."""
+        m = mavlink_module()
+        not_autopilot = {getattr(m, f"MAV_TYPE_{t}", -1) for t in NOT_AUTOPILOT_TYPES}
+        if msg.autopilot == m.MAV_AUTOPILOT_INVALID or msg.type in not_autopilot:
+            return False
+        sysid, compid = msg.get_srcSystem(), msg.get_srcComponent()
+        if (self.system and sysid != self.system) or (self.component and compid != self.component):
+            return False
+        self.system, self.component = sysid, compid
+        log.info("bound to the autopilot: system %d component %d", sysid, compid)
+        return True
+
+    def accepts(self, msg) -> bool:
+        return self.bound and (msg.get_srcSystem(), msg.get_srcComponent()) == (self.system, self.component)
+
+
+def _udp_server_class():
+    mavutil = require("pymavlink.mavutil")
+
+    class PinnedUdpServer(mavutil.mavudp):
+        """pymavlink's `udpin`, without its memory of every sender: until the autopilot is
+        identified, datagrams from anyone are parsed and nothing is sent; once `peer` is set,
+        datagrams from any other address are dropped unread and everything goes to the peer
+        only (pymavlink's own sends each message to every address that ever wrote to it)."""
+
+        def __init__(self, device: str, **kwargs):
+            super().__init__(device, input=True, **kwargs)
+            self.peer = None            # (host, port) of the autopilot
+            self.datagram_addr = None   # sender of the datagram just read
+            self.foreign_datagrams = 0
+
+        def recv(self, n=None):
+            try:
+                data, addr = self.port.recvfrom(mavutil.UDP_MAX_PACKET_LEN)
+            except socket.error as e:
+                if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNREFUSED):
+                    return ""
+                raise
+            if self.peer is not None and addr != self.peer:
+                self.foreign_datagrams += 1
+                return ""
+            self.datagram_addr = addr
+            return data
+
+        def write(self, buf):
+            if self.peer is None:
+                return  # no verified autopilot yet: nobody to talk to
+            try:
+                self.port.sendto(buf, self.peer)
+            except socket.error:
+                pass
+
+    return PinnedUdpServer
+
+
 class MavlinkBridge:
-    """Owns the connection: a receive thread, a 1 Hz heartbeat, and reconnection after silence."""
+    """Owns the connection: a receive thread, a 1 Hz heartbeat, and reconnection after silence.
+
+    Hostile input: telemetry is taken from the bound autopilot only (`AutopilotBinding`); on a
+    UDP server the autopilot's address is pinned and other senders are dropped, never answered
+    and never remembered; every value is sanity-checked by the TelemetryStore; a message that
+    cannot be encoded is an error-level log line and a counted event."""
 
     def __init__(self, connection: str, source_system: int = 1, link_timeout_s: float = 3.0,
-                 heartbeat_hz: float = 1.0, target_system: int = 1, target_component: int = 1):
+                 heartbeat_hz: float = 1.0, target_system: int = 0, target_component: int = 0):
         self.connection, self.source_system = connection, source_system
         self.link_timeout_s, self.heartbeat_hz = link_timeout_s, heartbeat_hz
-        self.target_system, self.target_component = target_system, target_component
+        self.binding = AutopilotBinding(target_system, target_component)
         self.telemetry = TelemetryStore()
+        self.dropped: Counter = Counter()  # why messages were not used: 'foreign', 'unbound'
+        self.encode_failures = 0
+        self._last_encode_log = -1e9
         self._send_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -48,14 +134,32 @@ class MavlinkBridge:
         self._requests: dict = {}  # stream type -> requests sent
         self._opened_s = 0.0
 
+    @classmethod
+    def from_config(cls, cfg, connection: Optional[str] = None) -> "MavlinkBridge":
+        """From a BridgeConfig; `connection` overrides cfg.connection (the simulators' ports)."""
+        return cls(connection or cfg.connection, cfg.source_system, cfg.link_timeout_s,
+                   target_system=cfg.autopilot_system, target_component=cfg.autopilot_component)
+
+    @property
+    def target_system(self) -> int:
+        """The autopilot's system id (1 until bound)."""
+        return self.binding.system or 1
+
+    @property
+    def target_component(self) -> int:
+        return self.binding.component or 1
+
     # ---- lifecycle ----------------------------------------------------------------------------
     def _open(self):
         mavutil = require("pymavlink.mavutil")
         m = mavlink_module()
+        ids = dict(source_system=self.source_system, source_component=m.MAV_COMP_ID_ONBOARD_COMPUTER)
         try:
-            self.conn = mavutil.mavlink_connection(self.connection, source_system=self.source_system,
-                                                   source_component=m.MAV_COMP_ID_ONBOARD_COMPUTER,
-                                                   dialect="common", autoreconnect=True)
+            if self.connection.startswith("udpin:"):
+                mavutil.set_dialect("common")
+                self.conn = _udp_server_class()(self.connection[len("udpin:"):], **ids)
+            else:
+                self.conn = mavutil.mavlink_connection(self.connection, dialect="common", autoreconnect=True, **ids)
         except Exception as exc:  # serial/socket errors come in many types
             raise SkyfixError(f"cannot open MAVLink link '{self.connection}': {exc}") from exc
         self._opened_s = time.monotonic()
@@ -107,14 +211,33 @@ class MavlinkBridge:
                 self._reconnect()
             now = time.monotonic()
             if msg is not None:
-                if msg.get_type() == "BAD_DATA":
-                    self.bad_packets += 1  # broken packets are counted and dropped
-                else:
-                    self.telemetry.update(msg, now)
+                self._take(msg, now)
             last = self.telemetry.last_receive_s() or self._opened_s
             if now - max(last, self._opened_s) > self.link_timeout_s:
                 log.warning("MAVLink link silent for %.1f s; reconnecting", now - last)
                 self._reconnect()
+
+    def _take(self, msg, now: float) -> None:
+        """Use a received message if it is the autopilot's; count it otherwise."""
+        kind = msg.get_type()
+        if kind == "BAD_DATA":
+            self.bad_packets += 1  # broken packets are counted and dropped
+            return
+        if kind == "HEARTBEAT" and not self.binding.bound:
+            self.binding.offer(msg)
+        if not self.binding.accepts(msg):
+            self.dropped["foreign" if self.binding.bound else "unbound"] += 1
+            return
+        if getattr(self.conn, "peer", "n/a") is None:
+            self.conn.peer = self.conn.datagram_addr  # UDP: answer this address, and only it
+            log.info("autopilot at %s:%d", *self.conn.peer)
+        self.telemetry.update(msg, now)
+
+    def counters(self) -> dict:
+        """What the link refused, for logs and the sim's JSON."""
+        return {"bad_packets": self.bad_packets, "dropped": dict(self.dropped),
+                "foreign_datagrams": getattr(self.conn, "foreign_datagrams", 0),
+                "rejected_values": dict(self.telemetry.rejected), "encode_failures": self.encode_failures}
 
     def _reconnect(self) -> None:
         with self._send_lock:
@@ -169,12 +292,28 @@ class MavlinkBridge:
         return missing
 
     def send(self, build) -> bool:
-        """Send `build(mav)` (a function returning an encoded message); False if the link failed."""
+        """Send `build(mav)` (a function returning an encoded message); False if it could not
+        be encoded (an error: counted and logged, at most every 5 s) or the link failed."""
         with self._send_lock:
+            if getattr(self.conn, "peer", "n/a") is None:
+                return False  # UDP server, autopilot not heard yet: nobody to send to
             try:
-                self.conn.mav.send(build(self.conn.mav))
-                self.sent += 1
-                return True
-            except Exception as exc:  # e.g. udpin before the peer spoke, or a closed serial port
+                msg = build(self.conn.mav)
+                self.conn.mav.send(msg)  # packs (struct errors for out-of-range fields), then writes
+            except (struct.error, ValueError, TypeError, OverflowError) as exc:
+                self._encode_failed(exc)
+                return False
+            except Exception as exc:  # e.g. a closed serial port
                 log.debug("MAVLink send failed: %s", exc)
                 return False
+            self.sent += 1
+            return True
+
+    def _encode_failed(self, exc: Exception) -> None:
+        """A value out of range for its field: never silent, never fatal."""
+        self.encode_failures += 1
+        now = time.monotonic()
+        if now - self._last_encode_log >= 5.0:
+            self._last_encode_log = now
+            log.error("MAVLink message not sent, it cannot be encoded (%d so far): %s: %s",
+                      self.encode_failures, type(exc).__name__, exc)

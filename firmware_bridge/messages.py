@@ -30,6 +30,23 @@ def gps_week_and_ms(unix_us: int) -> tuple[int, int]:
     return int(gps_ms // (SECONDS_PER_WEEK * 1000)), int(gps_ms % (SECONDS_PER_WEEK * 1000))
 
 
+def plausible_unix_us(unix_us: int) -> bool:
+    """Inside 2020-01-01 .. 2100-01-01 (a GPS week that fits its uint16 field, and a real date)."""
+    return 1_577_836_800 * 10 ** 6 <= unix_us <= 4_102_444_800 * 10 ** 6
+
+
+def check_fix(fix: Fix) -> None:
+    """Raise ValueError naming the field when a fix cannot be a true position (the encoder's
+    inputs are validated, never silently clamped)."""
+    if not (math.isfinite(fix.lat_deg) and abs(fix.lat_deg) <= 90 and math.isfinite(fix.lon_deg)
+            and abs(fix.lon_deg) <= 180):
+        raise ValueError(f"fix position out of range: lat {fix.lat_deg}, lon {fix.lon_deg}")
+    if not (math.isfinite(fix.horiz_accuracy_m) and fix.horiz_accuracy_m > 0):
+        raise ValueError(f"fix accuracy not a positive number: {fix.horiz_accuracy_m}")
+    if not math.isfinite(fix.alt_msl_m):
+        raise ValueError(f"fix altitude not finite: {fix.alt_msl_m}")
+
+
 def dop_from_accuracy(accuracy_m: float) -> float:
     return float(min(max(accuracy_m / UERE_M, 0.5), 99.0))
 
@@ -43,13 +60,16 @@ def gps_input(mav, fix: Fix, unix_us: int, vert_accuracy_m: float, fix_type: int
     GPS week and week-ms lets ArduPilot jitter-correct the timestamps.
     """
     m = mavlink_module()
+    check_fix(fix)
     ignore = 0
     has_vel = fix.vel_north_m_s is not None and fix.vel_east_m_s is not None
     if not has_vel:
         ignore |= m.GPS_INPUT_IGNORE_FLAG_VEL_HORIZ | m.GPS_INPUT_IGNORE_FLAG_SPEED_ACCURACY
     if vel_down_m_s is None:
         ignore |= m.GPS_INPUT_IGNORE_FLAG_VEL_VERT
-    week, week_ms = gps_week_and_ms(unix_us)
+    # Without a believable date the fix is still sent, with no GPS time claimed (week 0):
+    # ArduPilot then uses its own receive time.
+    week, week_ms = gps_week_and_ms(unix_us) if plausible_unix_us(unix_us) else (0, 0)
     return mav.gps_input_encode(
         time_usec=int(unix_us), gps_id=gps_id, ignore_flags=ignore, time_week_ms=week_ms,
         time_week=week, fix_type=fix_type,
@@ -68,6 +88,7 @@ def global_position_sensor(mav, fix: Fix, time_usec: int, processing_time_us: in
                            sensor_id: int = 0):
     """GLOBAL_POSITION_SENSOR (296) for PX4, source VISION (map matching)."""
     m = mavlink_module()
+    check_fix(fix)
     return mav.global_position_sensor_encode(
         target_system=target_system, target_component=target_component, id=sensor_id,
         time_usec=int(time_usec), processing_time=int(max(processing_time_us, 0)),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Optional
 
 import numpy as np
@@ -23,6 +23,13 @@ from skyfix.contracts import Telemetry
 HISTORY_SAMPLES = 512      # per series: 10 s of ATTITUDE at 50 Hz; bounded whatever the rate
 OFFSET_WINDOW = 200        # clock-offset samples the estimate is the max of (a few seconds)
 UNIX_TIME_MIN_US = 10 ** 15  # ALTITUDE.time_usec above this is unix time, below it boot time
+# SYSTEM_TIME is believed only inside this window (2020-01-01 .. 2100-01-01) and only when it
+# agrees with the established clock within UNIX_STEP_MAX_S; a real clock step is taken after
+# UNIX_STEP_CONFIRM messages agree with each other.
+UNIX_US_MIN, UNIX_US_MAX = 1_577_836_800 * 10 ** 6, 4_102_444_800 * 10 ** 6
+UNIX_STEP_MAX_S, UNIX_STEP_CONFIRM = 10.0, 5
+BOOT_JUMP_MAX_S = 60.0       # a boot time further ahead of the receive clock than this is refused
+MAX_HEIGHT_M, MIN_HEIGHT_M = 20_000.0, -1_000.0
 
 
 def _finite(*values) -> bool:
@@ -103,13 +110,19 @@ class TelemetryStore:
         self.agl_home = Series()                    # GLOBAL_POSITION_INT.relative_alt, m
         self.alt_msl = Series()                     # ALTITUDE.altitude_amsl / GLOBAL_POSITION_INT.alt, m
         self.unix_offset_s: Optional[float] = None  # FC unix time - local monotonic
+        self._unix_step: list = []                  # offsets disagreeing with the established one
         self.received = 0
+        self.rejected: Counter = Counter()          # "KIND: why" -> messages refused
 
     # ---- intake -------------------------------------------------------------------------------
     def update(self, msg, t_mono_s: float) -> None:
         """Take one message received at local monotonic time t_mono_s."""
         kind = msg.get_type()
         with self._lock:
+            why = self._implausible(kind, msg, t_mono_s)
+            if why:
+                self.rejected[f"{kind}: {why}"] += 1
+                return
             self.received += 1
             self.latest[kind] = (msg, t_mono_s)
             boot_ms = getattr(msg, "time_boot_ms", None)
@@ -131,7 +144,49 @@ class TelemetryStore:
                 self.agl_baro.add(boot_s, float(msg.altitude_relative))
                 self.alt_msl.add(boot_s, float(msg.altitude_amsl))
         elif kind == "SYSTEM_TIME" and msg.time_unix_usec > 0:
-            self.unix_offset_s = msg.time_unix_usec / 1e6 - t_mono_s
+            self._observe_unix(msg.time_unix_usec / 1e6 - t_mono_s)
+
+    def _observe_unix(self, offset_s: float) -> None:
+        """Take the FC's unix-time offset; a step away from the established one needs
+        UNIX_STEP_CONFIRM agreeing messages (one spoofed or corrupt SYSTEM_TIME changes nothing)."""
+        if self.unix_offset_s is None or abs(offset_s - self.unix_offset_s) <= UNIX_STEP_MAX_S:
+            self.unix_offset_s, self._unix_step = offset_s, []
+            return
+        self.rejected["SYSTEM_TIME: step against the established clock"] += 1
+        if self._unix_step and abs(offset_s - self._unix_step[-1]) > 1.0:
+            self._unix_step = []
+        self._unix_step.append(offset_s)
+        if len(self._unix_step) >= UNIX_STEP_CONFIRM:
+            self.unix_offset_s, self._unix_step = offset_s, []
+
+    def _implausible(self, kind: str, msg, t_mono_s: float) -> str:
+        """Why a message's values cannot be true (empty when they can). Fields outside their
+        physical range, non-finite numbers, a boot clock leaping ahead, a unix time outside
+        2020-2100: refused and counted, never stored."""
+        boot_ms = getattr(msg, "time_boot_ms", None)
+        if boot_ms is not None and self.clock.last_boot_s is not None and self.clock.offset_s is not None:
+            if boot_ms / 1e3 - (t_mono_s + self.clock.offset_s) > BOOT_JUMP_MAX_S:
+                return "boot time leaps ahead"
+        if kind == "ATTITUDE":
+            if not (_finite(msg.roll, msg.pitch, msg.yaw) and abs(msg.roll) <= math.pi
+                    and abs(msg.pitch) <= math.pi / 2 + 1e-3 and abs(msg.yaw) <= 2 * math.pi):
+                return "angle out of range"
+        elif kind == "GLOBAL_POSITION_INT":
+            if not (abs(msg.lat) <= 900_000_000 and abs(msg.lon) <= 1_800_000_000
+                    and MIN_HEIGHT_M <= msg.relative_alt / 1e3 <= MAX_HEIGHT_M
+                    and MIN_HEIGHT_M <= msg.alt / 1e3 <= MAX_HEIGHT_M):
+                return "position or height out of range"
+        elif kind == "ALTITUDE":
+            if not (_finite(msg.altitude_relative, msg.altitude_amsl)
+                    and MIN_HEIGHT_M <= msg.altitude_relative <= MAX_HEIGHT_M
+                    and MIN_HEIGHT_M <= msg.altitude_amsl <= MAX_HEIGHT_M):
+                return "height out of range"
+        elif kind == "DISTANCE_SENSOR":
+            if msg.max_distance > MAX_HEIGHT_M * 100:
+                return "range out of range"
+        elif kind == "SYSTEM_TIME" and msg.time_unix_usec and not UNIX_US_MIN <= msg.time_unix_usec <= UNIX_US_MAX:
+            return "unix time outside 2020-2100"
+        return ""
 
     def _altitude_boot_s(self, time_usec: int, t_mono_s: float) -> Optional[float]:
         # ALTITUDE's stamp may be boot time or unix time; without either, use the receive time.

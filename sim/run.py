@@ -66,26 +66,34 @@ def prepare_flight(pack: TilePack, embedder, cfg, frames_from: Optional[str] = N
                   min(cfg.sim.duration_s or traj.duration_s, traj.duration_s), startup_s)
 
 
-def fly(flight: Flight, cfg, link_drop: Optional[tuple] = None, progress: bool = True):
-    """Fly in real time. Returns (frame records, scored fixes the vehicle received, link stats)."""
+def fly(flight: Flight, cfg, link_drop: Optional[tuple] = None, progress: bool = True,
+        interference=None):
+    """Fly in real time. Returns (frame records, scored fixes the vehicle received, link stats).
+    interference: a function called with skyfix's MAVLink connection string once the link is
+    up, returning a function that stops it (e.g. a hostile sender, `skyfix bench attack`)."""
     t0 = time.monotonic()
     vehicle = SimAutopilot(flight.vehicle, t0, flight.pack.frame).start()
     if link_drop:
         vehicle.drop_link(*link_drop)
-    bridge = MavlinkBridge(vehicle.skyfix_connection, link_timeout_s=cfg.bridge.link_timeout_s).start()
+    bridge = MavlinkBridge.from_config(cfg.bridge, vehicle.skyfix_connection).start()
     publisher = None
     frames: list[dict] = []
     try:
         if not bridge.wait_for_heartbeat(5.0):
             raise SkyfixError("no HEARTBEAT from the simulated autopilot within 5 s")
         publisher = FixPublisher.from_config(bridge, flight.nav.estimate_at, cfg.bridge).start()
-        _camera_loop(flight, bridge, t0, cfg, frames, vehicle if progress else None)
+        stop_interference = interference(vehicle.skyfix_connection) if interference else None
+        try:
+            _camera_loop(flight, bridge, t0, cfg, frames, vehicle if progress else None)
+        finally:
+            if stop_interference is not None:
+                stop_interference()
     finally:
         if publisher is not None:
             publisher.close()
         bridge.close()
         vehicle.close()
-    link = {"reconnects": bridge.reconnects, "bad_packets": bridge.bad_packets,
+    link = {"reconnects": bridge.reconnects, **bridge.counters(),
             "publish_ms": list(publisher.send_ms) if publisher else []}
     return frames, vehicle.received(), link
 
@@ -120,7 +128,7 @@ def summarise(flight: Flight, frames: list, received: list, link: dict, cfg) -> 
     summary.update({"route_m": float(flight.traj.cum_m[-1]), "duration_s": flight.duration_s,
                     "alt_agl_m": cfg.sim.alt_agl_m, "model_id": flight.pack.model_id,
                     "pack": str(flight.pack.path), "protocol": cfg.bridge.protocol,
-                    "link": {k: link[k] for k in ("reconnects", "bad_packets")},
+                    "link": {k: v for k, v in link.items() if k != "publish_ms"},
                     "config": {k: dataclasses.asdict(getattr(cfg, k)) for k in ("sim", "nav", "bridge", "camera")}})
     return summary
 
@@ -138,12 +146,12 @@ def write_outputs(flight: Flight, received: list, summary: dict, out_dir: Path) 
 
 def run_sim(pack_path: str | Path, embedder, cfg, frames_from: Optional[str] = None,
             source_gsd_m: Optional[float] = None, out_dir: str | Path = "out/sim",
-            link_drop: Optional[tuple] = None, progress: bool = True) -> dict:
+            link_drop: Optional[tuple] = None, progress: bool = True, interference=None) -> dict:
     """Fly cfg.sim's route in real time with skyfix in the loop (drone tower `embedder`);
     returns the summary and writes track.csv, track.png, summary.json and gallery.npz."""
     pack = TilePack.open(pack_path, expect_model_id=embedder.model_id)
     flight = prepare_flight(pack, embedder, cfg, frames_from, source_gsd_m)
-    frames, received, link = fly(flight, cfg, link_drop, progress)
+    frames, received, link = fly(flight, cfg, link_drop, progress, interference)
     summary = summarise(flight, frames, received, link, cfg)
     summary["frames_from"] = str(frames_from or "pack map")
     write_outputs(flight, received, summary, Path(out_dir))

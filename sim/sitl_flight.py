@@ -153,8 +153,7 @@ def run_sitl(pack_path: str | Path, embedder, cfg, out_dir: str | Path = "out/si
     result: dict = {}
     telemetry_errors: list = []
     try:
-        bridge = MavlinkBridge(vehicle.skyfix_connection, source_system=cfg.bridge.source_system,
-                               link_timeout_s=cfg.bridge.link_timeout_s).start()
+        bridge = MavlinkBridge.from_config(cfg.bridge, vehicle.skyfix_connection).start()
         publisher = FixPublisher.from_config(bridge, _faulted(nav.estimate_at, fault),
                                              dataclasses.replace(cfg.bridge, protocol="ardupilot"),
                                              on_sent=vehicle.record_fix).start()
