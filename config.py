@@ -159,6 +159,10 @@ class BridgeConfig:
     # autopilot HEARTBEAT. Set both where the radio is shared, so no impostor can be first.
     autopilot_system: int = 0
     autopilot_component: int = 0
+    # MAVLink 2 signing: a file holding a passphrase (mode 600). The key is its SHA-256, as
+    # MAVProxy's `signing setup PASSPHRASE` sets on the autopilot. Unsigned or wrongly signed
+    # packets are then dropped and counted. Empty: no signing.
+    signing_key_file: str = ""
 
 
 @dataclass

@@ -93,7 +93,7 @@ class FolderSource:
         self.paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.paths:
             raise SkyfixError(f"no images in {folder}")
-        self.telemetry = _read_telemetry_csv(telemetry_csv) if telemetry_csv else {}
+        self.telemetry = read_telemetry_csv(telemetry_csv) if telemetry_csv else {}
         self.rate_hz, self.i, self._next = rate_hz, 0, time.monotonic()
 
     def read(self) -> Optional[SourceFrame]:
@@ -120,17 +120,38 @@ class FolderSource:
         pass
 
 
-def _read_telemetry_csv(path) -> dict:
-    def num(v, scale=1.0):
-        return float(v) * scale if v not in ("", None) else None
+TELEMETRY_CSV_COLUMNS = {"roll_deg": ("roll_rad", math.pi / 180, 90.0), "pitch_deg": ("pitch_rad", math.pi / 180, 90.0),
+                         "yaw_deg": ("yaw_rad", math.pi / 180, 720.0), "agl_m": ("alt_agl_m", 1.0, 20000.0)}
+
+
+def read_telemetry_csv(path) -> dict:
+    """{image name: {roll_rad, pitch_rad, yaw_rad, alt_agl_m}} from a replay CSV (columns name,
+    roll_deg, pitch_deg, yaw_deg, agl_m; an empty cell is unknown). SkyfixError naming the file
+    and line for a missing column, a value that is not a number or out of range."""
     out = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            out[row["name"]] = {"roll_rad": num(row.get("roll_deg"), math.pi / 180),
-                                "pitch_rad": num(row.get("pitch_deg"), math.pi / 180),
-                                "yaw_rad": num(row.get("yaw_deg"), math.pi / 180),
-                                "alt_agl_m": num(row.get("agl_m"))}
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "name" not in reader.fieldnames:
+                raise SkyfixError(f"{path}: no 'name' column (expected name, roll_deg, pitch_deg, yaw_deg, agl_m)")
+            for row in reader:
+                out[row["name"]] = {key: _csv_number(row.get(col), scale, limit, path, reader.line_num, col)
+                                    for col, (key, scale, limit) in TELEMETRY_CSV_COLUMNS.items()}
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SkyfixError(f"{path}: cannot read the telemetry CSV ({exc})") from exc
     return out
+
+
+def _csv_number(cell, scale: float, limit: float, path, line: int, column: str) -> Optional[float]:
+    if cell is None or cell.strip() == "":
+        return None
+    try:
+        value = float(cell)
+    except ValueError:
+        raise SkyfixError(f"{path}:{line}: {column} '{cell}' is not a number") from None
+    if not math.isfinite(value) or abs(value) > limit:
+        raise SkyfixError(f"{path}:{line}: {column} {cell} is outside +-{limit:g}")
+    return value * scale
 
 
 def open_source(uri: str, telemetry_csv: Optional[str] = None, rate_hz: float = 0.0):

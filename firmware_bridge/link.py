@@ -7,12 +7,15 @@ Connection strings are pymavlink's: `udpin:0.0.0.0:14550`, `udpout:192.168.1.2:1
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
+import os
 import socket
 import struct
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Optional
 
 from skyfix.errors import SkyfixError, require
@@ -66,6 +69,25 @@ class AutopilotBinding:
         return self.bound and (msg.get_srcSystem(), msg.get_srcComponent()) == (self.system, self.component)
 
 
+def read_signing_key(path: str | Path) -> bytes:
+    """The 32-byte MAVLink 2 signing key from a passphrase file (its SHA-256, the key MAVProxy's
+    `signing setup PASSPHRASE` gives the autopilot). Refuses a file others may read or write."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise SkyfixError(f"signing key file {path}: {exc.strerror}") from exc
+    if st.st_mode & 0o077:
+        raise SkyfixError(f"signing key file {path} is accessible by others (mode {st.st_mode & 0o777:o}); "
+                          f"chmod 600 {path}")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise SkyfixError(f"signing key file {path} belongs to another user")
+    passphrase = path.read_text().strip()
+    if len(passphrase) < 8:
+        raise SkyfixError(f"signing key file {path}: the passphrase is shorter than 8 characters")
+    return hashlib.sha256(passphrase.encode()).digest()
+
+
 def _udp_server_class():
     mavutil = require("pymavlink.mavutil")
 
@@ -114,8 +136,10 @@ class MavlinkBridge:
     cannot be encoded is an error-level log line and a counted event."""
 
     def __init__(self, connection: str, source_system: int = 1, link_timeout_s: float = 3.0,
-                 heartbeat_hz: float = 1.0, target_system: int = 0, target_component: int = 0):
+                 heartbeat_hz: float = 1.0, target_system: int = 0, target_component: int = 0,
+                 signing_key: Optional[bytes] = None):
         self.connection, self.source_system = connection, source_system
+        self.signing_key = signing_key
         self.link_timeout_s, self.heartbeat_hz = link_timeout_s, heartbeat_hz
         self.binding = AutopilotBinding(target_system, target_component)
         self.telemetry = TelemetryStore()
@@ -137,8 +161,10 @@ class MavlinkBridge:
     @classmethod
     def from_config(cls, cfg, connection: Optional[str] = None) -> "MavlinkBridge":
         """From a BridgeConfig; `connection` overrides cfg.connection (the simulators' ports)."""
+        key = read_signing_key(cfg.signing_key_file) if cfg.signing_key_file else None
         return cls(connection or cfg.connection, cfg.source_system, cfg.link_timeout_s,
-                   target_system=cfg.autopilot_system, target_component=cfg.autopilot_component)
+                   target_system=cfg.autopilot_system, target_component=cfg.autopilot_component,
+                   signing_key=key)
 
     @property
     def target_system(self) -> int:
@@ -162,6 +188,11 @@ class MavlinkBridge:
                 self.conn = mavutil.mavlink_connection(self.connection, dialect="common", autoreconnect=True, **ids)
         except Exception as exc:  # serial/socket errors come in many types
             raise SkyfixError(f"cannot open MAVLink link '{self.connection}': {exc}") from exc
+        if self.signing_key is not None:
+            # Every packet in must carry a valid signature (no unsigned exceptions); every
+            # packet out is signed. Rejections are counted by pymavlink's signing state.
+            self.conn.setup_signing(self.signing_key, sign_outgoing=True,
+                                    allow_unsigned_callback=lambda mav, msg_id: False)
         self._opened_s = time.monotonic()
 
     def start(self) -> "MavlinkBridge":
@@ -235,7 +266,9 @@ class MavlinkBridge:
 
     def counters(self) -> dict:
         """What the link refused, for logs and the sim's JSON."""
+        signing = self.conn.mav.signing if self.conn is not None else None
         return {"bad_packets": self.bad_packets, "dropped": dict(self.dropped),
+                "signature_rejects": signing.reject_count if signing and signing.secret_key else 0,
                 "foreign_datagrams": getattr(self.conn, "foreign_datagrams", 0),
                 "rejected_values": dict(self.telemetry.rejected), "encode_failures": self.encode_failures}
 

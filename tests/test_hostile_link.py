@@ -198,3 +198,61 @@ def test_publisher_sends_nothing_until_the_autopilot_has_spoken():
     finally:
         probe.close()
         bridge.close()
+
+
+# ---- MAVLink 2 signing -----------------------------------------------------------------------------
+def _key_file(tmp_path, text="correct horse battery staple", mode=0o600):
+    path = tmp_path / "signing.key"
+    path.write_text(text + "\n")
+    path.chmod(mode)
+    return path
+
+
+def test_signing_key_file_must_be_private_and_long_enough(tmp_path):
+    import hashlib
+
+    from skyfix.errors import SkyfixError
+    from skyfix.firmware_bridge.link import read_signing_key
+    good = _key_file(tmp_path)
+    assert read_signing_key(good) == hashlib.sha256(b"correct horse battery staple").digest()
+    good.chmod(0o644)
+    with pytest.raises(SkyfixError, match="accessible by others.*chmod 600"):
+        read_signing_key(good)
+    with pytest.raises(SkyfixError, match="shorter than 8"):
+        read_signing_key(_key_file(tmp_path, "short"))
+    with pytest.raises(SkyfixError, match="No such file"):
+        read_signing_key(tmp_path / "absent.key")
+
+
+def test_a_signed_link_takes_the_autopilot_and_refuses_the_impostors(tmp_path):
+    from skyfix.config import BridgeConfig
+    port = free_udp_port()
+    key_path = _key_file(tmp_path)
+    cfg = BridgeConfig(connection=f"udpin:127.0.0.1:{port}", link_timeout_s=3.0, signing_key_file=str(key_path))
+    bridge = MavlinkBridge.from_config(cfg).start()
+    unsigned = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", source_system=1, source_component=1)
+    wrong = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", source_system=1, source_component=1)
+    wrong.setup_signing(bytes(32), sign_outgoing=True)
+    fc = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", source_system=1, source_component=1)
+    fc.setup_signing(bridge.signing_key, sign_outgoing=True)
+    try:
+        for i in range(10):  # the impostors speak first, with the autopilot's ids
+            _vehicle(unsigned, 1000 + i, yaw=-2.0)
+            _vehicle(wrong, 1000 + i, yaw=-2.5)
+            time.sleep(0.01)
+        assert not bridge.wait_for_heartbeat(0.3) and not bridge.binding.bound
+        assert bridge.counters()["signature_rejects"] >= 60
+        t0 = time.monotonic()
+        while not bridge.wait_for_heartbeat(0.05):
+            _vehicle(fc, 2000)
+            assert time.monotonic() - t0 < 5
+        _settle(fc, 2100)
+        assert bridge.telemetry.at(time.monotonic(), 1.0).yaw_rad == pytest.approx(1.2)
+        # What skyfix sends is signed with the same key: the autopilot's parser accepts it.
+        hb = fc.recv_match(type="HEARTBEAT", blocking=True, timeout=2.5)
+        assert hb is not None and hb.get_srcComponent() == mavlink2.MAV_COMP_ID_ONBOARD_COMPUTER
+        assert fc.mav.signing.goodsig_count >= 1
+    finally:
+        for c in (unsigned, wrong, fc):
+            c.close()
+        bridge.close()

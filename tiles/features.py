@@ -22,11 +22,15 @@ from skyfix.artifacts import file_digest
 from skyfix.edge.features import Extractor, Features
 from skyfix.errors import PackError
 from skyfix.tiles.canvas import MapCanvas
+from skyfix.tiles.schema import DIGEST, NUMBER, check_shape
 
 FEATURE_FILES = ("xy_en_m.npy", "desc.npy", "scores.npy", "cell_start.npy")
 CELL_M = 64.0          # spatial index cell; a 100 m tile's window touches ~16 cells
 BLOCK_PX = 1024        # the map is described in blocks of this size ...
 BLOCK_MARGIN_PX = 48   # ... overlapping by this much, keeping each keypoint from one block only
+ENTRY_SHAPE = {"identity": str, "binary": bool, "count": int, "cell_m": NUMBER,
+               "grid": {"east0_m": NUMBER, "north0_m": NUMBER, "cols": int, "rows": int},
+               "files": {name: DIGEST for name in FEATURE_FILES}}
 
 
 @dataclass
@@ -188,11 +192,15 @@ def features_in_memory(canvas: MapCanvas, extractor: Extractor, per_mpx: int) ->
 def require_features(pack_dir: Path, manifest: dict, name: str, identity: Optional[str]) -> dict:
     """The manifest entry of `name`, or PackError saying how to add it / that it is from another
     extractor than the one onboard."""
-    entry = (manifest.get("features") or {}).get(name)
+    entry = (manifest.get("features") or {}).get(name) if isinstance(manifest.get("features"), dict) else None
     if entry is None:
         have = ", ".join(manifest.get("features") or {}) or "none"
         raise PackError(f"pack {pack_dir} has no map features for matcher '{name}' (it has: {have}); add "
                         f"them with `skyfix tiles features {pack_dir} --matcher {name}` or rebuild the pack")
+    check_shape(entry, ENTRY_SHAPE, f"{pack_dir}/manifest.yaml features.{name}")
+    if entry["count"] < 0 or entry["cell_m"] <= 0 or entry["grid"]["cols"] <= 0 or entry["grid"]["rows"] <= 0:
+        raise PackError(f"{pack_dir}: features.{name} has a negative count or an empty cell grid; re-add "
+                        f"them with `skyfix tiles features {pack_dir} --matcher {name}`")
     if identity is not None and entry.get("identity") != identity:
         raise PackError(f"pack {pack_dir}: its '{name}' map features were computed by {entry.get('identity')}, "
                         f"the onboard extractor is {identity}; recompute them with "

@@ -11,6 +11,7 @@ This module needs numpy, OpenCV, PyYAML and faiss only (no rasterio, no torch).
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +25,7 @@ from skyfix.errors import ModelMismatch, PackError, require
 from skyfix.geo import LocalFrame
 from skyfix.tiles.canvas import MapCanvas
 from skyfix.tiles.features import MapFeatures, open_map_features, require_features, write_map_features
+from skyfix.tiles.schema import DIGEST, NUMBER, check_shape
 
 SCHEMA_VERSION = 1
 METRIC = "inner_product"  # on L2-normalised vectors: cosine similarity
@@ -31,6 +33,17 @@ TILE_COLUMNS = ("tile_id", "lat_deg", "lon_deg", "east_m", "north_m",
                 "east_min_m", "north_min_m", "east_max_m", "north_max_m")
 PACK_FILES = ("tiles.csv", "map.png", "index.faiss")
 INDEX_KINDS = ("flat", "ivfpq", "hnsw")
+
+
+# The manifest's shape: what TilePack.open relies on. A mapping is checked key by key; a type
+# (or tuple of types) checks the value; "files" maps each pack file to its digest.
+MANIFEST_SHAPE = {
+    "schema_version": int, "model_id": str, "dim": int, "metric": str,
+    "files": {name: DIGEST for name in PACK_FILES}, "counts": {"tiles": int},
+    "local_frame": {"lat0_deg": NUMBER, "lon0_deg": NUMBER},
+    "map": {"gsd_m": NUMBER, "east0_m": NUMBER, "north0_m": NUMBER, "width_px": int, "height_px": int},
+    "grid": {"tile_size_m": NUMBER, "stride_m": NUMBER, "tile_px": int},
+}
 
 
 def make_index(kind: str, vectors: np.ndarray, seed: int = 0):
@@ -169,7 +182,9 @@ class TilePack:
         if manifest.get("metric") != METRIC:
             raise PackError(f"pack {path}: metric {manifest.get('metric')!r}, expected {METRIC!r}")
         try:
-            table = np.loadtxt(path / "tiles.csv", delimiter=",", skiprows=1, ndmin=2)
+            with warnings.catch_warnings():  # an empty table is reported below, as a PackError
+                warnings.simplefilter("ignore", UserWarning)
+                table = np.loadtxt(path / "tiles.csv", delimiter=",", skiprows=1, ndmin=2)
         except ValueError as exc:
             raise PackError(f"pack {path}: tiles.csv is corrupt ({exc})") from exc
         faiss = require("faiss")
@@ -199,10 +214,14 @@ class TilePack:
         if version != SCHEMA_VERSION:
             raise PackError(f"{path}: pack schema version {version}, this skyfix reads "
                             f"{SCHEMA_VERSION}; rebuild the pack with this version")
-        missing = [k for k in ("model_id", "dim", "metric", "files", "counts", "local_frame", "map",
-                               "grid") if k not in manifest]
-        if missing:
-            raise PackError(f"{mpath} lacks {missing}")
+        check_shape(manifest, MANIFEST_SHAPE, str(mpath))
+        for key in ("dim", "counts"):
+            if (manifest[key] if key == "dim" else manifest[key]["tiles"]) <= 0:
+                raise PackError(f"{mpath}: {key} must be positive")
+        if manifest["map"]["gsd_m"] <= 0 or manifest["grid"]["tile_size_m"] <= 0:
+            raise PackError(f"{mpath}: map gsd_m and grid tile_size_m must be positive")
+        if not isinstance(manifest.get("features") or {}, dict):
+            raise PackError(f"{mpath}: 'features' must be a mapping")
         return manifest
 
     @staticmethod
