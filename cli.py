@@ -173,7 +173,11 @@ def cmd_demo(args) -> int:
 def cmd_fly(args) -> int:
     from skyfix.edge.fly import run_fly
     cfg = _config(args)
-    print(json.dumps(run_fly(cfg, max_frames=args.max_frames), indent=2))
+    summary = run_fly(cfg, max_frames=args.max_frames)
+    print(json.dumps(summary, indent=2))
+    if summary["too_slow"]:
+        print("skyfix: error: this computer was too slow to confirm a track (see the log above)", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -70,6 +70,7 @@ class Reason(str, Enum):
 
     OK = "ok"
     BAD_FRAME = "bad frame"                  # not a uint8 H x W x 3 image of the camera's size
+    STALE_FRAME = "stale frame"              # captured before a frame already used (clock jump, replay)
     BLANK_FRAME = "blank frame"              # no texture (lens cap, cloud, water)
     HEIGHT_MISSING = "height missing"        # no usable height above ground
     CROP_OUTSIDE = "crop outside frame"      # the map-sized crop does not fit in the frame

@@ -40,15 +40,15 @@ def run_fly(cfg, link_wait_s: float = 10.0, max_frames: int = 0) -> dict:
     from skyfix.firmware_bridge.publisher import FixPublisher
     pack, embedder, cam = startup(cfg)
     nav = Navigator(pack, embedder, cam, cfg.nav)
+    # The camera first: a missing camera is known before waiting for the autopilot.
+    source = open_source(cfg.nav.source, cfg.nav.telemetry_csv or None, cfg.nav.replay_rate_hz)
     bridge = MavlinkBridge.from_config(cfg.bridge).start()
-    source = None
     publisher = None
     stop = threading.Event()
     try:
         if not bridge.wait_for_heartbeat(link_wait_s):
             raise SkyfixError(f"no HEARTBEAT on '{cfg.bridge.connection}' within {link_wait_s:.0f} s: "
                               "check the cable/port, baud rate and the autopilot's SERIALn_PROTOCOL=2")
-        source = open_source(cfg.nav.source, cfg.nav.telemetry_csv or None, cfg.nav.replay_rate_hz)
         publisher = FixPublisher.from_config(bridge, nav.estimate_at, cfg.bridge).start()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
@@ -71,4 +71,4 @@ def run_fly(cfg, link_wait_s: float = 10.0, max_frames: int = 0) -> dict:
     nav.gallery.save(cfg.nav.gallery_out)
     return {"frames": sum(nav.reasons.values()), "reasons": nav.reason_counts(),
             "latency_ms": nav.timing_summary(), "published": publisher.sent if publisher else 0,
-            "link": bridge.counters()}
+            "link": bridge.counters(), "too_slow": nav.too_slow}

@@ -37,6 +37,7 @@ from skyfix.tiles.pack import TilePack
 log = logging.getLogger("skyfix.nav")
 STAGES = ("crop", "embed", "search", "refine", "filter")
 TIMING_WINDOW = 2000  # frames kept per stage for the latency summary (bounded on long flights)
+STALE_FRAMES_TO_RESTART = 5  # consecutive frames from before the last one: their clock went back
 
 
 def _finite(x) -> bool:
@@ -124,8 +125,8 @@ class Navigator:
         self.pack, self.embedder, self.camera, self.cfg = pack, embedder, camera, cfg
         self.gsd_m = pack.map_gsd_m
         self.matcher = matcher or open_matcher(pack, cfg)
-        self.gate = TrackGate(cfg.confirm_measurements, cfg.lost_after_s, cfg.max_accuracy_m,
-                              cfg.accel_sigma_m_s2)
+        self.gate = self._new_gate()
+        self.stale_run = 0
         self.gallery = FrameGallery(cfg.gallery_size, embedder.dim, embedder.model_id)
         self.last_agl: Optional[tuple] = None  # (t_s, agl_m)
         self.last_alt_msl_m = 0.0
@@ -134,10 +135,16 @@ class Navigator:
         self.timings_ms: dict = defaultdict(lambda: deque(maxlen=TIMING_WINDOW))
         self._log_reason = _RateLimitedLog()
         self.crop_px = int(round(pack.tile_size_m / self.gsd_m))
+        self.last_capture_s: Optional[float] = None
+        self.too_slow = False  # set once when frames take too long for a track to be confirmed
         # Refinement sees more ground than the embedding: matches grow with the area, and the
         # frame's footprint at flying height is larger than a tile (masked where it is not).
         self.refine_size_m = pack.tile_size_m * cfg.refine_crop_scale
         self.refine_px = int(round(self.refine_size_m / self.gsd_m))
+
+    def _new_gate(self) -> TrackGate:
+        c = self.cfg
+        return TrackGate(c.confirm_measurements, c.lost_after_s, c.max_accuracy_m, c.accel_sigma_m_s2)
 
     # ---- public -------------------------------------------------------------------------------
     def step(self, frame: Frame) -> FixResult:
@@ -152,6 +159,7 @@ class Navigator:
             self.timings_ms[stage].append(ms)
         if "refine" in timings:  # a frame that went through every stage
             self.timings_ms["frame_total"].append(sum(timings.values()))
+            self._check_speed(sum(timings.values()) / 1e3)
         self.reasons[kind] += 1
         if fix is None:
             self._log_reason(kind, detail)
@@ -181,6 +189,7 @@ class Navigator:
         if bad:
             return (None, *bad)
         t_s = frame.t_capture_us / 1e6
+        self.last_capture_s = t_s
         with _timed(timings, "crop"):
             pose = self._crop_pose(frame.telemetry, t_s)
             if pose.agl_m is None:
@@ -216,7 +225,32 @@ class Navigator:
         return fix, Reason.OK, notes
 
     # ---- stages -------------------------------------------------------------------------------
+    def _check_speed(self, frame_s: float) -> None:
+        """Say once, clearly, when this machine cannot confirm a track: confirming needs
+        confirm_measurements frames within lost_after_s."""
+        budget_s = self.cfg.lost_after_s / self.cfg.confirm_measurements
+        if frame_s > budget_s and not self.too_slow and len(self.timings_ms["frame_total"]) >= 3 \
+                and float(np.median(self.timings_ms["frame_total"])) / 1e3 > budget_s:
+            self.too_slow = True
+            log.error("this computer takes %.1f s per frame; confirming a track needs %d frames within "
+                      "%.1f s (nav.lost_after_s), i.e. at most %.1f s each: no fix can be published. Use a "
+                      "faster computer or the GPU build, or fewer candidates (nav.top_k, "
+                      "nav.global_max_candidates)", frame_s, self.cfg.confirm_measurements,
+                      self.cfg.lost_after_s, budget_s)
+
     def _check_frame(self, frame: Frame) -> Optional[tuple]:
+        t_s = getattr(frame, "t_capture_us", 0) / 1e6
+        if self.last_capture_s is not None and t_s < self.last_capture_s:
+            # A frame from before one already used (a clock jump, a replay glitch) must not move
+            # the filter back in time: refused, and the track is left as it was. If the frames
+            # keep coming from the earlier time, their clock really went back: start over.
+            self.stale_run += 1
+            if self.stale_run < STALE_FRAMES_TO_RESTART:
+                return Reason.STALE_FRAME, f"captured {self.last_capture_s - t_s:.2f} s before the previous frame"
+            log.warning("frame clock went back %.1f s for %d frames: track restarted",
+                        self.last_capture_s - t_s, self.stale_run)
+            self.gate = self._new_gate()
+        self.stale_run = 0
         img = getattr(frame, "image_rgb", None)
         if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             return Reason.BAD_FRAME, (f"expected uint8 H x W x 3, got {getattr(img, 'dtype', type(img))} "

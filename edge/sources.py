@@ -8,6 +8,7 @@ be decoded comes back with `image_rgb=None` (the navigator answers it with a rea
 from __future__ import annotations
 
 import csv
+import logging
 import datetime as dt
 import math
 import time
@@ -24,6 +25,8 @@ from skyfix.errors import SkyfixError, require
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 
 
+log = logging.getLogger("skyfix.source")
+
 @dataclass
 class SourceFrame:
     image_rgb: Optional[np.ndarray]
@@ -34,32 +37,55 @@ class SourceFrame:
 
 
 class CaptureSource:
-    """cv2.VideoCapture: '0' (camera index), a video file, or a GStreamer pipeline ('... ! appsink')."""
+    """cv2.VideoCapture: '0' (camera index), a video file, or a GStreamer pipeline ('... ! appsink').
 
-    def __init__(self, uri: str):
-        if uri.isdigit():
-            self.cap = cv2.VideoCapture(int(uri))
-        elif "!" in uri:
-            self.cap = cv2.VideoCapture(uri, cv2.CAP_GSTREAMER)
-        else:
-            if not Path(uri).exists():
-                raise SkyfixError(f"video not found: {uri}")
-            self.cap = cv2.VideoCapture(uri)
+    A video file ends (read returns None). A live camera never ends the loop: a failed read is
+    a frame without pixels (the navigator gives it a reason), and after REOPEN_AFTER failures in
+    a row the camera is reopened, so a stalled or unplugged camera resumes on its own."""
+
+    REOPEN_AFTER = 10
+    STALL_WAIT_S = 0.1
+
+    def __init__(self, uri: str, open_capture=None):
+        self.uri, self.n = uri, 0
+        self.live = uri.isdigit() or "!" in uri
+        if not self.live and not Path(uri).exists():
+            raise SkyfixError(f"video not found: {uri}")
+        self._open_capture = open_capture or _open_capture
+        self.cap = self._open_capture(uri)
         if not self.cap.isOpened():
             raise SkyfixError(f"cannot open camera/video '{uri}' (for GStreamer, OpenCV must be "
                               "built with it, as JetPack's is)")
-        self.uri, self.n = uri, 0
+        self.failures, self.reopens = 0, 0
 
     def read(self) -> Optional[SourceFrame]:
         ok, bgr = self.cap.read()
         t = time.monotonic()
-        if not ok:
+        if ok and bgr is not None:
+            self.failures = 0
+            self.n += 1
+            return SourceFrame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), t, f"{Path(self.uri).name}#{self.n}")
+        if not self.live:
             return None
-        self.n += 1
-        return SourceFrame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), t, f"{Path(self.uri).name}#{self.n}")
+        self.failures += 1
+        if self.failures % self.REOPEN_AFTER == 0:
+            log.warning("camera '%s' gave no frame %d times in a row: reopening it", self.uri, self.failures)
+            self.cap.release()
+            self.cap = self._open_capture(self.uri)
+            self.reopens += 1
+        time.sleep(self.STALL_WAIT_S)
+        return SourceFrame(None, t, f"{Path(self.uri).name}#stalled")
 
     def close(self) -> None:
         self.cap.release()
+
+
+def _open_capture(uri: str):
+    if uri.isdigit():
+        return cv2.VideoCapture(int(uri))
+    if "!" in uri:
+        return cv2.VideoCapture(uri, cv2.CAP_GSTREAMER)
+    return cv2.VideoCapture(uri)
 
 
 def read_exif(path: str | Path) -> dict:

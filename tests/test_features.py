@@ -9,7 +9,7 @@ from conftest import SHARED, need_shared
 from skyfix.edge.features import EXTRACTORS, OpenCvExtractor, match_descriptors, open_extractor
 from skyfix.edge.refine import MapMatcher
 from skyfix.errors import PackError
-from skyfix.tiles.features import features_in_memory
+from skyfix.tiles.features import NpyRows, features_in_memory
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +86,12 @@ def test_pack_features_load_near_the_window_only(pack_with_sift, textured_canvas
     from skyfix.tiles.pack import TilePack
     pack = TilePack.open(pack_with_sift)
     mf = pack.map_features("sift", OpenCvExtractor("sift").identity)
-    assert isinstance(mf.xy_en_m, np.memmap)  # memory-mapped, not read at start
+    assert isinstance(mf.xy_en_m, NpyRows)  # read per window, not at start
     xy, desc = mf.near(50.0, -20.0, 40.0)
     assert len(xy) > 20 and desc.shape == (len(xy), 128)
     assert np.all(np.abs(xy[:, 0] - 50.0) <= 40.0) and np.all(np.abs(xy[:, 1] + 20.0) <= 40.0)
     # Everything in that square is returned: compare with a scan of all features.
-    allxy = np.asarray(mf.xy_en_m)
+    allxy = mf.xy_en_m.rows(0, len(mf))
     inside = (np.abs(allxy[:, 0] - 50.0) <= 40.0) & (np.abs(allxy[:, 1] + 20.0) <= 40.0)
     assert len(xy) == int(inside.sum())
 

@@ -1,4 +1,5 @@
 """`skyfix fly` startup checks and frame sources (no camera or autopilot hardware here)."""
+import numpy as np
 import pytest
 
 from skyfix.config import load_config
@@ -44,10 +45,14 @@ def test_fly_refuses_other_model(small_pack, tmp_path, tiny_towers):
         run_fly(cfg)
 
 
-def test_fly_refuses_without_a_link(small_pack, tiny_onnx_dir):
+def test_fly_refuses_without_a_link(small_pack, tiny_onnx_dir, tmp_path):
+    import cv2
     from skyfix.edge.fly import run_fly
+    (tmp_path / "frames").mkdir()
+    cv2.imwrite(str(tmp_path / "frames" / "a.png"), np.zeros((240, 320, 3), np.uint8))
     cfg = load_config(overrides={
-        "nav": {"pack": str(small_pack), "model": str(tiny_onnx_dir), "keypoints": "sift"},
+        "nav": {"pack": str(small_pack), "model": str(tiny_onnx_dir), "keypoints": "sift",
+                "source": str(tmp_path / "frames")},
         "bridge": {"connection": f"udpin:127.0.0.1:{free_udp_port()}"},
         "camera": {"width_px": 320, "height_px": 240}})
     with pytest.raises(SkyfixError, match="no HEARTBEAT"):
@@ -80,3 +85,58 @@ def test_capture_source_refuses_missing_video(tmp_path):
     from skyfix.edge.sources import open_source
     with pytest.raises(SkyfixError, match="not found"):
         open_source(str(tmp_path / "none.mp4"))
+
+
+class _FlakyCamera:
+    """A capture device that stalls for a while (what a loose CSI cable does): no mock library,
+    just the two calls CaptureSource makes."""
+
+    def __init__(self, script):
+        self.script, self.opened = script, 0
+
+    def __call__(self, uri):
+        self.opened += 1
+        return self
+
+    def isOpened(self):
+        return True
+
+    def read(self):
+        ok = self.script.pop(0) if self.script else True
+        return (True, np.full((48, 64, 3), 90, np.uint8)) if ok else (False, None)
+
+    def release(self):
+        pass
+
+
+def test_a_stalled_live_camera_never_ends_the_loop_and_is_reopened():
+    from skyfix.edge.sources import CaptureSource
+    cam = _FlakyCamera([True] * 3 + [False] * 25 + [True] * 3)
+    src = CaptureSource("0", open_capture=cam)
+    src.STALL_WAIT_S = 0.0
+    frames = [src.read() for _ in range(31)]
+    assert all(f is not None for f in frames)              # never the end of the stream
+    assert [f.image_rgb is not None for f in frames] == [True] * 3 + [False] * 25 + [True] * 3
+    assert src.reopens == 2 and cam.opened == 3            # reopened after 10 and 20 failures
+
+
+def test_a_video_file_ends_when_it_ends(tmp_path):
+    from skyfix.edge.sources import CaptureSource
+    video = tmp_path / "v.avi"
+    video.write_bytes(b"")
+    cam = _FlakyCamera([True, False])
+    src = CaptureSource(str(video), open_capture=cam)
+    assert src.read() is not None and src.read() is None
+
+
+def test_fly_checks_the_camera_before_waiting_for_the_autopilot(small_pack, tiny_onnx_dir, tmp_path):
+    import time as _time
+    cfg = load_config(overrides={
+        "nav": {"pack": str(small_pack), "model": str(tiny_onnx_dir), "keypoints": "sift",
+                "source": str(tmp_path / "no_such_video.mp4")},
+        "bridge": {"connection": "udpin:127.0.0.1:0"}})
+    t0 = _time.monotonic()
+    from skyfix.edge.fly import run_fly
+    with pytest.raises(SkyfixError, match="video not found"):
+        run_fly(cfg, link_wait_s=5.0)
+    assert _time.monotonic() - t0 < 3.0  # did not sit waiting for a HEARTBEAT first

@@ -170,3 +170,43 @@ def test_gallery_answers_which_frames_saw_a_tile(nav, world, tiny_onnx_dir, tmp_
         frames_that_saw(pack, g, sat, tile_id=len(pack) + 5)
     with pytest.raises(SkyfixError, match="tile id or a latitude"):
         frames_that_saw(pack, g, sat)
+
+
+def test_a_frame_from_the_past_is_refused_and_the_track_goes_on(nav, world):
+    """A frame stamped 30 s in the past (a clock glitch) is refused without touching the
+    confirmed track; frames whose clock really went back restart the track after a few."""
+    _, _, canvas = world
+    for i in range(5):
+        nav.step(_frame(canvas, 0.5 * i, i)[0])
+    assert nav.gate.confirmations >= 3
+    r = nav.step(_frame(canvas, 2.0 - 30.0, 90)[0])
+    assert r.kind is Reason.STALE_FRAME and "30.00 s before" in r.detail
+    r = nav.step(_frame(canvas, 2.5, 5)[0])
+    assert r.kind is Reason.OK  # the confirmed track was not disturbed
+    for k in range(5):          # the clock really went back: after a few, the track restarts
+        r = nav.step(_frame(canvas, 0.1 + 0.5 * k, 100 + k)[0])
+    assert r.kind is Reason.ACQUIRING
+
+
+def test_map_features_truncated_in_flight_fail_that_frame_only(world, tmp_path):
+    """A pack file cut short under a running loop: those frames get a reason (no crash, no
+    SIGBUS), and once the file is whole again the loop localises again."""
+    import shutil
+
+    from skyfix.edge.navigator import Navigator
+    from skyfix.tiles.pack import TilePack
+    pack, emb, canvas = world
+    copy = tmp_path / "pack"
+    shutil.copytree(pack.path, copy)
+    nav = Navigator(TilePack.open(copy), emb, CAM, NavConfig(keypoints="sift", top_k=3))
+    for i in range(4):
+        assert nav.step(_frame(canvas, 0.5 * i, i)[0]).kind in (Reason.ACQUIRING, Reason.OK)
+    desc = copy / "features" / "sift" / "desc.npy"
+    whole = desc.read_bytes()
+    with open(desc, "r+b") as f:
+        f.truncate(len(whole) // 3)
+    r = nav.step(_frame(canvas, 2.0, 4)[0])
+    assert r.fix is None and r.kind is Reason.ERROR and "truncated" in r.detail
+    desc.write_bytes(whole)
+    r = nav.step(_frame(canvas, 2.5, 5)[0])
+    assert r.kind is Reason.OK

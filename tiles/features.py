@@ -7,11 +7,13 @@ Layout inside a pack (one folder per extractor):
   features/<name>/cell_start.npy  int64 C + 1    features sorted by grid cell (row-major); cell c
                                                  holds rows cell_start[c]:cell_start[c + 1]
 The manifest's `features.<name>` entry names the extractor identity, the cell grid and the file
-digests. Onboard the arrays are memory-mapped and only the cells around the search window are
-read, so start-up and memory do not grow with the region.
+digests. Onboard only the rows of the cells around the search window are read (pread, not
+memory-mapped: a file truncated in flight is an error for that frame, not a SIGBUS), so start-up
+and memory do not grow with the region.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -33,16 +35,65 @@ ENTRY_SHAPE = {"identity": str, "binary": bool, "count": int, "cell_m": NUMBER,
                "files": {name: DIGEST for name in FEATURE_FILES}}
 
 
+class NpyRows:
+    """Rows of a 2-D (or 1-D) .npy file read on demand with pread: nothing is mapped, so a file
+    truncated or replaced under a running loop gives a PackError for that read (memory-mapped
+    arrays would kill the process with SIGBUS), and memory does not grow with the file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._f = open(path, "rb")
+        try:
+            version = np.lib.format.read_magic(self._f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(self._f)
+        except ValueError as exc:
+            self._f.close()
+            raise PackError(f"{path} cannot be read ({exc})") from exc
+        if fortran or dtype.hasobject:
+            self._f.close()
+            raise PackError(f"{path} cannot be read (object or Fortran-ordered array)")
+        self.shape, self.dtype, self.offset = tuple(shape), dtype, self._f.tell()
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        n = max(stop - start, 0)
+        data = os.pread(self._f.fileno(), n * self.row_bytes, self.offset + start * self.row_bytes)
+        if len(data) != n * self.row_bytes:
+            raise PackError(f"{self.path} is shorter than its header says (truncated while in use?)")
+        return np.frombuffer(data, self.dtype).reshape((n, *self.shape[1:]))
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class ArrayRows:
+    """The same interface over an array in memory (benchmarks, tests)."""
+
+    def __init__(self, array: np.ndarray):
+        self.array, self.shape, self.dtype = array, array.shape, array.dtype
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return self.array[start:stop]
+
+
 @dataclass
 class MapFeatures:
-    """Map keypoints in metres with a cell index; arrays may be memory-mapped (read-only)."""
+    """Map keypoints in metres with a cell index; the rows are read per window (NpyRows)."""
 
     name: str
     identity: str
     binary: bool
-    xy_en_m: np.ndarray
-    desc: np.ndarray
-    scores: np.ndarray
+    xy_en_m: "NpyRows | ArrayRows"
+    desc: "NpyRows | ArrayRows"
+    scores: "NpyRows | ArrayRows"
     cell_start: np.ndarray
     east0_m: float         # west edge of cell column 0
     north0_m: float        # north edge of cell row 0
@@ -58,25 +109,25 @@ class MapFeatures:
         """(xy_en_m K x 2 float32, desc K x D as float32, or uint8 for binary) of the features in the
         square of half-side half_m around (east_m, north_m), the max_features strongest when
         there are more (bounds matching time and memory for wide windows). Reads only the
-        cells it touches."""
+        cells it touches; PackError when the pack's files cannot be read."""
         c0 = int(np.floor((east_m - half_m - self.east0_m) / self.cell_m))
         c1 = int(np.floor((east_m + half_m - self.east0_m) / self.cell_m))
         r0 = int(np.floor((self.north0_m - north_m - half_m) / self.cell_m))
         r1 = int(np.floor((self.north0_m - north_m + half_m) / self.cell_m))
         c0, c1 = max(c0, 0), min(c1, self.cols - 1)
         r0, r1 = max(r0, 0), min(r1, self.rows - 1)
+        dim = self.desc.shape[1]
         if c0 > c1 or r0 > r1:
-            return np.zeros((0, 2), np.float32), np.zeros((0, self.desc.shape[1]), self.desc.dtype)
-        # Cells of one row are contiguous: one slice per row.
+            return np.zeros((0, 2), np.float32), np.zeros((0, dim), np.uint8 if self.binary else np.float32)
+        # Cells of one row are contiguous: one read per row.
         spans = [(int(self.cell_start[r * self.cols + c0]), int(self.cell_start[r * self.cols + c1 + 1]))
                  for r in range(r0, r1 + 1)]
-        xy = np.concatenate([self.xy_en_m[a:b] for a, b in spans])
-        desc = np.concatenate([self.desc[a:b] for a, b in spans])
+        xy = np.concatenate([self.xy_en_m.rows(a, b) for a, b in spans])
         inside = np.flatnonzero((np.abs(xy[:, 0] - east_m) <= half_m) & (np.abs(xy[:, 1] - north_m) <= half_m))
         if inside.size > max_features:
-            scores = np.concatenate([self.scores[a:b] for a, b in spans])[inside]
+            scores = np.concatenate([self.scores.rows(a, b) for a, b in spans])[inside]
             inside = np.sort(inside[np.argsort(-scores, kind="stable")[:max_features]])
-        desc = desc[inside]
+        desc = np.concatenate([self.desc.rows(a, b) for a, b in spans])[inside]
         return xy[inside], (desc if self.binary else desc.astype(np.float32))
 
 
@@ -150,28 +201,28 @@ def write_map_features(pack_dir: Path, canvas: MapCanvas, extractor: Extractor, 
 
 
 def open_map_features(pack_dir: Path, entry: dict, name: str) -> MapFeatures:
-    """Memory-map a pack's features of extractor `name`, checking sizes and digests."""
+    """Open a pack's features of extractor `name` for reading per window, checking sizes,
+    digests and array shapes against the manifest entry."""
     folder = pack_dir / "features" / name
-    arrays = {}
+    redo = f"re-add them with `skyfix tiles features {pack_dir} --matcher {name}`"
     for fname in FEATURE_FILES:
         path, digest = folder / fname, entry["files"].get(fname)
         if digest is None or not path.is_file():
-            raise PackError(f"{pack_dir}: features/{name}/{fname} is missing; re-add them with "
-                            f"`skyfix tiles features {pack_dir} --matcher {name}`")
+            raise PackError(f"{pack_dir}: features/{name}/{fname} is missing; {redo}")
         if path.stat().st_size != digest["bytes"] or file_digest(path)["sha256"] != digest["sha256"]:
-            raise PackError(f"{pack_dir}: features/{name}/{fname} is truncated or corrupt; re-add "
-                            f"them with `skyfix tiles features {pack_dir} --matcher {name}`")
-        try:
-            arrays[fname] = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as exc:
-            raise PackError(f"{pack_dir}: features/{name}/{fname} cannot be read ({exc})") from exc
+            raise PackError(f"{pack_dir}: features/{name}/{fname} is truncated or corrupt; {redo}")
+    try:
+        starts = np.load(folder / "cell_start.npy", allow_pickle=False)
+    except ValueError as exc:
+        raise PackError(f"{pack_dir}: features/{name}/cell_start.npy cannot be read ({exc}); {redo}") from exc
+    xy, desc, scores = (NpyRows(folder / f) for f in FEATURE_FILES[:3])
     grid = entry["grid"]
     n, ncells = int(entry["count"]), int(grid["cols"]) * int(grid["rows"])
-    xy, desc, scores, starts = (arrays[f] for f in FEATURE_FILES)
-    if (xy.shape != (n, 2) or len(desc) != n or scores.shape != (n,) or starts.shape != (ncells + 1,)
-            or (n and (starts[0] != 0 or starts[-1] != n))):
+    if (xy.shape != (n, 2) or len(desc) != n or len(desc.shape) != 2 or scores.shape != (n,)
+            or starts.shape != (ncells + 1,) or starts.dtype.kind != "i"
+            or (n and (starts[0] != 0 or starts[-1] != n or np.any(np.diff(starts) < 0)))):
         raise PackError(f"{pack_dir}: features/{name} arrays disagree with the manifest ({n} features, "
-                        f"{ncells} cells); re-add them with `skyfix tiles features {pack_dir} --matcher {name}`")
+                        f"{ncells} cells); {redo}")
     return MapFeatures(name, entry["identity"], bool(entry["binary"]), xy, desc, scores, starts,
                        float(grid["east0_m"]), float(grid["north0_m"]), int(grid["cols"]), int(grid["rows"]),
                        float(entry["cell_m"]))
@@ -183,10 +234,12 @@ def features_in_memory(canvas: MapCanvas, extractor: Extractor, per_mpx: int) ->
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         entry = write_map_features(Path(tmp), canvas, extractor, per_mpx)
-        mf = open_map_features(Path(tmp), entry, extractor.name)
-        return MapFeatures(mf.name, mf.identity, mf.binary, np.array(mf.xy_en_m), np.array(mf.desc),
-                           np.array(mf.scores), np.array(mf.cell_start), mf.east0_m, mf.north0_m,
-                           mf.cols, mf.rows, mf.cell_m)
+        folder = Path(tmp) / "features" / extractor.name
+        arrays = [ArrayRows(np.load(folder / f, allow_pickle=False)) for f in FEATURE_FILES[:3]]
+        grid = entry["grid"]
+        return MapFeatures(extractor.name, entry["identity"], bool(entry["binary"]), *arrays,
+                           np.load(folder / "cell_start.npy", allow_pickle=False), float(grid["east0_m"]),
+                           float(grid["north0_m"]), int(grid["cols"]), int(grid["rows"]), float(entry["cell_m"]))
 
 
 def require_features(pack_dir: Path, manifest: dict, name: str, identity: Optional[str]) -> dict:
