@@ -87,7 +87,8 @@ def write_track_csv(received: list[dict], path: str | Path) -> Path:
 
 def frame_record(t: float, pose: ViewPose, res, pack) -> dict:
     """One frame of the flight: whether it gave a fix, why (kind and text), its error and accuracy."""
-    rec = {"t_s": t, "fix": res.fix is not None, "kind": res.kind.value, "reason": res.reason, "error_m": None, "acc_m": None}
+    rec = {"t_s": t, "fix": res.fix is not None, "kind": res.kind.value, "reason": res.reason, "error_m": None,
+           "acc_m": None, "frame_ms": float(sum(res.timings_ms.values()))}
     if res.fix is not None:
         e, n, _ = pack.frame.to_enu(res.fix.lat_deg, res.fix.lon_deg)
         rec["error_m"] = float(math.hypot(e - pose.east_m, n - pose.north_m))
