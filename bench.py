@@ -10,6 +10,7 @@
   skyfix bench attack --pack PACK [--datagrams 20000] [--duration-s 55]
                                              a hostile sender on skyfix's MAVLink port during a flight
   skyfix bench soak --pack PACK [--duration-s 3600]  a long flight: RSS, files, threads, latency per minute
+  skyfix bench odometry                       frame-to-frame displacement vs GPS on odm_toledo
   skyfix bench telemetry                     attitude error: telemetry at capture time vs at processing
   skyfix bench orientation --checkpoint best.pt --model DIR --pack PACK --queries-from MAP
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -223,6 +225,8 @@ def main(what: str, args) -> int:
         print(bench_resection(args.pack))
     if what in ("telemetry", "all"):
         print(bench_telemetry())
+    if what == "odometry":
+        print(bench_odometry(tuple(m for m in args.methods.split(",") if m != "orb"), args.features_model))
     if what == "soak":
         print(bench_soak(args.pack, args.duration_s or 3600.0))
     if what == "attack":
@@ -705,3 +709,49 @@ def _plot_soak(samples: list, path: Path) -> None:
     cv2.putText(img, f"minutes (0 .. {tmax:.0f})", (w // 2 - 60, 3 * h + pad // 2 - 5), cv2.FONT_HERSHEY_SIMPLEX,
                 0.5, (0, 0, 0), 1)
     cv2.imwrite(str(path), img)
+
+
+# ---- visual odometry on a real flight -------------------------------------------------------------
+def odometry_errors(folder: Path, method: str, features_model: str = "models/xfeat",
+                    fx_px: float = 702.0, agl_m: Optional[float] = None) -> list[dict]:
+    """Consecutive photos of a real flight (EXIF GPS): the image displacement at the EXIF
+    height against the GPS displacement. One dict per pair: gps_m, vo_m (None when no match)."""
+    import cv2
+
+    from skyfix.edge.camera import PinholeCamera
+    from skyfix.edge.features import XFeatExtractor, open_extractor
+    from skyfix.edge.odometry import frame_shift
+    from skyfix.edge.sources import read_exif
+    from skyfix.geo import LocalFrame
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    exifs = [read_exif(p) for p in paths]
+    frame = LocalFrame(exifs[0]["lat_deg"], exifs[0]["lon_deg"])
+    # Frames are finer than a map: XFeat at their own resolution.
+    ex = XFeatExtractor(features_model, upscale=1.0) if method == "xfeat" else open_extractor(method)
+    out, prev = [], None
+    for path, exif in zip(paths, exifs):
+        img = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        h, w = img.shape[:2]
+        cam = PinholeCamera(w, h, fx_px, fx_px, (w - 1) / 2, (h - 1) / 2)
+        e, n, _ = frame.to_enu(exif["lat_deg"], exif["lon_deg"])
+        if prev is not None:
+            shift = frame_shift(prev[0], img, ex, cam, agl_m or exif["alt_m"])
+            out.append({"pair": f"{prev[2]}->{path.stem}", "gps_m": float(np.hypot(e - prev[1][0], n - prev[1][1])),
+                        "vo_m": None if shift is None else shift.distance_m,
+                        "inliers": 0 if shift is None else shift.inliers})
+        prev = (img, (e, n), path.stem)
+    return out
+
+
+def bench_odometry(methods=("sift", "xfeat"), features_model: str = "models/xfeat", shared: Path = SHARED) -> str:
+    """Markdown table: frame-to-frame displacement from images vs GPS on odm_toledo."""
+    rows = ["| method (odm_toledo, 56 consecutive pairs, EXIF height, f = 702 px) | pairs matched | "
+            "error median / p90 m | error median / p90 % of distance | GPS distance median m |", "|---|---|---|---|---|"]
+    for method in methods:
+        r = odometry_errors(shared / "odm_toledo", method, features_model)
+        ok = [x for x in r if x["vo_m"] is not None]
+        err = np.array([abs(x["vo_m"] - x["gps_m"]) for x in ok])
+        pct = np.array([100 * abs(x["vo_m"] - x["gps_m"]) / max(x["gps_m"], 1e-6) for x in ok])
+        rows.append(f"| {method} | {len(ok)} / {len(r)} | {np.median(err):.2f} / {np.percentile(err, 90):.2f} | "
+                    f"{np.median(pct):.1f} / {np.percentile(pct, 90):.1f} | {np.median([x['gps_m'] for x in r]):.1f} |")
+    return "\n".join(rows)
