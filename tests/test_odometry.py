@@ -37,7 +37,7 @@ def test_frames_of_different_places_give_no_shift(textured_canvas):
 
 @pytest.mark.data
 def test_real_flight_displacement_agrees_with_gps():
-    """odm_toledo, first 8 photos (7 pairs, ~33 m apart, 122 m up): image displacement vs the
+    """odm_toledo, first 8 photos (7 pairs, 10-18 m apart, 122 m up): image displacement vs the
     photos' GPS within 2 m median (the GPS itself is good to a metre or two)."""
     pytest.importorskip("PIL")
     import shutil
@@ -54,4 +54,4 @@ def test_real_flight_displacement_agrees_with_gps():
     assert len(ok) >= 6
     err = np.array([abs(x["vo_m"] - x["gps_m"]) for x in ok])
     assert np.median(err) < 2.0, err
-    assert np.median([x["gps_m"] for x in ok]) > 20  # the test really moves
+    assert np.median([x["gps_m"] for x in ok]) > 10  # the test really moves
