@@ -215,6 +215,9 @@ def _pool(results: list[dict]) -> dict:
 
 
 def main(what: str, args) -> int:
+    if what in ("resection", "attack", "soak") and not args.pack:
+        raise SkyfixError(f"skyfix bench {what} needs --pack PACK (e.g. out/bench/colorado, built by "
+                          "`skyfix bench retrieval`)")
     if what in ("embed", "all"):
         print(bench_embed(args.model))
     if what in ("faiss", "all"):
