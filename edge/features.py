@@ -14,7 +14,6 @@ from typing import Optional, Protocol
 
 import cv2
 import numpy as np
-import yaml
 
 from skyfix.artifacts import file_digest
 from skyfix.errors import SkyfixError
@@ -229,11 +228,3 @@ def match_descriptors(query: np.ndarray, train: np.ndarray, binary: bool, ratio:
 def _unit(desc: np.ndarray) -> np.ndarray:
     d = np.asarray(desc, np.float32)
     return d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
-
-
-def read_features_card(model_dir: str | Path) -> dict:
-    """features.yaml written by `skyfix export features` beside xfeat.onnx."""
-    path = Path(model_dir) / "features.yaml"
-    if not path.is_file():
-        raise SkyfixError(f"{path} not found: is {model_dir} a `skyfix export features` output?")
-    return yaml.safe_load(path.read_text())

@@ -7,6 +7,7 @@ Connection strings are pymavlink's: `udpin:0.0.0.0:14550`, `udpout:192.168.1.2:1
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -88,6 +89,7 @@ def read_signing_key(path: str | Path) -> bytes:
     return hashlib.sha256(passphrase.encode()).digest()
 
 
+@functools.lru_cache(maxsize=1)
 def _udp_server_class():
     mavutil = require("pymavlink.mavutil")
 
