@@ -47,10 +47,15 @@ def score(received: list[dict], duration_s: float, fresh_s: float = 0.5) -> dict
             "time_to_first_fix_s": float(t[0])}
 
 
+ERROR_COLOURS_BGR = ((0, 200, 0), (0, 200, 255), (0, 0, 255))  # < 3 m, 3-10 m, >= 10 m
+
+
 def plot_track(canvas: MapCanvas, truth_en: np.ndarray, received: list[dict], path: str | Path,
                max_px: int = 1200, estimate: Optional[list] = None) -> Path:
-    """PNG of the map with the published fixes (red dots), the autopilot's own estimate when
-    given (blue) and the true track (green, drawn last so it stays visible)."""
+    """PNG of the map for a person reading it at a glance: published fixes coloured by error
+    (green < 3 m, orange 3-10 m, red >= 10 m), the autopilot's own estimate when given (blue),
+    the true track drawn last (white over black, so it stays visible) with start and end
+    markers, a scale bar, a north arrow, and the error summary in the title bar."""
     img = cv2.cvtColor(canvas.image_rgb, cv2.COLOR_RGB2BGR)
     f = min(1.0, max_px / max(img.shape[:2]))
     img = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
@@ -60,19 +65,55 @@ def plot_track(canvas: MapCanvas, truth_en: np.ndarray, received: list[dict], pa
         return int(round((c + 0.5) * f)), int(round((r + 0.5) * f))
 
     for r in received:
-        cv2.circle(img, px(r["east_m"], r["north_m"]), 2, (0, 0, 255), -1, cv2.LINE_AA)
-    legend = "true track (green), published fixes (red)"
+        colour = ERROR_COLOURS_BGR[int(r["error_m"] >= 3.0) + int(r["error_m"] >= 10.0)]
+        cv2.circle(img, px(r["east_m"], r["north_m"]), 3, colour, -1, cv2.LINE_AA)
     if estimate:
         est = np.array([px(r["east_m"], r["north_m"]) for r in estimate], np.int32)
         cv2.polylines(img, [est], False, (255, 120, 0), 1, cv2.LINE_AA)
-        legend += ", autopilot estimate (blue)"
-    cv2.polylines(img, [np.array([px(e, n) for e, n in truth_en], np.int32)], False, (0, 220, 0),
-                  1 if estimate else 2, cv2.LINE_AA)
-    cv2.putText(img, legend, (10, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
+    track = np.array([px(e, n) for e, n in truth_en], np.int32)
+    cv2.polylines(img, [track], False, (0, 0, 0), 4, cv2.LINE_AA)
+    cv2.polylines(img, [track], False, (255, 255, 255), 2, cv2.LINE_AA)
+    if len(track):
+        _marker(img, tuple(track[0]), "start", (0, 200, 0))
+        _marker(img, tuple(track[-1]), "end", (0, 0, 220))
+    _scale_bar(img, canvas.gsd_m / f)
+    _north_arrow(img)
+    err = np.array([r["error_m"] for r in received])
+    title = (f"{len(received)} fixes published; error median {np.median(err):.1f} m, p95 "
+             f"{np.percentile(err, 95):.1f} m, max {err.max():.1f} m" if len(err) else "no fix published")
+    legend = "fixes: green < 3 m, orange 3-10 m, red >= 10 m; true track white" + (
+        "; autopilot estimate blue" if estimate else "")
+    bar = np.full((56, img.shape[1], 3), 255, np.uint8)
+    cv2.putText(bar, title, (10, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(bar, legend, (10, 46), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (60, 60, 60), 1, cv2.LINE_AA)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), img):
+    if not cv2.imwrite(str(path), np.vstack([bar, img])):
         raise SkyfixError(f"cannot write {path}")
     return Path(path)
+
+
+def _marker(img: np.ndarray, at: tuple, label: str, colour: tuple) -> None:
+    cv2.circle(img, at, 8, (255, 255, 255), -1, cv2.LINE_AA)
+    cv2.circle(img, at, 6, colour, -1, cv2.LINE_AA)
+    cv2.putText(img, label, (at[0] + 10, at[1] - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 2, cv2.LINE_AA)
+
+
+def _scale_bar(img: np.ndarray, m_per_px: float) -> None:
+    """A bar of a round length (10, 20, 50, 100, ... m) near a fifth of the image width."""
+    target_m = img.shape[1] / 5 * m_per_px
+    length_m = max(v for v in (10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if v <= max(target_m, 10))
+    length_px = int(round(length_m / m_per_px))
+    x0, y0 = 15, img.shape[0] - 20
+    cv2.rectangle(img, (x0 - 5, y0 - 25), (x0 + length_px + 5, y0 + 8), (255, 255, 255), -1)
+    cv2.line(img, (x0, y0), (x0 + length_px, y0), (0, 0, 0), 3)
+    cv2.putText(img, f"{length_m} m", (x0, y0 - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+
+
+def _north_arrow(img: np.ndarray) -> None:
+    x, y = img.shape[1] - 30, 20
+    cv2.rectangle(img, (x - 18, y - 12), (x + 18, y + 52), (255, 255, 255), -1)
+    cv2.arrowedLine(img, (x, y + 40), (x, y + 5), (0, 0, 0), 2, cv2.LINE_AA, tipLength=0.35)
+    cv2.putText(img, "N", (x - 15, y + 30), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
 
 
 def write_track_csv(received: list[dict], path: str | Path) -> Path:
