@@ -29,3 +29,19 @@ def test_score_availability_and_calibration():
     assert s["availability"] == pytest.approx(0.5, abs=0.02)  # fixes only in the second half
     assert s["calibration"]["within_3x"] == pytest.approx(1 - 1 / len(rec))
     assert s["time_to_first_fix_s"] == pytest.approx(5.0)
+
+
+def test_flight_plot_colours_fixes_by_error(textured_canvas, tmp_path):
+    import cv2
+
+    from skyfix.sim.score import plot_track
+    truth = np.array([[-200.0, -200.0], [200.0, 200.0]])
+    fixes = [{"east_m": -100.0, "north_m": 150.0, "error_m": 1.0},
+             {"east_m": 100.0, "north_m": -150.0, "error_m": 25.0}]
+    path = plot_track(textured_canvas, truth, fixes, tmp_path / "t.png")
+    img = cv2.imread(str(path))
+    bar = img.shape[0] - textured_canvas.image_rgb.shape[0]  # the title bar above the map
+    good, bad = img[bar + 149, 199], img[bar + 449, 399]     # canvas px of the two fixes
+    assert good[1] > 150 and good[2] < 80                       # green
+    assert bad[2] > 150 and bad[1] < 80                         # red
+    assert img[:bar].mean() > 200                               # a light title bar with the summary
