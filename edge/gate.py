@@ -58,6 +58,11 @@ class TrackGate:
             pred = self.filter.predict(t_s)
         return float(pred.x[0]), float(pred.x[1]), ConstantVelocityFilter.horiz_accuracy_m(pred)
 
+    def confirmed(self, t_s: float) -> bool:
+        """True while a confirmed track is tracking."""
+        with self._lock:
+            return self.tracking(t_s) and self.confirmations >= self.confirm
+
     def agrees(self, t_s: float, east_m: float, north_m: float, sigma_m: float) -> bool:
         """True when a confirmed track is tracking and this measurement falls inside its gate
         (without offering it). Lets a weaker match count only where the track expects it."""

@@ -107,6 +107,46 @@ def merge_windows(windows: list[tuple]) -> list[tuple]:
     return [tuple(w) for w in out]
 
 
+class HeadingCheck:
+    """Does the telemetry heading agree with the image? A flipped or mislogged yaw or a bad
+    compass would otherwise refuse every frame. Strong matches that all sit at another rotation
+    are votes; `votes_needed` that agree within `agree_deg` set a correction applied to the
+    telemetry yaw from then on. While no track is confirmed, `misses_to_search` frames in a row
+    with no usable match at the telemetry heading make every other frame use the rotation search
+    (extractors that are not rotation invariant cannot see the rotation otherwise); the other
+    frames keep the telemetry heading, so a correct heading over hard ground loses little."""
+
+    def __init__(self, max_rotation_deg: float, votes_needed: int = 3, agree_deg: float = 10.0,
+                 misses_to_search: int = 10):
+        self.max_rotation_deg, self.votes_needed, self.agree_deg = max_rotation_deg, votes_needed, agree_deg
+        self.misses_to_search = misses_to_search
+        self.offset_rad, self.votes, self.misses = 0.0, [], 0
+
+    @property
+    def search(self) -> bool:
+        """Search the rotation on this frame (every other frame once misses have piled up)."""
+        return self.misses >= self.misses_to_search and self.misses % 2 == 0
+
+    def observe(self, best: Optional[Match], strong_inliers: int, track_confirmed: bool) -> str:
+        """Take one frame's best match; returns a note ('' if none). A confirmed track has
+        already shown that the heading agrees with the image: misses then do not count."""
+        if best is None or best.inliers < strong_inliers:
+            self.misses = 0 if track_confirmed else self.misses + 1
+            return "no match at the telemetry heading: rotation searched" if self.search else ""
+        if abs(best.rotation_deg) <= self.max_rotation_deg:
+            self.misses, self.votes = 0, []
+            return ""
+        self.votes = (self.votes + [best.rotation_deg])[-self.votes_needed:]
+        spread = max(abs((a - b + 180) % 360 - 180) for a in self.votes for b in self.votes)
+        if len(self.votes) < self.votes_needed or spread > self.agree_deg:
+            return f"the image says the heading is off by {best.rotation_deg:.0f} deg ({len(self.votes)}/{self.votes_needed})"
+        turn = math.radians(float(np.mean(self.votes)))
+        self.offset_rad = (self.offset_rad + turn + math.pi) % (2 * math.pi) - math.pi
+        self.misses, self.votes = 0, []
+        log.warning("telemetry heading contradicted by the image: corrected by %.0f deg", math.degrees(self.offset_rad))
+        return f"telemetry heading off by {math.degrees(turn):.0f} deg: corrected from the next frame"
+
+
 @contextmanager
 def _timed(timings: dict, stage: str):
     t0 = time.perf_counter()
@@ -126,6 +166,7 @@ class Navigator:
         self.gsd_m = pack.map_gsd_m
         self.matcher = matcher or open_matcher(pack, cfg)
         self.gate = self._new_gate()
+        self.heading = HeadingCheck(cfg.max_rotation_deg)
         self.stale_run = 0
         self.gallery = FrameGallery(cfg.gallery_size, embedder.dim, embedder.model_id)
         self.last_agl: Optional[tuple] = None  # (t_s, agl_m)
@@ -192,24 +233,33 @@ class Navigator:
         self.last_capture_s = t_s
         with _timed(timings, "crop"):
             pose = self._crop_pose(frame.telemetry, t_s)
+            if pose.heading_known and self.heading.offset_rad:
+                pose.yaw_rad += self.heading.offset_rad
+                pose.notes.append(f"heading corrected by {math.degrees(self.heading.offset_rad):.0f} deg (image)")
             if pose.agl_m is None:
                 return None, Reason.HEIGHT_MISSING, "; ".join(pose.notes)
             crop, inside, offset_en = rectify(frame.image_rgb, self.camera, pose.roll_rad, pose.pitch_rad,
                                               pose.yaw_rad, pose.agl_m, self.pack.tile_size_m, self.crop_px)
         if inside < 0.5:
             return None, Reason.CROP_OUTSIDE, f"the frame covers {inside:.0%} of it (height {pose.agl_m:.0f} m?)"
+        # Heading in doubt (HeadingCheck): embed and refine as if it were unknown.
+        trust_heading = pose.heading_known and not self.heading.search
         with _timed(timings, "embed"):
-            vectors = self._embed(crop, pose.heading_known)
+            vectors = self._embed(crop, trust_heading)
         with _timed(timings, "search"):
             candidates = self._candidates(vectors, t_s)
         with _timed(timings, "refine"):
             wide = rectify(frame.image_rgb, self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
                            pose.agl_m, self.refine_size_m, self.refine_px)[0]
-            best, runner_up = self._refine(wide, candidates, pose.heading_known)
+            best, runner_up = self._refine(wide, candidates, trust_heading)
         slot = self.gallery.add(vectors[0], frame.t_capture_us, frame.source_id, None)
+        if pose.heading_known:
+            note = self.heading.observe(best, self.cfg.min_inliers, self.gate.confirmed(t_s))
+            if note:
+                pose.notes.append(note)
         rejected = self._reject_match(best, runner_up, pose)
         if rejected:
-            return (None, *rejected)
+            return None, rejected[0], "; ".join([rejected[1]] + pose.notes)
         east, north, heading_correction_rad, sigma_m = self._vehicle_position(best, pose, offset_en)
         if best.inliers < self.cfg.min_inliers and not self.gate.agrees(t_s, east, north, sigma_m):
             return None, Reason.WEAK_MATCH, (f"{best.inliers} inliers: enough only where a confirmed "

@@ -210,3 +210,22 @@ def test_map_features_truncated_in_flight_fail_that_frame_only(world, tmp_path):
     desc.write_bytes(whole)
     r = nav.step(_frame(canvas, 2.5, 5)[0])
     assert r.kind is Reason.OK
+
+
+def test_a_wrong_telemetry_heading_is_found_and_corrected(nav, world):
+    """The autopilot's yaw is 60 deg off (a bad compass): frames find nothing, then the
+    rotation is searched; strong matches at another rotation are refused, saying so; once three
+    agree the heading is corrected and fixes come, in the right place."""
+    pack, _, canvas = world
+    results = []
+    for i in range(26):
+        frame, pose = _frame(canvas, 0.5 * i, i, yaw_rad=_pose(0.5 * i).yaw_rad + math.radians(60))
+        results.append((nav.step(frame), pose))
+    assert all(r.fix is None for r, _ in results[:3])
+    assert any(r.kind is Reason.IMPLAUSIBLE and "heading is off by" in r.detail for r, _ in results)
+    assert any("telemetry heading off by" in r.detail for r, _ in results)
+    assert math.degrees(nav.heading.offset_rad) == pytest.approx(-60.0, abs=3.0)
+    fixes = [(r.fix, p) for r, p in results if r.fix is not None]
+    assert len(fixes) >= 3
+    for fix, pose in fixes:
+        assert _err(pack, fix, pose) < 3.0
