@@ -123,6 +123,9 @@ class NavConfig:
     accel_sigma_m_s2: float = 3.0    # filter process noise (multirotor manoeuvres)
     attitude_sigma_deg: float = 1.0  # telemetry attitude error, enters the measurement accuracy
     resect_camera: bool = True       # place the vehicle by camera resection (PnP), not the telemetry tilt
+    # Frames in a row without a usable match, before any track is confirmed, after which every
+    # other frame searches the rotation (a wrong telemetry heading); 0: never.
+    heading_search_after: int = 10
     unknown_tilt_deg: float = 8.0    # tilt to allow for when attitude is missing (1 sigma)
     lost_after_s: float = 5.0        # no accepted measurement for this long: re-acquire globally
     fallback_agl_m: float = 0.0      # height to assume when telemetry has none (0: refuse frame)

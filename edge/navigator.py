@@ -71,12 +71,13 @@ class CropPose:
     notes: list = field(default_factory=list)
 
 
-def open_matcher(pack: TilePack, cfg: NavConfig) -> MapMatcher:
-    """The refinement matcher for cfg.keypoints over the pack's stored map features. Raises
-    PackError at start, with the command that adds them, when the pack lacks those features or
-    they were computed by another extractor (another XFeat model, another OpenCV)."""
-    recorded = ((pack.manifest.get("features") or {}).get(cfg.keypoints) or {}).get("source")
-    extractor = open_extractor(cfg.keypoints, cfg.features_model or recorded or None)
+def open_matcher(pack: TilePack, cfg: NavConfig, name: Optional[str] = None) -> MapMatcher:
+    """The refinement matcher for `name` (default cfg.keypoints) over the pack's stored map
+    features. Raises PackError at start, with the command that adds them, when the pack lacks
+    those features or they were computed by another extractor (another XFeat model, OpenCV)."""
+    name = name or cfg.keypoints
+    recorded = ((pack.manifest.get("features") or {}).get(name) or {}).get("source")
+    extractor = open_extractor(name, cfg.features_model or recorded or None)
     return MapMatcher(pack.map_features(extractor.name, extractor.identity), extractor, pack.map_gsd_m,
                       cfg.crop_features)
 
@@ -165,8 +166,13 @@ class Navigator:
         self.pack, self.embedder, self.camera, self.cfg = pack, embedder, camera, cfg
         self.gsd_m = pack.map_gsd_m
         self.matcher = matcher or open_matcher(pack, cfg)
+        # Without a trustworthy heading, a rotation-invariant matcher (SIFT, when the pack has
+        # its features): describing XFeat at 8 turns multiplies the chance matches and the time.
+        self.rotation_matcher = self.matcher
+        if matcher is None and not self.matcher.extractor.rotation_invariant and "sift" in (pack.manifest.get("features") or {}):
+            self.rotation_matcher = open_matcher(pack, cfg, "sift")
         self.gate = self._new_gate()
-        self.heading = HeadingCheck(cfg.max_rotation_deg)
+        self.heading = HeadingCheck(cfg.max_rotation_deg, misses_to_search=cfg.heading_search_after or 10 ** 9)
         self.stale_run = 0
         self.gallery = FrameGallery(cfg.gallery_size, embedder.dim, embedder.model_id)
         self.last_agl: Optional[tuple] = None  # (t_s, agl_m)
@@ -379,11 +385,12 @@ class Navigator:
         The crop is described once; overlapping candidate windows are merged so each part of
         the map is matched once (while tracking, one window), and each window gives its best
         placement and the best other one."""
-        described = self.matcher.describe(crop, heading_known)
+        matcher = self.matcher if heading_known else self.rotation_matcher
+        described = matcher.describe(crop, heading_known)
         reach_m = max(crop.shape[:2]) * self.gsd_m * 0.75
         wh = (crop.shape[1], crop.shape[0])
         matches = [m for e, n, half in merge_windows([(e, n, r + reach_m) for e, n, r in candidates])
-                   for m in self.matcher.match_window(described, wh, self.gsd_m, (e, n), half)]
+                   for m in matcher.match_window(described, wh, self.gsd_m, (e, n), half)]
         if not matches:
             return None, None
         matches.sort(key=lambda m: -m.inliers)
