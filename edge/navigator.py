@@ -12,6 +12,7 @@ measurement is geometrically strong and unambiguous, and the filter agrees with 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -219,7 +220,13 @@ class Navigator:
         if est is None:
             return None
         state, age_s = est
-        return self._fix_from_state(state, int(now_s * 1e6), None), age_s
+        fix = self._fix_from_state(state, int(now_s * 1e6), None)
+        manoeuvre_m = 0.5 * self.cfg.max_accel_m_s2 * max(age_s, 0.0) ** 2
+        if manoeuvre_m > 0:
+            fix = dataclasses.replace(fix, horiz_accuracy_m=fix.horiz_accuracy_m + manoeuvre_m)
+            if fix.horiz_accuracy_m > self.cfg.max_accuracy_m:
+                return None
+        return fix, age_s
 
     def reason_counts(self) -> dict:
         """{reason kind: frames} with plain-string keys (for JSON)."""

@@ -229,3 +229,16 @@ def test_a_wrong_telemetry_heading_is_found_and_corrected(nav, world):
     assert len(fixes) >= 3
     for fix, pose in fixes:
         assert _err(pack, fix, pose) < 3.0
+
+
+def test_an_extrapolated_estimate_says_a_manoeuvre_may_have_happened(nav, world):
+    """Past the newest measurement the published accuracy grows by 0.5 a_max t^2 (a U-turn at
+    a leg's end), and the estimate is withheld once that passes the publish cap."""
+    _, _, canvas = world
+    for i in range(5):
+        nav.step(_frame(canvas, 0.5 * i, i)[0])
+    fresh, _ = nav.estimate_at(2.0)
+    later, age = nav.estimate_at(3.5)
+    assert age == pytest.approx(1.5)
+    assert later.horiz_accuracy_m - fresh.horiz_accuracy_m >= 0.5 * 5.0 * 1.5 ** 2
+    assert nav.estimate_at(5.0) is None  # 3 s old: 22.5 m of possible manoeuvre, above 15 m
