@@ -641,8 +641,9 @@ def bench_soak(pack_path: str, duration_s: float = 3600.0, sample_s: float = 60.
     from skyfix.export.models import load_embedder, model_for_pack
     from skyfix.sim.run import fly, prepare_flight, summarise, write_outputs
     from skyfix.tiles.pack import TilePack
+    # Long enough for the whole duration: the rounded turns at the legs' ends are flown slower.
     cfg = load_config(overrides={"sim": {"route": "lawnmower", "duration_s": duration_s,
-                                         "length_m": duration_s * 12.0 + 1000.0}})
+                                         "length_m": duration_s * 12.0 * 1.3 + 1000.0}})
     embedder = load_embedder(model_for_pack(TilePack.open(pack_path), None), "drone", cfg.model)
     samples: list = []
 
