@@ -550,7 +550,8 @@ def _rss_mb() -> float:
 def hostile_sender(n_datagrams: int, duration_s: float, n_sockets: int = 500, seed: int = 0):
     """An interference for `sim.run.fly`: from n_sockets source ports, n_datagrams over
     duration_s, a mix of junk bytes, MAVLink from system 42 (an autopilot HEARTBEAT, a wrong
-    ATTITUDE and height, SYSTEM_TIME 2^63) and the same messages with the autopilot's own ids."""
+    ATTITUDE and height, SYSTEM_TIME 2^63) and the same messages with the autopilot's own ids.
+    Returns (start, sent): `sent["n"]` counts the datagrams sent."""
     import socket
     import threading
 
@@ -565,10 +566,11 @@ def hostile_sender(n_datagrams: int, duration_s: float, n_sockets: int = 500, se
                 mav.system_time_encode(2 ** 63, 10 ** 6).pack(mav)]
     payloads = packets(42) + packets(1) + [bytes(rng.integers(0, 256, 60, dtype=np.uint8)) for _ in range(4)]
 
+    sent = {"n": 0}
+
     def start(connection: str):
         host, port = connection.split(":")[1:3]
         stop = threading.Event()
-        sent = {"n": 0}
 
         def run():
             socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(n_sockets)]
@@ -591,9 +593,8 @@ def hostile_sender(n_datagrams: int, duration_s: float, n_sockets: int = 500, se
         def stop_it():
             stop.set()
             thread.join(timeout=5)
-            hostile_sender.sent = sent["n"]
         return stop_it
-    return start
+    return start, sent
 
 
 def bench_attack(pack_path: str, n_datagrams: int = 20000, duration_s: float = 55.0) -> str:
@@ -609,13 +610,13 @@ def bench_attack(pack_path: str, n_datagrams: int = 20000, duration_s: float = 5
             "dropped from other senders | values refused | encode failures | RSS before / after MB |",
             "|---|---|---|---|---|---|---|---|---|"]
     for attack in (False, True):
-        hostile_sender.sent = 0
+        start, sent = hostile_sender(n_datagrams, duration_s * 0.9) if attack else (None, {"n": 0})
         rss0 = _rss_mb()
         s = run_sim(pack_path, embedder, cfg, out_dir=f"out/bench/attack_{int(attack)}", progress=False,
-                    interference=hostile_sender(n_datagrams, duration_s * 0.9) if attack else None)
+                    interference=start)
         link, e = s["link"], s["error_m"]
         dropped = link.get("foreign_datagrams", 0) + sum(link.get("dropped", {}).values())
-        rows.append(f"| {'under attack' if attack else 'quiet'} | {hostile_sender.sent} | {s['n_published']} | "
+        rows.append(f"| {'under attack' if attack else 'quiet'} | {sent['n']} | {s['n_published']} | "
                     f"{100 * s['availability']:.1f} % | {e['median']:.2f} / {e['max']:.2f} | {dropped} | "
                     f"{sum(link.get('rejected_values', {}).values())} | {link.get('encode_failures', 0)} | "
                     f"{rss0:.0f} / {_rss_mb():.0f} |")

@@ -206,8 +206,9 @@ class Navigator:
         for stage, ms in timings.items():
             self.timings_ms[stage].append(ms)
         if "refine" in timings:  # a frame that went through every stage
-            self.timings_ms["frame_total"].append(sum(timings.values()))
-            self._check_speed(sum(timings.values()) / 1e3)
+            total_ms = sum(timings.values())
+            self.timings_ms["frame_total"].append(total_ms)
+            self._check_speed(total_ms / 1e3)
         self.reasons[kind] += 1
         if fix is None:
             self._log_reason(kind, detail)

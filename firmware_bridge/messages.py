@@ -30,9 +30,12 @@ def gps_week_and_ms(unix_us: int) -> tuple[int, int]:
     return int(gps_ms // (SECONDS_PER_WEEK * 1000)), int(gps_ms % (SECONDS_PER_WEEK * 1000))
 
 
+UNIX_US_MIN, UNIX_US_MAX = 1_577_836_800 * 10 ** 6, 4_102_444_800 * 10 ** 6  # 2020-01-01, 2100-01-01
+
+
 def plausible_unix_us(unix_us: int) -> bool:
     """Inside 2020-01-01 .. 2100-01-01 (a GPS week that fits its uint16 field, and a real date)."""
-    return 1_577_836_800 * 10 ** 6 <= unix_us <= 4_102_444_800 * 10 ** 6
+    return UNIX_US_MIN <= unix_us <= UNIX_US_MAX
 
 
 def check_fix(fix: Fix) -> None:

@@ -19,14 +19,14 @@ from typing import Optional
 import numpy as np
 
 from skyfix.contracts import Telemetry
+from skyfix.firmware_bridge.messages import plausible_unix_us
 
 HISTORY_SAMPLES = 512      # per series: 10 s of ATTITUDE at 50 Hz; bounded whatever the rate
 OFFSET_WINDOW = 200        # clock-offset samples the estimate is the max of (a few seconds)
 UNIX_TIME_MIN_US = 10 ** 15  # ALTITUDE.time_usec above this is unix time, below it boot time
-# SYSTEM_TIME is believed only inside this window (2020-01-01 .. 2100-01-01) and only when it
+# SYSTEM_TIME is believed only inside messages.plausible_unix_us (2020-2100) and only when it
 # agrees with the established clock within UNIX_STEP_MAX_S; a real clock step is taken after
 # UNIX_STEP_CONFIRM messages agree with each other.
-UNIX_US_MIN, UNIX_US_MAX = 1_577_836_800 * 10 ** 6, 4_102_444_800 * 10 ** 6
 UNIX_STEP_MAX_S, UNIX_STEP_CONFIRM = 10.0, 5
 BOOT_JUMP_MAX_S = 60.0       # a boot time further ahead of the receive clock than this is refused
 MAX_HEIGHT_M, MIN_HEIGHT_M = 20_000.0, -1_000.0
@@ -184,7 +184,7 @@ class TelemetryStore:
         elif kind == "DISTANCE_SENSOR":
             if msg.max_distance > MAX_HEIGHT_M * 100:
                 return "range out of range"
-        elif kind == "SYSTEM_TIME" and msg.time_unix_usec and not UNIX_US_MIN <= msg.time_unix_usec <= UNIX_US_MAX:
+        elif kind == "SYSTEM_TIME" and msg.time_unix_usec and not plausible_unix_us(msg.time_unix_usec):
             return "unix time outside 2020-2100"
         return ""
 
