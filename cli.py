@@ -93,6 +93,24 @@ def cmd_export_onnx(args) -> int:
     return 0
 
 
+def cmd_export_precision(args) -> int:
+    from skyfix.export.precision import export_precision
+    precision = args.precision or args.ecmd
+    card = export_precision(args.model, args.out, precision, args.calib, calib_n=args.calib_n, eval_n=args.eval_n,
+                            method=args.calib_method, accept_loss=args.accept_loss)
+    gate = card["parity_gate"]
+    print(f"wrote {args.out} ({precision}; parity gate {'passed' if gate['passed'] else 'FAILED, loss accepted'}); "
+          f"next, on the Jetson: skyfix export-trt --onnx {args.out}/drone.onnx --precision {precision} --out DIR")
+    return 0
+
+
+def cmd_export_trt(args) -> int:
+    from skyfix.export.tensorrt_build import export_trt
+    export_trt(args.onnx, args.precision, args.out, max_batch=args.max_batch, workspace_mb=args.workspace_mb,
+               timing_cache=args.timing_cache)
+    return 0
+
+
 # ---- eval -----------------------------------------------------------------------------------
 def cmd_eval(args) -> int:
     from skyfix.export.models import load_embedder, model_for_pack
@@ -281,6 +299,28 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--dim", type=_number(int, 8, 4096))
     o.add_argument("--config")
     o.set_defaults(func=cmd_export_onnx)
+
+    for name, what in (("int8", "explicitly quantised (QDQ) INT8 towers"), ("fp16", "FP16 towers")):
+        q = export.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                              help=f"{what} from an FP32 export, gated on accuracy parity with it")
+        q.add_argument("--model", required=True, help="FP32 model folder from `skyfix export onnx`")
+        q.add_argument("--calib", required=True, help="pack or orthophoto the calibration and parity views are rendered from")
+        q.add_argument("--out", required=True)
+        q.add_argument("--precision", choices=["int8", "fp16"], help=f"default: {name}")
+        q.add_argument("--calib-n", type=_number(int, 8, 100000), default=512, help="calibration views")
+        q.add_argument("--eval-n", type=_number(int, 20, 100000), default=200, help="held-out parity views")
+        q.add_argument("--calib-method", choices=["minmax", "percentile", "entropy"], default="minmax")
+        q.add_argument("--accept-loss", action="store_true", help="keep an export that fails the parity gate")
+        q.set_defaults(func=cmd_export_precision)
+    t = sub.add_parser("export-trt", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       help="ONNX tower -> TensorRT engine (run on the Jetson: needs tensorrt and pycuda)")
+    t.add_argument("--onnx", required=True)
+    t.add_argument("--precision", choices=["fp16", "int8"], required=True)
+    t.add_argument("--max-batch", type=_number(int, 1, 256), default=8)
+    t.add_argument("--workspace-mb", type=_number(int, 64, 65536), default=1024)
+    t.add_argument("--timing-cache", help="file read before and written after the build (faster rebuilds)")
+    t.add_argument("--out", required=True)
+    t.set_defaults(func=cmd_export_trt)
 
     e = sub.add_parser("eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="drone <-> satellite retrieval on simulated views")
     e.add_argument("--pack", required=True)

@@ -50,6 +50,9 @@ def onnx_session(onnx_path: str | Path, providers: Optional[list] = None, thread
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
+    # No busy-waiting between runs: onboard, two sessions (tower, local features) and numpy
+    # share the cores, and spinning pool threads starve whichever runs next.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     available = ort.get_available_providers()
     wanted = providers or [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider",
                                        "CPUExecutionProvider") if p in available]
@@ -81,9 +84,10 @@ class OnnxEmbedder:
         return self.session.run(None, {self.input_name: x})[0].astype(np.float32)
 
 
-def open_embedder(spec: str | Path, tower: str) -> OnnxEmbedder:
+def open_embedder(spec: str | Path, tower: str):
     """The deployable drone or satellite tower (`tower`: 'drone' or 'sat') from a model
-    directory written by `skyfix export onnx` or an `.onnx` file. No torch needed.
+    directory written by `skyfix export onnx` / `export int8`, an `.onnx` file (onnxruntime), or
+    a TensorRT engine folder / `.engine` file from `skyfix export-trt` (Jetson). No torch needed.
 
     Checkpoints and the ImageNet default are training-side formats: resolve those with
     `skyfix.export.models.load_embedder` (workstation) or export them first.
@@ -91,11 +95,14 @@ def open_embedder(spec: str | Path, tower: str) -> OnnxEmbedder:
     if tower not in TOWERS:
         raise SkyfixError(f"tower must be one of {TOWERS}, got '{tower}'")
     path = Path(str(spec))
+    from skyfix.edge.trt_embedder import TensorRTEmbedder, is_engine
+    if is_engine(path):
+        return TensorRTEmbedder(path, tower)
     if path.is_dir():
         return OnnxEmbedder(path / f"{tower}.onnx")
     if path.suffix == ".onnx":
         return OnnxEmbedder(path)
-    raise SkyfixError(f"model '{spec}' is not a model directory or .onnx file; onboard skyfix runs "
+    raise SkyfixError(f"model '{spec}' is not a model directory, .onnx or .engine file; onboard skyfix runs "
                       "exported models: `skyfix export onnx --checkpoint CKPT --out DIR`")
 
 

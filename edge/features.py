@@ -205,23 +205,25 @@ def match_descriptors(query: np.ndarray, train: np.ndarray, binary: bool, ratio:
         dist = np.array([[p[0].distance, p[1].distance] for p in pairs], np.float32).reshape(-1, 2)
         idx = np.array([[p[0].queryIdx, p[0].trainIdx] for p in pairs], int).reshape(-1, 2)
         rows, first = idx[:, 0], idx[:, 1]
-        back = (lambda: np.array([m.trainIdx for m in bf.match(train, query)], int))
+        back = (lambda: np.array([m.trainIdx for m in bf.match(train, query)], int)[first] == rows)
     else:
         # Unit vectors: distance^2 = 2 - 2 cos, so one BLAS product and arg-max passes give the
         # two nearest neighbours (argpartition or a k-NN library were 3-5x slower here).
+        # Mutual check through column maxima: numpy's arg-max down the columns of a row-major
+        # matrix was 5-40 ms here, the plain maximum well under 1 ms.
         q, t = _unit(query), _unit(train)
         sim = q @ t.T
         rows = np.arange(len(q))
-        best_query = np.argmax(sim, axis=0) if mutual else None
+        best_of_train = sim.max(axis=0) if mutual else None
         first = np.argmax(sim, axis=1)
         s1 = sim[rows, first].copy()
         sim[rows, first] = -np.inf
         s2 = sim.max(axis=1)
         dist = np.sqrt(np.maximum(2.0 - 2.0 * np.column_stack([s1, s2]), 0.0))
-        back = (lambda: best_query)
+        back = (lambda: s1 >= best_of_train[first])
     keep = dist[:, 0] < ratio * dist[:, 1] if ratio < 1 else np.ones(len(rows), bool)
     if mutual:
-        keep &= back()[first] == rows
+        keep &= back()
     return rows[keep], first[keep]
 
 

@@ -60,9 +60,18 @@ class MapMatcher:
         """The crop's keypoints (once per frame; every candidate reuses them). Without a known
         heading, an extractor that is not rotation invariant describes it at several turns."""
         mask = crop_rgb.sum(axis=2) > 0
-        if heading_known:
+        if not heading_known:
+            return extract_any_rotation(self.extractor, crop_rgb, 2 * self.crop_features, mask)
+        # Describe only the frame's footprint: the black margin of a rectified crop costs a
+        # learned extractor as much time as the image does.
+        rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+        if rows.size == 0:
             return self.extractor.extract(crop_rgb, self.crop_features, mask)
-        return extract_any_rotation(self.extractor, crop_rgb, 2 * self.crop_features, mask)
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        f = self.extractor.extract(np.ascontiguousarray(crop_rgb[r0:r1, c0:c1]), self.crop_features,
+                                   mask[r0:r1, c0:c1])
+        f.xy_px += np.array([c0, r0], np.float32)
+        return f
 
     def match(self, crop_rgb: np.ndarray, crop_gsd_m: float, centre_en: tuple, radius_m: float,
               min_matches: int = 8, described: Optional[Features] = None) -> Optional[Match]:

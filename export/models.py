@@ -2,12 +2,12 @@
 
     a model directory from `skyfix export onnx`  -> onnxruntime (edge.embedders)
     a `.onnx` file                                -> onnxruntime
+    an engine folder / `.engine` (export-trt)     -> TensorRT (edge.trt_embedder, Jetson)
     a `.pt` checkpoint from `skyfix train`        -> torch (train.torch_embedder)
     'imagenet'                                    -> the ImageNet-initialised towers, exported to
                                                      ONNX once (cached) and run by onnxruntime
     nothing, with a pack                          -> the model the pack records it was built by
 
-TensorRT `.engine` files are added here when the Jetson runtime lands.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def load_embedder(spec: str | Path, tower: str, model_cfg=None):
     if tower not in TOWERS:
         raise SkyfixError(f"tower must be one of {TOWERS}, got '{tower}'")
     path = Path(str(spec))
-    if path.is_dir() or path.suffix == ".onnx":
+    if path.is_dir() or path.suffix in (".onnx", ".engine"):
         return open_embedder(path, tower)
     if path.suffix == ".pt":
         from skyfix.train.torch_embedder import TorchEmbedder
@@ -39,7 +39,7 @@ def load_embedder(spec: str | Path, tower: str, model_cfg=None):
         return TorchEmbedder(load_checkpoint(path), tower)
     if str(spec) == IMAGENET:
         return open_embedder(imagenet_onnx(model_cfg), tower)
-    raise SkyfixError(f"model '{spec}' is not a model directory, .onnx, .pt or '{IMAGENET}'")
+    raise SkyfixError(f"model '{spec}' is not a model directory, .onnx, .engine, .pt or '{IMAGENET}'")
 
 
 def cache_dir() -> Path:

@@ -71,6 +71,18 @@ def test_mutual_matching_keeps_only_mutual_pairs():
     assert len(iq) == 11
 
 
+
+def test_mutual_matching_agrees_with_the_definition():
+    rng = np.random.default_rng(1)
+    query, train = rng.normal(size=(300, 32)).astype(np.float32), rng.normal(size=(700, 32)).astype(np.float32)
+    q = query / np.linalg.norm(query, axis=1, keepdims=True)
+    t = train / np.linalg.norm(train, axis=1, keepdims=True)
+    sim = q @ t.T
+    first, back = sim.argmax(axis=1), sim.argmax(axis=0)
+    expected = {(i, int(first[i])) for i in range(len(q)) if back[first[i]] == i}
+    iq, it = match_descriptors(query, train, binary=False, ratio=1.0, mutual=True)
+    assert set(zip(iq.tolist(), it.tolist())) == expected and 0 < len(expected) < len(q)
+
 # ---- map features in the pack ------------------------------------------------------------------
 @pytest.fixture()
 def pack_with_sift(tmp_path, textured_canvas):

@@ -1,0 +1,174 @@
+"""Lower-precision exports (INT8 QDQ, FP16) and their parity gate, on CPU with onnxruntime; the
+TensorRT build's planning and the engine manifest checks (plain Python). Building and running
+engines needs TensorRT and a GPU: those tests are marked `gpu` and skipped without them."""
+import importlib.util
+
+import numpy as np
+import pytest
+import yaml
+
+from skyfix.errors import SkyfixError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def int8_dir(tiny_onnx_dir, textured_canvas, tmp_path_factory):
+    from skyfix.export.precision import export_precision
+    out = tmp_path_factory.mktemp("int8") / "tiny-int8"
+    export_precision(tiny_onnx_dir, out, "int8", textured_canvas, calib_n=32, eval_n=40, accept_loss=True,
+                     log=lambda *_: None)
+    return out
+
+
+def _model(path):
+    import onnx
+    return onnx.load(str(path))
+
+
+def test_int8_export_is_symmetric_qdq_with_the_sensitive_layers_kept(int8_dir):
+    from onnx import numpy_helper
+
+    from skyfix.export.precision import kept_fp32
+    model = _model(int8_dir / "drone.onnx")
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 5 and ops.count("DequantizeLinear") > 5
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in model.graph.node
+                   if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # TensorRT: symmetric int8
+    # The kept layers take no dequantised input: they run in higher precision.
+    produced_by = {o: n for n in model.graph.node for o in n.output}
+    kept = set(kept_fp32(model))
+    stem = [n for n in model.graph.node if n.op_type == "Conv"][0]
+    assert stem.name in kept and len(kept) > 2
+    for node in (n for n in model.graph.node if n.name in kept):
+        assert all(produced_by.get(i) is None or produced_by[i].op_type != "DequantizeLinear" for i in node.input)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["precision"] == "int8" and meta["tower"] == "drone"
+
+
+def test_int8_card_carries_the_parity_figures_and_runs_close_to_fp32(int8_dir, tiny_onnx_dir):
+    from skyfix.edge.embedders import open_embedder, read_model_card
+    card = read_model_card(int8_dir)
+    gate = card["parity_gate"]
+    assert card["precision"] == "int8" and card["model_id"] == read_model_card(tiny_onnx_dir)["model_id"]
+    assert gate["views"] == 40 and 0 <= gate["onboard"]["top1_agreement"] <= 1
+    assert gate["passed"] == (not gate["accepted_loss"])
+    assert gate["cosine"]["median"] > 0.9  # quantisation noise, not a different model
+    x = np.random.default_rng(0).integers(0, 256, (3, 96, 96, 3), dtype=np.uint8)
+    low, ref = open_embedder(int8_dir, "drone").embed(x), open_embedder(tiny_onnx_dir, "drone").embed(x)
+    assert low.shape == ref.shape and np.allclose(np.linalg.norm(low, axis=1), 1, atol=1e-3)
+
+
+def test_fp16_export_keeps_io_types_and_passes_the_gate(tiny_onnx_dir, textured_canvas, tmp_path):
+    import onnx
+
+    from skyfix.export.precision import export_precision
+    card = export_precision(tiny_onnx_dir, tmp_path / "fp16", "fp16", textured_canvas, calib_n=8, eval_n=40,
+                            log=lambda *_: None)
+    model = _model(tmp_path / "fp16" / "sat.onnx")
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert sum(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer) > 10
+    gate = card["parity_gate"]
+    assert gate["passed"] and gate["cosine"]["min"] > 0.999
+
+
+def test_an_export_that_fails_the_gate_is_refused_and_writes_nothing(tiny_onnx_dir, textured_canvas, tmp_path,
+                                                                     monkeypatch):
+    from skyfix.export import precision
+    monkeypatch.setattr(precision, "MIN_TOP1_AGREEMENT", 1.01)  # a bar no export can pass
+    with pytest.raises(SkyfixError, match="parity gate.*top-1 tile agreement"):
+        precision.export_precision(tiny_onnx_dir, tmp_path / "fp16", "fp16", textured_canvas, calib_n=8,
+                                   eval_n=40, log=lambda *_: None)
+    assert not (tmp_path / "fp16").exists()
+
+
+def test_gate_rules():
+    from skyfix.export.precision import gate_failures
+    ok = {"agreement": 0.99, "drop": 0.0}
+
+    def report(onboard, both):
+        return {"fp32": {"r1": 0.8}, **{case: {"r1": 0.8 - c["drop"], "r1_drop": c["drop"], "top1_agreement": c["agreement"]}
+                                        for case, c in (("onboard", onboard), ("both", both))}}
+    assert gate_failures(report(ok, ok)) == []
+    assert "R@1" in gate_failures(report({"agreement": 0.99, "drop": 0.01}, ok))[0]
+    assert "agreement" in gate_failures(report(ok, {"agreement": 0.9, "drop": 0.0}))[0]
+
+
+def test_converting_a_lower_precision_model_again_is_refused(int8_dir, textured_canvas, tmp_path):
+    from skyfix.export.precision import export_precision
+    with pytest.raises(SkyfixError, match="already int8"):
+        export_precision(int8_dir, tmp_path / "x", "fp16", textured_canvas, log=lambda *_: None)
+
+
+# ---- TensorRT build planning and engine manifests (no TensorRT needed) ---------------------------
+def test_plan_for_fp16_and_int8(tiny_onnx_dir, int8_dir):
+    from skyfix.export.tensorrt_build import plan_build
+    p = plan_build(tiny_onnx_dir / "drone.onnx", "fp16", max_batch=4)
+    assert p.flags == ["FP16"] and p.onnx_precision == "fp32"
+    assert p.profile == {"min": [1, 96, 96, 3], "opt": [1, 96, 96, 3], "max": [4, 96, 96, 3]}
+    assert p.metadata["tower"] == "drone" and p.input_name == "images_rgb_u8"
+    q = plan_build(int8_dir / "drone.onnx", "int8")
+    assert q.flags == ["INT8", "FP16"] and q.onnx_precision == "int8"
+
+
+def test_plan_refusals(tiny_onnx_dir, int8_dir, tmp_path):
+    from skyfix.export.tensorrt_build import plan_build, platform_refusal
+    with pytest.raises(SkyfixError, match="explicitly quantised"):
+        plan_build(tiny_onnx_dir / "drone.onnx", "int8")
+    with pytest.raises(SkyfixError, match="quantised"):
+        plan_build(int8_dir / "drone.onnx", "fp16")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes((tiny_onnx_dir / "drone.onnx").read_bytes()[:5000])
+    with pytest.raises(SkyfixError, match="not a valid ONNX"):
+        plan_build(bad, "fp16")
+    with pytest.raises(SkyfixError, match="precision"):
+        plan_build(tiny_onnx_dir / "drone.onnx", "int4")
+    assert "INT8" in platform_refusal("int8", fast_fp16=True, fast_int8=False)
+    assert "FP16" in platform_refusal("fp16", fast_fp16=False, fast_int8=False)
+    assert platform_refusal("int8", fast_fp16=True, fast_int8=True) is None
+
+
+def test_engine_manifest_and_load_refusals(tiny_onnx_dir):
+    from skyfix.edge.trt_embedder import engine_problems
+    from skyfix.export.tensorrt_build import engine_manifest, plan_build
+    here = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}
+    m = engine_manifest(plan_build(tiny_onnx_dir / "drone.onnx", "fp16"), here, "ab" * 32, 12.0, None)
+    assert m["model_id"] and m["tower"] == "drone" and len(m["onnx_sha256"]) == 64 and m["precision"] == "fp16"
+    assert engine_problems(m, here, tower="drone", model_id=m["model_id"]) == []
+    other = engine_problems(m, {**here, "tensorrt_version": "10.7.0"}, tower="sat", model_id="other")
+    assert len(other) == 3 and "TensorRT 10.3.0" in other[0] and "sat tower" in other[1] and "other" in other[2]
+    assert "Orin" in engine_problems(m, {**here, "gpu_name": "RTX 4090", "compute_capability": "8.9"})[0]
+
+
+def test_an_engine_folder_is_routed_to_tensorrt_and_refused_clearly_without_it(tiny_onnx_dir, tmp_path):
+    from skyfix.edge.embedders import open_embedder
+    from skyfix.edge.trt_embedder import is_engine, read_engine_manifest
+    folder = tmp_path / "engine"
+    folder.mkdir()
+    (folder / "model.engine").write_bytes(b"not an engine")
+    with pytest.raises(SkyfixError, match="engine.yaml not found"):
+        read_engine_manifest(folder / "model.engine")
+    (folder / "engine.yaml").write_text(yaml.safe_dump({"model_id": "x"}))
+    assert is_engine(folder) and is_engine(folder / "model.engine")
+    with pytest.raises(SkyfixError, match="not an engine manifest"):
+        open_embedder(folder, "drone")
+
+
+HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("pycuda") is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAVE_TRT, reason="needs TensorRT and pycuda (a Jetson or a CUDA machine)")
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_engine_builds_loads_and_matches_onnxruntime(precision, tiny_onnx_dir, int8_dir, tmp_path):
+    from skyfix.edge.embedders import open_embedder
+    from skyfix.export.tensorrt_build import export_trt
+    src = (int8_dir if precision == "int8" else tiny_onnx_dir) / "drone.onnx"
+    out = export_trt(src, precision, tmp_path / "engine", max_batch=4, log=lambda *_: None)
+    trt_emb, ref = open_embedder(out, "drone"), open_embedder(src, "drone")
+    x = np.random.default_rng(0).integers(0, 256, (6, 96, 96, 3), dtype=np.uint8)  # > max batch: chunked
+    cos = np.sum(trt_emb.embed(x) * ref.embed(x), axis=1)
+    assert trt_emb.model_id == ref.model_id and cos.min() > 0.99
