@@ -1,6 +1,8 @@
 """Benchmarks that print tables (README numbers). Not tests: nothing here asserts a speed.
 
   skyfix bench embed  --model MODEL_DIR      onnxruntime embedding latency, batch 1 and 8
+  skyfix bench precision --model MODEL_DIR [--calib PACK,...]
+                                             INT8 / FP16 exports: parity with FP32 and CPU latency
   skyfix bench faiss  --pack PACK            search latency on a pack and a synthetic 1M index
   skyfix bench retrieval                     builds packs and runs every README eval
   skyfix bench resection --pack PACK         vehicle position: telemetry tilt vs camera resection
@@ -54,6 +56,47 @@ def bench_embed(model_dir: str, runs: int = 50) -> str:
         ms = _latency_ms(lambda: emb.embed(x), warmup=5, runs=runs)
         rows.append(_row(f"batch {batch}, {emb.input_px} px", ms,
                          f"{np.percentile(ms, 50) / batch:.2f} ms"))
+    return "\n".join(rows)
+
+
+def bench_precision(model_dir: str, sources: list, out: str = "out/bench/precision", calib_n: int = 512,
+                    method: str = "minmax", runs: int = 50) -> str:
+    """Export INT8 and FP16 from an FP32 model folder for each calibration source (loss
+    accepted, so every figure is seen), then time batch-1 onnxruntime CPU latency of FP32, INT8
+    and FP16 in one interleaved run (same machine state)."""
+    from skyfix.edge.embedders import OnnxEmbedder
+    from skyfix.export.precision import export_precision, format_report
+    rows = ["| views from | precision | calibration | R@1 FP32 -> low (onboard / both towers) | top-1 agreement (onboard / both) | cosine to FP32 min / median | gate |",
+            "|---|---|---|---|---|---|---|"]
+    last = {}
+    for src in sources:
+        for precision in ("int8", "fp16"):
+            dst = Path(out) / f"{Path(src).name}-{precision}"
+            card = export_precision(model_dir, dst, precision, src, calib_n=calib_n, method=method,
+                                    accept_loss=True, log=lambda m: print(m, flush=True))
+            g = card["parity_gate"]
+            print(format_report(g), flush=True)
+            calib = f"{method}, {calib_n} views" if precision == "int8" else "-"
+            rows.append(f"| {Path(src).name} | {precision} | {calib} | {g['fp32']['r1']:.3f} -> {g['onboard']['r1']:.3f} / "
+                        f"{g['both']['r1']:.3f} | {g['onboard']['top1_agreement']:.1%} / {g['both']['top1_agreement']:.1%} | "
+                        f"{g['cosine']['min']:.4f} / {g['cosine']['median']:.4f} | {'pass' if g['passed'] else 'FAIL'} |")
+            last[precision] = dst
+    embedders = {"fp32": OnnxEmbedder(Path(model_dir) / "drone.onnx", providers=["CPUExecutionProvider"])}
+    embedders.update({p: OnnxEmbedder(d / "drone.onnx", providers=["CPUExecutionProvider"]) for p, d in last.items()})
+    x = np.random.default_rng(0).integers(0, 256, (1, embedders["fp32"].input_px, embedders["fp32"].input_px, 3),
+                                          dtype=np.uint8)
+    times = {p: [] for p in embedders}
+    for _ in range(5):
+        for e in embedders.values():
+            e.embed(x)
+    for _ in range(runs):  # interleaved, so a busy moment of the machine hits all alike
+        for p, e in embedders.items():
+            t0 = time.perf_counter()
+            e.embed(x)
+            times[p].append((time.perf_counter() - t0) * 1e3)
+    rows += ["", "| drone tower, onnxruntime CPU, batch 1 | p50 ms | p95 ms | vs FP32 |", "|---|---|---|---|"]
+    base = np.percentile(times["fp32"], 50)
+    rows += [_row(p, np.array(t), f"{np.percentile(t, 50) / base:.2f}x") for p, t in times.items()]
     return "\n".join(rows)
 
 
@@ -220,6 +263,9 @@ def main(what: str, args) -> int:
                           "`skyfix bench retrieval`)")
     if what in ("embed", "all"):
         print(bench_embed(args.model))
+    if what == "precision":
+        sources = args.calib.split(",") if args.calib else [str(Path(args.out) / n) for n in ("colorado", "levir_1")]
+        print(bench_precision(args.model, sources, str(Path(args.out) / "precision")))
     if what in ("faiss", "all"):
         print(bench_faiss(args.pack, args.n_synthetic))
     if what in ("retrieval", "all"):

@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     bn = sub.add_parser("bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="benchmarks that print tables")
-    bn.add_argument("what", choices=["embed", "faiss", "retrieval", "orientation", "telemetry", "resection", "match", "sues", "attack", "soak", "odometry", "all"])
+    bn.add_argument("what", choices=["embed", "faiss", "retrieval", "orientation", "telemetry", "resection", "match", "sues", "attack", "soak", "odometry", "precision", "all"])
     bn.add_argument("--datagrams", type=_number(int, 0, 10 ** 8), default=20000, help="attack: hostile datagrams")
     bn.add_argument("--duration-s", type=_number(float, 1, 86400), help="attack: flight length (default 55); soak: (default 3600)")
     bn.add_argument("--methods", default="sift,orb,xfeat", help="match: extractors to compare")
@@ -431,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--east-min-m", type=float, help="orientation: held-out area")
     bn.add_argument("--model", default="models/imagenet", help="model dir from `skyfix export onnx`")
     bn.add_argument("--pack", help="pack to time searches on (faiss)")
+    bn.add_argument("--calib", help="precision: packs or orthophotos the views come from, comma-separated "
+                                    "(default: OUT/colorado,OUT/levir_1)")
     bn.add_argument("--n-synthetic", type=_number(int, 1000, 100000000), default=1_000_000)
     bn.add_argument("--views", type=_number(int, 1, 100000), default=200)
     bn.add_argument("--out", default="out/bench")

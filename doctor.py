@@ -51,4 +51,27 @@ def report() -> str:
     xfeat = Path(DEFAULT_FEATURES_MODEL) / "xfeat.onnx"
     lines.append(f"matcher model: {xfeat} " + ("present" if xfeat.is_file() else
                  "absent (the default matcher needs it: skyfix export features)"))
+    lines += engines_report(Path("models"))
     return "\n".join(lines)
+
+
+def engines_report(root) -> list[str]:
+    """The GPU and TensorRT here, and whether each engine folder under root would load."""
+    from pathlib import Path
+
+    from skyfix.edge.trt_embedder import engine_problems, gpu_identity, read_engine_manifest
+    folders = sorted(p.parent for p in Path(root).glob("**/engine.yaml"))
+    try:
+        here = gpu_identity()
+    except Exception as exc:  # no tensorrt, no pycuda, no driver or no GPU: say which
+        return [f"TensorRT engines: none can load here ({str(exc).splitlines()[0]}); "
+                f"{len(folders)} engine folder(s) under {root}"]
+    out = [f"GPU: {here['gpu_name']} (compute {here['compute_capability']}), TensorRT {here['tensorrt_version']}"]
+    for folder in folders:
+        try:
+            m = read_engine_manifest(folder)
+            problems = engine_problems(m, here)
+        except Exception as exc:  # a broken manifest is reported, not fatal
+            problems = [str(exc)]
+        out.append(f"  engine {folder}: " + ("loads" if not problems else "would be refused: " + "; ".join(problems)))
+    return out
