@@ -188,6 +188,28 @@ def cmd_demo(args) -> int:
     return run_demo(args.ortho, args.out, args.duration_s, args.source_gsd_m)
 
 
+def cmd_locate(args) -> int:
+    import numpy as np
+
+    from skyfix.edge.locate import run_locate
+    cfg = _config(args, nav={"keypoints": args.matcher, "features_model": args.features_model})
+    rows = run_locate(args.pack, args.photos, args.out, cfg, model=args.model, telemetry_csv=args.telemetry,
+                      agl_m=args.agl_m)
+    located = [r for r in rows if r.lat_deg is not None]
+    scored = [r for r in located if r.error_m is not None]
+    summary = f"{len(located)}/{len(rows)} photos located"
+    if scored:
+        within = sum(r.error_m <= 3 * r.accuracy_m for r in scored)
+        summary += (f"; error vs EXIF GPS median {float(np.median([r.error_m for r in scored])):.1f} m, "
+                    f"{within}/{len(scored)} within 3x their accuracy")
+    print(summary)
+    for r in rows:
+        if r.lat_deg is None:
+            print(f"  {r.name}: {r.reason} ({r.detail})")
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
+    return 0 if located else 1
+
+
 def cmd_fly(args) -> int:
     from skyfix.edge.fly import run_fly
     cfg = _config(args)
@@ -312,6 +334,18 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--calib-method", choices=["minmax", "percentile", "entropy"], default="minmax")
         q.add_argument("--accept-loss", action="store_true", help="keep an export that fails the parity gate")
         q.set_defaults(func=cmd_export_precision)
+    lc = sub.add_parser("locate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                        help="positions of photos over a pack, offline (no autopilot): CSV or GeoJSON and a picture")
+    lc.add_argument("photos", nargs="+", help="image files or folders")
+    lc.add_argument("--pack", required=True)
+    lc.add_argument("--out", required=True, help="fixes.csv or fixes.geojson (the picture goes beside it as .png)")
+    lc.add_argument("--telemetry", help="CSV: name, roll_deg, pitch_deg, yaw_deg, agl_m (one row per photo)")
+    lc.add_argument("--agl-m", type=_number(float, 1, 20000), help="height above ground for photos the CSV does not give")
+    lc.add_argument("--model", help="default: the model recorded in the pack")
+    lc.add_argument("--matcher", choices=["sift", "orb", "xfeat"])
+    lc.add_argument("--features-model")
+    lc.add_argument("--config")
+    lc.set_defaults(func=cmd_locate)
     t = sub.add_parser("export-trt", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        help="ONNX tower -> TensorRT engine (run on the Jetson: needs tensorrt and pycuda)")
     t.add_argument("--onnx", required=True)
@@ -419,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     bn = sub.add_parser("bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="benchmarks that print tables")
-    bn.add_argument("what", choices=["embed", "faiss", "retrieval", "orientation", "telemetry", "resection", "match", "sues", "attack", "soak", "odometry", "precision", "all"])
+    bn.add_argument("what", choices=["embed", "faiss", "retrieval", "orientation", "telemetry", "resection", "match", "sues", "attack", "soak", "odometry", "precision", "locate", "all"])
     bn.add_argument("--datagrams", type=_number(int, 0, 10 ** 8), default=20000, help="attack: hostile datagrams")
     bn.add_argument("--duration-s", type=_number(float, 1, 86400), help="attack: flight length (default 55); soak: (default 3600)")
     bn.add_argument("--methods", default="sift,orb,xfeat", help="match: extractors to compare")
@@ -435,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(default: OUT/colorado,OUT/levir_1)")
     bn.add_argument("--n-synthetic", type=_number(int, 1000, 100000000), default=1_000_000)
     bn.add_argument("--views", type=_number(int, 1, 100000), default=200)
+    bn.add_argument("--photos", type=_number(int, 1, 10000), default=30, help="locate: simulated photos per map")
     bn.add_argument("--out", default="out/bench")
     bn.set_defaults(func=cmd_bench)
     return p

@@ -41,6 +41,21 @@ TIMING_WINDOW = 2000  # frames kept per stage for the latency summary (bounded o
 STALE_FRAMES_TO_RESTART = 5  # consecutive frames from before the last one: their clock went back
 
 
+@dataclass
+class Measurement:
+    """One frame's position measurement, before the track gate: the vehicle at (east_m,
+    north_m) with a 1-sigma per-axis error sigma_m, its heading, and the match behind it."""
+
+    t_s: float
+    east_m: float
+    north_m: float
+    sigma_m: float
+    yaw_rad: float
+    match: Match
+    gallery_slot: int
+    notes: list
+
+
 def _finite(x) -> bool:
     return x is not None and math.isfinite(x)
 
@@ -214,6 +229,20 @@ class Navigator:
             self._log_reason(kind, detail)
         return FixResult(fix, kind, detail, timings)
 
+    def locate(self, frame: Frame) -> tuple:
+        """One photo on its own, without a track (`skyfix locate`): (Measurement or None,
+        Reason, detail). Nothing confirms a single photo, so its accuracy is only the
+        measurement's own (`Measurement.sigma_m`); no state is kept between photos except the
+        image-heading check. Never raises."""
+        try:
+            m = self._measure(frame, {})
+        except Exception as exc:  # one bad photo must not end a batch
+            log.exception("photo %s failed", getattr(frame, "source_id", "?"))
+            return None, Reason.ERROR, f"{type(exc).__name__}: {exc}"
+        if isinstance(m, Measurement):
+            return m, Reason.OK, "; ".join(m.notes)
+        return None, m[0], m[1]
+
     def estimate_at(self, now_s: float) -> Optional[tuple]:
         """(Fix propagated to now_s, age of the newest accepted measurement in s), or None when
         the track is not confirmed or not accurate enough. Used by the publisher at its rate."""
@@ -240,9 +269,24 @@ class Navigator:
 
     # ---- the step: a short list of timed stages -----------------------------------------------
     def _step(self, frame: Frame, timings: dict):
+        m = self._measure(frame, timings)
+        if not isinstance(m, Measurement):
+            return (None, *m)
+        with _timed(timings, "filter"):
+            verdict = self.gate.offer(m.t_s, m.east_m, m.north_m, m.sigma_m)
+        notes = "; ".join(m.notes)
+        if verdict.state is None:
+            return None, verdict.kind, "; ".join(x for x in (verdict.detail, notes) if x)
+        fix = self._fix_from_state(verdict.state, frame.t_capture_us, m.yaw_rad)
+        self.gallery.attach_fix(m.gallery_slot, fix.lat_deg, fix.lon_deg)
+        return fix, Reason.OK, notes
+
+    def _measure(self, frame: Frame, timings: dict):
+        """One frame to a position measurement (Measurement), or (Reason, detail): every stage
+        but the track gate."""
         bad = self._check_frame(frame)
         if bad:
-            return (None, *bad)
+            return bad
         t_s = frame.t_capture_us / 1e6
         self.last_capture_s = t_s
         with _timed(timings, "crop"):
@@ -251,11 +295,11 @@ class Navigator:
                 pose.yaw_rad += self.heading.offset_rad
                 pose.notes.append(f"heading corrected by {math.degrees(self.heading.offset_rad):.0f} deg (image)")
             if pose.agl_m is None:
-                return None, Reason.HEIGHT_MISSING, "; ".join(pose.notes)
+                return Reason.HEIGHT_MISSING, "; ".join(pose.notes)
             crop, inside, offset_en = rectify(frame.image_rgb, self.camera, pose.roll_rad, pose.pitch_rad,
                                               pose.yaw_rad, pose.agl_m, self.pack.tile_size_m, self.crop_px)
         if inside < 0.5:
-            return None, Reason.CROP_OUTSIDE, f"the frame covers {inside:.0%} of it (height {pose.agl_m:.0f} m?)"
+            return Reason.CROP_OUTSIDE, f"the frame covers {inside:.0%} of it (height {pose.agl_m:.0f} m?)"
         # Heading in doubt (HeadingCheck): embed and refine as if it were unknown.
         trust_heading = pose.heading_known and not self.heading.search
         with _timed(timings, "embed"):
@@ -273,20 +317,13 @@ class Navigator:
                 pose.notes.append(note)
         rejected = self._reject_match(best, runner_up, pose)
         if rejected:
-            return None, rejected[0], "; ".join([rejected[1]] + pose.notes)
+            return rejected[0], "; ".join([rejected[1]] + pose.notes)
         east, north, heading_correction_rad, sigma_m = self._vehicle_position(best, pose, offset_en)
         if best.inliers < self.cfg.min_inliers and not self.gate.agrees(t_s, east, north, sigma_m):
-            return None, Reason.WEAK_MATCH, (f"{best.inliers} inliers: enough only where a confirmed "
-                                             "track expects the vehicle, and it does not")
-        with _timed(timings, "filter"):
-            verdict = self.gate.offer(t_s, east, north, sigma_m)
-        notes = "; ".join(pose.notes)
-        if verdict.state is None:
-            return None, verdict.kind, "; ".join(x for x in (verdict.detail, notes) if x)
+            return Reason.WEAK_MATCH, (f"{best.inliers} inliers: enough only where a confirmed "
+                                       "track expects the vehicle, and it does not")
         self.last_tile_id = self.pack.nearest_tile_id(best.east_m, best.north_m)
-        fix = self._fix_from_state(verdict.state, frame.t_capture_us, pose.yaw_rad + heading_correction_rad)
-        self.gallery.attach_fix(slot, fix.lat_deg, fix.lon_deg)
-        return fix, Reason.OK, notes
+        return Measurement(t_s, east, north, sigma_m, pose.yaw_rad + heading_correction_rad, best, slot, pose.notes)
 
     # ---- stages -------------------------------------------------------------------------------
     def _check_speed(self, frame_s: float) -> None:

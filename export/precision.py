@@ -43,11 +43,12 @@ MIN_TOP1_AGREEMENT = 0.98
 
 @dataclass
 class Views:
-    """Paired views of n locations: drone[i] (rectified onboard crop) was taken over sat[i]
-    (the pack's tile). uint8 n x px x px x 3 each."""
+    """drone[i] (a rectified onboard crop) was taken over the place of sat[place[i]] (the pack's
+    tile there). uint8 n x px x px x 3; place: int n (several views may share a place)."""
 
     drone: np.ndarray
     sat: np.ndarray
+    place: np.ndarray
 
     def __len__(self) -> int:
         return len(self.drone)
@@ -73,8 +74,9 @@ def _canvas_and_tile(source):
 def render_views(source, input_px: int, n_calib: int, n_eval: int,
                  seed: int = 0) -> tuple[Views, Views]:
     """(calibration views, held-out parity views) from a pack, orthophoto or MapCanvas. Locations every
-    half tile are split at random into two disjoint sets; calibration draws n_calib views
-    (several renders per location when the map is small), parity one view per location."""
+    half tile are split at random into two disjoint sets (held out: at most n_eval places, half
+    the map); each side draws its views cycling over its places, a new render each time round,
+    so a small map still gives n_eval parity queries."""
     from skyfix.train.data import OrthoPairs, location_grid
     canvas, tile_m = _canvas_and_tile(source)
     locations = location_grid(canvas, tile_m / 2, tile_m / 2)
@@ -82,21 +84,21 @@ def render_views(source, input_px: int, n_calib: int, n_eval: int,
         raise SkyfixError(f"{source} has room for only {len(locations)} views; calibration needs a "
                           "larger map")
     order = np.random.default_rng(seed).permutation(len(locations))
-    n_eval = min(n_eval, len(locations) // 2)
-    held_out, calib = [locations[i] for i in order[:n_eval]], [locations[i] for i in order[n_eval:]]
+    n_places = min(n_eval, len(locations) // 2)
+    held_out, calib = [locations[i] for i in order[:n_places]], [locations[i] for i in order[n_places:]]
 
     def draw(locs, n, pair_seed):
+        """n views cycling over locs (a new render each time round): (drone, sat, place)."""
         pairs = OrthoPairs(canvas, locs, tile_m, input_px, seed=pair_seed)
-        picks = [i % len(locs) for i in range(n)]
-        for i, k in enumerate(picks):  # a new render for each repeat of a location
+        drone, place = [], []
+        for i in range(n):
             pairs.epoch = i // len(locs)
-            yield pairs[k][:2]
+            drone.append(pairs[i % len(locs)][0])
+            place.append(i % len(locs))
+        sat = np.stack([pairs.sat_image(k) for k in range(len(locs))])
+        return Views(np.stack(drone), sat, np.array(place))
 
-    def stack(gen):
-        drone, sat = zip(*gen)
-        return Views(np.stack(drone), np.stack(sat))
-
-    return stack(draw(calib, n_calib, seed + 1)), stack(draw(held_out, n_eval, seed + 2))
+    return draw(calib, n_calib, seed + 1), draw(held_out, n_eval, seed + 2)
 
 
 # ---- conversion ----------------------------------------------------------------------------------
@@ -123,7 +125,9 @@ class _Reader:
     """onnxruntime CalibrationDataReader over a uint8 image batch, in small batches."""
 
     def __init__(self, input_name: str, images: np.ndarray, batch: int = 8):
-        self.items = iter([{input_name: images[i:i + batch]} for i in range(0, len(images), batch)])
+        # Equal batches only: the calibrators stack every batch's activations into one array.
+        batch = min(batch, len(images))
+        self.items = iter([{input_name: images[i:i + batch]} for i in range(0, len(images) - batch + 1, batch)])
 
     def get_next(self):
         return next(self.items, None)
@@ -218,10 +222,10 @@ def _embed(path: Path, images: np.ndarray, batch: int = 16) -> np.ndarray:
     return np.concatenate([emb.embed(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
-def _retrieval(drone: np.ndarray, sat: np.ndarray) -> tuple[dict, np.ndarray]:
+def _retrieval(drone: np.ndarray, sat: np.ndarray, place: np.ndarray) -> tuple[dict, np.ndarray]:
     from skyfix.train.metrics import retrieval_metrics
     s = drone @ sat.T
-    return retrieval_metrics(s, np.eye(len(drone), dtype=bool)), np.argmax(s, axis=1)
+    return retrieval_metrics(s, place[:, None] == np.arange(len(sat))[None]), np.argmax(s, axis=1)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -234,12 +238,12 @@ def parity_report(fp32: dict, low: dict, views: Views) -> dict:
     R@1, AP, their drops, top-1 agreement with FP32, and min/median embedding cosines."""
     ref = {t: _embed(fp32[t], getattr(views, t)) for t in TOWERS}
     got = {t: _embed(low[t], getattr(views, t)) for t in TOWERS}
-    base, base_top = _retrieval(ref["drone"], ref["sat"])
+    base, base_top = _retrieval(ref["drone"], ref["sat"], views.place)
     cos = np.concatenate([_cosine(ref[t], got[t]) for t in TOWERS])
-    report = {"views": len(views), "fp32": {"r1": base["r1"], "ap": base["ap"]},
+    report = {"views": len(views), "places": len(views.sat), "fp32": {"r1": base["r1"], "ap": base["ap"]},
               "cosine": {"min": float(cos.min()), "median": float(np.median(cos))}}
     for case, sat in (("onboard", ref["sat"]), ("both", got["sat"])):
-        m, top = _retrieval(got["drone"], sat)
+        m, top = _retrieval(got["drone"], sat, views.place)
         report[case] = {"r1": m["r1"], "ap": m["ap"], "r1_drop": base["r1"] - m["r1"],
                         "ap_drop": base["ap"] - m["ap"], "top1_agreement": float(np.mean(top == base_top))}
     return report
@@ -259,7 +263,7 @@ def gate_failures(report: dict) -> list[str]:
 
 
 def format_report(report: dict) -> str:
-    rows = [f"parity on {report['views']} held-out views: FP32 R@1 {report['fp32']['r1']:.3f} AP {report['fp32']['ap']:.3f}; "
+    rows = [f"parity on {report['views']} held-out views of {report['places']} places: FP32 R@1 {report['fp32']['r1']:.3f} AP {report['fp32']['ap']:.3f}; "
             f"cosine to FP32 min {report['cosine']['min']:.4f} median {report['cosine']['median']:.4f}"]
     for case in ("onboard", "both"):
         r = report[case]
@@ -283,7 +287,7 @@ def export_precision(model_dir: str | Path, out_dir: str | Path, precision: str,
         raise SkyfixError(f"{model_dir} is already {card['precision']}: convert from the FP32 export")
     t0 = time.perf_counter()
     calib, held_out = render_views(calib_source, int(card["input_px"]), calib_n, eval_n, seed)
-    log(f"views: {len(calib)} calibration, {len(held_out)} held out, from {calib_source} "
+    log(f"views: {len(calib)} calibration, {len(held_out)} held out ({len(held_out.sat)} places), from {calib_source} "
         f"({time.perf_counter() - t0:.0f} s)")
     with atomic_directory(out_dir) as tmp:
         done = {}

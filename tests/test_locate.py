@@ -1,0 +1,61 @@
+"""`skyfix locate`: photos located offline over a pack, one row per photo, on simulated survey
+photos of the shared Colorado map (EXIF GPS = the truth, a noisy telemetry CSV)."""
+import csv
+import json
+
+import pytest
+
+from skyfix.config import load_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.data]
+
+
+@pytest.fixture(scope="module")
+def photos(colorado_pack, tmp_path_factory):
+    from skyfix.edge.camera import PinholeCamera
+    from skyfix.sim.photos import write_photo_set
+    from skyfix.tiles.pack import TilePack
+    folder = tmp_path_factory.mktemp("photos")
+    csv_path = write_photo_set(TilePack.open(colorado_pack).canvas(), PinholeCamera.from_hfov(640, 480, 70.0),
+                               folder, 6, seed=3)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return folder, csv_path
+
+
+def _cfg(xfeat_dir):
+    return load_config(overrides={"nav": {"features_model": str(xfeat_dir)}})
+
+
+def test_photos_are_located_within_their_accuracy(colorado_pack, photos, xfeat_dir, tmp_path):
+    from skyfix.edge.locate import run_locate
+    folder, csv_path = photos
+    rows = run_locate(str(colorado_pack), [str(folder)], str(tmp_path / "fixes.csv"), _cfg(xfeat_dir),
+                      telemetry_csv=str(csv_path))
+    assert [r.name for r in rows] == ["broken.jpg"] + [f"photo_{i:03d}.jpg" for i in range(6)]
+    assert rows[0].reason == "bad frame" and rows[0].lat_deg is None
+    located = [r for r in rows if r.lat_deg is not None]
+    assert len(located) >= 5
+    for r in located:  # EXIF GPS is the truth; the fix must stand behind its accuracy
+        assert r.error_m is not None and r.error_m < 3 * r.accuracy_m and r.error_m < 10
+        assert r.time_utc.startswith("2026-06-01T10:00") and r.inliers >= 10 and 0.8 < r.scale < 1.25
+    with open(tmp_path / "fixes.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 7 and float(table[1]["lat_deg"]) == pytest.approx(rows[1].lat_deg)
+    assert (tmp_path / "fixes.png").stat().st_size > 10000
+
+
+def test_geojson_and_a_photo_without_height(colorado_pack, photos, xfeat_dir, tmp_path):
+    from skyfix.edge.locate import run_locate
+    folder, csv_path = photos
+    rows = run_locate(str(colorado_pack), [str(folder / "photo_000.jpg"), str(folder / "photo_001.jpg")],
+                      str(tmp_path / "fixes.geojson"), _cfg(xfeat_dir))
+    assert all(r.reason == "height missing" for r in rows)  # no CSV, no --agl-m: refused, not guessed
+    with open(csv_path) as f:
+        agl_m = float(next(csv.DictReader(f))["agl_m"])
+    rows = run_locate(str(colorado_pack), [str(folder / "photo_000.jpg")], str(tmp_path / "fixes.geojson"),
+                      _cfg(xfeat_dir), agl_m=agl_m)  # no attitude, no heading: level assumed, rotation searched
+    assert rows[0].lat_deg is not None and "rotation searched" in rows[0].detail
+    assert rows[0].error_m < 3 * rows[0].accuracy_m
+    doc = json.loads((tmp_path / "fixes.geojson").read_text())
+    assert sorted(f["properties"]["kind"] for f in doc["features"]) == ["fix", "reference"]
+    assert all(len(f["geometry"]["coordinates"]) == 2 for f in doc["features"])
