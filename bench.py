@@ -66,7 +66,7 @@ def bench_precision(model_dir: str, sources: list, out: str = "out/bench/precisi
     accepted, so every figure is seen), then time batch-1 onnxruntime CPU latency of FP32, INT8
     and FP16 in one interleaved run (same machine state)."""
     from skyfix.edge.embedders import OnnxEmbedder
-    from skyfix.export.precision import export_precision, format_report
+    from skyfix.export.precision import export_precision
     rows = ["| views from | precision | calibration | R@1 FP32 -> low (onboard / both towers) | top-1 agreement (onboard / both) | cosine to FP32 min / median | gate |",
             "|---|---|---|---|---|---|---|"]
     last = {}
@@ -76,7 +76,6 @@ def bench_precision(model_dir: str, sources: list, out: str = "out/bench/precisi
             card = export_precision(model_dir, dst, precision, src, calib_n=calib_n, method=method,
                                     accept_loss=True, log=lambda m: print(m, flush=True))
             g = card["parity_gate"]
-            print(format_report(g), flush=True)
             calib = f"{method}, {calib_n} views" if precision == "int8" else "-"
             rows.append(f"| {Path(src).name} | {precision} | {calib} | {g['fp32']['r1']:.3f} -> {g['onboard']['r1']:.3f} / "
                         f"{g['both']['r1']:.3f} | {g['onboard']['top1_agreement']:.1%} / {g['both']['top1_agreement']:.1%} | "
