@@ -151,7 +151,8 @@ def cmd_crossview_check(args) -> int:
 def _sim_overrides(args) -> dict:
     return {"route": args.route, "alt_agl_m": args.alt_agl_m, "duration_s": args.duration_s,
             "length_m": args.length_m, "speed_m_s": args.speed_m_s, "seed": args.seed,
-            "declination_deg": getattr(args, "declination_deg", None)}
+            "declination_deg": getattr(args, "declination_deg", None), "map_gap_s": getattr(args, "map_gap_s", None),
+            "map_gap_every_s": getattr(args, "map_gap_every_s", None)}
 
 
 def cmd_sim(args) -> int:
@@ -402,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--sitl-bin", help="ArduCopter SITL binary (default $SKYFIX_SITL_BIN or ../shared/sitl/arducopter)")
     si.add_argument("--fault-after-s", type=_number(float, 0, 86400),
                     help="ardupilot-sitl: stop publishing for 10 s this long after the mission starts")
+    si.add_argument("--map-gap-s", type=_number(float, 0, 3600),
+                    help="switch map matching off for this long (ground without map matches; odometry still runs)")
+    si.add_argument("--map-gap-every-s", type=_number(float, 1, 86400), help="... once every this many seconds")
     si.add_argument("--out", default="out/sim")
     si.add_argument("--json")
     si.add_argument("--config")

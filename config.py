@@ -132,6 +132,13 @@ class NavConfig:
     heading_search_after: int = 10
     unknown_tilt_deg: float = 8.0    # tilt to allow for when attitude is missing (1 sigma)
     lost_after_s: float = 5.0        # no accepted measurement for this long: re-acquire globally
+    # Visual odometry between consecutive crops (the features already computed for the map
+    # match) enters the filter as a velocity, so a confirmed track coasts where the map does
+    # not match (forest, water, changed ground); it never starts or confirms a track. Its scale
+    # error (height error) accumulates with distance: this share of the distance carried since
+    # the last map fix is added to the accuracy (1 sigma).
+    odometry: bool = True
+    odometry_scale_sigma: float = 0.05
     fallback_agl_m: float = 0.0      # height to assume when telemetry has none (0: refuse frame)
     # Elevation of the ground flown over (m MSL). Given, a fix's altitude is this plus the height
     # above ground; not given, the autopilot's own altitude is echoed, which is 0 before its EKF
@@ -188,6 +195,10 @@ class SimConfig:
     alt_noise_m: float = 1.0
     photometric: bool = True
     duration_s: float = 0.0          # 0: fly the whole route
+    # Stretches of ground without map matches (forest, water, changed ground): map matching is
+    # switched off for map_gap_s every map_gap_every_s (the first after one period); 0: none.
+    map_gap_s: float = 0.0
+    map_gap_every_s: float = 60.0
     seed: int = 0
     ground_alt_msl_m: float = 2600.0 # elevation of the (flat) simulated ground; SITL home altitude
     # ArduPilot SITL: magnetic declination to set (COMPASS_DEC, COMPASS_AUTODEC=0). Without a GPS

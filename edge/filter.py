@@ -67,6 +67,33 @@ class ConstantVelocityFilter:
         self.state = FilterState(t_s, x, 0.5 * (P + P.T))
         return True, d2
 
+    def update_velocity(self, t_s: float, vel_east_m_s: float, vel_north_m_s: float,
+                        sigma_m_s: float) -> tuple[bool, float]:
+        """A measured velocity (visual odometry: displacement over the frame interval), 1-sigma
+        per axis sigma_m_s; gated like a position. Returns (accepted, mahalanobis_d2)."""
+        p = self.predict(t_s)
+        H = np.zeros((2, 4))
+        H[0, 2] = H[1, 3] = 1.0
+        y = np.array([vel_east_m_s, vel_north_m_s]) - p.x[2:]
+        S = p.P[2:, 2:] + np.eye(2) * sigma_m_s ** 2
+        d2 = float(y @ np.linalg.solve(S, y))
+        if d2 > self.gate_d2:
+            return False, d2
+        K = p.P @ H.T @ np.linalg.inv(S)
+        P = (np.eye(4) - K @ H) @ p.P
+        self.state = FilterState(t_s, p.x + K @ y, 0.5 * (P + P.T))
+        return True, d2
+
+    def add_position_variance(self, var_m2: float) -> None:
+        """Widen the position uncertainty by var_m2 (split over east and north): error sources
+        the white process noise cannot represent, such as odometry's scale error, which
+        accumulates with distance instead of averaging out."""
+        s = self.state
+        P = s.P.copy()
+        P[0, 0] += var_m2 / 2
+        P[1, 1] += var_m2 / 2
+        self.state = FilterState(s.t_s, s.x, P)
+
     def inflate_for_manoeuvre(self, t_s: float, d2: float) -> None:
         """After a rejected strong measurement: the motion model may be wrong (a turn the
         constant-velocity model did not foresee). Predict to t_s and widen the covariance so the

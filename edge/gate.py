@@ -34,20 +34,33 @@ class TrackGate:
     """Confirmation, disagreement, reset and covariance widening around one filter."""
 
     def __init__(self, confirm_measurements: int = 3, lost_after_s: float = 5.0,
-                 max_accuracy_m: float = 15.0, accel_sigma_m_s2: float = 3.0):
+                 max_accuracy_m: float = 15.0, accel_sigma_m_s2: float = 3.0,
+                 odometry_scale_sigma: float = 0.05, odometry_gap_s: float = 1.0):
         self.confirm = confirm_measurements
         self.lost_after_s, self.max_accuracy_m = lost_after_s, max_accuracy_m
         self.filter = ConstantVelocityFilter(accel_sigma_m_s2)
         self.confirmations = 0
         self.disagreements = 0
         self.last_accept_s: Optional[float] = None
+        # Odometry since the last position measurement: the distance it carried the track
+        # (its scale error grows with it) and when it last did.
+        self.odometry_scale_sigma, self.odometry_gap_s = odometry_scale_sigma, odometry_gap_s
+        self.odometry_m = 0.0
+        self.last_odometry_s: Optional[float] = None
         self._lock = threading.Lock()
 
     # ---- questions ----------------------------------------------------------------------------
     def tracking(self, t_s: float) -> bool:
-        """True while a track (confirmed or candidate) has had a measurement within lost_after_s."""
-        return (self.filter.state is not None and self.last_accept_s is not None
-                and t_s - self.last_accept_s <= self.lost_after_s)
+        """True while a track (confirmed or candidate) has had a position measurement within
+        lost_after_s, or while odometry carries a confirmed track with an accuracy under the cap."""
+        if self.filter.state is None or self.last_accept_s is None:
+            return False
+        return t_s - self.last_accept_s <= self.lost_after_s or self._coasting(t_s)
+
+    def _coasting(self, t_s: float) -> bool:
+        return (self.confirmations >= self.confirm and self.last_odometry_s is not None
+                and self.last_odometry_s > self.last_accept_s and t_s - self.last_odometry_s <= self.odometry_gap_s
+                and ConstantVelocityFilter.horiz_accuracy_m(self.filter.predict(t_s)) <= self.max_accuracy_m)
 
     def prior(self, t_s: float) -> Optional[tuple]:
         """(east_m, north_m, horiz_accuracy_m) predicted at t_s while tracking, else None: the
@@ -78,7 +91,8 @@ class TrackGate:
             if self.filter.state is None or self.confirmations < self.confirm:
                 return None
             state = self.filter.predict(now_s)
-            age_s = now_s - self.last_accept_s
+            # Age of the newest measurement of either kind: odometry keeps the velocity current.
+            age_s = now_s - max(self.last_accept_s, self.last_odometry_s or self.last_accept_s)
         if ConstantVelocityFilter.horiz_accuracy_m(state) > self.max_accuracy_m:
             return None
         return state, age_s
@@ -95,7 +109,7 @@ class TrackGate:
                 return self._disagree(t_s, east_m, north_m, sigma_m, d2)
             self.disagreements = 0
             self.confirmations += 1
-            self.last_accept_s = t_s
+            self.last_accept_s, self.odometry_m = t_s, 0.0
             if self.confirmations < self.confirm:
                 return GateVerdict(Reason.ACQUIRING, f"candidate track {self.confirmations}/{self.confirm}")
             state = self.filter.state
@@ -104,9 +118,27 @@ class TrackGate:
             return GateVerdict(Reason.INACCURATE, f"filter accuracy {accuracy_m:.1f} m")
         return GateVerdict(Reason.OK, state=state)
 
+    def offer_velocity(self, t_s: float, vel_east_m_s: float, vel_north_m_s: float, sigma_m_s: float,
+                       distance_m: float) -> bool:
+        """Offer one odometry velocity (frame-to-frame displacement over the interval) at t_s.
+        Only a confirmed, live track takes it: odometry never starts or confirms a track. Its
+        scale error (odometry_scale_sigma of the distance carried since the last position
+        measurement) is added to the position variance as it accumulates. Returns accepted."""
+        with self._lock:
+            if self.confirmations < self.confirm or not self.tracking(t_s):
+                return False
+            accepted, _ = self.filter.update_velocity(t_s, vel_east_m_s, vel_north_m_s, sigma_m_s)
+            if accepted:
+                before = (self.odometry_scale_sigma * self.odometry_m) ** 2
+                self.odometry_m += distance_m
+                self.filter.add_position_variance((self.odometry_scale_sigma * self.odometry_m) ** 2 - before)
+                self.last_odometry_s = t_s
+            return accepted
+
     def _restart(self, t_s: float, east_m: float, north_m: float, sigma_m: float) -> None:
         self.filter.reset(t_s, east_m, north_m, sigma_m)
         self.confirmations, self.disagreements, self.last_accept_s = 1, 0, t_s
+        self.odometry_m, self.last_odometry_s = 0.0, None
 
     def _disagree(self, t_s, east_m, north_m, sigma_m, d2: float) -> GateVerdict:
         self.disagreements += 1

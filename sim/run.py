@@ -98,6 +98,33 @@ def fly(flight: Flight, cfg, link_drop: Optional[tuple] = None, progress: bool =
     return frames, vehicle.received(), link
 
 
+def in_map_gap(t_s: float, sim_cfg) -> bool:
+    """True inside a stretch without map matches: [k * every, k * every + gap) for k >= 1."""
+    if sim_cfg.map_gap_s <= 0 or t_s < sim_cfg.map_gap_every_s:
+        return False
+    return t_s % sim_cfg.map_gap_every_s < sim_cfg.map_gap_s
+
+
+def gap_summary(received: list[dict], sim_cfg, duration_s: float) -> Optional[dict]:
+    """How the track coasted through the map gaps: the messages the autopilot received inside
+    them (error, accuracy, within 3x) and for how long into each gap it kept receiving."""
+    if sim_cfg.map_gap_s <= 0:
+        return None
+    starts = np.arange(sim_cfg.map_gap_every_s, duration_s, sim_cfg.map_gap_every_s)
+    inside = [r for r in received if in_map_gap(r["t_s"], sim_cfg)]
+    coasted = []
+    for s0 in starts:
+        times = [r["t_s"] - s0 for r in inside if s0 <= r["t_s"] < s0 + sim_cfg.map_gap_s]
+        coasted.append(round(max(times), 1) if times else 0.0)
+    err = np.array([r["error_m"] for r in inside])
+    acc = np.array([r["horiz_accuracy_m"] for r in inside])
+    return {"gap_s": sim_cfg.map_gap_s, "every_s": sim_cfg.map_gap_every_s, "gaps": len(starts),
+            "published_in_gaps": len(inside), "coasted_s": coasted,
+            "error_m": {"median": float(np.median(err)), "max": float(err.max())} if len(err) else None,
+            "accuracy_m": {"median": float(np.median(acc)), "max": float(acc.max())} if len(acc) else None,
+            "within_3x": float(np.mean(err <= 3 * acc)) if len(err) else None}
+
+
 def _camera_loop(flight: Flight, bridge: MavlinkBridge, t0: float, cfg, frames: list,
                  progress_vehicle=None) -> None:
     """Frames at the camera rate (dropped when the loop falls behind), each with the telemetry
@@ -108,6 +135,7 @@ def _camera_loop(flight: Flight, bridge: MavlinkBridge, t0: float, cfg, frames: 
             time.sleep(next_t - t)
             continue
         img = flight.camera.render(t)
+        flight.nav.map_matching = not in_map_gap(t, cfg.sim)
         tel = bridge.telemetry.at(t0 + t, cfg.nav.telemetry_max_age_s)
         res = flight.nav.step(Frame(img, int((t0 + t) * 1e6), tel, f"sim-{len(frames):05d}"))
         frames.append(frame_record(t, flight.vehicle.pose(t), res, flight.pack))
@@ -121,6 +149,7 @@ def _camera_loop(flight: Flight, bridge: MavlinkBridge, t0: float, cfg, frames: 
 def summarise(flight: Flight, frames: list, received: list, link: dict, cfg) -> dict:
     """The summary dict of the README's `skyfix sim` JSON."""
     summary = score(received, flight.duration_s)
+    summary["map_gaps"] = gap_summary(received, cfg.sim, flight.duration_s)
     summary.update(frame_summary(frames, flight.nav, flight.duration_s, flight.startup_s))
     if link["publish_ms"]:
         summary["latency_ms"]["publish"] = {"p50": float(np.percentile(link["publish_ms"], 50)),

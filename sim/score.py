@@ -171,4 +171,11 @@ def format_summary(s: dict) -> str:
              "latency ms (p50/p95): " + ", ".join(f"{k} {v['p50']:.0f}/{v['p95']:.0f}"
                                                   for k, v in s["latency_ms"].items() if v),
              f"sustainable {fmt(s['sustainable_fps'])} frames/s on this machine; reasons {s['reasons']}"]
+    g = s.get("map_gaps")
+    if g:
+        lines.append(f"map gaps ({g['gaps']} x {g['gap_s']:.0f} s): {g['published_in_gaps']} published inside, coasted "
+                     f"{g['coasted_s']} s; error median/max "
+                     + (f"{g['error_m']['median']:.1f}/{g['error_m']['max']:.1f} m, accuracy median/max "
+                        f"{g['accuracy_m']['median']:.1f}/{g['accuracy_m']['max']:.1f} m, within 3x {g['within_3x']:.1%}"
+                        if g["error_m"] else "n/a"))
     return "\n".join(lines)

@@ -55,3 +55,63 @@ def test_real_flight_displacement_agrees_with_gps():
     err = np.array([abs(x["vo_m"] - x["gps_m"]) for x in ok])
     assert np.median(err) < 2.0, err
     assert np.median([x["gps_m"] for x in ok]) > 10  # the test really moves
+
+
+def test_camera_motion_recovers_a_displacement_with_the_attitude_changing():
+    """Two tilted frames over flat ground: the homography's decomposition gives the camera's
+    displacement in the world, whatever the roll/pitch/yaw change between the frames."""
+    from skyfix.edge.camera import BODY_FROM_CAM, image_from_ground, world_from_body
+    from skyfix.edge.odometry import camera_motion
+    rng = np.random.default_rng(0)
+    ground = np.column_stack([rng.uniform(-40, 40, 300), rng.uniform(-40, 40, 300), np.ones(300)])
+    att1, att2 = np.radians([2.0, -1.0, 30.0]), np.radians([-1.0, 2.5, 34.0])
+
+    def pixels(att, east_m, north_m):
+        x = ground @ image_from_ground(CAM, *att, east_m, north_m, 120.0).T
+        return x[:, :2] / x[:, 2:]
+    noise = rng.normal(0, 0.3, (300, 2))
+    m = camera_motion(pixels(att1, 0.0, 0.0), pixels(att2, 3.0, 2.0) + noise, CAM, 120.0,
+                      world_from_body(*att1) @ BODY_FROM_CAM)
+    assert m is not None and m[2] > 250
+    assert m[0] == pytest.approx(2.0, abs=0.3) and m[1] == pytest.approx(3.0, abs=0.3)  # north, east
+
+
+def test_odometry_carries_a_confirmed_track_and_says_how_it_drifts():
+    from skyfix.contracts import Reason
+    from skyfix.edge.filter import ConstantVelocityFilter
+    from skyfix.edge.gate import TrackGate
+    gate = TrackGate(confirm_measurements=3, lost_after_s=2.0, max_accuracy_m=15.0, odometry_scale_sigma=0.05)
+    assert not gate.offer_velocity(0.0, 10.0, 0.0, 0.5, 3.3)  # odometry never starts a track
+    for i in range(4):
+        gate.offer(i * 0.5, 10.0 * i * 0.5, 0.0, 1.0)
+    acc = []
+    for k in range(1, 31):  # 10 s without a map fix, odometry every 1/3 s at 10 m/s east
+        t = 1.5 + k / 3
+        assert gate.offer_velocity(t, 10.0, 0.0, 0.5, 10.0 / 3)
+        state, age_s = gate.estimate_at(t)
+        acc.append(ConstantVelocityFilter.horiz_accuracy_m(state))
+        assert age_s == pytest.approx(0.0, abs=1e-9)
+    assert gate.tracking(11.5) and state.x[0] == pytest.approx(115.0, abs=3.0)
+    # The accuracy grows with the distance carried: at least the scale term (5 % of 100 m).
+    assert acc[-1] > acc[0] and acc[-1] >= 0.05 * 100.0
+    # A map fix where odometry put the track is taken as part of the same track.
+    assert gate.offer(11.6, 116.0, 0.0, 1.0).kind is Reason.OK
+    assert gate.odometry_m == 0.0
+    # Odometry stops: after lost_after_s without anything the track is lost.
+    assert not gate.tracking(11.6 + 2.5)
+
+
+def test_odometry_alone_never_publishes_beyond_the_accuracy_cap():
+    from skyfix.edge.gate import TrackGate
+    gate = TrackGate(confirm_measurements=3, lost_after_s=2.0, max_accuracy_m=15.0, odometry_scale_sigma=0.05)
+    for i in range(4):
+        gate.offer(i * 0.5, 10.0 * i * 0.5, 0.0, 1.0)
+    t, published = 1.5, []
+    while t < 60.0:
+        t += 1 / 3
+        gate.offer_velocity(t, 10.0, 0.0, 0.5, 10.0 / 3)
+        published.append(gate.estimate_at(t) is not None)
+    # 5 % of the distance reaches 15 m after 300 m (30 s at 10 m/s): publishing stops by then
+    # and the track is no longer alive, so the next map fix starts a new candidate.
+    assert published[0] and not published[-1] and sum(published) < 30 * 3
+    assert not gate.tracking(t)
