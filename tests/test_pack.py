@@ -126,20 +126,36 @@ def test_inspect_cli_exit_codes(pack_dir, tmp_path, capsys):
     assert main(["tiles", "inspect", str(tmp_path / "nope")]) != 0
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
-def test_compressed_and_graph_indexes_window_search(kind):
-    """Window search stays inside the window for every index kind (on 12k synthetic tiles)."""
-    from skyfix.tiles.pack import _search_params, make_index
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_window_search_scores_only_the_window_for_every_index_kind(kind):
+    """On 12k synthetic tiles: the window's tiles only, ranked as exact scoring of their stored
+    vectors ranks them (approximations for IVF-PQ), padded when the window is small."""
+    from skyfix.tiles.pack import _enable_reconstruct, make_index, window_search
     vectors = unit_vectors(12000, d=32, seed=3)
     index = make_index(kind, vectors)
+    _enable_reconstruct(index)
     window = np.arange(500, 540)
-    params, _keep = _search_params(index, window)
-    _, ids = index.search(unit_vectors(3, d=32, seed=4), 10, params=params)
-    # Filtered HNSW may return fewer than k (padding -1) for a small window; never an outsider.
-    assert np.all(np.isin(ids[ids >= 0], window)) and np.all((ids >= 0).sum(axis=1) >= 5)
+    q = unit_vectors(3, d=32, seed=4)
+    scores, ids = window_search(index, window, q, 10)
+    assert np.all(np.isin(ids, window)) and np.all(np.diff(scores, axis=1) <= 0)
+    if kind != "ivfpq":  # flat / HNSW keep the vectors: the ranking is the exact one
+        expected = window[np.argsort(-(q @ vectors[window].T), axis=1)[:, :10]]
+        assert np.array_equal(ids, expected)
+    scores, ids = window_search(index, window[:4], q, 10)
+    assert np.all(ids[:, 4:] == -1) and np.all(np.isinf(scores[:, 4:]))
     # Searching with a stored vector finds it first (recall sanity, not a benchmark).
     _, ids = index.search(vectors[:20], 1)
-    assert np.mean(ids[:, 0] == np.arange(20)) >= (0.9 if kind == "hnsw" else 0.5)
+    assert np.mean(ids[:, 0] == np.arange(20)) >= (0.9 if kind != "ivfpq" else 0.5)
+
+
+def test_tile_grid_finds_exactly_the_tiles_within_the_radius():
+    from skyfix.tiles.pack import TileGrid
+    rng = np.random.default_rng(0)
+    east, north = rng.uniform(-5000, 5000, 20000), rng.uniform(-3000, 3000, 20000)
+    grid = TileGrid(east, north, 100.0)
+    for e, n, r in ((0.0, 0.0, 250.0), (-4990.0, 2990.0, 300.0), (9000.0, 0.0, 100.0), (123.0, -77.0, 1500.0)):
+        expected = np.flatnonzero((east - e) ** 2 + (north - n) ** 2 <= r * r)
+        assert np.array_equal(grid.within(e, n, r), expected)
 
 
 def test_ivfpq_refuses_small_regions():
