@@ -162,3 +162,32 @@ def test_ivfpq_refuses_small_regions():
     from skyfix.tiles.pack import make_index
     with pytest.raises(PackError, match="at least 10000 tiles"):
         make_index("ivfpq", unit_vectors(100))
+
+
+def test_compact_index_pack_reranks_with_its_exact_vectors(tmp_path, textured_canvas):
+    """An IVF-PQ pack keeps its exact vectors (vectors.npy): global and window searches re-rank
+    the compact index's candidates with them, so they return exact scores; a truncated vectors
+    file refuses the pack."""
+    from skyfix.contracts import GeoTile
+    from skyfix.tiles.pack import VECTORS_FILE, TilePack, write_pack
+    n, side = 12000, 110
+    vectors = unit_vectors(n, d=32, seed=5)
+    tiles = [GeoTile(i, 45.0, 7.0, -275.0 + 5.0 * (i % side), -275.0 + 5.0 * (i // side), 20.0) for i in range(n)]
+    out = write_pack(tmp_path / "big", textured_canvas, tiles, vectors, model_id="m", tile_px=32, stride_m=5.0,
+                     index_kind="ivfpq")
+    pack = TilePack.open(out)
+    assert pack.vectors is not None and pack.vectors.shape == (n, 32)
+    q = unit_vectors(5, d=32, seed=6)
+    scores, ids = pack.search(q, 10)
+    exact = q @ vectors.T
+    for row in range(5):  # scores are the exact ones of the ids returned
+        assert np.allclose(scores[row], exact[row, ids[row]], atol=1e-5)
+    top_exact = np.argsort(-exact, axis=1)[:, :10]
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, top_exact)]) >= 0.8
+    scores, ids = pack.search(q, 10, near=(0.0, 0.0, 30.0))
+    window = pack.ids_within(0.0, 0.0, 30.0)
+    assert np.array_equal(ids, window[np.argsort(-(q @ vectors[window].T), axis=1)[:, :10]])
+    data = (out / VECTORS_FILE).read_bytes()
+    (out / VECTORS_FILE).write_bytes(data[:len(data) // 2])
+    with pytest.raises(PackError, match="vectors.npy"):
+        TilePack.open(out)

@@ -32,6 +32,9 @@ METRIC = "inner_product"  # on L2-normalised vectors: cosine similarity
 TILE_COLUMNS = ("tile_id", "lat_deg", "lon_deg", "east_m", "north_m",
                 "east_min_m", "north_min_m", "east_max_m", "north_max_m")
 PACK_FILES = ("tiles.csv", "map.png", "index.faiss")
+VECTORS_FILE = "vectors.npy"  # packs with a compressed or graph index: exact vectors for re-ranking
+RERANK_SHORTLIST = 200        # candidates the compact index proposes per query, re-ranked exactly
+RERANK_NPROBE = 128           # IVF lists probed when re-ranking (bench faiss: recall@10 0.95 at 1M)
 INDEX_KINDS = ("flat", "ivfpq", "hnsw")
 
 
@@ -112,13 +115,15 @@ class TileGrid:
         return np.sort(rows[d2 <= radius_m ** 2])
 
 
-def window_search(index, ids: np.ndarray, queries: np.ndarray, k: int):
+def window_search(index, ids: np.ndarray, queries: np.ndarray, k: int, rows=None):
     """Top-k of `queries` (N x D) among the tiles `ids` only: their vectors are read back from
     the index (exact for flat and HNSW, the stored approximation for IVF-PQ) and scored
     directly, which costs microseconds for a window's tens or hundreds of tiles where a
     selector over the whole index scanned every vector. Returns (scores N x k, ids N x k),
-    -inf / -1 where the window has fewer than k tiles."""
-    vecs = _vectors_of(index, ids.astype(np.int64))
+    -inf / -1 where the window has fewer than k tiles. rows: a function reading exact vectors
+    by id (the pack's vectors.npy) for indexes that keep only approximations."""
+    ids = ids.astype(np.int64)
+    vecs = rows(ids) if rows is not None and ids.size else _vectors_of(index, ids)
     sims = (vecs @ queries.T).T
     take = min(k, ids.size)
     order = np.argsort(-sims, axis=1, kind="stable")[:, :take]
@@ -174,6 +179,11 @@ def write_pack(out_dir: str | Path, canvas: MapCanvas, tiles: list[GeoTile], vec
         if not cv2.imwrite(str(tmp / "map.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA)):
             raise PackError(f"cannot write {tmp / 'map.png'}")
         faiss.write_index(make_index(index_kind, vectors), str(tmp / "index.faiss"))
+        files = list(PACK_FILES)
+        if index_kind != "flat":
+            # The exact vectors, for re-ranking what the compact index proposes (read by rows).
+            np.save(tmp / VECTORS_FILE, vectors)
+            files.append(VECTORS_FILE)
         lat, lon = table[:, 1], table[:, 2]
         manifest = {
             "schema_version": SCHEMA_VERSION,
@@ -196,7 +206,7 @@ def write_pack(out_dir: str | Path, canvas: MapCanvas, tiles: list[GeoTile], vec
             "imagery": imagery or {},
             "counts": {"tiles": len(tiles)},
             "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "files": {name: file_digest(tmp / name) for name in PACK_FILES},
+            "files": {name: file_digest(tmp / name) for name in files},
             "features": {ex.name: write_map_features(tmp, canvas, ex, features_per_mpx, progress)
                          for ex in extractors},
         }
@@ -217,7 +227,20 @@ class TilePack:
         self.frame = LocalFrame(**manifest["local_frame"])
         self._canvas: Optional[MapCanvas] = None
         self.grid = TileGrid(self.east_m, self.north_m, float(manifest["grid"]["tile_size_m"]))
-        _enable_reconstruct(index)
+        self.vectors = None
+        if VECTORS_FILE in manifest["files"]:
+            from skyfix.tiles.features import NpyRows
+            self.vectors = NpyRows(path / VECTORS_FILE)
+            if self.vectors.shape != (len(self.tile_ids), int(manifest["dim"])):
+                raise PackError(f"pack {path}: {VECTORS_FILE} is {self.vectors.shape}, expected "
+                                f"{len(self.tile_ids)} x {manifest['dim']}")
+            faiss = require("faiss")
+            try:
+                faiss.extract_index_ivf(index).nprobe = RERANK_NPROBE
+            except RuntimeError:  # HNSW: no lists to probe
+                pass
+        else:
+            _enable_reconstruct(index)
 
     # ---- opening and validation -------------------------------------------------------------
     @classmethod
@@ -226,7 +249,7 @@ class TilePack:
         """Open and validate a pack; raise PackError / ModelMismatch with what was expected."""
         path = Path(path)
         manifest = cls._read_manifest(path)
-        for name in PACK_FILES:
+        for name in PACK_FILES + ((VECTORS_FILE,) if VECTORS_FILE in manifest["files"] else ()):
             cls._check_file(path, name, manifest["files"].get(name))
         if expect_model_id is not None and manifest["model_id"] != expect_model_id:
             raise ModelMismatch(
@@ -365,10 +388,15 @@ class TilePack:
         if q.shape[1] != self.dim:
             raise ModelMismatch(f"query dim {q.shape[1]} != pack dim {self.dim}")
         k = int(min(k, len(self)))
-        if near is None:
+        rows = self.vectors.take if self.vectors is not None else None
+        if near is not None:
+            scores, ids = window_search(self.index, self.ids_within(*near), q, k, rows)
+        elif rows is None:
             scores, ids = self.index.search(q, k)
-        else:
-            scores, ids = window_search(self.index, self.ids_within(*near), q, k)
+        else:  # the compact index proposes, the exact vectors decide
+            shortlist = self.index.search(q, max(RERANK_SHORTLIST, k))[1]
+            parts = [window_search(self.index, np.unique(c[c >= 0]), row[None], k, rows) for row, c in zip(q, shortlist)]
+            scores, ids = np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
         return scores, ids
 
