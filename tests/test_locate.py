@@ -59,3 +59,28 @@ def test_geojson_and_a_photo_without_height(colorado_pack, photos, xfeat_dir, tm
     doc = json.loads((tmp_path / "fixes.geojson").read_text())
     assert sorted(f["properties"]["kind"] for f in doc["features"]) == ["fix", "reference"]
     assert all(len(f["geometry"]["coordinates"]) == 2 for f in doc["features"])
+
+
+def test_a_wrong_height_on_a_tilted_camera_is_corrected_by_the_match_scale(colorado_pack, xfeat_dir, tmp_path):
+    """25 deg tilt, telemetry height 13 % low, camera resection off (so only the telemetry
+    places the nadir): the crop's offset from the nadir (about 56 m) must be scaled by the
+    match's scale, or the fix lands several metres off with a small accuracy."""
+    from skyfix.edge.camera import PinholeCamera
+    from skyfix.edge.locate import run_locate
+    from skyfix.sim.photos import write_photo_set
+    from skyfix.tiles.pack import TilePack
+    csv_path = write_photo_set(TilePack.open(colorado_pack).canvas(), PinholeCamera.from_hfov(640, 480, 70.0),
+                               tmp_path / "photos", 4, seed=4, tilt_deg=25.0, height_noise_frac=0.0)
+    with open(csv_path) as f:
+        rows = list(csv.reader(f))
+    for r in rows[1:]:
+        r[4] = f"{float(r[4]) * 0.87:.2f}"
+    with open(csv_path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    cfg = load_config(overrides={"nav": {"features_model": str(xfeat_dir), "resect_camera": False}})
+    located = [r for r in run_locate(str(colorado_pack), [str(tmp_path / "photos")], str(tmp_path / "f.csv"), cfg,
+                                     telemetry_csv=str(csv_path)) if r.lat_deg is not None]
+    assert len(located) >= 3
+    for r in located:
+        assert r.scale == pytest.approx(1 / 0.87, abs=0.03)
+        assert r.error_m < 5.0 and r.error_m < 3 * r.accuracy_m
