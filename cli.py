@@ -214,7 +214,7 @@ def cmd_locate(args) -> int:
 def cmd_fly(args) -> int:
     from skyfix.edge.fly import run_fly
     cfg = _config(args)
-    summary = run_fly(cfg, max_frames=args.max_frames)
+    summary = run_fly(cfg, max_frames=args.max_frames, offline=args.offline)
     print(json.dumps(summary, indent=2))
     if summary["too_slow"]:
         print("skyfix: error: this computer was too slow to confirm a track (see the log above)", file=sys.stderr)
@@ -422,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     fl = sub.add_parser("fly", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="the onboard loop on real hardware")
     fl.add_argument("--config", required=True, help="edge.yaml: nav (pack, model, source), bridge, camera")
     fl.add_argument("--max-frames", type=_number(int, 0, None), default=0)
+    fl.add_argument("--offline", action="store_true",
+                    help="replay an image folder (nav.source) without an autopilot; results per frame in fixes.csv")
     fl.set_defaults(func=cmd_fly)
 
     qu = sub.add_parser("query", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="satellite -> drone: which frames saw this tile")

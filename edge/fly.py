@@ -32,8 +32,14 @@ def startup(cfg):
     return pack, embedder, PinholeCamera.from_config(cfg.camera)
 
 
-def run_fly(cfg, link_wait_s: float = 10.0, max_frames: int = 0) -> dict:
-    """Fly until the source ends or SIGINT/SIGTERM; returns the reasons and timing summary."""
+def run_fly(cfg, link_wait_s: float = 10.0, max_frames: int = 0, offline: bool = False) -> dict:
+    """Fly until the source ends or SIGINT/SIGTERM; returns the reasons and timing summary.
+
+    offline: replay an image folder without an autopilot (nothing is sent; the telemetry must
+    come from the folder's CSV); every frame's result is written to fixes.csv beside the
+    gallery."""
+    if offline:
+        return _replay_offline(cfg, max_frames)
     from skyfix.edge.navigator import Navigator
     from skyfix.edge.sources import open_source
     from skyfix.firmware_bridge.link import MavlinkBridge
@@ -72,3 +78,38 @@ def run_fly(cfg, link_wait_s: float = 10.0, max_frames: int = 0) -> dict:
     return {"frames": sum(nav.reasons.values()), "reasons": nav.reason_counts(),
             "latency_ms": nav.timing_summary(), "published": publisher.sent if publisher else 0,
             "link": bridge.counters(), "too_slow": nav.too_slow}
+
+
+def _replay_offline(cfg, max_frames: int = 0) -> dict:
+    """An image folder through the navigator with no link: one row per frame (capture time,
+    the fix and its accuracy, or the reason there is none) in fixes.csv beside the gallery."""
+    import csv
+
+    from skyfix.edge.navigator import Navigator
+    from skyfix.edge.sources import FolderSource, open_source
+    pack, embedder, cam = startup(cfg)
+    nav = Navigator(pack, embedder, cam, cfg.nav)
+    source = open_source(cfg.nav.source, cfg.nav.telemetry_csv or None, cfg.nav.replay_rate_hz)
+    if not isinstance(source, FolderSource):
+        source.close()
+        raise SkyfixError(f"offline replay needs an image folder as nav.source, got '{cfg.nav.source}'")
+    out = Path(cfg.nav.gallery_out).parent
+    out.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with open(out / "fixes.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "t_capture_s", "lat_deg", "lon_deg", "horiz_accuracy_m", "reason", "detail"])
+        while not max_frames or n < max_frames:
+            sf = source.read()
+            if sf is None:
+                break
+            res = nav.step(Frame(sf.image_rgb, int(sf.t_capture_mono_s * 1e6), sf.telemetry, sf.source_id))
+            fix = res.fix
+            w.writerow([sf.source_id, f"{sf.t_capture_mono_s:.3f}", *(("", "", "") if fix is None else
+                        (f"{fix.lat_deg:.8f}", f"{fix.lon_deg:.8f}", f"{fix.horiz_accuracy_m:.2f}")),
+                        res.kind.value, res.detail])
+            n += 1
+    source.close()
+    nav.gallery.save(cfg.nav.gallery_out)
+    return {"frames": sum(nav.reasons.values()), "reasons": nav.reason_counts(), "latency_ms": nav.timing_summary(),
+            "published": 0, "fixes_csv": str(out / "fixes.csv"), "too_slow": nav.too_slow}

@@ -57,7 +57,7 @@ def _photo_frame(path: Path, index: int, telemetry: dict, agl_m: Optional[float]
         exif = read_exif(path)
     except Exception:  # Pillow raises many types for odd EXIF; the photo is still usable
         exif = {}
-    tel = dict(telemetry.get(path.name) or {})
+    tel = {k: v for k, v in (telemetry.get(path.name) or {}).items() if k != "t_s"}
     if tel.get("alt_agl_m") is None and agl_m is not None:
         tel["alt_agl_m"] = agl_m
     t_us = int(index * PHOTO_SPACING_S * 1e6)

@@ -94,9 +94,13 @@ def read_exif(path: str | Path) -> dict:
     out = {"time_utc": None, "lat_deg": None, "lon_deg": None, "alt_m": None}
     with Image.open(path) as im:
         exif = im.getexif()
-        stamp = exif.get_ifd(0x8769).get(36867) or exif.get(306)  # DateTimeOriginal, DateTime
+        ifd = exif.get_ifd(0x8769)
+        stamp = ifd.get(36867) or exif.get(306)  # DateTimeOriginal, DateTime
         if stamp:
             out["time_utc"] = dt.datetime.strptime(stamp.strip("\x00"), "%Y:%m:%d %H:%M:%S")
+            subsec = str(ifd.get(37521) or "").strip("\x00 ")  # SubSecTimeOriginal: digits of a second
+            if subsec.isdigit():
+                out["time_utc"] += dt.timedelta(seconds=int(subsec) / 10 ** len(subsec))
         gps = exif.get_ifd(0x8825)
     if 2 in gps and 4 in gps:
         def deg(v):
@@ -111,8 +115,11 @@ def read_exif(path: str | Path) -> dict:
 class FolderSource:
     """Images of a folder in name order, replayed at `rate_hz` (0: as fast as read).
 
-    telemetry_csv columns: name, roll_deg, pitch_deg, yaw_deg, agl_m (one row per image; empty
-    cells mean unknown).
+    telemetry_csv columns: name, roll_deg, pitch_deg, yaw_deg, agl_m, and optionally t_s (the
+    capture time in seconds, any origin); one row per image, empty cells mean unknown. A frame's
+    capture time is when it was taken, not when it was read: t_s from the CSV, else the EXIF
+    DateTimeOriginal (+ SubSecTimeOriginal), else, with a warning, the time it was read. Times
+    are kept on the monotonic clock's scale, starting where the replay starts.
     """
 
     def __init__(self, folder: str | Path, telemetry_csv: Optional[str | Path] = None, rate_hz: float = 0.0):
@@ -121,6 +128,22 @@ class FolderSource:
             raise SkyfixError(f"no images in {folder}")
         self.telemetry = read_telemetry_csv(telemetry_csv) if telemetry_csv else {}
         self.rate_hz, self.i, self._next = rate_hz, 0, time.monotonic()
+        self._origin = None  # (photo time of the first frame, monotonic time then)
+        self._warned = False
+
+    def _capture_time(self, name: str, exif: Optional[dict], read_s: float) -> float:
+        taken = (self.telemetry.get(name) or {}).get("t_s")
+        if taken is None and exif and exif.get("time_utc") is not None:
+            taken = exif["time_utc"].timestamp()
+        if taken is None:
+            if not self._warned:
+                log.warning("%s has no capture time (no t_s in the telemetry CSV, no EXIF time): using the "
+                            "time it was read", name)
+                self._warned = True
+            return read_s
+        if self._origin is None:
+            self._origin = (taken, read_s)
+        return self._origin[1] + (taken - self._origin[0])
 
     def read(self) -> Optional[SourceFrame]:
         if self.i >= len(self.paths):
@@ -137,9 +160,10 @@ class FolderSource:
             exif = read_exif(path) if img is not None else None
         except Exception:  # Pillow raises many types for odd EXIF; a frame without EXIF is fine
             exif = None
+        t = self._capture_time(path.name, exif, t)
         tel = self.telemetry.get(path.name)
         if tel is not None:
-            tel = Telemetry(int(t * 1e6), **tel)
+            tel = Telemetry(int(t * 1e6), **{k: v for k, v in tel.items() if k != "t_s"})
         return SourceFrame(img, t, path.name, tel, exif)
 
     def close(self) -> None:
@@ -147,7 +171,8 @@ class FolderSource:
 
 
 TELEMETRY_CSV_COLUMNS = {"roll_deg": ("roll_rad", math.pi / 180, 90.0), "pitch_deg": ("pitch_rad", math.pi / 180, 90.0),
-                         "yaw_deg": ("yaw_rad", math.pi / 180, 720.0), "agl_m": ("alt_agl_m", 1.0, 20000.0)}
+                         "yaw_deg": ("yaw_rad", math.pi / 180, 720.0), "agl_m": ("alt_agl_m", 1.0, 20000.0),
+                         "t_s": ("t_s", 1.0, 1e10)}  # t_s: optional capture time
 
 
 def read_telemetry_csv(path) -> dict:
