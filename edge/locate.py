@@ -49,7 +49,7 @@ class PhotoFix:
 
 def _photo_frame(path: Path, index: int, telemetry: dict, agl_m: Optional[float]):
     """(Frame or None, EXIF dict, why not). The image is read with OpenCV; EXIF with Pillow."""
-    from skyfix.edge.sources import read_exif
+    from skyfix.edge.sources import read_exif, telemetry_values
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         return None, {}, "not a readable image"
@@ -57,7 +57,7 @@ def _photo_frame(path: Path, index: int, telemetry: dict, agl_m: Optional[float]
         exif = read_exif(path)
     except Exception:  # Pillow raises many types for odd EXIF; the photo is still usable
         exif = {}
-    tel = {k: v for k, v in (telemetry.get(path.name) or {}).items() if k != "t_s"}
+    tel = telemetry_values(telemetry.get(path.name) or {})
     if tel.get("alt_agl_m") is None and agl_m is not None:
         tel["alt_agl_m"] = agl_m
     t_us = int(index * PHOTO_SPACING_S * 1e6)

@@ -197,7 +197,9 @@ class Navigator:
         self.last_tile_id: Optional[int] = None
         # False: the map is not matched (the SIL's stretches of unmatchable ground); odometry runs.
         self.map_matching = True
-        self._odometry_prev = None  # (crop features, crop offset from nadir, capture s) of the last frame
+        # The last usable frame for odometry: (crop features, frame-from-crop homography,
+        # world-from-camera rotation, height m, capture s).
+        self._odometry_prev = None
         self.reasons: Counter = Counter()      # Reason -> frames
         self.timings_ms: dict = defaultdict(lambda: deque(maxlen=TIMING_WINDOW))
         self._log_reason = _RateLimitedLog()
@@ -316,7 +318,7 @@ class Navigator:
                            pose.agl_m, self.refine_size_m, self.refine_px)[0]
             matcher = self.matcher if trust_heading else self.rotation_matcher
             described = matcher.describe(wide, trust_heading)
-            best, runner_up = self._refine(described, wide.shape, candidates, trust_heading)
+            best, runner_up = self._refine(matcher, described, wide.shape, candidates)
         with _timed(timings, "odometry"):
             self._odometry(described, pose, t_s, trust_heading)
         slot = self.gallery.add(vectors[0], frame.t_capture_us, frame.source_id, None)
@@ -433,15 +435,14 @@ class Navigator:
                 cands.append((te, tn, half + 10.0))
         return cands[:limit]
 
-    def _refine(self, described, crop_shape: tuple, candidates: list[tuple], heading_known: bool = True):
+    def _refine(self, matcher: MapMatcher, described, crop_shape: tuple, candidates: list[tuple]):
         """(best Match, strongest match at another place) by inlier count; Nones when none.
 
-        `described`: the crop's features (described once per frame); overlapping candidate
-        windows are merged so each part of the map is matched once (while tracking, one
-        window), and each window gives its best placement and the best other one."""
+        `described`: the crop's features, from `matcher` (described once per frame);
+        overlapping candidate windows are merged so each part of the map is matched once (while
+        tracking, one window), and each window gives its best placement and the best other one."""
         if not self.map_matching:
             return None, None
-        matcher = self.matcher if heading_known else self.rotation_matcher
         reach_m = max(crop_shape[:2]) * self.gsd_m * 0.75
         wh = (crop_shape[1], crop_shape[0])
         matches = [m for e, n, half in merge_windows([(e, n, r + reach_m) for e, n, r in candidates])
@@ -459,13 +460,16 @@ class Navigator:
         features (already computed for the map match) are matched, taken back to raw frame
         pixels, and the frame-to-frame homography gives the camera's displacement
         (`odometry.camera_motion`)."""
+        usable = self.cfg.odometry and heading_trusted and pose.attitude_known and pose.height_known
+        if not usable:
+            self._odometry_prev = None
+            return
         frame_from_crop, _ = image_from_crop(self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad, pose.agl_m,
                                              self.refine_size_m, self.refine_px)
         world_from_cam = world_from_body(pose.roll_rad, pose.pitch_rad, pose.yaw_rad) @ BODY_FROM_CAM
         prev = self._odometry_prev
-        usable = heading_trusted and pose.attitude_known and pose.height_known
-        self._odometry_prev = (described, frame_from_crop, world_from_cam, pose.agl_m, t_s) if usable else None
-        if not (self.cfg.odometry and usable and prev is not None):
+        self._odometry_prev = (described, frame_from_crop, world_from_cam, pose.agl_m, t_s)
+        if prev is None:
             return
         prev_features, prev_frame_from_crop, prev_world_from_cam, prev_agl_m, prev_t = prev
         dt = t_s - prev_t

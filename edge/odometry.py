@@ -55,7 +55,6 @@ def frame_shift(prev_rgb: np.ndarray, cur_rgb: np.ndarray, extractor: Extractor,
                       float(m.rotation_deg), m.inliers)
 
 
-
 def camera_motion(prev_px: np.ndarray, cur_px: np.ndarray, cam: PinholeCamera, agl_m: float,
                   world_from_cam_prev: np.ndarray, ransac_px: float = 3.0,
                   min_inliers: int = 15) -> Optional[tuple]:

@@ -163,7 +163,7 @@ class FolderSource:
         t = self._capture_time(path.name, exif, t)
         tel = self.telemetry.get(path.name)
         if tel is not None:
-            tel = Telemetry(int(t * 1e6), **{k: v for k, v in tel.items() if k != "t_s"})
+            tel = Telemetry(int(t * 1e6), **telemetry_values(tel))
         return SourceFrame(img, t, path.name, tel, exif)
 
     def close(self) -> None:
@@ -173,6 +173,11 @@ class FolderSource:
 TELEMETRY_CSV_COLUMNS = {"roll_deg": ("roll_rad", math.pi / 180, 90.0), "pitch_deg": ("pitch_rad", math.pi / 180, 90.0),
                          "yaw_deg": ("yaw_rad", math.pi / 180, 720.0), "agl_m": ("alt_agl_m", 1.0, 20000.0),
                          "t_s": ("t_s", 1.0, 1e10)}  # t_s: optional capture time
+
+
+def telemetry_values(row: dict) -> dict:
+    """A `read_telemetry_csv` row as Telemetry fields (its capture time t_s left out)."""
+    return {k: v for k, v in row.items() if k != "t_s"}
 
 
 def read_telemetry_csv(path) -> dict:

@@ -89,6 +89,9 @@ def render_views(source, input_px: int, n_calib: int, n_eval: int,
 
     def draw(locs, n, pair_seed):
         """n views cycling over locs (a new render each time round): (drone, sat, place)."""
+        if n == 0:  # FP16 needs no calibration views
+            empty = np.zeros((0, input_px, input_px, 3), np.uint8)
+            return Views(empty, empty, np.zeros(0, int))
         pairs = OrthoPairs(canvas, locs, tile_m, input_px, seed=pair_seed)
         drone, place = [], []
         for i in range(n):
@@ -125,9 +128,11 @@ class _Reader:
     """onnxruntime CalibrationDataReader over a uint8 image batch, in small batches."""
 
     def __init__(self, input_name: str, images: np.ndarray, batch: int = 8):
-        # Equal batches only: the calibrators stack every batch's activations into one array.
+        # Equal batches only: the calibrators stack every batch's activations into one array,
+        # so up to batch - 1 images are left out (`count` is what was used).
         batch = min(batch, len(images))
-        self.items = iter([{input_name: images[i:i + batch]} for i in range(0, len(images) - batch + 1, batch)])
+        self.count = len(images) // batch * batch
+        self.items = iter([{input_name: images[i:i + batch]} for i in range(0, self.count, batch)])
 
     def get_next(self):
         return next(self.items, None)
@@ -137,8 +142,7 @@ def quantize_int8(onnx_in: Path, onnx_out: Path, calib_images: np.ndarray, metho
                   keep_fp32: bool = True) -> dict:
     """Write an explicitly quantised (QDQ) INT8 copy of onnx_in calibrated on calib_images
     (uint8 N x H x W x 3). Returns what was done (for the model card)."""
-    require("onnx")
-    import onnx
+    onnx = require("onnx")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
     if method not in CALIBRATION_METHODS:
@@ -152,14 +156,15 @@ def quantize_int8(onnx_in: Path, onnx_out: Path, calib_images: np.ndarray, metho
     input_name = model.graph.input[0].name
     calib = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
              "entropy": CalibrationMethod.Entropy}[method]
-    quantize_static(str(prepared), str(onnx_out), _Reader(input_name, calib_images),
+    reader = _Reader(input_name, calib_images)
+    quantize_static(str(prepared), str(onnx_out), reader,
                     quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8, calibrate_method=calib, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
                     nodes_to_exclude=excluded,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
                                    "CalibPercentile": 99.99, "CalibTensorRangeSymmetric": True})
     prepared.unlink(missing_ok=True)
-    return {"method": method, "calibration_views": int(len(calib_images)), "kept_fp32": excluded,
+    return {"method": method, "calibration_views": reader.count, "kept_fp32": excluded,
             "format": "QDQ, per-channel symmetric int8 weights, symmetric int8 activations",
             "tool": "onnxruntime.quantization.quantize_static"}
 
@@ -286,7 +291,8 @@ def export_precision(model_dir: str | Path, out_dir: str | Path, precision: str,
     if card.get("precision", "fp32") != "fp32":
         raise SkyfixError(f"{model_dir} is already {card['precision']}: convert from the FP32 export")
     t0 = time.perf_counter()
-    calib, held_out = render_views(calib_source, int(card["input_px"]), calib_n, eval_n, seed)
+    calib, held_out = render_views(calib_source, int(card["input_px"]), calib_n if precision == "int8" else 0,
+                                   eval_n, seed)
     log(f"views: {len(calib)} calibration, {len(held_out)} held out ({len(held_out.sat)} places), from {calib_source} "
         f"({time.perf_counter() - t0:.0f} s)")
     with atomic_directory(out_dir) as tmp:

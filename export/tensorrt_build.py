@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import yaml
 
 from skyfix.artifacts import atomic_directory, file_digest
+from skyfix.edge.embedders import read_model_card
 from skyfix.edge.trt_embedder import ENGINE_FILE, MANIFEST_FILE
 from skyfix.errors import SkyfixError, require
 
@@ -110,11 +111,10 @@ def engine_manifest(plan: BuildPlan, identity: dict, engine_sha256: str, build_s
 
 def source_parity(onnx_path: Path) -> Optional[dict]:
     """The parity figures of the ONNX's model card (model.yaml beside it), if any."""
-    card = onnx_path.parent / "model.yaml"
-    if not card.is_file():
+    if not (onnx_path.parent / "model.yaml").is_file():
         return None
-    data = yaml.safe_load(card.read_text()) or {}
-    return data.get("parity_gate") or {"fp32_parity_vs_torch": data.get("parity")}
+    card = read_model_card(onnx_path.parent)
+    return card.get("parity_gate") or {"fp32_parity_vs_torch": card.get("parity")}
 
 
 def build_engine(plan: BuildPlan, timing_cache: Optional[Path], log: Callable) -> bytes:

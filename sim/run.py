@@ -115,7 +115,7 @@ def gap_summary(received: list[dict], sim_cfg, duration_s: float) -> Optional[di
     coasted = []
     for s0 in starts:
         times = [r["t_s"] - s0 for r in inside if s0 <= r["t_s"] < s0 + sim_cfg.map_gap_s]
-        coasted.append(round(max(times), 1) if times else 0.0)
+        coasted.append(round(float(max(times)), 1) if times else 0.0)
     err = np.array([r["error_m"] for r in inside])
     acc = np.array([r["horiz_accuracy_m"] for r in inside])
     return {"gap_s": sim_cfg.map_gap_s, "every_s": sim_cfg.map_gap_every_s, "gaps": len(starts),

@@ -104,9 +104,7 @@ class TileGrid:
                       .clip(0, self.ncx - 1).astype(int))
         lo_y, hi_y = (np.floor((np.array([north_m - radius_m, north_m + radius_m]) - self.n0) / self.cell_m)
                       .clip(0, self.ncy - 1).astype(int))
-        if east_m + radius_m < self.e0 or north_m + radius_m < self.n0:
-            return np.zeros(0, np.int64)
-        parts = []
+        parts = []  # a window beyond the region clips to its edge cells; the distance test drops them
         for cx in range(lo_x, hi_x + 1):  # one contiguous key range per column of cells
             a, b = np.searchsorted(self.keys, [cx * self.ncy + lo_y, cx * self.ncy + hi_y + 1])
             parts.append(self.order[a:b])
@@ -145,13 +143,21 @@ def _vectors_of(index, ids: np.ndarray) -> np.ndarray:
     return index.reconstruct_batch(ids)
 
 
-def _enable_reconstruct(index) -> None:
-    """IVF indexes need a direct map (id -> list position) to read vectors back by id."""
+def _ivf_of(index):
+    """The IVF part of an index (inside OPQ), or None for flat and HNSW indexes."""
     faiss = require("faiss")
     try:
-        faiss.extract_index_ivf(index).make_direct_map()
-    except RuntimeError:  # not an IVF index: flat and HNSW reconstruct as they are
-        pass
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def _enable_reconstruct(index) -> None:
+    """IVF indexes need a direct map (id -> list position) to read vectors back by id; flat
+    and HNSW reconstruct as they are."""
+    ivf = _ivf_of(index)
+    if ivf is not None:
+        ivf.make_direct_map()
 
 
 def write_pack(out_dir: str | Path, canvas: MapCanvas, tiles: list[GeoTile], vectors: np.ndarray,
@@ -234,11 +240,9 @@ class TilePack:
             if self.vectors.shape != (len(self.tile_ids), int(manifest["dim"])):
                 raise PackError(f"pack {path}: {VECTORS_FILE} is {self.vectors.shape}, expected "
                                 f"{len(self.tile_ids)} x {manifest['dim']}")
-            faiss = require("faiss")
-            try:
-                faiss.extract_index_ivf(index).nprobe = RERANK_NPROBE
-            except RuntimeError:  # HNSW: no lists to probe
-                pass
+            ivf = _ivf_of(index)
+            if ivf is not None:  # HNSW has no lists to probe
+                ivf.nprobe = RERANK_NPROBE
         else:
             _enable_reconstruct(index)
 
