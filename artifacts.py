@@ -20,17 +20,23 @@ def atomic_directory(out_dir: str | Path):
     tmp.chmod(0o755)
     try:
         yield tmp
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_directory(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_directory(new: Path, out_dir: Path) -> None:
+    """Move the finished folder `new` to `out_dir`, replacing an existing one (the old one is
+    renamed aside first, so `out_dir` is at every moment either the old or the new folder)."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+    new.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def file_digest(path: str | Path) -> dict:

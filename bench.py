@@ -19,7 +19,9 @@
 """
 from __future__ import annotations
 
+import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -310,7 +312,7 @@ def _pool(results: list[dict]) -> dict:
 
 
 def main(what: str, args) -> int:
-    if what in ("resection", "attack", "soak") and not args.pack:
+    if what in ("resection", "attack", "soak", "onboard") and not args.pack:
         raise SkyfixError(f"skyfix bench {what} needs --pack PACK (e.g. out/bench/colorado, built by "
                           "`skyfix bench retrieval`)")
     if what in ("embed", "all"):
@@ -338,6 +340,10 @@ def main(what: str, args) -> int:
         print(bench_sues(tuple(args.methods.split(",")), args.features_model))
     if what == "match":
         print(bench_match(tuple(args.methods.split(",")), args.pairs, args.rotation_deg, args.features_model))
+    if what == "build":
+        print(bench_build(args.out, args.size_km, args.model, features_model=args.features_model, index=args.index))
+    if what == "onboard":
+        print(bench_onboard(args.pack.split(","), args.model, args.features_model, args.frames))
     if what == "orientation":
         print(bench_orientation(args.checkpoint, args.model, args.pack, args.queries_from, args.views,
                                 args.east_min_m))
@@ -859,4 +865,114 @@ def bench_odometry(methods=("sift", "xfeat"), features_model: str = "models/xfea
         pct = np.array([100 * abs(x["vo_m"] - x["gps_m"]) / max(x["gps_m"], 1e-6) for x in ok])
         rows.append(f"| {method} | {len(ok)} / {len(r)} | {np.median(err):.2f} / {np.percentile(err, 90):.2f} | "
                     f"{np.median(pct):.1f} / {np.percentile(pct, 90):.1f} | {np.median([x['gps_m'] for x in r]):.1f} |")
+    return "\n".join(rows)
+
+
+# ---- region scale: a large build and onboard memory ---------------------------------------------
+def make_region_geotiff(out: Path, size_km: float, shared: Path = SHARED) -> Path:
+    """A large test orthophoto: the shared Colorado GeoTIFF (1.19 km square, 2560 px, EPSG:3857)
+    laid out n x n times, every other copy mirrored (so neighbouring copies join without a seam),
+    written tile by tile as a tiled JPEG GeoTIFF. The content repeats: it measures memory and
+    speed, not retrieval on real unique ground."""
+    import rasterio
+    from rasterio.transform import Affine
+    from rasterio.windows import Window
+    if out.is_file():
+        return out
+    src_path = shared / "colorado_z18" / "mosaic_epsg3857.tif"
+    with rasterio.open(src_path) as src:
+        img, tr, crs = src.read(), src.transform, src.crs
+    side = img.shape[1]
+    ground_m = side * tr.a * math.cos(math.radians(39.0))  # Web Mercator metres -> ground at 39 N
+    n = int(math.ceil(size_km * 1000 / ground_m))
+    profile = dict(driver="GTiff", width=n * side, height=n * side, count=3, dtype="uint8", crs=crs,
+                   transform=Affine(tr.a, 0, tr.c, 0, tr.e, tr.f), tiled=True, blockxsize=512, blockysize=512,
+                   compress="jpeg", jpeg_quality=90, photometric="ycbcr", BIGTIFF="IF_SAFER")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.tif")
+    with rasterio.open(tmp, "w", **profile) as dst:
+        for i in range(n):
+            for j in range(n):
+                part = img[:, ::-1 if i % 2 else 1, ::-1 if j % 2 else 1]
+                dst.write(np.ascontiguousarray(part), window=Window(j * side, i * side, side, side))
+    tmp.rename(out)
+    return out
+
+
+def _child_peak_rss_mb(cmd: list) -> tuple[float, float]:
+    """Run a command; (its wall time in s, the peak RSS of the largest child so far in MB)."""
+    import resource
+    import subprocess
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def bench_build(out: str = "out/bench", size_km: float = 10.0, model: str = "models/imagenet",
+                features: str = "xfeat,sift", features_model: str = "models/xfeat", index: str = "flat") -> str:
+    """Build a pack of a size_km x size_km region (make_region_geotiff) with `skyfix tiles build`
+    in a child process; print its time, peak RSS and size on disk."""
+    tif = make_region_geotiff(Path(out) / f"region_{size_km:g}km.tif", size_km)
+    pack = Path(out) / f"region_{size_km:g}km"
+    cmd = [sys.executable, "-m", "skyfix.cli", "tiles", "build", "--ortho", str(tif), "--out", str(pack),
+           "--model", model, "--gsd-m", "0.5", "--index", index, "--features", features,
+           "--features-model", features_model]
+    wall_s, rss_mb = _child_peak_rss_mb(cmd)
+    from skyfix.tiles.pack import TilePack
+    p = TilePack.open(pack)
+    m = p.manifest["map"]
+    disk_mb = sum(f.stat().st_size for f in pack.rglob("*") if f.is_file()) / 2 ** 20
+    area_km2 = m["width_px"] * m["height_px"] * m["gsd_m"] ** 2 / 1e6
+    return ("| region | map px | tiles | features | build s | peak RSS MB | pack MB |\n|---|---|---|---|---|---|---|\n"
+            f"| {area_km2:.0f} km2 at {m['gsd_m']} m/px | {m['width_px']} x {m['height_px']} | {len(p)} | "
+            f"{features} | {wall_s:.0f} | {rss_mb:.0f} | {disk_mb:.0f} |")
+
+
+def onboard_probe(pack_path: str, model: str, features_model: str, frames: int = 20, seed: int = 0) -> dict:
+    """Start the onboard loop's parts on a pack as `skyfix fly` does (pack, model, matcher), then
+    locate `frames` rendered views at random tiles. Returns start-up time, RSS after start-up and
+    at the end (MB), and ms per located frame. Run in a fresh process (`bench_onboard`)."""
+    from skyfix.config import load_config
+    from skyfix.contracts import Frame, Telemetry
+    from skyfix.edge.fly import startup
+    from skyfix.edge.navigator import Navigator
+    from skyfix.sim.views import ViewPose, render_view
+    t0 = time.perf_counter()
+    cfg = load_config(overrides={"nav": {"pack": pack_path, "model": model, "features_model": features_model}})
+    pack, embedder, cam = startup(cfg)
+    nav = Navigator(pack, embedder, cam, cfg.nav)
+    startup_s, rss_start = time.perf_counter() - t0, _rss_mb()
+    blocks, rng, ms, hits = pack.map_blocks(), np.random.default_rng(seed), [], 0
+    for i in range(frames):
+        tile = pack.tile(int(rng.integers(len(pack))))
+        yaw = float(rng.uniform(0, 2 * math.pi))
+        col, row = blocks.px_from_en(tile.east_m, tile.north_m)
+        half = int(300 / blocks.gsd_m)  # the ground a 120 m high 70 deg view can see, and more
+        region = blocks.region_px(int(row) - half, int(row) + half, int(col) - half, int(col) + half)
+        image = render_view(region, cam, ViewPose(tile.east_m, tile.north_m, 120.0, 0.0, 0.0, yaw))[0]
+        t_us = int(i * 1e6)
+        t1 = time.perf_counter()
+        m, _, _ = nav.locate(Frame(image, t_us, Telemetry(t_us, 0.0, 0.0, yaw, 120.0), f"view{i}"))
+        ms.append((time.perf_counter() - t1) * 1e3)
+        if m is not None and math.hypot(m.east_m - tile.east_m, m.north_m - tile.north_m) < 10:
+            hits += 1
+    return {"tiles": len(pack), "startup_s": startup_s, "rss_start_mb": rss_start, "rss_end_mb": _rss_mb(),
+            "locate_ms_p50": float(np.median(ms)), "located_within_10m": hits, "frames": frames}
+
+
+def bench_onboard(packs: list, model: str = "models/imagenet", features_model: str = "models/xfeat",
+                  frames: int = 20) -> str:
+    """onboard_probe on each pack, each in a fresh process so memory and start-up are its own."""
+    import json
+    import subprocess
+    rows = ["| pack | tiles | pack MB | start-up s | RSS after start-up MB | RSS after frames MB | locate ms p50 | located |",
+            "|---|---|---|---|---|---|---|---|"]
+    for pack in packs:
+        code = (f"import json; from skyfix.bench import onboard_probe; "
+                f"print(json.dumps(onboard_probe({str(pack)!r}, {model!r}, {features_model!r}, {frames})))")
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        disk_mb = sum(f.stat().st_size for f in Path(pack).rglob("*") if f.is_file()) / 2 ** 20
+        rows.append(f"| {pack} | {r['tiles']} | {disk_mb:.0f} | {r['startup_s']:.2f} | {r['rss_start_mb']:.0f} | "
+                    f"{r['rss_end_mb']:.0f} | {r['locate_ms_p50']:.0f} | {r['located_within_10m']}/{r['frames']} |")
     return "\n".join(rows)

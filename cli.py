@@ -52,7 +52,7 @@ def cmd_tiles_build(args) -> int:
     embedder = load_embedder(args.model, "sat", cfg.model)
     # The pack records its model as an absolute path, so eval/sim find it from any folder.
     model_source = str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model)
-    build_pack(args.ortho, args.out, cfg, embedder, model_source=model_source,
+    build_pack(args.ortho if len(args.ortho) > 1 else args.ortho[0], args.out, cfg, embedder, model_source=model_source,
                source_gsd_m=args.source_gsd_m, progress=not args.quiet)
     print(f"next: skyfix tiles inspect {args.out}")
     return 0
@@ -281,7 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     tiles = sub.add_parser("tiles", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="ground station: TilePacks").add_subparsers(dest="tcmd", required=True)
     b = tiles.add_parser("build", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="orthophoto -> TilePack")
-    b.add_argument("--ortho", required=True, help="GeoTIFF, XYZ folder {z}/{x}/{y}.png, or an image with --source-gsd-m")
+    b.add_argument("--ortho", required=True, nargs="+",
+                   help="GeoTIFF or GDAL .vrt (several GeoTIFFs of one CRS: one mosaic), XYZ folder "
+                        "{z}/{x}/{y}.png, or an image with --source-gsd-m; read by windows, so any size. "
+                        "An interrupted build resumes when run again with the same inputs")
     b.add_argument("--out", required=True, help="pack folder to write (atomically)")
     b.add_argument("--tile-size-m", type=_number(float, 10, 2000))
     b.add_argument("--stride-m", type=_number(float, 1, 2000))
@@ -459,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     bn = sub.add_parser("bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="benchmarks that print tables")
-    bn.add_argument("what", choices=["embed", "faiss", "retrieval", "orientation", "telemetry", "resection", "match", "sues", "attack", "soak", "odometry", "precision", "locate", "all"])
+    bn.add_argument("what", choices=["embed", "faiss", "retrieval", "orientation", "telemetry", "resection", "match", "sues", "attack", "soak", "odometry", "precision", "locate", "build", "onboard", "all"])
     bn.add_argument("--datagrams", type=_number(int, 0, 10 ** 8), default=20000, help="attack: hostile datagrams")
     bn.add_argument("--duration-s", type=_number(float, 1, 86400), help="attack: flight length (default 55); soak: (default 3600)")
     bn.add_argument("--methods", default="sift,orb,xfeat", help="match: extractors to compare")
@@ -470,12 +473,16 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--queries-from", help="orientation: map the views are rendered from")
     bn.add_argument("--east-min-m", type=float, help="orientation: held-out area")
     bn.add_argument("--model", default="models/imagenet", help="model dir from `skyfix export onnx`")
-    bn.add_argument("--pack", help="pack to time searches on (faiss)")
+    bn.add_argument("--pack", help="faiss: pack to time searches on; onboard: packs, comma-separated")
     bn.add_argument("--calib", help="precision: packs or orthophotos the views come from, comma-separated "
                                     "(default: OUT/colorado,OUT/levir_1)")
     bn.add_argument("--n-synthetic", type=_number(int, 1000, 100000000), default=1_000_000)
     bn.add_argument("--views", type=_number(int, 1, 100000), default=200)
     bn.add_argument("--photos", type=_number(int, 1, 10000), default=30, help="locate: simulated photos per map")
+    bn.add_argument("--size-km", type=_number(float, 1, 1000), default=10.0,
+                    help="build: side of the square test region (the Colorado map repeated)")
+    bn.add_argument("--index", choices=["flat", "ivfpq", "hnsw"], default="flat", help="build: index of the pack")
+    bn.add_argument("--frames", type=_number(int, 1, 100000), default=20, help="onboard: views located per pack")
     bn.add_argument("--out", default="out/bench")
     bn.set_defaults(func=cmd_bench)
     return p

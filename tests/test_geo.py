@@ -52,7 +52,7 @@ def test_colorado_geotiff_corners_match_known_coordinates():
     pytest.importorskip("rasterio")
     from skyfix.tiles.ortho import read_geotiff
     src = read_geotiff(need_shared(COLORADO_TIF))
-    h, w = src.valid.shape
+    h, w = src.height_px, src.width_px
     x, y = geo.pixel_to_xy(src.affine, np.array([0, w]), np.array([0, h]))
     lon, lat = src.lonlat_from_crs(x, y)
     np.testing.assert_allclose(lat, [38.990370, 38.979695], atol=2e-6)   # ~0.2 m

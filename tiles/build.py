@@ -1,101 +1,229 @@
-"""`skyfix tiles build`: orthophoto -> metric tile grid -> satellite-tower embeddings -> TilePack."""
+"""`skyfix tiles build`: orthophoto -> metric tile grid -> satellite-tower embeddings -> TilePack.
+
+The build streams: the orthophoto is read and resampled block by block into the pack's map
+blocks, tiles are rendered from those blocks, and embeddings are saved in chunks, so memory
+follows a block and a chunk, not the region. An interrupted build resumes where it stopped when
+run again with the same inputs (`<out>.partial` holds the work so far).
+"""
 from __future__ import annotations
 
+import hashlib
+import shutil
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import yaml
 from tqdm import tqdm
 
+from skyfix.artifacts import replace_directory
 from skyfix.config import SkyfixConfig, config_to_dict
 from skyfix.contracts import GeoTile
 from skyfix.errors import PackError
-from skyfix.tiles.canvas import MapCanvas
-from skyfix.tiles.pack import write_pack
+from skyfix.tiles.blocks import BLOCK_PX, COVERAGE_PX, MapBlocks, block_entry, write_block, write_table
+from skyfix.tiles.canvas import MapCanvas, MapGrid
+from skyfix.tiles.pack import SCHEMA_VERSION, write_pack_files
+
+EMBED_CHUNK = 4096  # tiles per saved chunk of embeddings (the unit of resuming)
 
 
-def tile_grid(canvas: MapCanvas, tile_size_m: float, stride_m: float,
-              max_nodata_frac: float = 0.02) -> tuple[list[GeoTile], int]:
-    """Square north-up tiles of `tile_size_m` every `stride_m` over the canvas, skipping nodata.
+def tile_grid(grid: MapGrid, tile_size_m: float, stride_m: float, max_nodata_frac: float = 0.02,
+              coverage: Optional[tuple[np.ndarray, int]] = None) -> tuple[list[GeoTile], int]:
+    """Square north-up tiles of `tile_size_m` every `stride_m` over the map, skipping nodata.
 
+    coverage: (valid fraction per cell, cell size in map pixels), e.g. the build's 1/8-resolution
+    map of valid pixels; default the canvas's own valid mask (a MapCanvas).
     Returns (tiles with ids 0..N-1 in row-major order from the north-west, number skipped).
     """
     if stride_m <= 0 or tile_size_m <= 0:
         raise PackError(f"tile size and stride must be positive, got {tile_size_m}, {stride_m}")
-    e_min, n_min, e_max, n_max = canvas.bounds_en()
+    frac, cell_px = coverage if coverage is not None else (grid.valid.astype(np.float64), 1)
+    e_min, n_min, e_max, n_max = grid.bounds_en()
     half = tile_size_m / 2
     easts = np.arange(e_min + half, e_max - half + 1e-6, stride_m)
     norths = np.arange(n_max - half, n_min + half - 1e-6, -stride_m)
     if easts.size == 0 or norths.size == 0:
         raise PackError(f"the map ({e_max - e_min:.0f} x {n_max - n_min:.0f} m) is smaller than "
                         f"one tile of {tile_size_m} m")
-    # Integral image of nodata for a fast per-tile nodata fraction.
-    bad = np.pad((~canvas.valid).astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    # Integral image of the valid fraction for a fast per-tile nodata fraction.
+    good = np.pad(frac.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     tiles, skipped = [], 0
-    size_px = tile_size_m / canvas.gsd_m
+    size_cells = tile_size_m / grid.gsd_m / cell_px
     for n in norths:
         for e in easts:
-            c0, r0 = canvas.px_from_en(e - half, n + half)
-            c0, r0 = int(round(c0 + 0.5)), int(round(r0 + 0.5))
-            c1, r1 = c0 + int(round(size_px)), r0 + int(round(size_px))
-            nodata = bad[r1, c1] - bad[r0, c1] - bad[r1, c0] + bad[r0, c0]
-            if nodata / max((r1 - r0) * (c1 - c0), 1) > max_nodata_frac:
+            c0, r0 = grid.px_from_en(e - half, n + half)
+            c0, r0 = int(round((c0 + 0.5) / cell_px)), int(round((r0 + 0.5) / cell_px))
+            c1, r1 = c0 + int(round(size_cells)), r0 + int(round(size_cells))
+            area = max((r1 - r0) * (c1 - c0), 1)
+            nodata = 1.0 - (good[r1, c1] - good[r0, c1] - good[r1, c0] + good[r0, c0]) / area
+            if nodata > max_nodata_frac + 1e-9:
                 skipped += 1
                 continue
-            lat, lon, _ = canvas.frame.to_lla(e, n)
+            lat, lon, _ = grid.frame.to_lla(e, n)
             tiles.append(GeoTile(len(tiles), float(lat), float(lon), float(e), float(n), tile_size_m))
     return tiles, skipped
 
 
-def render_tiles(canvas: MapCanvas, tiles: list[GeoTile], tile_px: int) -> np.ndarray:
+def render_tiles(canvas: "MapCanvas | MapBlocks", tiles: list[GeoTile], tile_px: int) -> np.ndarray:
     """uint8 N x tile_px x tile_px x 3 north-up renders of the tiles."""
     return np.stack([canvas.render(t.east_m, t.north_m, t.size_m, tile_px)[0] for t in tiles])
 
 
-def embed_tiles(canvas: MapCanvas, tiles: list[GeoTile], embedder, batch_size: int,
-                progress: bool = True) -> np.ndarray:
-    """Render and embed tiles in batches; float32 N x D."""
+def embed_tiles(canvas: "MapCanvas | MapBlocks", tiles: list[GeoTile], embedder, batch_size: int,
+                progress: bool = True, chunk_dir: Optional[Path] = None) -> np.ndarray:
+    """Render and embed tiles in batches; float32 N x D. With `chunk_dir`, every EMBED_CHUNK
+    tiles are saved there as they are done and chunks already there are loaded, not redone."""
     out = []
     bar = tqdm(total=len(tiles), unit="tile", desc="embed tiles", disable=not progress)
-    for i in range(0, len(tiles), batch_size):
-        batch = tiles[i:i + batch_size]
-        out.append(embedder.embed(render_tiles(canvas, batch, embedder.input_px)))
-        bar.update(len(batch))
+    for start in range(0, len(tiles), EMBED_CHUNK if chunk_dir else max(len(tiles), 1)):
+        part = tiles[start:start + EMBED_CHUNK] if chunk_dir else tiles
+        path = chunk_dir / f"vectors_{start:09d}_{len(part)}.npy" if chunk_dir else None
+        if path is not None and path.is_file():
+            out.append(np.load(path, allow_pickle=False))
+            bar.update(len(part))
+            continue
+        vecs = []
+        for i in range(0, len(part), batch_size):
+            batch = part[i:i + batch_size]
+            vecs.append(embedder.embed(render_tiles(canvas, batch, embedder.input_px)))
+            bar.update(len(batch))
+        out.append(np.concatenate(vecs))
+        if path is not None:
+            np.save(path.with_suffix(".tmp.npy"), out[-1], allow_pickle=False)
+            path.with_suffix(".tmp.npy").rename(path)
     bar.close()
     return np.concatenate(out)
 
 
-def build_pack(ortho: str | Path, out: str | Path, cfg: SkyfixConfig, embedder, *,
-               model_source: str = "",
-               source_gsd_m: Optional[float] = None, progress: bool = True, log=print) -> Path:
-    """Build a TilePack from an orthophoto with the satellite-tower `embedder`. Returns `out`."""
+def write_map_blocks(folder: Path, src, layout, progress: bool = True) -> tuple[list[dict], np.ndarray]:
+    """Resample the source into the pack's map blocks (skipping blocks already written by an
+    interrupted run). Returns (block table rows, valid fraction per COVERAGE_PX cell)."""
+    from skyfix.tiles.ortho import iter_blocks
+    cover = np.zeros((-(-layout.height_px // COVERAGE_PX), -(-layout.width_px // COVERAGE_PX)), np.float32)
+    all_blocks = layout.blocks(BLOCK_PX)
+    done = {(r, c) for r, c in all_blocks if (folder / "map" / f"{r}_{c}.png").is_file()
+            or (folder / "map" / f"{r}_{c}.empty").is_file()}
+    entries = []
+    bar = tqdm(total=len(all_blocks), unit="block", desc="read map", disable=not progress, initial=len(done))
+    for r, c in sorted(done):
+        entry = block_entry(folder, r, c)
+        if entry is not None:
+            entries.append(entry)
+            _cover(cover, r, c, _read_alpha(folder, r, c))
+    for r, c, rgb, valid in iter_blocks(src, layout, BLOCK_PX, skip=done):
+        entry = write_block(folder, r, c, rgb, valid)
+        if entry is None:
+            (folder / "map").mkdir(exist_ok=True)
+            (folder / "map" / f"{r}_{c}.empty").touch()
+        else:
+            entries.append(entry)
+            _cover(cover, r, c, valid)
+        bar.update(1)
+    bar.close()
+    for marker in (folder / "map").glob("*.empty"):
+        marker.unlink()
+    return entries, cover
+
+
+def _read_alpha(folder: Path, r: int, c: int) -> np.ndarray:
+    import cv2
+    bgra = cv2.imread(str(folder / "map" / f"{r}_{c}.png"), cv2.IMREAD_UNCHANGED)
+    if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4:
+        raise PackError(f"{folder}: map block {r}_{c} from the interrupted build cannot be read; "
+                        f"delete {folder} and build again")
+    return bgra[:, :, 3] > 0
+
+
+def _cover(cover: np.ndarray, r: int, c: int, valid: np.ndarray) -> None:
+    """Write a block's valid fraction per COVERAGE_PX cell into the coverage map."""
+    import cv2
+    h, w = valid.shape
+    ch, cw = -(-h // COVERAGE_PX), -(-w // COVERAGE_PX)
+    padded = np.zeros((ch * COVERAGE_PX, cw * COVERAGE_PX), np.float32)
+    padded[:h, :w] = valid
+    cells = cv2.resize(padded, (cw, ch), interpolation=cv2.INTER_AREA)
+    k = BLOCK_PX // COVERAGE_PX
+    cover[r * k:r * k + ch, c * k:c * k + cw] = cells
+
+
+def _build_key(ortho, source_gsd_m, cfg: SkyfixConfig, model_id: str, extractors) -> str:
+    """What a resumed build must share with the interrupted one: inputs (path, size, mtime),
+    settings, model and feature extractors."""
+    paths = [Path(p) for p in (ortho if isinstance(ortho, (list, tuple)) else [ortho])]
+    stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else str(p) for p in paths]
+    text = yaml.safe_dump({"schema": SCHEMA_VERSION, "inputs": stats, "source_gsd_m": source_gsd_m,
+                           "tiles": config_to_dict(cfg)["tiles"], "model_id": model_id,
+                           "features": [ex.identity for ex in extractors]})
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _staging(out: Path, key: str, log) -> Path:
+    """The `<out>.partial` folder of this build: reused when an interrupted build of the same
+    inputs left it, started afresh otherwise."""
+    staging = out.with_name(f".{out.name}.partial")
+    key_file = staging / ".build" / "key"
+    if staging.exists():
+        if key_file.is_file() and key_file.read_text() == key:
+            log(f"resuming the interrupted build in {staging}")
+            return staging
+        log(f"{staging} is from a build of other inputs or settings: starting afresh")
+        shutil.rmtree(staging)
+    (staging / ".build").mkdir(parents=True)
+    key_file.write_text(key)
+    return staging
+
+
+def build_pack(ortho: "str | Path | Sequence", out: str | Path, cfg: SkyfixConfig, embedder, *,
+               model_source: str = "", source_gsd_m: Optional[float] = None, progress: bool = True,
+               log=print) -> Path:
+    """Build a TilePack from an orthophoto (one path, or several GeoTIFFs mosaicked) with the
+    satellite-tower `embedder`, streaming and resumable (module docstring). Returns `out`."""
     from skyfix.edge.features import open_extractor
-    from skyfix.tiles.ortho import read_source, to_canvas
-    t0 = time.perf_counter()
+    from skyfix.tiles.features import write_map_features
+    from skyfix.tiles.ortho import canvas_layout, read_source
+    t0, out, tc = time.perf_counter(), Path(out), cfg.tiles
     # Open the feature extractors first: a missing model fails before minutes of embedding.
-    extractors = [open_extractor(name, cfg.nav.features_model or None) for name in cfg.tiles.features]
-    src = read_source(ortho, source_gsd_m)
-    canvas = to_canvas(src, cfg.tiles.gsd_m)
-    tc = cfg.tiles
-    tiles, skipped = tile_grid(canvas, tc.tile_size_m, tc.stride_m, tc.max_nodata_frac)
-    log(f"map {Path(ortho).name}: {canvas.width_m:.0f} x {canvas.height_m:.0f} m at "
-        f"{canvas.gsd_m:.3f} m/px; {len(tiles)} tiles of {tc.tile_size_m:g} m every "
-        f"{tc.stride_m:g} m ({skipped} skipped for nodata)")
+    extractors = [open_extractor(name, cfg.nav.features_model or None) for name in tc.features]
+    staging = _staging(out, _build_key(ortho, source_gsd_m, cfg, embedder.model_id, extractors), log)
+    work = staging / ".build"
+    src = read_source(ortho, source_gsd_m, mosaic_dir=work)
+    try:
+        layout = canvas_layout(src, tc.gsd_m)
+        log(f"map {src.name}: {layout.width_m:.0f} x {layout.height_m:.0f} m at {layout.gsd_m:.3f} m/px "
+            f"({layout.width_px} x {layout.height_px} px, {len(layout.blocks(BLOCK_PX))} blocks)")
+        entries, cover = write_map_blocks(staging, src, layout, progress)
+    finally:
+        src.close()
+    write_table(staging, entries)
+    blocks = MapBlocks(staging, layout.gsd_m, layout.frame, layout.east0_m, layout.north0_m,
+                       layout.width_px, layout.height_px,
+                       cache_blocks=2 * len({c for _, c in layout.blocks(BLOCK_PX)}) + 4)
+    tiles, skipped = tile_grid(blocks, tc.tile_size_m, tc.stride_m, tc.max_nodata_frac, (cover, COVERAGE_PX))
+    log(f"{len(tiles)} tiles of {tc.tile_size_m:g} m every {tc.stride_m:g} m ({skipped} skipped for nodata)")
     t1 = time.perf_counter()
-    vectors = embed_tiles(canvas, tiles, embedder, tc.batch_size, progress)
+    vectors = embed_tiles(blocks, tiles, embedder, tc.batch_size, progress, chunk_dir=work)
     dt_embed = time.perf_counter() - t1
-    imagery = {"source": tc.imagery_source or str(ortho), "date": tc.imagery_date,
-               "licence": tc.imagery_licence}
-    crs = str(src.crs) if src.crs is not None else "local (not georeferenced)"
-    write_pack(out, canvas, tiles, vectors, model_id=embedder.model_id, tile_px=embedder.input_px,
-               stride_m=tc.stride_m, index_kind=tc.index, imagery=imagery, source=str(ortho),
-               crs=crs, model_source=model_source, extractors=extractors,
-               features_per_mpx=tc.features_per_mpx, progress=progress,
-               extra_files={"config.yaml": yaml.safe_dump(config_to_dict(cfg), sort_keys=False)})
+    features = {}
+    for ex in extractors:
+        done = work / f"features_{ex.name}.yaml"
+        if done.is_file():
+            features[ex.name] = yaml.safe_load(done.read_text())
+            continue
+        features[ex.name] = write_map_features(staging, blocks, ex, tc.features_per_mpx, progress)
+        done.write_text(yaml.safe_dump(features[ex.name]))
+    t2 = time.perf_counter()
+    source = ", ".join(map(str, ortho)) if isinstance(ortho, (list, tuple)) else str(ortho)
+    imagery = {"source": tc.imagery_source or source, "date": tc.imagery_date, "licence": tc.imagery_licence}
+    write_pack_files(staging, blocks, tiles, vectors, model_id=embedder.model_id, tile_px=embedder.input_px,
+                     stride_m=tc.stride_m, index_kind=tc.index, imagery=imagery, source=source,
+                     crs=str(src.crs) if src.crs is not None else "local (not georeferenced)",
+                     model_source=model_source, features=features,
+                     extra_files={"config.yaml": yaml.safe_dump(config_to_dict(cfg), sort_keys=False)})
+    log(f"index {tc.index}: {time.perf_counter() - t2:.1f} s")
+    shutil.rmtree(work)
+    replace_directory(staging, out)
     total = time.perf_counter() - t0
     log(f"wrote {out}: {len(tiles)} tiles, model {embedder.model_id}, {embedder.backend}; "
-        f"embedding {len(tiles) / dt_embed:.1f} tiles/s, total {total:.1f} s "
-        f"({len(tiles) / total:.1f} tiles/s)")
-    return Path(out)
+        f"embedding {len(tiles) / max(dt_embed, 1e-9):.1f} tiles/s, total {total:.1f} s")
+    return out

@@ -15,22 +15,16 @@ import numpy as np
 from skyfix.geo import LocalFrame
 
 
-@dataclass
-class MapCanvas:
-    image_rgb: np.ndarray  # H x W x 3 uint8
-    valid: np.ndarray      # H x W bool: False where the source had no data
-    gsd_m: float
-    frame: LocalFrame
-    east0_m: float         # east of the left edge
-    north0_m: float        # north of the top edge
+class MapGrid:
+    """Pixel <-> local metres of a north-up grid; needs gsd_m, east0_m, north0_m, width_px, height_px."""
 
     @property
     def width_m(self) -> float:
-        return self.image_rgb.shape[1] * self.gsd_m
+        return self.width_px * self.gsd_m
 
     @property
     def height_m(self) -> float:
-        return self.image_rgb.shape[0] * self.gsd_m
+        return self.height_px * self.gsd_m
 
     def bounds_en(self):
         """(east_min_m, north_min_m, east_max_m, north_max_m) of the canvas."""
@@ -49,6 +43,28 @@ class MapCanvas:
         col = (np.asarray(east_m) - self.east0_m) / self.gsd_m - 0.5
         row = (self.north0_m - np.asarray(north_m)) / self.gsd_m - 0.5
         return col, row
+
+
+@dataclass
+class MapCanvas(MapGrid):
+    image_rgb: np.ndarray  # H x W x 3 uint8
+    valid: np.ndarray      # H x W bool: False where the source had no data
+    gsd_m: float
+    frame: LocalFrame
+    east0_m: float         # east of the left edge
+    north0_m: float        # north of the top edge
+
+    @property
+    def width_px(self) -> int:
+        return self.image_rgb.shape[1]
+
+    @property
+    def height_px(self) -> int:
+        return self.image_rgb.shape[0]
+
+    def read_px(self, r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows r0:r1, cols c0:c1 (inside the canvas) as (uint8 RGB, bool valid)."""
+        return self.image_rgb[r0:r1, c0:c1], self.valid[r0:r1, c0:c1]
 
     def render(self, east_m: float, north_m: float, size_m: float, out_px: int,
                rotation_deg: float = 0.0):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from skyfix.artifacts import file_digest
 from skyfix.edge.features import Extractor, Features
 from skyfix.errors import PackError
 from skyfix.tiles.canvas import MapCanvas
+
+if TYPE_CHECKING:
+    from skyfix.tiles.blocks import MapBlocks
 from skyfix.tiles.schema import DIGEST, NUMBER, check_shape
 
 FEATURE_FILES = ("xy_en_m.npy", "desc.npy", "scores.npy", "cell_start.npy")
@@ -140,21 +143,23 @@ class MapFeatures:
         return xy[inside], (desc if self.binary else desc.astype(np.float32))
 
 
-def describe_map(canvas: MapCanvas, extractor: Extractor, per_mpx: int, progress: bool = False) -> Features:
-    """Keypoints of the whole canvas (pixels), described in overlapping blocks of BLOCK_PX so the
-    memory of one extraction does not grow with the map; at most per_mpx per megapixel."""
-    h, w = canvas.valid.shape
+def describe_map(canvas: "MapCanvas | MapBlocks", extractor: Extractor, per_mpx: int,
+                 progress: bool = False) -> Features:
+    """Keypoints of the whole map (pixels), described in overlapping blocks of BLOCK_PX so the
+    memory of one extraction does not grow with the map (an in-memory canvas or a pack's map
+    blocks, read by windows); at most per_mpx per megapixel."""
+    h, w = canvas.height_px, canvas.width_px
     core = BLOCK_PX - 2 * BLOCK_MARGIN_PX
     parts = []
     starts = [(r, c) for r in range(0, h, core) for c in range(0, w, core)]
     for r, c in _progress(starts, progress):
         r0, c0 = max(r - BLOCK_MARGIN_PX, 0), max(c - BLOCK_MARGIN_PX, 0)
         r1, c1 = min(r + core + BLOCK_MARGIN_PX, h), min(c + core + BLOCK_MARGIN_PX, w)
-        valid = canvas.valid[r0:r1, c0:c1]
+        image, valid = canvas.read_px(r0, r1, c0, c1)
         if not valid.any():
             continue
         n_max = int(per_mpx * (r1 - r0) * (c1 - c0) / 1e6) + 1
-        f = extractor.extract(np.ascontiguousarray(canvas.image_rgb[r0:r1, c0:c1]), n_max, valid)
+        f = extractor.extract(np.ascontiguousarray(image), n_max, valid)
         xy = f.xy_px + np.array([c0, r0], np.float32)
         # Keep a keypoint only in the block whose core holds it (blocks overlap by the margin).
         own = (xy[:, 0] >= c) & (xy[:, 0] < c + core) & (xy[:, 1] >= r) & (xy[:, 1] < r + core)
@@ -180,7 +185,7 @@ def _storage_desc(desc: np.ndarray, name: str) -> np.ndarray:
     return desc.astype(np.float16)
 
 
-def write_map_features(pack_dir: Path, canvas: MapCanvas, extractor: Extractor, per_mpx: int,
+def write_map_features(pack_dir: Path, canvas: "MapCanvas | MapBlocks", extractor: Extractor, per_mpx: int,
                        progress: bool = False) -> dict:
     """Describe the canvas and write pack_dir/features/<name>/; returns the manifest entry."""
     f = describe_map(canvas, extractor, per_mpx, progress)

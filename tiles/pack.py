@@ -3,7 +3,7 @@
 A pack is a folder:
   manifest.yaml  schema version, region, grid, model_id, dim, metric, imagery, counts, file digests
   tiles.csv      tile_id, lat_deg, lon_deg, east_m, north_m, east_min_m, north_min_m, east_max_m, north_max_m
-  map.png        the MapCanvas (RGBA, alpha = valid) for metre-level refinement
+  map/           the map imagery in blocks read on demand (tiles/blocks.py)
   index.faiss    the FAISS index of tile embeddings (ids = tile_id)
   features/NAME/ the map's local features per extractor (tiles/features.py), memory-mapped onboard
 This module needs numpy, OpenCV, PyYAML and faiss only (no rasterio, no torch).
@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-import cv2
 import numpy as np
 import yaml
 
@@ -23,15 +22,16 @@ from skyfix.artifacts import atomic_directory, file_digest
 from skyfix.contracts import GeoTile
 from skyfix.errors import ModelMismatch, PackError, require
 from skyfix.geo import LocalFrame
-from skyfix.tiles.canvas import MapCanvas
+from skyfix.tiles.blocks import BLOCK_PX, TABLE_FILE, MapBlocks, write_canvas_blocks
+from skyfix.tiles.canvas import MapCanvas, MapGrid
 from skyfix.tiles.features import MapFeatures, open_map_features, require_features, write_map_features
 from skyfix.tiles.schema import DIGEST, NUMBER, check_shape
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: map imagery in blocks (was one map.png)
 METRIC = "inner_product"  # on L2-normalised vectors: cosine similarity
 TILE_COLUMNS = ("tile_id", "lat_deg", "lon_deg", "east_m", "north_m",
                 "east_min_m", "north_min_m", "east_max_m", "north_max_m")
-PACK_FILES = ("tiles.csv", "map.png", "index.faiss")
+PACK_FILES = ("tiles.csv", TABLE_FILE, "index.faiss")
 VECTORS_FILE = "vectors.npy"  # packs with a compressed or graph index: exact vectors for re-ranking
 RERANK_SHORTLIST = 200        # candidates the compact index proposes per query, re-ranked exactly
 RERANK_NPROBE = 128           # IVF lists probed when re-ranking (bench faiss: recall@10 0.95 at 1M)
@@ -44,7 +44,8 @@ MANIFEST_SHAPE = {
     "schema_version": int, "model_id": str, "dim": int, "metric": str,
     "files": {name: DIGEST for name in PACK_FILES}, "counts": {"tiles": int},
     "local_frame": {"lat0_deg": NUMBER, "lon0_deg": NUMBER},
-    "map": {"gsd_m": NUMBER, "east0_m": NUMBER, "north0_m": NUMBER, "width_px": int, "height_px": int},
+    "map": {"gsd_m": NUMBER, "east0_m": NUMBER, "north0_m": NUMBER, "width_px": int, "height_px": int,
+            "block_px": int},
     "grid": {"tile_size_m": NUMBER, "stride_m": NUMBER, "tile_px": int},
 }
 
@@ -165,61 +166,73 @@ def write_pack(out_dir: str | Path, canvas: MapCanvas, tiles: list[GeoTile], vec
                imagery: Optional[dict] = None, source: str = "", crs: str = "",
                model_source: str = "", extra_files: Optional[dict] = None,
                extractors: tuple = (), features_per_mpx: int = 8000, progress: bool = False) -> Path:
-    """Write a TilePack atomically (built in a temporary folder, then renamed). Returns out_dir.
+    """Write a TilePack of an in-memory canvas atomically (built in a temporary folder, then
+    renamed). Returns out_dir. (`skyfix tiles build` streams large maps through
+    `write_pack_files` instead.)
 
     vectors: float32 N x D unit vectors, row i embeds tiles[i] (tile_id == i).
     extra_files: {name: text} written beside the manifest (e.g. the resolved config).
     extractors: local-feature extractors (edge.features) whose map features the pack carries.
     """
+    with atomic_directory(out_dir) as tmp:
+        write_canvas_blocks(tmp, canvas)
+        features = {ex.name: write_map_features(tmp, canvas, ex, features_per_mpx, progress) for ex in extractors}
+        write_pack_files(tmp, canvas, tiles, vectors, model_id=model_id, tile_px=tile_px, stride_m=stride_m,
+                         index_kind=index_kind, imagery=imagery, source=source, crs=crs,
+                         model_source=model_source, extra_files=extra_files, features=features)
+    return Path(out_dir)
+
+
+def write_pack_files(folder: Path, grid: MapGrid, tiles: list[GeoTile], vectors: np.ndarray, *,
+                     model_id: str, tile_px: int, stride_m: float, index_kind: str = "flat",
+                     imagery: Optional[dict] = None, source: str = "", crs: str = "",
+                     model_source: str = "", extra_files: Optional[dict] = None,
+                     features: Optional[dict] = None, block_px: int = BLOCK_PX) -> None:
+    """Write the tile table, the index and the manifest into `folder`, which already holds the
+    map blocks (tiles/blocks.py) and the map features (`features`: their manifest entries) of
+    the map `grid` (MapCanvas or MapBlocks geometry)."""
     faiss = require("faiss")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if len(tiles) != len(vectors) or len(tiles) == 0:
         raise PackError(f"{len(tiles)} tiles but {len(vectors)} vectors; nothing to pack")
-    with atomic_directory(out_dir) as tmp:
-        table = np.array([[t.tile_id, t.lat_deg, t.lon_deg, t.east_m, t.north_m,
-                           t.east_m - t.size_m / 2, t.north_m - t.size_m / 2,
-                           t.east_m + t.size_m / 2, t.north_m + t.size_m / 2] for t in tiles])
-        np.savetxt(tmp / "tiles.csv", table, delimiter=",", header=",".join(TILE_COLUMNS),
-                   comments="", fmt=["%d", "%.8f", "%.8f"] + ["%.3f"] * 6)
-        rgba = np.dstack([canvas.image_rgb, canvas.valid.astype(np.uint8) * 255])
-        if not cv2.imwrite(str(tmp / "map.png"), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA)):
-            raise PackError(f"cannot write {tmp / 'map.png'}")
-        faiss.write_index(make_index(index_kind, vectors), str(tmp / "index.faiss"))
-        files = list(PACK_FILES)
-        if index_kind != "flat":
-            # The exact vectors, for re-ranking what the compact index proposes (read by rows).
-            np.save(tmp / VECTORS_FILE, vectors)
-            files.append(VECTORS_FILE)
-        lat, lon = table[:, 1], table[:, 2]
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "model_id": model_id,
-            "model_source": model_source,
-            "dim": int(vectors.shape[1]),
-            "metric": METRIC,
-            "index": index_kind,
-            "crs_source": crs,
-            "source": source,
-            "local_frame": {"lat0_deg": canvas.frame.lat0_deg, "lon0_deg": canvas.frame.lon0_deg},
-            "map": {"gsd_m": canvas.gsd_m, "east0_m": canvas.east0_m, "north0_m": canvas.north0_m,
-                    "width_px": int(canvas.image_rgb.shape[1]),
-                    "height_px": int(canvas.image_rgb.shape[0])},
-            "region": {"lat_min_deg": float(lat.min()), "lat_max_deg": float(lat.max()),
-                       "lon_min_deg": float(lon.min()), "lon_max_deg": float(lon.max()),
-                       "bounds_en_m": [float(v) for v in canvas.bounds_en()]},
-            "grid": {"tile_size_m": float(tiles[0].size_m), "stride_m": float(stride_m),
-                     "tile_px": int(tile_px)},
-            "imagery": imagery or {},
-            "counts": {"tiles": len(tiles)},
-            "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "files": {name: file_digest(tmp / name) for name in files},
-            "features": {ex.name: write_map_features(tmp, canvas, ex, features_per_mpx, progress)
-                         for ex in extractors},
-        }
-        (tmp / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
-    return Path(out_dir)
+    table = np.array([[t.tile_id, t.lat_deg, t.lon_deg, t.east_m, t.north_m,
+                       t.east_m - t.size_m / 2, t.north_m - t.size_m / 2,
+                       t.east_m + t.size_m / 2, t.north_m + t.size_m / 2] for t in tiles])
+    np.savetxt(folder / "tiles.csv", table, delimiter=",", header=",".join(TILE_COLUMNS),
+               comments="", fmt=["%d", "%.8f", "%.8f"] + ["%.3f"] * 6)
+    faiss.write_index(make_index(index_kind, vectors), str(folder / "index.faiss"))
+    files = list(PACK_FILES)
+    if index_kind != "flat":
+        # The exact vectors, for re-ranking what the compact index proposes (read by rows).
+        np.save(folder / VECTORS_FILE, vectors)
+        files.append(VECTORS_FILE)
+    lat, lon = table[:, 1], table[:, 2]
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "model_id": model_id,
+        "model_source": model_source,
+        "dim": int(vectors.shape[1]),
+        "metric": METRIC,
+        "index": index_kind,
+        "crs_source": crs,
+        "source": source,
+        "local_frame": {"lat0_deg": grid.frame.lat0_deg, "lon0_deg": grid.frame.lon0_deg},
+        "map": {"gsd_m": grid.gsd_m, "east0_m": grid.east0_m, "north0_m": grid.north0_m,
+                "width_px": int(grid.width_px), "height_px": int(grid.height_px), "block_px": int(block_px)},
+        "region": {"lat_min_deg": float(lat.min()), "lat_max_deg": float(lat.max()),
+                   "lon_min_deg": float(lon.min()), "lon_max_deg": float(lon.max()),
+                   "bounds_en_m": [float(v) for v in grid.bounds_en()]},
+        "grid": {"tile_size_m": float(tiles[0].size_m), "stride_m": float(stride_m),
+                 "tile_px": int(tile_px)},
+        "imagery": imagery or {},
+        "counts": {"tiles": len(tiles)},
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "files": {name: file_digest(folder / name) for name in files},
+        "features": features or {},
+    }
+    (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    for name, text in (extra_files or {}).items():
+        (folder / name).write_text(text)
 
 
 class TilePack:
@@ -351,16 +364,18 @@ class TilePack:
         t = self.table
         return (e >= t[:, 5]) & (e <= t[:, 7]) & (n >= t[:, 6]) & (n <= t[:, 8])
 
+    def map_blocks(self, cache_blocks: int = 16) -> MapBlocks:
+        """The pack's map imagery, read block by block on demand (onboard: memory and start-up
+        do not grow with the region)."""
+        m = self.manifest["map"]
+        return MapBlocks(self.path, float(m["gsd_m"]), self.frame, float(m["east0_m"]), float(m["north0_m"]),
+                         int(m["width_px"]), int(m["height_px"]), int(m["block_px"]), cache_blocks)
+
     def canvas(self) -> MapCanvas:
-        """The pack's map imagery (loaded on first use)."""
+        """The pack's whole map imagery in memory (loaded on first use): for the simulator and
+        plots of maps that fit; use `map_blocks` for windows of a large region."""
         if self._canvas is None:
-            bgra = cv2.imread(str(self.path / "map.png"), cv2.IMREAD_UNCHANGED)
-            if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4:
-                raise PackError(f"{self.path}: map.png cannot be decoded")
-            m = self.manifest["map"]
-            self._canvas = MapCanvas(cv2.cvtColor(bgra[:, :, :3], cv2.COLOR_BGR2RGB),
-                                     bgra[:, :, 3] > 0, float(m["gsd_m"]), self.frame,
-                                     float(m["east0_m"]), float(m["north0_m"]))
+            self._canvas = self.map_blocks().whole()
         return self._canvas
 
     @property
@@ -433,7 +448,7 @@ def add_features(pack_path: str | Path, extractor, per_mpx: int, progress: bool 
     import os
     import shutil
     pack = TilePack.open(pack_path)
-    canvas = pack.canvas()
+    canvas = pack.map_blocks(cache_blocks=64)
     staging = pack.path / f".features-{extractor.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     try:

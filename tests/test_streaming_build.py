@@ -1,0 +1,156 @@
+"""The streaming ground-station build: windowed reads, map blocks read on demand, mosaics, resume."""
+import numpy as np
+import pytest
+
+from skyfix.errors import PackError
+from skyfix.tiles.blocks import MapBlocks, write_canvas_blocks, write_table
+
+
+def _same_pixels(a, b):
+    """Equal up to OpenCV's fixed-point interpolation (a window shifts the coordinates' origin)."""
+    diff = np.abs(a.astype(int) - b)
+    return diff.max() <= 1 and diff.mean() < 0.01
+
+
+def _blocks_of(canvas, tmp_path, block_px):
+    """The canvas stored as blocks of block_px, opened as MapBlocks."""
+    from skyfix.tiles import blocks
+    entries = []
+    for r0 in range(0, canvas.height_px, block_px):
+        for c0 in range(0, canvas.width_px, block_px):
+            e = blocks.write_block(tmp_path, r0 // block_px, c0 // block_px,
+                                   *canvas.read_px(r0, r0 + block_px, c0, c0 + block_px))
+            entries.append(e)
+    write_table(tmp_path, [e for e in entries if e])
+    return MapBlocks(tmp_path, canvas.gsd_m, canvas.frame, canvas.east0_m, canvas.north0_m,
+                     canvas.width_px, canvas.height_px, block_px, cache_blocks=3)
+
+
+def test_map_blocks_render_as_the_canvas(textured_canvas, tmp_path):
+    blocks = _blocks_of(textured_canvas, tmp_path, 128)  # 5 x 5 blocks, a cache of 3
+    for east, north, size, px, rot in [(0, 0, 100, 64, 0), (-260, 250, 80, 96, 30), (128.5, -3, 250, 48, 0)]:
+        a, va = textured_canvas.render(east, north, size, px, rot)
+        b, vb = blocks.render(east, north, size, px, rot)
+        assert _same_pixels(a, b)
+        assert va == pytest.approx(vb)
+    np.testing.assert_array_equal(blocks.whole().image_rgb, textured_canvas.image_rgb)
+    img, valid = blocks.read_px(-10, 20, 590, 610)  # beyond the map: black and not valid
+    assert valid[:10].sum() == 0 and valid[10:, :10].all() and not valid[:, 10:].any()
+
+
+def test_a_corrupt_block_is_refused_where_it_is_read(textured_canvas, tmp_path):
+    blocks = _blocks_of(textured_canvas, tmp_path, 128)
+    path = tmp_path / "map" / "0_0.png"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(PackError, match="0_0 is truncated or corrupt"):
+        blocks.render(-250, 250, 50, 32)
+    assert blocks.render(200, -200, 50, 32)[1] == 1.0  # the rest of the map still reads
+
+
+@pytest.fixture(scope="module")
+def utm_geotiffs(tmp_path_factory, textured_canvas):
+    """The textured map as a UTM GeoTIFF (EPSG:32632, 1 m/px), whole and cut into three of its
+    four quadrants (a mosaic with a hole)."""
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+    folder = tmp_path_factory.mktemp("utm")
+    img = np.transpose(textured_canvas.image_rgb, (2, 0, 1))
+    profile = dict(driver="GTiff", dtype="uint8", count=3, crs="EPSG:32632", tiled=True,
+                   blockxsize=128, blockysize=128)
+    x0, y0 = 350000.0, 4990000.0
+    whole = folder / "whole.tif"
+    with rasterio.open(whole, "w", width=600, height=600, transform=from_origin(x0, y0, 1.0, 1.0), **profile) as ds:
+        ds.write(img)
+    parts = []
+    for i, (r, c) in enumerate([(0, 0), (0, 300), (300, 0)]):
+        parts.append(folder / f"part{i}.tif")
+        with rasterio.open(parts[-1], "w", width=300, height=300, transform=from_origin(x0 + c, y0 - r, 1.0, 1.0),
+                           **profile) as ds:
+            ds.write(img[:, r:r + 300, c:c + 300], window=Window(0, 0, 300, 300))
+    return whole, parts
+
+
+def test_windowed_resampling_reads_windows_and_matches_the_whole(utm_geotiffs):
+    from skyfix.tiles.ortho import canvas_layout, iter_blocks, read_source, to_canvas
+    src = read_source(utm_geotiffs[0])
+    reads = []
+    original = src.read
+    src.read = lambda r0, r1, c0, c1: (reads.append((r1 - r0) * (c1 - c0)), original(r0, r1, c0, c1))[1]
+    layout = canvas_layout(src)
+    assert layout.gsd_m == pytest.approx(1.0, abs=0.01)
+    whole = to_canvas(src, block_px=1024)
+    assert max(reads) > 600 * 600  # one block covers the map: one read of all of it
+    reads.clear()
+    tiles = list(iter_blocks(src, layout, 128))
+    assert len(tiles) == len(layout.blocks(128)) and max(reads) < 150 * 150  # block-sized windows only
+    for br, bc, rgb, valid in tiles:
+        assert _same_pixels(rgb, whole.image_rgb[br * 128:br * 128 + 128, bc * 128:bc * 128 + 128])
+    src.close()
+
+
+def test_several_geotiffs_are_one_mosaic(utm_geotiffs, tmp_path):
+    from skyfix.tiles.ortho import load_canvas
+    whole, parts = load_canvas(utm_geotiffs[0]), load_canvas(utm_geotiffs[1])
+    assert parts.image_rgb.shape == whole.image_rgb.shape
+    assert parts.valid.sum() / whole.valid.sum() == pytest.approx(0.75, abs=0.01)  # a quadrant missing
+    both = parts.valid & whole.valid
+    assert np.abs(parts.image_rgb[both].astype(int) - whole.image_rgb[both]).mean() < 0.5
+    assert not parts.valid[-100:, -100:].any()
+
+
+class _Interrupting:
+    """A wrapper of an embedder that fails after `fail_after` batches (a killed build)."""
+
+    def __init__(self, inner, fail_after=None):
+        self.inner, self.fail_after, self.calls = inner, fail_after, 0
+        self.model_id, self.input_px, self.backend = inner.model_id, inner.input_px, inner.backend
+
+    def embed(self, images):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt("build stopped")
+        return self.inner.embed(images)
+
+
+def test_an_interrupted_build_resumes_and_gives_the_same_pack(utm_geotiffs, tmp_path, tiny_onnx_dir, monkeypatch):
+    from skyfix.config import load_config
+    from skyfix.edge.embedders import open_embedder
+    from skyfix.tiles import build
+    from skyfix.tiles.pack import TilePack
+    monkeypatch.setattr(build, "EMBED_CHUNK", 16)
+    cfg = load_config(overrides={"tiles": {"tile_size_m": 100.0, "stride_m": 50.0, "batch_size": 8,
+                                           "features": ["sift"]}})
+    sat = open_embedder(tiny_onnx_dir, "sat")
+    quiet = dict(progress=False, log=lambda *_: None)
+    ref = TilePack.open(build.build_pack(utm_geotiffs[1], tmp_path / "ref", cfg, _Interrupting(sat), **quiet))
+    assert len(ref) > 40 and not ((ref.east_m >= 50) & (ref.north_m <= -50)).any()  # none in the hole
+    first = _Interrupting(sat, fail_after=7)  # dies in the fourth chunk of 16 tiles
+    with pytest.raises(KeyboardInterrupt):
+        build.build_pack(utm_geotiffs[1], tmp_path / "pack", cfg, first, **quiet)
+    assert not (tmp_path / "pack").exists() and (tmp_path / ".pack.partial").is_dir()
+    again = _Interrupting(sat)
+    pack = TilePack.open(build.build_pack(utm_geotiffs[1], tmp_path / "pack", cfg, again, **quiet))
+    assert again.calls == -(-len(ref) // 8) - 6  # the three finished chunks (6 batches) were not redone
+    assert not (tmp_path / ".pack.partial").exists()
+    np.testing.assert_array_equal(pack.table, ref.table)
+    q = np.asarray(ref.index.reconstruct_n(0, len(ref)))
+    np.testing.assert_allclose(np.asarray(pack.index.reconstruct_n(0, len(pack))), q, atol=1e-6)
+    np.testing.assert_array_equal(pack.canvas().image_rgb, ref.canvas().image_rgb)
+    assert pack.manifest["features"]["sift"]["count"] == ref.manifest["features"]["sift"]["count"] > 0
+
+
+def test_a_build_of_other_inputs_does_not_resume(utm_geotiffs, tmp_path, tiny_onnx_dir):
+    from skyfix.config import load_config
+    from skyfix.edge.embedders import open_embedder
+    from skyfix.tiles.build import build_pack
+    cfg = load_config(overrides={"tiles": {"tile_size_m": 100.0, "stride_m": 100.0, "features": []}})
+    sat = open_embedder(tiny_onnx_dir, "sat")
+    with pytest.raises(KeyboardInterrupt):
+        build_pack(utm_geotiffs[1], tmp_path / "pack", cfg, _Interrupting(sat, fail_after=0), progress=False,
+                   log=lambda *_: None)
+    lines = []
+    build_pack(utm_geotiffs[0], tmp_path / "pack", cfg, sat, progress=False, log=lines.append)
+    assert any("starting afresh" in line for line in lines)
