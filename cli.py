@@ -53,7 +53,7 @@ def cmd_tiles_build(args) -> int:
     # The pack records its model as an absolute path, so eval/sim find it from any folder.
     model_source = str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model)
     build_pack(args.ortho if len(args.ortho) > 1 else args.ortho[0], args.out, cfg, embedder, model_source=model_source,
-               source_gsd_m=args.source_gsd_m, progress=not args.quiet)
+               source_gsd_m=args.source_gsd_m, progress=not args.quiet, cluster=args.cluster)
     print(f"next: skyfix tiles inspect {args.out}")
     return 0
 
@@ -291,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--gsd-m", type=_number(float, 0.01, 50), help="map resolution (default: the orthophoto's)")
     b.add_argument("--source-gsd-m", type=_number(float, 0.01, 50), help="read a non-georeferenced image at this GSD")
     b.add_argument("--index", choices=["flat", "ivfpq", "hnsw"])
+    b.add_argument("--cluster", help="embed on Dask: local:N (N worker processes here) or tcp://SCHEDULER:8786 "
+                                     "(workers must see the model and the output folder's parent at the same paths)")
     b.add_argument("--model", default="imagenet", help="model dir from `export onnx`, .pt, or 'imagenet'")
     b.add_argument("--features", help="comma-separated local-feature extractors to store (sift, orb, xfeat); "
                    "default from the config (sift)")

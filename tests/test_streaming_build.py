@@ -154,3 +154,30 @@ def test_a_build_of_other_inputs_does_not_resume(utm_geotiffs, tmp_path, tiny_on
     lines = []
     build_pack(utm_geotiffs[0], tmp_path / "pack", cfg, sat, progress=False, log=lines.append)
     assert any("starting afresh" in line for line in lines)
+
+
+def test_a_two_worker_dask_cluster_builds_the_same_pack(utm_geotiffs, tmp_path, tiny_onnx_dir, monkeypatch):
+    pytest.importorskip("distributed")
+    from skyfix.config import load_config
+    from skyfix.edge.embedders import open_embedder
+    from skyfix.tiles import build
+    from skyfix.tiles.pack import TilePack
+    monkeypatch.setattr(build, "EMBED_CHUNK", 16)  # several shards for two workers
+    cfg = load_config(overrides={"tiles": {"tile_size_m": 100.0, "stride_m": 50.0, "features": []}})
+    sat = open_embedder(tiny_onnx_dir, "sat")
+    quiet = dict(progress=False, log=lambda *_: None, model_source=str(tiny_onnx_dir))
+    ref = TilePack.open(build.build_pack(utm_geotiffs[0], tmp_path / "ref", cfg, sat, **quiet))
+    here = _Interrupting(sat)  # counts what the build itself embedded
+    pack = TilePack.open(build.build_pack(utm_geotiffs[0], tmp_path / "pack", cfg, here, cluster="local:2", **quiet))
+    assert here.calls == 0  # every shard was embedded by the cluster's workers
+    np.testing.assert_array_equal(pack.table, ref.table)
+    np.testing.assert_allclose(pack.index.reconstruct_n(0, len(pack)), ref.index.reconstruct_n(0, len(ref)), atol=1e-5)
+
+
+def test_cluster_spec_is_checked():
+    from skyfix.errors import SkyfixError
+    from skyfix.tiles.distributed import parse_cluster
+    assert parse_cluster("local:2") == (2, None) and parse_cluster("tcp://10.0.0.5:8786") == (None, "tcp://10.0.0.5:8786")
+    for bad in ("local:0", "local:x", "10.0.0.5"):
+        with pytest.raises(SkyfixError, match="local:N"):
+            parse_cluster(bad)

@@ -176,9 +176,12 @@ def _staging(out: Path, key: str, log) -> Path:
 
 def build_pack(ortho: "str | Path | Sequence", out: str | Path, cfg: SkyfixConfig, embedder, *,
                model_source: str = "", source_gsd_m: Optional[float] = None, progress: bool = True,
-               log=print) -> Path:
+               log=print, cluster: Optional[str] = None) -> Path:
     """Build a TilePack from an orthophoto (one path, or several GeoTIFFs mosaicked) with the
-    satellite-tower `embedder`, streaming and resumable (module docstring). Returns `out`."""
+    satellite-tower `embedder`, streaming and resumable (module docstring). Returns `out`.
+
+    cluster: 'local:N' or a Dask scheduler address: the embedding stage runs there
+    (tiles/distributed.py; the workers open `model_source`), the rest here."""
     from skyfix.edge.features import open_extractor
     from skyfix.tiles.features import write_map_features
     from skyfix.tiles.ortho import canvas_layout, read_source
@@ -202,6 +205,11 @@ def build_pack(ortho: "str | Path | Sequence", out: str | Path, cfg: SkyfixConfi
     tiles, skipped = tile_grid(blocks, tc.tile_size_m, tc.stride_m, tc.max_nodata_frac, (cover, COVERAGE_PX))
     log(f"{len(tiles)} tiles of {tc.tile_size_m:g} m every {tc.stride_m:g} m ({skipped} skipped for nodata)")
     t1 = time.perf_counter()
+    if cluster:
+        from skyfix.tiles.distributed import embed_on_cluster
+        embed_on_cluster(cluster, model_source, cfg.model, embedder.model_id, blocks, tiles, tc.batch_size,
+                         work, EMBED_CHUNK, progress, log)
+    # Chunks already embedded (by a cluster, or before an interruption) are loaded, not redone.
     vectors = embed_tiles(blocks, tiles, embedder, tc.batch_size, progress, chunk_dir=work)
     dt_embed = time.perf_counter() - t1
     features = {}
