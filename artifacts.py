@@ -46,3 +46,43 @@ def file_digest(path: str | Path) -> dict:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return {"bytes": Path(path).stat().st_size, "sha256": h.hexdigest()}
+
+
+VERIFIED_FILE = ".verified.yaml"  # files whose full digest was checked, with their size and mtime then
+
+
+def digest_problem(folder: Path, name: str, digest: dict, full: bool = False) -> "str | None":
+    """Why folder/name does not match its manifest digest {'bytes', 'sha256'}: 'missing',
+    'truncated' (size differs) or 'corrupt' (checksum differs); None when it matches.
+
+    The size is always checked. The SHA-256 (a full read: a gigabyte for a 100 km2 pack) is
+    skipped when a full check of this very digest was recorded in folder/.verified.yaml and the
+    file's size and modification time are unchanged since; `full` always re-hashes (`skyfix
+    tiles inspect`). A successful full check is recorded (not where the folder is read-only)."""
+    import os
+    import yaml
+    path = folder / name
+    if not path.is_file():
+        return "missing"
+    st = path.stat()
+    if st.st_size != digest["bytes"]:
+        return "truncated"
+    stamp_path = folder / VERIFIED_FILE
+    try:
+        stamps = yaml.safe_load(stamp_path.read_text()) if stamp_path.is_file() else {}
+    except (OSError, yaml.YAMLError):
+        stamps = {}
+    stamps = stamps if isinstance(stamps, dict) else {}
+    seen = stamps.get(name)
+    if not full and seen == [st.st_size, st.st_mtime_ns, digest["sha256"]]:
+        return None
+    if file_digest(path)["sha256"] != digest["sha256"]:
+        return "corrupt"
+    stamps[name] = [st.st_size, st.st_mtime_ns, digest["sha256"]]
+    try:
+        tmp = stamp_path.with_name(f"{VERIFIED_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(yaml.safe_dump(stamps))
+        os.replace(tmp, stamp_path)
+    except OSError:
+        pass  # a read-only pack is hashed at every start
+    return None

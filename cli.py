@@ -78,7 +78,10 @@ def cmd_export_features(args) -> int:
 
 def cmd_tiles_inspect(args) -> int:
     from skyfix.tiles.pack import TilePack, describe
-    print(describe(TilePack.open(args.pack)))
+    pack = TilePack.open(args.pack, full_check=True)  # every checksum, whatever was verified before
+    for name in pack.manifest.get("features") or {}:
+        pack.map_features(name, full_check=True)
+    print(describe(pack))
     return 0
 
 
@@ -464,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     bn = sub.add_parser("bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="benchmarks that print tables")
-    bn.add_argument("what", choices=["embed", "faiss", "retrieval", "orientation", "telemetry", "resection", "match", "sues", "attack", "soak", "odometry", "precision", "locate", "build", "onboard", "all"])
+    bn.add_argument("what", choices=["embed", "faiss", "retrieval", "orientation", "telemetry", "resection", "match", "sues", "attack", "soak", "odometry", "precision", "locate", "build", "onboard", "index", "all"])
     bn.add_argument("--datagrams", type=_number(int, 0, 10 ** 8), default=20000, help="attack: hostile datagrams")
     bn.add_argument("--duration-s", type=_number(float, 1, 86400), help="attack: flight length (default 55); soak: (default 3600)")
     bn.add_argument("--methods", default="sift,orb,xfeat", help="match: extractors to compare")

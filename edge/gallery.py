@@ -97,5 +97,5 @@ def frames_that_saw(pack, gallery: FrameGallery, sat_embedder, tile_id: Optional
     if not 0 <= tile_id < len(pack):
         raise SkyfixError(f"tile id {tile_id} is not in the pack (0..{len(pack) - 1})")
     tile = pack.tile(tile_id)
-    img = pack.canvas().render(tile.east_m, tile.north_m, tile.size_m, sat_embedder.input_px)[0]
+    img = pack.map_blocks().render(tile.east_m, tile.north_m, tile.size_m, sat_embedder.input_px)[0]
     return tile, gallery.query(sat_embedder.embed(img[None]), k)[0]

@@ -117,10 +117,9 @@ def write_geojson(rows: list[PhotoFix], path: Path) -> None:
 def plot_locations(rows: list[PhotoFix], pack, path: Path, max_px: int = 1200) -> Path:
     """The pack's map with each photo's fix, its accuracy circle and, where known, a line to
     the reference position. Written with OpenCV (no plotting library needed onboard)."""
-    canvas = pack.canvas()
-    img = cv2.cvtColor(canvas.image_rgb, cv2.COLOR_RGB2BGR)
-    scale = min(1.0, max_px / max(img.shape[:2]))
-    img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else img.copy()
+    canvas = pack.map_blocks()
+    rgb, scale = canvas.overview(max_px)  # decoded block by block: the pack may cover 100 km2
+    img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
     def px(lat, lon):
         e, n = pack.frame.to_enu(lat, lon)[:2]

@@ -50,12 +50,12 @@ def prepare_flight(pack: TilePack, embedder, cfg, frames_from: Optional[str] = N
     from `frames_from` (e.g. another date of the same area) or from the pack's own map."""
     if frames_from:
         from skyfix.tiles.ortho import load_canvas
-        frames_canvas = load_canvas(frames_from, pack.canvas().gsd_m, source_gsd_m=source_gsd_m, frame=pack.frame)
+        frames_canvas = load_canvas(frames_from, pack.map_gsd_m, source_gsd_m=source_gsd_m, frame=pack.frame)
     else:
-        frames_canvas = pack.canvas()
+        frames_canvas = pack.map_blocks(cache_blocks=32)  # frames read the blocks under them only
     cam = PinholeCamera.from_config(cfg.camera)
     margin_m = footprint_margin_m(cam, cfg.sim.alt_agl_m, cfg.sim.tilt_deg + 2)
-    route = round_corners(make_route(cfg.sim, pack.canvas().bounds_en(), margin_m),
+    route = round_corners(make_route(cfg.sim, pack.map_blocks().bounds_en(), margin_m),
                           cfg.sim.speed_m_s ** 2 / TURN_ACCEL_M_S2)
     traj = Trajectory(route, cfg.sim.speed_m_s)
     t_start = time.perf_counter()
@@ -167,7 +167,7 @@ def write_outputs(flight: Flight, received: list, summary: dict, out_dir: Path) 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_track_csv(received, out_dir / "track.csv")
     truth = np.array([flight.traj.at(t)[:2] for t in np.arange(0, flight.duration_s, 0.5)])
-    plot_track(flight.pack.canvas(), truth, received, out_dir / "track.png")
+    plot_track(flight.pack.map_blocks(), truth, received, out_dir / "track.png")
     flight.nav.gallery.save(out_dir / "gallery.npz")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return out_dir

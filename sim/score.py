@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import cv2
 import numpy as np
@@ -13,6 +13,9 @@ import numpy as np
 from skyfix.errors import SkyfixError
 from skyfix.sim.views import ViewPose
 from skyfix.tiles.canvas import MapCanvas
+
+if TYPE_CHECKING:
+    from skyfix.tiles.blocks import MapBlocks
 
 
 def scored_fix(frame, t_s: float, kind: str, lat_deg: float, lon_deg: float, horiz_accuracy_m: float,
@@ -50,15 +53,14 @@ def score(received: list[dict], duration_s: float, fresh_s: float = 0.5) -> dict
 ERROR_COLOURS_BGR = ((0, 200, 0), (0, 200, 255), (0, 0, 255))  # < 3 m, 3-10 m, >= 10 m
 
 
-def plot_track(canvas: MapCanvas, truth_en: np.ndarray, received: list[dict], path: str | Path,
+def plot_track(canvas: "MapCanvas | MapBlocks", truth_en: np.ndarray, received: list[dict], path: str | Path,
                max_px: int = 1200, estimate: Optional[list] = None) -> Path:
     """PNG of the map for a person reading it at a glance: published fixes coloured by error
     (green < 3 m, orange 3-10 m, red >= 10 m), the autopilot's own estimate when given (blue),
     the true track drawn last (white over black, so it stays visible) with start and end
     markers, a scale bar, a north arrow, and the error summary in the title bar."""
-    img = cv2.cvtColor(canvas.image_rgb, cv2.COLOR_RGB2BGR)
-    f = min(1.0, max_px / max(img.shape[:2]))
-    img = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+    rgb, f = canvas.overview(max_px)  # a pack's map blocks are shrunk one by one
+    img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
     def px(e, n):
         c, r = canvas.px_from_en(e, n)

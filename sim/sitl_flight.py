@@ -38,7 +38,7 @@ MIN_RENDER_AGL_M = 5.0  # below this the camera sees the ground too close to mat
 def mission_waypoints(pack: TilePack, cfg, home_en: tuple) -> list[tuple]:
     """[(east_m, north_m)]: the configured route, then back over home."""
     margin_m = footprint_margin_m(PinholeCamera.from_config(cfg.camera), cfg.sim.alt_agl_m) + 20.0
-    route = make_route(cfg.sim, pack.canvas().bounds_en(), margin_m)
+    route = make_route(cfg.sim, pack.map_blocks().bounds_en(), margin_m)
     return [tuple(map(float, p)) for p in route] + [home_en]
 
 
@@ -87,7 +87,7 @@ def _camera_loop(nav: Navigator, vehicle: SitlVehicle, bridge: MavlinkBridge, pa
                  telemetry_errors: list) -> list:
     """Frames at the camera rate from the true pose while the mission runs; returns reasons."""
     period, next_t, last_print, kinds = 1.0 / cfg.sim.camera_hz, time.monotonic(), 0.0, []
-    canvas = pack.canvas()
+    canvas = pack.map_blocks(cache_blocks=32)
     while pilot_thread.is_alive():
         now = time.monotonic()
         if now < next_t:
@@ -138,7 +138,7 @@ def run_sitl(pack_path: str | Path, embedder, cfg, out_dir: str | Path = "out/si
     """Fly the mission with ArduCopter SITL on skyfix's fixes alone; returns the summary and
     writes track.csv, track.png and summary.json into out_dir."""
     pack = TilePack.open(pack_path, expect_model_id=embedder.model_id)
-    e0, n0, e1, n1 = pack.canvas().bounds_en()
+    e0, n0, e1, n1 = pack.map_blocks().bounds_en()
     home_en = ((e0 + e1) / 2, (n0 + n1) / 2)
     home_alt = cfg.sim.ground_alt_msl_m
     cam = PinholeCamera.from_config(cfg.camera)
@@ -234,7 +234,7 @@ def write_sitl_outputs(pack: TilePack, vehicle: SitlVehicle, summary: dict, out_
     truth = np.array([(s.true_east_m, s.true_north_m) for s in vehicle.samples]) if vehicle.samples else np.zeros((1, 2))
     estimate = [{"east_m": s.est_east_m, "north_m": s.est_north_m} for s in vehicle.samples
                 if s.est_east_m is not None]
-    plot_track(pack.canvas(), truth, vehicle.received(), out_dir / "track.png", estimate=estimate)
+    plot_track(pack.map_blocks(), truth, vehicle.received(), out_dir / "track.png", estimate=estimate)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return out_dir
 

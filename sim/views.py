@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from skyfix.edge.camera import PinholeCamera, ground_of_pixel, image_from_ground
 from skyfix.tiles.canvas import MapCanvas
+
+if TYPE_CHECKING:
+    from skyfix.tiles.blocks import MapBlocks
 
 
 @dataclass(frozen=True)
@@ -22,16 +26,31 @@ class ViewPose:
     yaw_rad: float
 
 
-def render_view(canvas: MapCanvas, cam: PinholeCamera, pose: ViewPose):
-    """Render what the camera sees. Returns (image uint8 H x W x 3, valid_frac in 0..1,
-    (east_m, north_m) of the ground point under the image centre: the view's true position)."""
+def render_view(canvas: "MapCanvas | MapBlocks", cam: PinholeCamera, pose: ViewPose):
+    """Render what the camera sees, from an in-memory canvas or a pack's map blocks (only the
+    blocks under the view's footprint are read). Returns (image uint8 H x W x 3, valid_frac
+    in 0..1, (east_m, north_m) of the ground point under the image centre: the view's true
+    position)."""
     h_ig = image_from_ground(cam, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
                              pose.east_m, pose.north_m, pose.agl_m)
+    if not isinstance(canvas, MapCanvas):
+        canvas = _footprint_region(canvas, h_ig, cam, pose)
     h = h_ig @ canvas.ground_from_px()  # canvas pixel -> image pixel
     size = (cam.width_px, cam.height_px)
     img = cv2.warpPerspective(canvas.image_rgb, h, size, flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
     val = cv2.warpPerspective(canvas.valid.astype(np.uint8), h, size, flags=cv2.INTER_NEAREST)
     return img, float(val.mean()), ground_of_pixel(h_ig, cam.cx_px, cam.cy_px)
+
+
+def _footprint_region(blocks, h_ig: np.ndarray, cam: PinholeCamera, pose: ViewPose) -> MapCanvas:
+    """The map around the ground the image's corners see (at most 4 x the height away, for
+    views near the horizon), as an in-memory canvas."""
+    corners = np.array([ground_of_pixel(h_ig, u, v) for u in (0, cam.width_px) for v in (0, cam.height_px)])
+    reach = 4 * pose.agl_m
+    corners = np.clip(corners, [pose.east_m - reach, pose.north_m - reach], [pose.east_m + reach, pose.north_m + reach])
+    cols, rows = blocks.px_from_en(corners[:, 0], corners[:, 1])
+    return blocks.region_px(int(np.floor(rows.min())) - 2, int(np.ceil(rows.max())) + 3,
+                            int(np.floor(cols.min())) - 2, int(np.ceil(cols.max())) + 3)
 
 
 def photometric(image_rgb: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:

@@ -137,7 +137,7 @@ def test_tiles_features_adds_a_matcher_and_keeps_the_pack_valid(pack_with_sift):
     assert set(pack.manifest["features"]) == {"sift", "orb"}
     orb = pack.map_features("orb", OpenCvExtractor("orb").identity)
     assert len(orb) > 100 and orb.desc.dtype == np.uint8
-    assert not list(pack_with_sift.glob(".*"))  # no staging left behind
+    assert [p.name for p in pack_with_sift.glob(".*")] == [".verified.yaml"]  # no staging left behind
 
 
 def test_navigator_refuses_a_pack_without_features_at_start(tmp_path, textured_canvas):

@@ -191,3 +191,27 @@ def test_compact_index_pack_reranks_with_its_exact_vectors(tmp_path, textured_ca
     (out / VECTORS_FILE).write_bytes(data[:len(data) // 2])
     with pytest.raises(PackError, match="vectors.npy"):
         TilePack.open(out)
+
+
+def test_checksums_are_not_recomputed_for_unchanged_files_but_inspect_does(pack_dir, monkeypatch):
+    import os
+    from skyfix import artifacts
+    out, _, _ = pack_dir
+    TilePack.open(out)  # the first open hashes every file and records it
+    hashed = []
+    real = artifacts.file_digest
+    monkeypatch.setattr(artifacts, "file_digest", lambda p: (hashed.append(p), real(p))[1])
+    TilePack.open(out)
+    assert hashed == []  # sizes and times unchanged: no file read again
+    index = out / "index.faiss"
+    st = index.stat()
+    data = bytearray(index.read_bytes())
+    data[-5] ^= 0xFF  # same size; then the old modification time is put back
+    index.write_bytes(bytes(data))
+    os.utime(index, ns=(st.st_atime_ns, st.st_mtime_ns))
+    TilePack.open(out)  # what the stamp vouches for is not re-read at start ...
+    with pytest.raises(PackError, match="index.faiss checksum differs"):
+        TilePack.open(out, full_check=True)  # ... `skyfix tiles inspect` re-reads everything
+    index.write_bytes(bytes(data))  # a rewrite changes the modification time: hashed again
+    with pytest.raises(PackError, match="index.faiss checksum differs"):
+        TilePack.open(out)

@@ -30,6 +30,12 @@ TABLE_FILE = "map/blocks.csv"
 COVERAGE_PX = 8  # the build keeps each block's valid fraction at 1/8 resolution to place tiles
 
 
+def row_sweep_cache(width_px: int, block_px: int = BLOCK_PX) -> int:
+    """Blocks to keep decoded so that a row-major sweep over the map (tiles, feature windows)
+    decodes each block about once: two rows of blocks and a few more."""
+    return 2 * -(-width_px // block_px) + 4
+
+
 def block_path(folder: Path, row: int, col: int) -> Path:
     return folder / MAP_DIR / f"{row}_{col}.png"
 
@@ -71,10 +77,9 @@ def write_canvas_blocks(pack_dir: Path, canvas: MapCanvas, block_px: int = BLOCK
     entries = []
     for r0 in range(0, canvas.height_px, block_px):
         for c0 in range(0, canvas.width_px, block_px):
-            e = write_block(pack_dir, r0 // block_px, c0 // block_px,
-                            *canvas.read_px(r0, r0 + block_px, c0, c0 + block_px))
-            entries.append(e) if e else None
-    write_table(pack_dir, entries)
+            entries.append(write_block(pack_dir, r0 // block_px, c0 // block_px,
+                                       *canvas.read_px(r0, r0 + block_px, c0, c0 + block_px)))
+    write_table(pack_dir, [e for e in entries if e is not None])
 
 
 @dataclass
@@ -162,6 +167,21 @@ class MapBlocks(MapGrid):
         c, r = int(round(float(col))), int(round(float(row)))
         return self.region_px(r - half, r + half + 1, c - half, c + half + 1).render(
             east_m, north_m, size_m, out_px, rotation_deg)
+
+    def overview(self, max_px: int) -> tuple[np.ndarray, float]:
+        """The whole map shrunk to at most max_px on its longer side, block by block (memory of
+        the result only): (uint8 RGB, scale = overview px per map px)."""
+        scale = min(1.0, max_px / max(self.width_px, self.height_px))
+        out = np.zeros((max(1, round(self.height_px * scale)), max(1, round(self.width_px * scale)), 3), np.uint8)
+        b = self.block_px
+        for br, bc in sorted(self._table):
+            block = self._block(br, bc)
+            y0, x0 = round(br * b * scale), round(bc * b * scale)
+            y1 = round(min((br + 1) * b, self.height_px) * scale)
+            x1 = round(min((bc + 1) * b, self.width_px) * scale)
+            if block is not None and y1 > y0 and x1 > x0:
+                out[y0:y1, x0:x1] = cv2.resize(block[0], (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+        return out, scale
 
     def whole(self) -> MapCanvas:
         """The whole map in memory (the simulator and plots of small maps)."""

@@ -21,7 +21,8 @@ from skyfix.artifacts import replace_directory
 from skyfix.config import SkyfixConfig, config_to_dict
 from skyfix.contracts import GeoTile
 from skyfix.errors import PackError
-from skyfix.tiles.blocks import BLOCK_PX, COVERAGE_PX, MapBlocks, block_entry, write_block, write_table
+from skyfix.tiles.blocks import (BLOCK_PX, COVERAGE_PX, MapBlocks, block_entry, row_sweep_cache, write_block,
+                                 write_table)
 from skyfix.tiles.canvas import MapCanvas, MapGrid
 from skyfix.tiles.pack import SCHEMA_VERSION, write_pack_files
 
@@ -201,7 +202,7 @@ def build_pack(ortho: "str | Path | Sequence", out: str | Path, cfg: SkyfixConfi
     write_table(staging, entries)
     blocks = MapBlocks(staging, layout.gsd_m, layout.frame, layout.east0_m, layout.north0_m,
                        layout.width_px, layout.height_px,
-                       cache_blocks=2 * len({c for _, c in layout.blocks(BLOCK_PX)}) + 4)
+                       cache_blocks=row_sweep_cache(layout.width_px))
     tiles, skipped = tile_grid(blocks, tc.tile_size_m, tc.stride_m, tc.max_nodata_frac, (cover, COVERAGE_PX))
     log(f"{len(tiles)} tiles of {tc.tile_size_m:g} m every {tc.stride_m:g} m ({skipped} skipped for nodata)")
     t1 = time.perf_counter()

@@ -66,6 +66,13 @@ class MapCanvas(MapGrid):
         """Rows r0:r1, cols c0:c1 (inside the canvas) as (uint8 RGB, bool valid)."""
         return self.image_rgb[r0:r1, c0:c1], self.valid[r0:r1, c0:c1]
 
+    def overview(self, max_px: int) -> tuple[np.ndarray, float]:
+        """The map shrunk to at most max_px on its longer side: (uint8 RGB, overview px per map px)."""
+        scale = min(1.0, max_px / max(self.width_px, self.height_px))
+        if scale == 1.0:
+            return self.image_rgb.copy(), scale
+        return cv2.resize(self.image_rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), scale
+
     def render(self, east_m: float, north_m: float, size_m: float, out_px: int,
                rotation_deg: float = 0.0):
         """Render a square of `size_m` centred at (east_m, north_m) as `out_px` x `out_px` RGB.

@@ -18,11 +18,11 @@ from typing import Optional
 import numpy as np
 import yaml
 
-from skyfix.artifacts import atomic_directory, file_digest
+from skyfix.artifacts import atomic_directory, digest_problem, file_digest
 from skyfix.contracts import GeoTile
 from skyfix.errors import ModelMismatch, PackError, require
 from skyfix.geo import LocalFrame
-from skyfix.tiles.blocks import BLOCK_PX, TABLE_FILE, MapBlocks, write_canvas_blocks
+from skyfix.tiles.blocks import BLOCK_PX, TABLE_FILE, MapBlocks, row_sweep_cache, write_canvas_blocks
 from skyfix.tiles.canvas import MapCanvas, MapGrid
 from skyfix.tiles.features import MapFeatures, open_map_features, require_features, write_map_features
 from skyfix.tiles.schema import DIGEST, NUMBER, check_shape
@@ -262,12 +262,14 @@ class TilePack:
     # ---- opening and validation -------------------------------------------------------------
     @classmethod
     def open(cls, path: str | Path, expect_model_id: Optional[str] = None,
-             expect_dim: Optional[int] = None) -> "TilePack":
-        """Open and validate a pack; raise PackError / ModelMismatch with what was expected."""
+             expect_dim: Optional[int] = None, full_check: bool = False) -> "TilePack":
+        """Open and validate a pack; raise PackError / ModelMismatch with what was expected.
+        Checksums already verified for unchanged files are not recomputed unless full_check
+        (`artifacts.digest_problem`); sizes always are."""
         path = Path(path)
         manifest = cls._read_manifest(path)
         for name in PACK_FILES + ((VECTORS_FILE,) if VECTORS_FILE in manifest["files"] else ()):
-            cls._check_file(path, name, manifest["files"].get(name))
+            cls._check_file(path, name, manifest["files"].get(name), full_check)
         if expect_model_id is not None and manifest["model_id"] != expect_model_id:
             raise ModelMismatch(
                 f"pack {path} was embedded by model {manifest['model_id']}, but the model in use is "
@@ -321,17 +323,16 @@ class TilePack:
         return manifest
 
     @staticmethod
-    def _check_file(path: Path, name: str, digest: Optional[dict]) -> None:
-        f = path / name
+    def _check_file(path: Path, name: str, digest: Optional[dict], full: bool = False) -> None:
         if digest is None:
             raise PackError(f"{path}: manifest has no digest for {name}")
-        if not f.is_file():
+        problem = digest_problem(path, name, digest, full)
+        if problem == "missing":
             raise PackError(f"{path}: {name} is missing")
-        size = f.stat().st_size
-        if size != digest["bytes"]:
-            raise PackError(f"{path}: {name} has {size} bytes, manifest says {digest['bytes']} "
-                            "(truncated or replaced); copy or rebuild the pack")
-        if file_digest(f)["sha256"] != digest["sha256"]:
+        if problem == "truncated":
+            raise PackError(f"{path}: {name} has {(path / name).stat().st_size} bytes, manifest says "
+                            f"{digest['bytes']} (truncated or replaced); copy or rebuild the pack")
+        if problem == "corrupt":
             raise PackError(f"{path}: {name} checksum differs from the manifest (corrupt)")
 
     # ---- properties -------------------------------------------------------------------------
@@ -382,10 +383,11 @@ class TilePack:
     def map_gsd_m(self) -> float:
         return float(self.manifest["map"]["gsd_m"])
 
-    def map_features(self, name: str, identity: Optional[str] = None) -> MapFeatures:
+    def map_features(self, name: str, identity: Optional[str] = None, full_check: bool = False) -> MapFeatures:
         """The map's local features of extractor `name`, memory-mapped. PackError, with the
         command that adds them, when the pack has none or they come from another extractor."""
-        return open_map_features(self.path, require_features(self.path, self.manifest, name, identity), name)
+        return open_map_features(self.path, require_features(self.path, self.manifest, name, identity), name,
+                                 full_check)
 
     # ---- search -------------------------------------------------------------------------------
     def ids_within(self, east_m: float, north_m: float, radius_m: float) -> np.ndarray:
@@ -448,7 +450,7 @@ def add_features(pack_path: str | Path, extractor, per_mpx: int, progress: bool 
     import os
     import shutil
     pack = TilePack.open(pack_path)
-    canvas = pack.map_blocks(cache_blocks=64)
+    canvas = pack.map_blocks(cache_blocks=row_sweep_cache(int(pack.manifest["map"]["width_px"])))
     staging = pack.path / f".features-{extractor.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     try:
