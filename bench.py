@@ -343,7 +343,8 @@ def main(what: str, args) -> int:
     if what == "index":
         print(bench_index(args.model, args.out, n_large=args.n_synthetic))
     if what == "build":
-        print(bench_build(args.out, args.size_km, args.model, features_model=args.features_model, index=args.index))
+        print(bench_build(args.out, args.size_km, args.model, features_model=args.features_model, index=args.index,
+                          cluster=args.cluster))
     if what == "onboard":
         print(bench_onboard(args.pack.split(","), args.model, args.features_model, args.frames))
     if what == "orientation":
@@ -901,33 +902,59 @@ def make_region_geotiff(out: Path, size_km: float, shared: Path = SHARED) -> Pat
     return out
 
 
-def _child_peak_rss_mb(cmd: list) -> tuple[float, float]:
-    """Run a command; (its wall time in s, the peak RSS of the largest child so far in MB)."""
+def _run_peak_rss_mb(cmd: list) -> tuple[float, float, float]:
+    """Run a command; (wall time s, peak RSS of its largest process MB, peak RSS summed over the
+    process and its children MB, sampled every 0.5 s with psutil: a Dask build's workers)."""
     import resource
     import subprocess
+    import threading
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    return time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    proc = subprocess.Popen(cmd)
+    peak_tree = [0.0]
+
+    def sample():
+        try:
+            import psutil
+        except ImportError:
+            return
+        while proc.poll() is None:
+            try:
+                p = psutil.Process(proc.pid)
+                total = sum(q.memory_info().rss for q in [p, *p.children(recursive=True)])
+                peak_tree[0] = max(peak_tree[0], total / 2 ** 20)
+            except psutil.Error:
+                pass
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=sample, daemon=True)
+    watcher.start()
+    if proc.wait() != 0:
+        raise SkyfixError(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
+    watcher.join()
+    largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return time.perf_counter() - t0, largest, peak_tree[0]
 
 
 def bench_build(out: str = "out/bench", size_km: float = 10.0, model: str = "models/imagenet",
-                features: str = "xfeat,sift", features_model: str = "models/xfeat", index: str = "flat") -> str:
+                features: str = "xfeat,sift", features_model: str = "models/xfeat", index: str = "flat",
+                cluster: Optional[str] = None) -> str:
     """Build a pack of a size_km x size_km region (make_region_geotiff) with `skyfix tiles build`
-    in a child process; print its time, peak RSS and size on disk."""
+    in a child process (with `cluster`, its embedding on Dask); print its time, peak RSS and size."""
     tif = make_region_geotiff(Path(out) / f"region_{size_km:g}km.tif", size_km)
     pack = Path(out) / f"region_{size_km:g}km"
     cmd = [sys.executable, "-m", "skyfix.cli", "tiles", "build", "--ortho", str(tif), "--out", str(pack),
            "--model", model, "--gsd-m", "0.5", "--index", index, "--features", features,
-           "--features-model", features_model]
-    wall_s, rss_mb = _child_peak_rss_mb(cmd)
+           "--features-model", features_model] + (["--cluster", cluster] if cluster else [])
+    wall_s, rss_mb, tree_mb = _run_peak_rss_mb(cmd)
     from skyfix.tiles.pack import TilePack
     p = TilePack.open(pack)
     m = p.manifest["map"]
     disk_mb = sum(f.stat().st_size for f in pack.rglob("*") if f.is_file()) / 2 ** 20
     area_km2 = m["width_px"] * m["height_px"] * m["gsd_m"] ** 2 / 1e6
-    return ("| region | map px | tiles | features | build s | peak RSS MB | pack MB |\n|---|---|---|---|---|---|---|\n"
+    return ("| region | map px | tiles | features | embedding on | build s | peak RSS MB: largest process / "
+            "all processes | pack MB |\n|---|---|---|---|---|---|---|---|\n"
             f"| {area_km2:.0f} km2 at {m['gsd_m']} m/px | {m['width_px']} x {m['height_px']} | {len(p)} | "
-            f"{features} | {wall_s:.0f} | {rss_mb:.0f} | {disk_mb:.0f} |")
+            f"{features} | {cluster or 'this process'} | {wall_s:.0f} | {rss_mb:.0f} / {tree_mb:.0f} | {disk_mb:.0f} |")
 
 
 def onboard_probe(pack_path: str, model: str, features_model: str, frames: int = 20, seed: int = 0) -> dict:

@@ -487,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--size-km", type=_number(float, 1, 1000), default=10.0,
                     help="build: side of the square test region (the Colorado map repeated)")
     bn.add_argument("--index", choices=["flat", "ivfpq", "hnsw"], default="flat", help="build: index of the pack")
+    bn.add_argument("--cluster", help="build: embed on Dask (local:N or a scheduler address)")
     bn.add_argument("--frames", type=_number(int, 1, 100000), default=20, help="onboard: views located per pack")
     bn.add_argument("--out", default="out/bench")
     bn.set_defaults(func=cmd_bench)

@@ -120,9 +120,10 @@ def test_an_interrupted_build_resumes_and_gives_the_same_pack(utm_geotiffs, tmp_
     quiet = dict(progress=False, log=lambda *_: None)
     ref = TilePack.open(build.build_pack(utm_geotiffs[1], tmp_path / "ref", cfg, _Interrupting(sat), **quiet))
     assert len(ref) > 40 and not ((ref.east_m >= 50) & (ref.north_m <= -50)).any()  # none in the hole
-    first = _Interrupting(sat, fail_after=7)  # dies in the fourth chunk of 16 tiles
+    first, said = _Interrupting(sat, fail_after=7), []  # dies in the fourth chunk of 16 tiles
     with pytest.raises(KeyboardInterrupt):
-        build.build_pack(utm_geotiffs[1], tmp_path / "pack", cfg, first, **quiet)
+        build.build_pack(utm_geotiffs[1], tmp_path / "pack", cfg, first, progress=False, log=said.append)
+    assert "run the same command again to resume" in said[-1]
     assert not (tmp_path / "pack").exists() and (tmp_path / ".pack.partial").is_dir()
     again = _Interrupting(sat)
     pack = TilePack.open(build.build_pack(utm_geotiffs[1], tmp_path / "pack", cfg, again, **quiet))

@@ -184,12 +184,29 @@ def build_pack(ortho: "str | Path | Sequence", out: str | Path, cfg: SkyfixConfi
     cluster: 'local:N' or a Dask scheduler address: the embedding stage runs there
     (tiles/distributed.py; the workers open `model_source`), the rest here."""
     from skyfix.edge.features import open_extractor
-    from skyfix.tiles.features import write_map_features
-    from skyfix.tiles.ortho import canvas_layout, read_source
     t0, out, tc = time.perf_counter(), Path(out), cfg.tiles
     # Open the feature extractors first: a missing model fails before minutes of embedding.
     extractors = [open_extractor(name, cfg.nav.features_model or None) for name in tc.features]
     staging = _staging(out, _build_key(ortho, source_gsd_m, cfg, embedder.model_id, extractors), log)
+    try:
+        n_tiles, dt_embed = _build_into(staging, out, ortho, cfg, embedder, extractors, model_source, source_gsd_m,
+                                        progress, log, cluster)
+    except BaseException:  # Ctrl-C included: the finished blocks and chunks stay for the next run
+        log(f"build stopped; the work so far is kept in {staging}: run the same command again to resume")
+        raise
+    total = time.perf_counter() - t0
+    log(f"wrote {out}: {n_tiles} tiles, model {embedder.model_id}, {embedder.backend}; "
+        f"embedding {n_tiles / max(dt_embed, 1e-9):.1f} tiles/s, total {total:.1f} s")
+    return out
+
+
+def _build_into(staging: Path, out: Path, ortho, cfg: SkyfixConfig, embedder, extractors, model_source: str,
+                source_gsd_m, progress: bool, log, cluster) -> tuple[int, float]:
+    """The build's stages in the staging folder, each skipping what an interrupted run finished;
+    the finished pack replaces `out`. Returns (tiles, seconds spent embedding)."""
+    from skyfix.tiles.features import write_map_features
+    from skyfix.tiles.ortho import canvas_layout, read_source
+    tc = cfg.tiles
     work = staging / ".build"
     src = read_source(ortho, source_gsd_m, mosaic_dir=work)
     try:
@@ -232,7 +249,4 @@ def build_pack(ortho: "str | Path | Sequence", out: str | Path, cfg: SkyfixConfi
     log(f"index {tc.index}: {time.perf_counter() - t2:.1f} s")
     shutil.rmtree(work)
     replace_directory(staging, out)
-    total = time.perf_counter() - t0
-    log(f"wrote {out}: {len(tiles)} tiles, model {embedder.model_id}, {embedder.backend}; "
-        f"embedding {len(tiles) / max(dt_embed, 1e-9):.1f} tiles/s, total {total:.1f} s")
-    return out
+    return len(tiles), dt_embed
