@@ -81,7 +81,9 @@ def cmd_tiles_inspect(args) -> int:
     pack = TilePack.open(args.pack, full_check=True)  # every checksum, whatever was verified before
     for name in pack.manifest.get("features") or {}:
         pack.map_features(name, full_check=True)
+    blocks = pack.map_blocks().verify()
     print(describe(pack))
+    print(f"  map        {blocks} blocks of {pack.manifest['map']['block_px']} px, every checksum verified")
     return 0
 
 

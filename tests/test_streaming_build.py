@@ -192,3 +192,15 @@ def test_simulated_views_and_overviews_from_blocks_match_the_canvas(textured_can
     # Shrunk block by block vs whole: blocks land within a pixel, far closer than a 1-px shift.
     one_px_off = np.abs(ref[:, 1:].astype(int) - ref[:, :-1]).mean()
     assert np.abs(small.astype(int) - ref).mean() < 0.5 * one_px_off
+
+
+def test_inspect_verifies_every_map_block(textured_canvas, tmp_path):
+    from skyfix.cli import main
+    from skyfix.tiles.build import tile_grid
+    from skyfix.tiles.pack import write_pack
+    tiles, _ = tile_grid(textured_canvas, 200.0, 200.0)
+    out = write_pack(tmp_path / "pack", textured_canvas, tiles, np.eye(len(tiles), 8, dtype=np.float32),
+                     model_id="m", tile_px=32, stride_m=200.0)
+    assert main(["tiles", "inspect", str(out)]) == 0
+    (out / "map" / "0_0.png").write_bytes(b"not a png")
+    assert main(["tiles", "inspect", str(out)]) == 2  # the block is only read at inspect, or when a window needs it

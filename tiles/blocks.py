@@ -133,6 +133,17 @@ class MapBlocks(MapGrid):
             self._cache.popitem(last=False)
         return value
 
+    def verify(self) -> int:
+        """Check every stored block against its size and SHA-256 (`skyfix tiles inspect`);
+        returns the number of blocks, PackError naming the first bad one."""
+        for (row, col), (size, digest) in sorted(self._table.items()):
+            path = block_path(self.pack_dir, row, col)
+            data = path.read_bytes() if path.is_file() else b""
+            if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
+                raise PackError(f"{self.pack_dir}: map block {row}_{col} is missing, truncated or corrupt; "
+                                "rebuild the pack")
+        return len(self._table)
+
     def read_px(self, r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray]:
         """Map pixels rows r0:r1, cols c0:c1 as (uint8 H x W x 3, bool valid H x W); outside the
         map and in missing blocks: black, not valid."""
