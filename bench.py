@@ -342,6 +342,7 @@ def main(what: str, args) -> int:
         print(bench_match(tuple(args.methods.split(",")), args.pairs, args.rotation_deg, args.features_model))
     if what == "index":
         print(bench_index(args.model, args.out, n_large=args.n_synthetic))
+        print(bench_distractors(args.model, args.out, args.views, n_matched=args.n_synthetic))
     if what == "build":
         print(bench_build(args.out, args.size_km, args.model, features_model=args.features_model, index=args.index,
                           cluster=args.cluster))
@@ -1016,10 +1017,15 @@ def bench_onboard(packs: list, model: str = "models/imagenet", features_model: s
 
 
 # ---- the index on real tile embeddings ----------------------------------------------------------
-def real_embeddings(n: int, model: str, tower: str, seed: int, shared: Path = SHARED, batch: int = 64) -> np.ndarray:
-    """float32 n x D embeddings of real map tiles: the shared maps (Colorado; LEVIR-CD 1-5 on
-    both dates) rendered at random places, headings 0-360 deg, sizes 80-125 m and photometric
-    change, embedded by `tower` of `model`. The distribution an index meets, not isotropic noise."""
+REAL_MAPS = ["Colorado"] + [f"LEVIR-CD {i}{d}" for d in "AB" for i in range(1, 6)]
+
+
+def real_embeddings(n: int, model: str, tower: str, seed: int, shared: Path = SHARED,
+                    batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """float32 n x D embeddings of real map tiles: the shared maps (REAL_MAPS: Colorado; LEVIR-CD
+    1-5 on both dates) rendered at random places, headings 0-360 deg, sizes 80-125 m and
+    photometric change, embedded by `tower` of `model`, and the map of each (index into
+    REAL_MAPS). The distribution an index meets, not isotropic noise."""
     from skyfix.config import load_config
     from skyfix.export.models import load_embedder
     from skyfix.sim.views import photometric
@@ -1030,17 +1036,18 @@ def real_embeddings(n: int, model: str, tower: str, seed: int, shared: Path = SH
     area = np.array([c.width_m * c.height_m for c in canvases])
     embedder = load_embedder(model, tower, load_config().model)
     rng = np.random.default_rng(seed)
-    out = np.empty((n, embedder.dim), np.float32)
+    out, source = np.empty((n, embedder.dim), np.float32), np.empty(n, np.int64)
     for start in tqdm(range(0, n, batch), unit="batch", desc=f"embed {n} real tiles ({tower})"):
         images = []
-        for _ in range(min(batch, n - start)):
-            c = canvases[rng.choice(len(canvases), p=area / area.sum())]
+        for i in range(min(batch, n - start)):
+            source[start + i] = rng.choice(len(canvases), p=area / area.sum())
+            c = canvases[source[start + i]]
             size = 100.0 * rng.uniform(0.8, 1.25)
             e0, n0, e1, n1 = c.bounds_en()
             e, nn = rng.uniform(e0 + 0.8 * size, e1 - 0.8 * size), rng.uniform(n0 + 0.8 * size, n1 - 0.8 * size)
             images.append(photometric(c.render(e, nn, size, embedder.input_px, rng.uniform(0, 360))[0], rng))
         out[start:start + len(images)] = embedder.embed(np.stack(images))
-    return out
+    return out, source
 
 
 def _matched_gaussian(real: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -1097,23 +1104,67 @@ def _index_rows(name: str, xb: np.ndarray, q: np.ndarray, kinds: tuple) -> list:
     return rows
 
 
+def _cached_real(path: Path, n: int, model: str, tower: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """real_embeddings, computed once and kept in `path` (.npz)."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        vectors, source = real_embeddings(n, model, tower, seed)
+        np.savez(path, vectors=vectors, source=source)
+    with np.load(path, allow_pickle=False) as z:
+        return z["vectors"], z["source"]
+
+
 def bench_index(model: str = "models/imagenet", out: str = "out/bench", n_real: int = 100_000,
                 n_large: int = 1_000_000, queries: int = 500, kinds=("flat", "hnsw", "ivfpq", "binary")) -> str:
     """Index recall/latency/memory/build time on real tile embeddings (n_real, cached in OUT) and
     on a million drawn with their covariance; queries are drone-tower embeddings of real views."""
-    cache = Path(out) / f"real_embeddings_{n_real}.npy"
-    if not cache.is_file():
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.save(cache, real_embeddings(n_real, model, "sat", seed=0))
-    xb = np.load(cache)
-    qcache = Path(out) / f"real_queries_{queries}.npy"
-    if not qcache.is_file():
-        np.save(qcache, real_embeddings(queries, model, "drone", seed=1))
-    q = np.load(qcache)
+    xb, _ = _cached_real(Path(out) / f"real_embeddings_{n_real}.npz", n_real, model, "sat", 0)
+    q, _ = _cached_real(Path(out) / f"real_queries_{queries}.npz", queries, model, "drone", 1)
     rows = ["| embeddings | vectors | index | recall@10 vs exact | p50 ms | p95 ms | index MB | build s |",
             "|---|---|---|---|---|---|---|---|"]
     rows += _index_rows("real tiles", xb, q, kinds)
     if n_large:
         rows += _index_rows("covariance-matched", _matched_gaussian(xb, n_large, seed=2), q,
                             tuple(k for k in kinds if k != "hnsw" or n_large <= 200_000))
+    return "\n".join(rows)
+
+
+def bench_distractors(model: str = "models/imagenet", out: str = "out/bench", views: int = 200,
+                      n_matched: int = 1_000_000, window_m: float = 200.0) -> str:
+    """Drone -> satellite R@1 of the Colorado pack's tiles alone and hidden among distractor
+    tiles of other places: real tiles of the LEVIR-CD maps (from bench index's cache) and
+    n_matched covariance-matched vectors; global search vs the prior window (radius window_m
+    around the true position: distractors elsewhere never enter it)."""
+    from skyfix.config import load_config
+    from skyfix.export.models import load_embedder
+    from skyfix.tiles.pack import TilePack
+    from skyfix.train.evaluate import embed_queries, make_queries, similarity_to_tiles
+    cfg = load_config()
+    cfg.eval.views = views
+    pack = TilePack.open(Path(out) / "colorado")
+    drone = load_embedder(model, "drone", cfg.model)
+    qs = make_queries(pack, pack.canvas(), cfg.camera, cfg.eval, drone.input_px, progress=False)
+    vectors = embed_queries(drone, qs.crops)   # Q x R x D (R assumed headings)
+    S, P = similarity_to_tiles(pack, vectors), pack.contains(qs.east_m, qs.north_m)
+    top1 = np.argmax(S, axis=1)
+    hit = P[np.arange(len(top1)), top1]
+    real, source = _cached_real(Path(out) / "real_embeddings_100000.npz", 100_000, model, "sat", 0)
+    sets = [("LEVIR-CD real tiles (10 maps, augmented)", real[source != 0])]
+    if n_matched:
+        sets.append(("covariance-matched vectors", _matched_gaussian(real, n_matched, seed=3)))
+    flat = vectors.reshape(-1, vectors.shape[-1])
+    near = np.hypot(pack.east_m[None] - qs.east_m[:, None], pack.north_m[None] - qs.north_m[:, None]) <= window_m
+    in_window = np.where(near, S, -np.inf)
+    win_top1 = np.argmax(in_window, axis=1)
+    rows = ["| tiles searched | distractors | R@1 global | R@1 prior window r=200 m |", "|---|---|---|---|",
+            f"| Colorado pack, {len(pack)} tiles | none | {hit.mean():.3f} | "
+            f"{P[np.arange(len(win_top1)), win_top1].mean():.3f} |"]
+    for name, d in sets:
+        best = np.full(len(flat), -np.inf, np.float32)
+        for i in range(0, len(d), 100_000):
+            best = np.maximum(best, (flat @ d[i:i + 100_000].T).max(axis=1))
+        dmax = best.reshape(vectors.shape[:2]).max(axis=1)
+        beaten = hit & (S[np.arange(len(top1)), top1] > dmax)
+        rows.append(f"| Colorado among {len(d):,} {name} | {len(d):,} | {beaten.mean():.3f} | "
+                    f"{P[np.arange(len(win_top1)), win_top1].mean():.3f} (none enters the window) |")
     return "\n".join(rows)
