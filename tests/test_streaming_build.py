@@ -1,4 +1,6 @@
 """The streaming ground-station build: windowed reads, map blocks read on demand, mosaics, resume."""
+import os
+
 import numpy as np
 import pytest
 
@@ -161,8 +163,9 @@ def test_a_two_worker_dask_cluster_builds_the_same_pack(utm_geotiffs, tmp_path, 
     sat = open_embedder(tiny_onnx_dir, "sat")
     quiet = dict(progress=False, log=lambda *_: None, model_source=str(tiny_onnx_dir))
     ref = TilePack.open(build.build_pack(utm_geotiffs[0], tmp_path / "ref", cfg, sat, **quiet))
-    here = _Interrupting(sat)  # counts what the build itself embedded
+    here, environ = _Interrupting(sat), dict(os.environ)  # counts what the build itself embedded
     pack = TilePack.open(build.build_pack(utm_geotiffs[0], tmp_path / "pack", cfg, here, cluster="local:2", **quiet))
+    assert dict(os.environ) == environ  # the cluster's worker settings did not leak into this process
     assert here.calls == 0  # every shard was embedded by the cluster's workers
     np.testing.assert_array_equal(pack.table, ref.table)
     np.testing.assert_allclose(pack.index.reconstruct_n(0, len(pack)), ref.index.reconstruct_n(0, len(ref)), atol=1e-5)

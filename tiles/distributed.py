@@ -10,6 +10,7 @@ file system). Dask moves tasks with pickle: run the cluster on a network you tru
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -58,6 +59,9 @@ def embed_on_cluster(spec: str, model: str, model_cfg, model_id: str, blocks, ti
             if not (chunk_dir / f"vectors_{s:09d}_{len(tiles[s:s + chunk])}.npy").is_file()]
     if not todo:
         return
+    # LocalCluster writes its workers' settings into this process's environment (OMP_NUM_THREADS=1,
+    # PYTHONHASHSEED, ...), where they would change later child processes: put it back after.
+    environ = dict(os.environ)
     cluster = (distributed.LocalCluster(n_workers=n_local, threads_per_worker=1, processes=True,
                                         dashboard_address=None) if n_local else None)
     try:
@@ -75,3 +79,5 @@ def embed_on_cluster(spec: str, model: str, model_cfg, model_id: str, blocks, ti
     finally:
         if cluster is not None:
             cluster.close()
+        os.environ.clear()
+        os.environ.update(environ)
