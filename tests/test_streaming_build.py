@@ -207,3 +207,12 @@ def test_inspect_verifies_every_map_block(textured_canvas, tmp_path):
     assert main(["tiles", "inspect", str(out)]) == 0
     (out / "map" / "0_0.png").write_bytes(b"not a png")
     assert main(["tiles", "inspect", str(out)]) == 2  # the block is only read at inspect, or when a window needs it
+
+
+def test_a_truncated_geotiff_is_a_clear_error(utm_geotiffs, tmp_path):
+    from skyfix.errors import ImageError
+    from skyfix.tiles.ortho import load_canvas
+    bad = tmp_path / "cut.tif"
+    bad.write_bytes(utm_geotiffs[0].read_bytes()[:60_000])  # the header and the first blocks only
+    with pytest.raises(ImageError, match="cut.tif"):
+        load_canvas(bad)
