@@ -343,6 +343,7 @@ def main(what: str, args) -> int:
     if what == "index":
         print(bench_index(args.model, args.out, n_large=args.n_synthetic))
         print(bench_distractors(args.model, args.out, args.views, n_matched=args.n_synthetic))
+        print(bench_ivf_sweep(args.out, args.n_synthetic))
     if what == "build":
         print(bench_build(args.out, args.size_km, args.model, features_model=args.features_model, index=args.index,
                           cluster=args.cluster))
@@ -1064,6 +1065,14 @@ def _matched_gaussian(real: np.ndarray, n: int, seed: int) -> np.ndarray:
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
+def _reranked_search(index, xb: np.ndarray, shortlist: int):
+    """A search function: the index's top `shortlist`, re-ranked exactly on xb; top 10 ids per query."""
+    def search(qv):
+        cand = index.search(qv, shortlist)[1]
+        return [c[c >= 0][np.argsort(-(xb[c[c >= 0]] @ row))[:10]] for row, c in zip(qv, cand)]
+    return search
+
+
 def _index_rows(name: str, xb: np.ndarray, q: np.ndarray, kinds: tuple) -> list:
     """Build each index kind over xb; recall@10 against exact search, latency, memory, build time."""
     import faiss
@@ -1072,10 +1081,7 @@ def _index_rows(name: str, xb: np.ndarray, q: np.ndarray, kinds: tuple) -> list:
     rows, it = [], iter(range(10 ** 9))
 
     def rerank(index, shortlist):
-        def search(qv):
-            cand = index.search(qv, shortlist)[1]
-            return [c[c >= 0][np.argsort(-(xb[c[c >= 0]] @ row))[:10]] for row, c in zip(qv, cand)]
-        return search
+        return _reranked_search(index, xb, shortlist)
 
     for kind in kinds:
         t0 = time.perf_counter()
@@ -1167,4 +1173,28 @@ def bench_distractors(model: str = "models/imagenet", out: str = "out/bench", vi
         beaten = hit & (S[np.arange(len(top1)), top1] > dmax)
         rows.append(f"| Colorado among {len(d):,} {name} | {len(d):,} | {beaten.mean():.3f} | "
                     f"{P[np.arange(len(win_top1)), win_top1].mean():.3f} (none enters the window) |")
+    return "\n".join(rows)
+
+
+def bench_ivf_sweep(out: str = "out/bench", n_large: int = 1_000_000) -> str:
+    """OPQ + IVF-PQ at a million covariance-matched vectors: recall@10 and latency over nprobe and
+    the re-ranked shortlist (bench index's cached real embeddings and queries)."""
+    import faiss
+    from skyfix.tiles.pack import make_index
+    xb, _ = _cached_real(Path(out) / "real_embeddings_100000.npz", 100_000, "models/imagenet", "sat", 0)
+    q, _ = _cached_real(Path(out) / "real_queries_500.npz", 500, "models/imagenet", "drone", 1)
+    big = _matched_gaussian(xb, n_large, seed=2)
+    exact = make_index("flat", big).search(q, 10)[1]
+    ivf = make_index("ivfpq", big)
+    inner, it = faiss.extract_index_ivf(ivf), iter(range(10 ** 9))
+    rows = ["| nprobe | re-ranked | recall@10 | p50 ms | p95 ms |", "|---|---|---|---|---|"]
+    for nprobe in (48, 64, 96, 128):
+        for shortlist in (200, 400):
+            inner.nprobe = nprobe
+            search = _reranked_search(ivf, big, shortlist)
+            got = search(q)
+            recall = np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(got, exact)])
+            ms = _latency_ms(lambda: search(q[next(it) % len(q)][None]), 3, 200)
+            rows.append(f"| {nprobe} | {shortlist} | {recall:.3f} | {np.percentile(ms, 50):.2f} | "
+                        f"{np.percentile(ms, 95):.2f} |")
     return "\n".join(rows)
