@@ -99,12 +99,15 @@ def embed_tiles(canvas: "MapCanvas | MapBlocks", tiles: list[GeoTile], embedder,
 
 def write_map_blocks(folder: Path, src, layout, progress: bool = True) -> tuple[list[dict], np.ndarray]:
     """Resample the source into the pack's map blocks (skipping blocks already written by an
-    interrupted run). Returns (block table rows, valid fraction per COVERAGE_PX cell)."""
+    interrupted run; blocks without data are remembered in folder/.build). Returns (block table
+    rows, valid fraction per COVERAGE_PX cell)."""
     from skyfix.tiles.ortho import iter_blocks
     cover = np.zeros((-(-layout.height_px // COVERAGE_PX), -(-layout.width_px // COVERAGE_PX)), np.float32)
     all_blocks = layout.blocks(BLOCK_PX)
+    empty = folder / ".build" / "empty_blocks"
+    empty.mkdir(parents=True, exist_ok=True)
     done = {(r, c) for r, c in all_blocks if (folder / "map" / f"{r}_{c}.png").is_file()
-            or (folder / "map" / f"{r}_{c}.empty").is_file()}
+            or (empty / f"{r}_{c}").is_file()}
     entries = []
     bar = tqdm(total=len(all_blocks), unit="block", desc="read map", disable=not progress, initial=len(done))
     for r, c in sorted(done):
@@ -115,15 +118,12 @@ def write_map_blocks(folder: Path, src, layout, progress: bool = True) -> tuple[
     for r, c, rgb, valid in iter_blocks(src, layout, BLOCK_PX, skip=done):
         entry = write_block(folder, r, c, rgb, valid)
         if entry is None:
-            (folder / "map").mkdir(exist_ok=True)
-            (folder / "map" / f"{r}_{c}.empty").touch()
+            (empty / f"{r}_{c}").touch()
         else:
             entries.append(entry)
             _cover(cover, r, c, valid)
         bar.update(1)
     bar.close()
-    for marker in (folder / "map").glob("*.empty"):
-        marker.unlink()
     return entries, cover
 
 
