@@ -10,6 +10,7 @@ This module needs numpy and OpenCV only.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections import OrderedDict
@@ -53,16 +54,20 @@ def write_block(pack_dir: Path, row: int, col: int, rgb: np.ndarray, valid: np.n
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(png.tobytes())
     os.replace(tmp, path)
-    return {"row": row, "col": col, "bytes": len(png), "sha256": hashlib.sha256(png.tobytes()).hexdigest()}
+    return table_row(row, col, png.tobytes())
 
 
-def block_entry(pack_dir: Path, row: int, col: int) -> Optional[dict]:
-    """The table row of a block already on disk (a resumed build), or None if it is not there."""
-    path = block_path(pack_dir, row, col)
-    if not path.is_file():
-        return None
-    data = path.read_bytes()
+def table_row(row: int, col: int, data: bytes) -> dict:
+    """The block table's row {row, col, bytes, sha256} of a block file's bytes."""
     return {"row": row, "col": col, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def decode_block(data: bytes, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """A block file's bytes as (uint8 RGB, bool valid); PackError naming `what` if not a block."""
+    bgra = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4:
+        raise PackError(f"{what} cannot be decoded")
+    return cv2.cvtColor(bgra[:, :, :3], cv2.COLOR_BGR2RGB), bgra[:, :, 3] > 0
 
 
 def write_table(pack_dir: Path, entries: Iterable[dict]) -> None:
@@ -95,8 +100,8 @@ class MapBlocks(MapGrid):
     height_px: int
     block_px: int = BLOCK_PX
     cache_blocks: int = 16
-    _table: dict = field(default_factory=dict, repr=False)
-    _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _table: dict = field(default_factory=dict, init=False, repr=False)
+    _cache: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False)
 
     def __post_init__(self):
         path = self.pack_dir / TABLE_FILE
@@ -107,6 +112,10 @@ class MapBlocks(MapGrid):
                 self._table[(int(r), int(c))] = (int(n), digest)
         except (OSError, ValueError) as exc:
             raise PackError(f"{self.pack_dir}: {TABLE_FILE} cannot be read ({exc}); rebuild the pack") from exc
+
+    def reopened(self) -> "MapBlocks":
+        """The same map with nothing decoded yet (to hand to another process)."""
+        return dataclasses.replace(self)
 
     def _block(self, row: int, col: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
         """(rgb, valid) of one block, None where the map has no data; PackError if it is corrupt."""
@@ -124,10 +133,7 @@ class MapBlocks(MapGrid):
                 raise PackError(f"{self.pack_dir}: map block {row}_{col} cannot be read ({exc})") from exc
             if len(data) != entry[0] or hashlib.sha256(data).hexdigest() != entry[1]:
                 raise PackError(f"{self.pack_dir}: map block {row}_{col} is truncated or corrupt; rebuild the pack")
-            bgra = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-            if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4:
-                raise PackError(f"{self.pack_dir}: map block {row}_{col} cannot be decoded")
-            value = (cv2.cvtColor(bgra[:, :, :3], cv2.COLOR_BGR2RGB), bgra[:, :, 3] > 0)
+            value = decode_block(data, f"{self.pack_dir}: map block {row}_{col}")
         self._cache[key] = value
         while len(self._cache) > self.cache_blocks:
             self._cache.popitem(last=False)

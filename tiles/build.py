@@ -21,8 +21,8 @@ from skyfix.artifacts import replace_directory
 from skyfix.config import SkyfixConfig, config_to_dict
 from skyfix.contracts import GeoTile
 from skyfix.errors import PackError
-from skyfix.tiles.blocks import (BLOCK_PX, COVERAGE_PX, MapBlocks, block_entry, row_sweep_cache, write_block,
-                                 write_table)
+from skyfix.tiles.blocks import (BLOCK_PX, COVERAGE_PX, MapBlocks, block_path, decode_block, row_sweep_cache,
+                                 table_row, write_block, write_table)
 from skyfix.tiles.canvas import MapCanvas, MapGrid
 from skyfix.tiles.pack import SCHEMA_VERSION, write_pack_files
 
@@ -71,28 +71,47 @@ def render_tiles(canvas: "MapCanvas | MapBlocks", tiles: list[GeoTile], tile_px:
     return np.stack([canvas.render(t.east_m, t.north_m, t.size_m, tile_px)[0] for t in tiles])
 
 
+def chunk_path(chunk_dir: Path, start: int, n: int) -> Path:
+    """The file of the embeddings of tiles[start:start + n] (the unit of resuming and of a Dask shard)."""
+    return chunk_dir / f"vectors_{start:09d}_{n}.npy"
+
+
+def embed_batches(canvas: "MapCanvas | MapBlocks", tiles: list[GeoTile], embedder, batch_size: int,
+                  on_batch=lambda n: None) -> np.ndarray:
+    """Render and embed tiles, batch_size at a time; float32 N x D. on_batch(n) after each batch."""
+    vecs = []
+    for i in range(0, len(tiles), batch_size):
+        batch = tiles[i:i + batch_size]
+        vecs.append(embedder.embed(render_tiles(canvas, batch, embedder.input_px)))
+        on_batch(len(batch))
+    return np.concatenate(vecs)
+
+
+def save_chunk(path: Path, vectors: np.ndarray) -> None:
+    """Write a chunk file atomically: a chunk cut short by a stop never has its final name."""
+    np.save(path.with_suffix(".tmp.npy"), vectors, allow_pickle=False)
+    path.with_suffix(".tmp.npy").rename(path)
+
+
 def embed_tiles(canvas: "MapCanvas | MapBlocks", tiles: list[GeoTile], embedder, batch_size: int,
                 progress: bool = True, chunk_dir: Optional[Path] = None) -> np.ndarray:
     """Render and embed tiles in batches; float32 N x D. With `chunk_dir`, every EMBED_CHUNK
     tiles are saved there as they are done and chunks already there are loaded, not redone."""
-    out = []
     bar = tqdm(total=len(tiles), unit="tile", desc="embed tiles", disable=not progress)
-    for start in range(0, len(tiles), EMBED_CHUNK if chunk_dir else max(len(tiles), 1)):
-        part = tiles[start:start + EMBED_CHUNK] if chunk_dir else tiles
-        path = chunk_dir / f"vectors_{start:09d}_{len(part)}.npy" if chunk_dir else None
-        if path is not None and path.is_file():
+    if chunk_dir is None:
+        out = embed_batches(canvas, tiles, embedder, batch_size, bar.update)
+        bar.close()
+        return out
+    out = []
+    for start in range(0, len(tiles), EMBED_CHUNK):
+        part = tiles[start:start + EMBED_CHUNK]
+        path = chunk_path(chunk_dir, start, len(part))
+        if path.is_file():
             out.append(np.load(path, allow_pickle=False))
             bar.update(len(part))
             continue
-        vecs = []
-        for i in range(0, len(part), batch_size):
-            batch = part[i:i + batch_size]
-            vecs.append(embedder.embed(render_tiles(canvas, batch, embedder.input_px)))
-            bar.update(len(batch))
-        out.append(np.concatenate(vecs))
-        if path is not None:
-            np.save(path.with_suffix(".tmp.npy"), out[-1], allow_pickle=False)
-            path.with_suffix(".tmp.npy").rename(path)
+        out.append(embed_batches(canvas, part, embedder, batch_size, bar.update))
+        save_chunk(path, out[-1])
     bar.close()
     return np.concatenate(out)
 
@@ -106,15 +125,14 @@ def write_map_blocks(folder: Path, src, layout, progress: bool = True) -> tuple[
     all_blocks = layout.blocks(BLOCK_PX)
     empty = folder / ".build" / "empty_blocks"
     empty.mkdir(parents=True, exist_ok=True)
-    done = {(r, c) for r, c in all_blocks if (folder / "map" / f"{r}_{c}.png").is_file()
-            or (empty / f"{r}_{c}").is_file()}
+    done = {(r, c) for r, c in all_blocks if block_path(folder, r, c).is_file() or (empty / f"{r}_{c}").is_file()}
     entries = []
     bar = tqdm(total=len(all_blocks), unit="block", desc="read map", disable=not progress, initial=len(done))
     for r, c in sorted(done):
-        entry = block_entry(folder, r, c)
-        if entry is not None:
-            entries.append(entry)
-            _cover(cover, r, c, _read_alpha(folder, r, c))
+        if block_path(folder, r, c).is_file():  # else a block without data
+            data = block_path(folder, r, c).read_bytes()
+            entries.append(table_row(r, c, data))
+            _cover(cover, r, c, decode_block(data, f"map block {r}_{c} of the interrupted build in {folder}")[1])
     for r, c, rgb, valid in iter_blocks(src, layout, BLOCK_PX, skip=done):
         entry = write_block(folder, r, c, rgb, valid)
         if entry is None:
@@ -125,15 +143,6 @@ def write_map_blocks(folder: Path, src, layout, progress: bool = True) -> tuple[
         bar.update(1)
     bar.close()
     return entries, cover
-
-
-def _read_alpha(folder: Path, r: int, c: int) -> np.ndarray:
-    import cv2
-    bgra = cv2.imread(str(folder / "map" / f"{r}_{c}.png"), cv2.IMREAD_UNCHANGED)
-    if bgra is None or bgra.ndim != 3 or bgra.shape[2] != 4:
-        raise PackError(f"{folder}: map block {r}_{c} from the interrupted build cannot be read; "
-                        f"delete {folder} and build again")
-    return bgra[:, :, 3] > 0
 
 
 def _cover(cover: np.ndarray, r: int, c: int, valid: np.ndarray) -> None:

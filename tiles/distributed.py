@@ -17,23 +17,18 @@ from typing import Optional
 from skyfix.errors import SkyfixError, require
 
 
-def _embed_shard(model: str, model_cfg, model_id: str, blocks_args: dict, tiles: list, start: int,
+def _embed_shard(model: str, model_cfg, model_id: str, blocks, tiles: list, start: int,
                  batch_size: int, chunk_dir: str) -> str:
-    """One task: embed tiles[start:start + len] into its chunk file; returns the file name."""
-    import numpy as np
+    """One task: embed tiles (tiles[start:start + len] of the build) into their chunk file;
+    returns the file name."""
     from skyfix.export.models import load_embedder
-    from skyfix.tiles.blocks import MapBlocks
-    from skyfix.tiles.build import render_tiles
+    from skyfix.tiles.build import chunk_path, embed_batches, save_chunk
     embedder = load_embedder(model, "sat", model_cfg)
     if embedder.model_id != model_id:
         raise SkyfixError(f"worker's model {model} is {embedder.model_id}, the build's is {model_id}: "
                           "workers must see the same model files")
-    blocks = MapBlocks(**blocks_args)
-    vectors = np.concatenate([embedder.embed(render_tiles(blocks, tiles[i:i + batch_size], embedder.input_px))
-                              for i in range(0, len(tiles), batch_size)])
-    path = Path(chunk_dir) / f"vectors_{start:09d}_{len(tiles)}.npy"
-    np.save(path.with_suffix(".tmp.npy"), vectors, allow_pickle=False)
-    path.with_suffix(".tmp.npy").rename(path)
+    path = chunk_path(Path(chunk_dir), start, len(tiles))
+    save_chunk(path, embed_batches(blocks, tiles, embedder, batch_size))
     return path.name
 
 
@@ -49,14 +44,10 @@ def parse_cluster(spec: str) -> tuple[Optional[int], Optional[str]]:
 def embed_on_cluster(spec: str, model: str, model_cfg, model_id: str, blocks, tiles: list, batch_size: int,
                      chunk_dir: Path, chunk: int, progress: bool = True, log=print) -> None:
     """Embed every chunk of `tiles` not yet in chunk_dir on the Dask cluster `spec` (parse_cluster)."""
+    from skyfix.tiles.build import chunk_path
     distributed = require("distributed")
     n_local, address = parse_cluster(spec)
-    blocks_args = {"pack_dir": blocks.pack_dir, "gsd_m": blocks.gsd_m, "frame": blocks.frame,
-                   "east0_m": blocks.east0_m, "north0_m": blocks.north0_m, "width_px": blocks.width_px,
-                   "height_px": blocks.height_px, "block_px": blocks.block_px,
-                   "cache_blocks": blocks.cache_blocks}
-    todo = [s for s in range(0, len(tiles), chunk)
-            if not (chunk_dir / f"vectors_{s:09d}_{len(tiles[s:s + chunk])}.npy").is_file()]
+    todo = [s for s in range(0, len(tiles), chunk) if not chunk_path(chunk_dir, s, len(tiles[s:s + chunk])).is_file()]
     if not todo:
         return
     # LocalCluster writes its workers' settings into this process's environment (OMP_NUM_THREADS=1,
@@ -68,7 +59,8 @@ def embed_on_cluster(spec: str, model: str, model_cfg, model_id: str, blocks, ti
         with distributed.Client(cluster or address) as client:
             log(f"embedding {len(todo)} shards of {chunk} tiles on {len(client.scheduler_info()['workers'])} "
                 f"Dask workers ({spec})")
-            futures = [client.submit(_embed_shard, model, model_cfg, model_id, blocks_args, tiles[s:s + chunk], s,
+            fresh = blocks.reopened()  # what each task receives: the block table, no decoded blocks
+            futures = [client.submit(_embed_shard, model, model_cfg, model_id, fresh, tiles[s:s + chunk], s,
                                      batch_size, str(chunk_dir), pure=False) for s in todo]
             iterator = distributed.as_completed(futures)
             if progress:

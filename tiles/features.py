@@ -24,10 +24,10 @@ from skyfix.artifacts import digest_problem, file_digest
 from skyfix.edge.features import Extractor, Features
 from skyfix.errors import PackError
 from skyfix.tiles.canvas import MapCanvas
+from skyfix.tiles.schema import DIGEST, NUMBER, check_shape
 
 if TYPE_CHECKING:
     from skyfix.tiles.blocks import MapBlocks
-from skyfix.tiles.schema import DIGEST, NUMBER, check_shape
 
 FEATURE_FILES = ("xy_en_m.npy", "desc.npy", "scores.npy", "cell_start.npy")
 CELL_M = 64.0          # spatial index cell; a 100 m tile's window touches ~16 cells
@@ -193,22 +193,21 @@ def _storage_desc(desc: np.ndarray, name: str) -> np.ndarray:
 
 
 class _NpyAppender:
-    """A .npy file written in appended pieces (raw rows first, the header once the row count is
-    known), so a large array never has to be whole in memory."""
+    """A .npy file of rows of `dtype` and `row_shape` written in appended pieces (raw rows
+    first, the header once the row count is known), so a large array is never whole in memory."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, dtype, row_shape: tuple):
         self.path, self.raw = path, open(path.with_suffix(".raw"), "wb")
-        self.rows, self.dtype, self.row_shape = 0, None, None
+        self.rows, self.dtype, self.row_shape = 0, np.dtype(dtype), tuple(row_shape)
 
     def append(self, arr: np.ndarray) -> None:
-        self.dtype, self.row_shape = arr.dtype, arr.shape[1:]
-        self.raw.write(np.ascontiguousarray(arr).tobytes())
+        self.raw.write(np.ascontiguousarray(arr, dtype=self.dtype).tobytes())
         self.rows += len(arr)
 
-    def close(self, dtype, row_shape) -> None:
+    def close(self) -> None:
         self.raw.close()
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(self.dtype or dtype)), "fortran_order": False,
-                  "shape": (self.rows, *(self.row_shape if self.row_shape is not None else row_shape))}
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": (self.rows, *self.row_shape)}
         with open(self.path, "wb") as out, open(self.path.with_suffix(".raw"), "rb") as raw:
             np.lib.format.write_array_header_1_0(out, header)
             for chunk in iter(lambda: raw.read(1 << 24), b""):
@@ -228,7 +227,9 @@ def write_map_features(pack_dir: Path, canvas: "MapCanvas | MapBlocks", extracto
     rows = max(1, int(np.ceil(canvas.height_m / CELL_M)))
     folder = pack_dir / "features" / extractor.name
     folder.mkdir(parents=True, exist_ok=True)
-    out = {name: _NpyAppender(folder / name) for name in FEATURE_FILES[:3]}
+    desc_dtype = _storage_desc(np.zeros((0, extractor.dim), np.float32), extractor.name).dtype
+    out = {name: _NpyAppender(folder / name, dtype, shape) for name, dtype, shape in
+           zip(FEATURE_FILES[:3], (np.float32, desc_dtype, np.float32), ((2,), (int(extractor.dim),), ()))}
     counts = np.zeros(cols * rows, np.int64)
     pending: list = []
 
@@ -256,18 +257,13 @@ def write_map_features(pack_dir: Path, canvas: "MapCanvas | MapBlocks", extracto
         # above it are complete.
         flush(int(np.floor(row_end_px * g / CELL_M)))
     flush(rows)
-    desc_dtype = np.uint8 if extractor.name in ("sift", "orb") else np.float16
-    for name, (dtype, shape) in zip(FEATURE_FILES[:3], ((np.float32, (2,)), (desc_dtype, (int(extractor.dim),)),
-                                                         (np.float32, ()))):
-        out[name].close(dtype, shape)
-    n = int(counts.sum())
+    for appender in out.values():
+        appender.close()
     if not described:
         raise PackError("the map has no valid pixels to describe")
     np.save(folder / "cell_start.npy", np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), allow_pickle=False)
-    desc_shape = out["desc.npy"].row_shape
     return {"extractor": extractor.name, "identity": extractor.identity, "source": extractor.source,
-            "binary": bool(extractor.binary),
-            "dim": int(desc_shape[0]) if n and desc_shape else int(extractor.dim), "count": n,
+            "binary": bool(extractor.binary), "dim": int(extractor.dim), "count": int(counts.sum()),
             "per_mpx": int(per_mpx), "cell_m": CELL_M, "grid": {"east0_m": float(e0), "north0_m": float(n0),
                                                                   "cols": cols, "rows": rows},
             "files": {name: file_digest(folder / name) for name in FEATURE_FILES}}

@@ -172,25 +172,25 @@ def mosaic_vrt(paths: Sequence[Path], out: Path) -> Path:
     gdal_type = {"uint8": "Byte", "uint16": "UInt16", "int16": "Int16", "float32": "Float32"}.get(dtype)
     if gdal_type is None:
         raise ImageError(f"{metas[0][0]}: pixel type {dtype} is not supported in a mosaic")
-    bands = []
-    for b in range(1, count + 1):
-        sources = []
-        for path, _, _, _, bnd, w, h, _, _, (by, bx) in metas:
-            x0, y0 = (bnd.left - left) / res_x, (top - bnd.top) / res_y
-            sources.append(
-                f'<ComplexSource><SourceFilename relativeToVRT="0">{path}</SourceFilename>'
-                f'<SourceBand>{b}</SourceBand><SourceProperties RasterXSize="{w}" RasterYSize="{h}" '
-                f'DataType="{gdal_type}" BlockXSize="{bx}" BlockYSize="{by}"/>'
+    def source(meta, band: str, data_type: str, use_mask: bool) -> str:
+        """One input's rectangle in the mosaic, read from its `band` ('1', ... or 'mask,1')."""
+        path, _, _, _, bnd, w, h, _, _, (by, bx) = meta
+        x0, y0 = (bnd.left - left) / res_x, (top - bnd.top) / res_y
+        return (f'<ComplexSource><SourceFilename relativeToVRT="0">{path}</SourceFilename>'
+                f'<SourceBand>{band}</SourceBand><SourceProperties RasterXSize="{w}" RasterYSize="{h}" '
+                f'DataType="{data_type}" BlockXSize="{bx}" BlockYSize="{by}"/>'
                 f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
                 f'<DstRect xOff="{x0:.6f}" yOff="{y0:.6f}" xSize="{(bnd.right - bnd.left) / res_x:.6f}" '
-                f'ySize="{(bnd.top - bnd.bottom) / res_y:.6f}"/><UseMaskBand>true</UseMaskBand></ComplexSource>')
-        bands.append(f'<VRTRasterBand dataType="{gdal_type}" band="{b}">{"".join(sources)}</VRTRasterBand>')
+                f'ySize="{(bnd.top - bnd.bottom) / res_y:.6f}"/>'
+                f'{"<UseMaskBand>true</UseMaskBand>" if use_mask else ""}</ComplexSource>')
+
+    bands = [f'<VRTRasterBand dataType="{gdal_type}" band="{b}">'
+             f'{"".join(source(m, str(b), gdal_type, True) for m in metas)}</VRTRasterBand>'
+             for b in range(1, count + 1)]
     # The mask: where any input has data (each input's own mask, alpha or nodata), so the gaps
     # between inputs read as no data rather than black ground.
-    masks = "".join(s.replace(f"<SourceBand>{count}</SourceBand>", "<SourceBand>mask,1</SourceBand>")
-                    .replace(f'DataType="{gdal_type}"', 'DataType="Byte"')
-                    .replace("<UseMaskBand>true</UseMaskBand>", "") for s in sources)
-    bands.append(f'<MaskBand><VRTRasterBand dataType="Byte">{masks}</VRTRasterBand></MaskBand>')
+    bands.append(f'<MaskBand><VRTRasterBand dataType="Byte">'
+                 f'{"".join(source(m, "mask,1", "Byte", False) for m in metas)}</VRTRasterBand></MaskBand>')
     out.write_text(f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">'
                    f'<SRS>{crs.to_wkt()}</SRS>'
                    f'<GeoTransform>{left!r}, {res_x!r}, 0.0, {top!r}, 0.0, {-res_y!r}</GeoTransform>'
@@ -359,7 +359,7 @@ def warp_block(src: SourceRaster, layout: CanvasLayout, r0: int, r1: int, c0: in
     y0, y1 = int(np.floor(map_y.min())) - pad, int(np.ceil(map_y.max())) + pad + 1
     if x1 <= 0 or y1 <= 0 or x0 >= src.width_px or y0 >= src.height_px:
         return np.zeros((h, w, 3), np.uint8), np.zeros((h, w), bool)
-    # cv2.remap indexes with 16-bit coordinates in places: read at most the clipped window.
+    # A block at the map's edge maps partly outside the raster: read no further than the pad beyond it.
     x0, y0 = max(x0, -pad), max(y0, -pad)
     x1, y1 = min(x1, src.width_px + pad), min(y1, src.height_px + pad)
     image, valid = src.read(y0, y1, x0, x1)
