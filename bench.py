@@ -337,9 +337,10 @@ def main(what: str, args) -> int:
     if what == "attack":
         print(bench_attack(args.pack, args.datagrams, args.duration_s or 55.0))
     if what == "sues":
-        print(bench_sues(tuple(args.methods.split(",")), args.features_model))
+        print(bench_sues(tuple(args.methods.split(",")), args.features_model, args.dense_model))
     if what == "match":
-        print(bench_match(tuple(args.methods.split(",")), args.pairs, args.rotation_deg, args.features_model))
+        print(bench_match(tuple(args.methods.split(",")), args.pairs, args.rotation_deg, args.features_model,
+                          dense_model=args.dense_model, cases=args.cases))
     if what == "index":
         print(bench_index(args.model, args.out, n_large=args.n_synthetic))
         print(bench_distractors(args.model, args.out, args.views, n_matched=args.n_synthetic))
@@ -587,11 +588,18 @@ def match_cases(shared: Path = SHARED):
     return cases
 
 
-def bench_match(methods=("sift", "orb", "xfeat"), pairs: int = 40, rotation_deg: float = 15.0,
-                features_model: str = "models/xfeat", shared: Path = SHARED) -> str:
-    """Markdown table: per case and method, median inliers, success rate, ms per pair."""
-    from skyfix.config import NavConfig, TilesConfig
+def _open_method(method: str, features_model: str, dense_model: str):
+    """The extractor `method`, a learned one from its own model folder."""
     from skyfix.edge.features import open_extractor
+    return open_extractor(method, {"xfeat": features_model, "dense": dense_model}.get(method))
+
+
+def bench_match(methods=("sift", "orb", "xfeat"), pairs: int = 40, rotation_deg: float = 15.0,
+                features_model: str = "models/xfeat", shared: Path = SHARED, dense_model: str = "models/dense",
+                cases: str = "") -> str:
+    """Markdown table: per case and method, median inliers, success rate, ms per pair. cases:
+    comma-separated beginnings of case names to run (all when empty)."""
+    from skyfix.config import NavConfig, TilesConfig
     from skyfix.edge.refine import MapMatcher
     from skyfix.tiles.features import features_in_memory
     from skyfix.tiles.ortho import load_canvas
@@ -599,12 +607,15 @@ def bench_match(methods=("sift", "orb", "xfeat"), pairs: int = 40, rotation_deg:
     rows = [f"| case (rotation +-{rotation_deg:g} deg, scale 0.8-1.25, {pairs} pairs) | method | median inliers | "
             f"success | centre error px (accepted, median) | inliers at a wrong place p99 / max | ms/pair p50 |",
             "|---|---|---|---|---|---|---|"]
+    wanted = [c for c in cases.split(",") if c]
     for name, map_path, frame_path, src_gsd in match_cases(shared):
+        if wanted and not any(name.startswith(w) for w in wanted):
+            continue
         map_canvas = load_canvas(map_path, source_gsd_m=src_gsd)
         frame_canvas = map_canvas if frame_path == map_path else load_canvas(
             frame_path, source_gsd_m=src_gsd, frame=map_canvas.frame)
         for method in methods:
-            ex = open_extractor(method, features_model)
+            ex = _open_method(method, features_model, dense_model)
             mf = features_in_memory(map_canvas, ex, TilesConfig().features_per_mpx)
             matcher = MapMatcher(mf, ex, map_canvas.gsd_m, nav.crop_features)
             r = match_scores(matcher, match_pairs(map_canvas, frame_canvas, pairs, rotation_deg),
@@ -615,7 +626,7 @@ def bench_match(methods=("sift", "orb", "xfeat"), pairs: int = 40, rotation_deg:
 
 
 # ---- SUES-200: real drone photos against their satellite image ----------------------------------
-def bench_sues(methods=("sift", "orb", "xfeat"), features_model: str = "models/xfeat",
+def bench_sues(methods=("sift", "orb", "xfeat"), features_model: str = "models/xfeat", dense_model: str = "models/dense",
                shared: Path = SHARED, size_px: int = 512, rotations: int = 8) -> str:
     """Markdown table: per real drone photo of SUES-200 scene A, the inliers of a RANSAC
     homography against scene A's satellite image (best of `rotations` turns of the photo,
@@ -625,13 +636,13 @@ def bench_sues(methods=("sift", "orb", "xfeat"), features_model: str = "models/x
     the onboard one."""
     import cv2
 
-    from skyfix.edge.features import match_descriptors, open_extractor
+    from skyfix.edge.features import match_descriptors
     from skyfix.edge.refine import MATCH_RULES
     from skyfix.tiles.ortho import read_image_px
     root = shared / "sues200"
     sat = read_image_px(root / "sceneA" / "satellite" / "s0.png", size_px)
     photos = sorted((root / "sceneA" / "drone").glob("*.jpg")) + sorted((root / "sceneB" / "drone").glob("*.jpg"))
-    extractors = {m: open_extractor(m, features_model) for m in methods}
+    extractors = {m: _open_method(m, features_model, dense_model) for m in methods}
     sat_f = {m: ex.extract(sat, 2000) for m, ex in extractors.items()}
     rows = ["| photo | " + " | ".join(f"{m} inliers" for m in methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for path in photos:

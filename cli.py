@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from skyfix.config import TRAIN_PRESETS, load_config
+from skyfix.edge.features import EXTRACTORS
 from skyfix.errors import SkyfixError
 
 log = logging.getLogger("skyfix")
@@ -41,7 +42,7 @@ def cmd_doctor(args) -> int:
 
 # ---- tiles ----------------------------------------------------------------------------------
 def cmd_tiles_build(args) -> int:
-    from skyfix.export.models import load_embedder
+    from skyfix.export.models import DEFAULT, default_onnx, load_embedder
     from skyfix.tiles.build import build_pack
     cfg = _config(args, tiles={"tile_size_m": args.tile_size_m, "stride_m": args.stride_m,
                                "gsd_m": args.gsd_m, "index": args.index,
@@ -52,6 +53,8 @@ def cmd_tiles_build(args) -> int:
     embedder = load_embedder(args.model, "sat", cfg.model)
     # The pack records its model as an absolute path, so eval/sim find it from any folder.
     model_source = str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model)
+    if args.model == DEFAULT:  # record the folder it resolved to: its model_id is this machine's run
+        model_source = str(default_onnx(cfg.model))
     build_pack(args.ortho if len(args.ortho) > 1 else args.ortho[0], args.out, cfg, embedder, model_source=model_source,
                source_gsd_m=args.source_gsd_m, progress=not args.quiet, cluster=args.cluster)
     print(f"next: skyfix tiles inspect {args.out}")
@@ -245,6 +248,13 @@ def cmd_query(args) -> int:
 
 
 # ---- train ----------------------------------------------------------------------------------
+def cmd_train_features(args) -> int:
+    from skyfix.train.dense_features import train_and_export
+    out = train_and_export(args.recipe, args.out, steps=args.steps, seed=args.seed)
+    print(f"wrote {out}/dense.onnx; next: skyfix tiles features PACK --matcher dense --features-model {out}")
+    return 0
+
+
 def cmd_train(args) -> int:
     from skyfix.config import train_config
     from skyfix.train.trainer import init_distributed, train
@@ -298,10 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--index", choices=["flat", "ivfpq", "hnsw"])
     b.add_argument("--cluster", help="embed on Dask: local:N (N worker processes here) or tcp://SCHEDULER:8786 "
                                      "(workers must see the model and the output folder's parent at the same paths)")
-    b.add_argument("--model", default="imagenet", help="model dir from `export onnx`, .pt, or 'imagenet'")
-    b.add_argument("--features", help="comma-separated local-feature extractors to store (sift, orb, xfeat); "
-                   "default from the config (sift)")
-    b.add_argument("--features-model", help="XFeat ONNX folder (default models/xfeat)")
+    b.add_argument("--model", default="default", help="model dir from `export onnx`, .pt, 'default' (trained once "
+                   "by the documented recipe) or 'imagenet'")
+    b.add_argument("--features", help="comma-separated local-feature extractors to store (sift, orb, xfeat, dense); "
+                   "default from the config (xfeat, sift)")
+    b.add_argument("--features-model", help="the learned matcher's ONNX folder (xfeat or dense; default models/<name>)")
     b.add_argument("--imagery-date")
     b.add_argument("--imagery-licence")
     b.add_argument("--config")
@@ -310,8 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     f = tiles.add_parser("features", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                          help="compute the map's local features for a matcher and add them to a pack")
     f.add_argument("pack")
-    f.add_argument("--matcher", required=True, choices=["sift", "orb", "xfeat"])
-    f.add_argument("--features-model", help="XFeat ONNX folder (default: the config's, models/xfeat)")
+    f.add_argument("--matcher", required=True, choices=list(EXTRACTORS))
+    f.add_argument("--features-model", help="the learned matcher's ONNX folder (default: the config's, models/<name>)")
     f.add_argument("--per-mpx", type=_number(int, 100, 100000), help="map keypoints per megapixel")
     f.add_argument("--config")
     f.add_argument("-q", "--quiet", action="store_true")
@@ -353,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--telemetry", help="CSV: name, roll_deg, pitch_deg, yaw_deg, agl_m (one row per photo)")
     lc.add_argument("--agl-m", type=_number(float, 1, 20000), help="height above ground for photos the CSV does not give")
     lc.add_argument("--model", help="default: the model recorded in the pack")
-    lc.add_argument("--matcher", choices=["sift", "orb", "xfeat"])
+    lc.add_argument("--matcher", choices=list(EXTRACTORS))
     lc.add_argument("--features-model")
     lc.add_argument("--config")
     lc.set_defaults(func=cmd_locate)
@@ -386,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("crossview-check", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="SUES-200 real drone views vs their satellite image")
     c.add_argument("--data", required=True)
-    c.add_argument("--model", default="imagenet")
+    c.add_argument("--model", default="default")
     c.add_argument("--config")
     c.set_defaults(func=cmd_crossview_check)
 
@@ -396,9 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--frames-from", help="render the camera frames from this image (e.g. another date)")
     si.add_argument("--source-gsd-m", type=_number(float, 0.01, 50), help="GSD of a non-georeferenced --frames-from image")
     si.add_argument("--model", help="default: the model recorded in the pack")
-    si.add_argument("--matcher", choices=["sift", "orb", "xfeat"], help="local features for refinement "
+    si.add_argument("--matcher", choices=list(EXTRACTORS), help="local features for refinement "
                     "(default: the config's nav.keypoints); the pack must carry them (`skyfix tiles features`)")
-    si.add_argument("--features-model", help="XFeat ONNX folder (default models/xfeat)")
+    si.add_argument("--features-model", help="the learned matcher's ONNX folder (xfeat or dense; default models/<name>)")
     si.add_argument("--route", choices=["straight", "lawnmower", "waypoints"])
     si.add_argument("--alt-agl-m", type=_number(float, 20, 3000))
     si.add_argument("--duration-s", type=_number(float, 0, 86400))
@@ -468,6 +479,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config")
     tr.set_defaults(func=cmd_train)
 
+    tf = sub.add_parser("train-features", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                        help="train skyfix's own dense local features (the `dense` matcher) and export them to ONNX")
+    tf.add_argument("--recipe", default="train/recipes/dense_features.yaml", help="training pairs and settings")
+    tf.add_argument("--out", default="models/dense")
+    tf.add_argument("--steps", type=_number(int, 1, 10 ** 7), help="default: the recipe's")
+    tf.add_argument("--seed", type=_number(int, 0, 2147483647), help="default: the recipe's")
+    tf.set_defaults(func=cmd_train_features)
+
     bn = sub.add_parser("bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="benchmarks that print tables")
     bn.add_argument("what", choices=["embed", "faiss", "retrieval", "orientation", "telemetry", "resection", "match", "sues", "attack", "soak", "odometry", "precision", "locate", "build", "onboard", "index", "all"])
     bn.add_argument("--datagrams", type=_number(int, 0, 10 ** 8), default=20000, help="attack: hostile datagrams")
@@ -475,7 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--methods", default="sift,orb,xfeat", help="match: extractors to compare")
     bn.add_argument("--pairs", type=_number(int, 1, 100000), default=40, help="match: pairs per case")
     bn.add_argument("--rotation-deg", type=_number(float, 0, 180), default=15.0, help="match: crop rotation range (+-)")
-    bn.add_argument("--features-model", default="models/xfeat", help="match: XFeat ONNX folder")
+    bn.add_argument("--features-model", default="models/xfeat", help="match, sues: XFeat ONNX folder")
+    bn.add_argument("--dense-model", default="models/dense", help="match, sues: dense features' ONNX folder")
+    bn.add_argument("--cases", default="", help="match: comma-separated beginnings of the case names to run")
     bn.add_argument("--checkpoint", help="orientation: a best.pt trained with orientation_weight > 0")
     bn.add_argument("--queries-from", help="orientation: map the views are rendered from")
     bn.add_argument("--east-min-m", type=float, help="orientation: held-out area")

@@ -23,17 +23,6 @@ def pick_map(ortho: Optional[str], out: Path, source_gsd_m: Optional[float]):
     return path, 0.5, f"a generated map ({path}, 1 km at 0.5 m/px; ../shared/data not found)"
 
 
-def ensure_model(out: Path) -> Path:
-    """The ImageNet-initialised towers exported to ONNX (done once)."""
-    model_dir = out / "model"
-    if not (model_dir / "model.yaml").exists():
-        from skyfix.export.onnx_export import export_onnx
-        from skyfix.train.towers import build_towers
-        print("exporting the ImageNet-initialised towers to ONNX (once)...")
-        export_onnx(build_towers(load_config().model), model_dir)
-    return model_dir
-
-
 def ensure_features_model(out: Path) -> Path:
     """XFeat exported to ONNX for the refinement matcher (done once)."""
     model_dir = out / "xfeat"
@@ -55,7 +44,8 @@ def run_demo(ortho: Optional[str], out: str | Path, duration_s: float, source_gs
     out.mkdir(parents=True, exist_ok=True)
     map_path, gsd, what = pick_map(ortho, out, source_gsd_m)
     print(f"map: {what}")
-    model_dir = ensure_model(out)
+    from skyfix.export.models import default_onnx
+    model_dir = default_onnx(load_config().model)  # trained once by the documented recipe, cached
     defaults = load_config()
     uses_xfeat = defaults.nav.keypoints == "xfeat" or "xfeat" in defaults.tiles.features
     features_dir = str(ensure_features_model(out)) if uses_xfeat else None

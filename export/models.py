@@ -4,6 +4,10 @@
     a `.onnx` file                                -> onnxruntime
     an engine folder / `.engine` (export-trt)     -> TensorRT (edge.trt_embedder, Jetson)
     a `.pt` checkpoint from `skyfix train`        -> torch (train.torch_embedder)
+    'default'                                     -> the towers trained by the documented recipe
+                                                     (DEFAULT_RECIPE), trained and exported once
+                                                     (cached); the ImageNet ones, said, when the
+                                                     recipe's map is not on this machine
     'imagenet'                                    -> the ImageNet-initialised towers, exported to
                                                      ONNX once (cached) and run by onnxruntime
     nothing, with a pack                          -> the model the pack records it was built by
@@ -19,10 +23,19 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
 from skyfix.edge.embedders import TOWERS, open_embedder
 from skyfix.errors import SkyfixError
 
 IMAGENET = "imagenet"
+DEFAULT = "default"
+REPO = Path(__file__).resolve().parents[1]
+# The default towers: `skyfix train --preset cpu-quick --config train/recipes/colorado_heldout.yaml
+# --seed 0` (75 steps of 12 pairs from the west two-thirds of the shared Colorado map, ~3.5 min
+# on 2 CPU cores). Chosen by measurement: README, "Results: ImageNet-initialised vs trained".
+DEFAULT_RECIPE = {"preset": "cpu-quick", "config": REPO / "train" / "recipes" / "colorado_heldout.yaml",
+                  "ortho": REPO.parent / "shared" / "data" / "colorado_z18" / "mosaic_epsg3857.tif", "seed": 0}
 log = logging.getLogger("skyfix.models")
 
 
@@ -39,7 +52,9 @@ def load_embedder(spec: str | Path, tower: str, model_cfg=None):
         return TorchEmbedder(load_checkpoint(path), tower)
     if str(spec) == IMAGENET:
         return open_embedder(imagenet_onnx(model_cfg), tower)
-    raise SkyfixError(f"model '{spec}' is not a model directory, .onnx, .engine, .pt or '{IMAGENET}'")
+    if str(spec) == DEFAULT:
+        return open_embedder(default_onnx(model_cfg), tower)
+    raise SkyfixError(f"model '{spec}' is not a model directory, .onnx, .engine, .pt, '{DEFAULT}' or '{IMAGENET}'")
 
 
 def cache_dir() -> Path:
@@ -60,6 +75,36 @@ def imagenet_onnx(model_cfg=None) -> Path:
         from skyfix.train.towers import build_towers
         log.info("exporting the ImageNet-initialised towers to %s (once)", out)
         export_onnx(build_towers(cfg), out, log=log.info)
+    return out
+
+
+def default_onnx(model_cfg=None) -> Path:
+    """The default towers as an ONNX model folder: trained by DEFAULT_RECIPE on first use (a few
+    CPU minutes, seeded), exported, and cached by recipe and model configuration. Where the
+    recipe's map is absent (a machine without ../shared/data) the ImageNet-initialised towers
+    are returned instead, with a warning: their model_id differs, so packs say which they hold."""
+    from skyfix.config import ModelConfig, train_config
+    cfg = model_cfg or ModelConfig()
+    recipe = {k: None if v is None else str(v) for k, v in DEFAULT_RECIPE.items()}
+    key = hashlib.sha256(json.dumps([dataclasses.asdict(cfg), recipe], sort_keys=True).encode()).hexdigest()[:12]
+    out = cache_dir() / f"default-{key}"
+    if (out / "model.yaml").is_file():
+        return out
+    if not Path(recipe["ortho"]).is_file():
+        log.warning("the default model is trained from %s, which is not on this machine: using the "
+                    "ImageNet-initialised towers (weaker retrieval; README, 'Results')", recipe["ortho"])
+        return imagenet_onnx(cfg)
+    from skyfix.export.onnx_export import export_onnx
+    from skyfix.train.towers import load_checkpoint
+    from skyfix.train.trainer import train
+    log.warning("training the default model once (%s preset, %s, seed %s; a few minutes on a CPU) into %s",
+                recipe["preset"], recipe["config"], recipe["seed"], out)
+    full = train_config(recipe["preset"], recipe["config"],
+                        {"ortho": recipe["ortho"], "seed": int(recipe["seed"]), "out": str(out) + ".run"})
+    full.model = cfg
+    run = train(full, log=log.info)
+    export_onnx(load_checkpoint(run / "best.pt"), out, log=log.info)
+    (out / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     return out
 
 
