@@ -595,7 +595,7 @@ def _open_method(method: str, features_model: str, dense_model: str):
 
 
 def bench_match(methods=("sift", "orb", "xfeat"), pairs: int = 40, rotation_deg: float = 15.0,
-                features_model: str = "models/xfeat", shared: Path = SHARED, dense_model: str = "models/dense",
+                features_model: str = "models/xfeat", shared: Path = SHARED, dense_model: Optional[str] = None,
                 cases: str = "") -> str:
     """Markdown table: per case and method, median inliers, success rate, ms per pair. cases:
     comma-separated beginnings of case names to run (all when empty)."""
@@ -626,7 +626,7 @@ def bench_match(methods=("sift", "orb", "xfeat"), pairs: int = 40, rotation_deg:
 
 
 # ---- SUES-200: real drone photos against their satellite image ----------------------------------
-def bench_sues(methods=("sift", "orb", "xfeat"), features_model: str = "models/xfeat", dense_model: str = "models/dense",
+def bench_sues(methods=("sift", "orb", "xfeat"), features_model: str = "models/xfeat", dense_model: Optional[str] = None,
                shared: Path = SHARED, size_px: int = 512, rotations: int = 8) -> str:
     """Markdown table: per real drone photo of SUES-200 scene A, the inliers of a RANSAC
     homography against scene A's satellite image (best of `rotations` turns of the photo,

@@ -46,7 +46,7 @@ class TilesConfig:
     imagery_licence: str = ""
     # Local features of the map stored in the pack, one set per extractor the onboard matcher
     # may use (nav.keypoints must be among them; SIFT too, for same-date maps and as a fallback);
-    # XFeat's model is nav.features_model.
+    # A learned extractor's model (xfeat, dense) is nav.features_model.
     features: list = field(default_factory=lambda: ["xfeat", "sift"])
     features_per_mpx: int = 8000     # map keypoints per megapixel
 
@@ -92,11 +92,13 @@ class NavConfig:
     telemetry_csv: str = ""          # replay: per-image attitude/height for an image folder
     replay_rate_hz: float = 0.0      # replay speed for an image folder (0: as fast as possible)
     gallery_out: str = "out/fly/gallery.npz"
-    # Local features for refinement: sift | orb | xfeat. XFeat by measurement (README, "Map
-    # matching across dates"): it keeps 31-97 % of LEVIR-CD cross-date flights where SIFT kept 0-32 %.
+    # Local features for refinement: sift | orb | xfeat | dense. XFeat by measurement (README, "Map
+    # matching across dates"): it keeps 31-97 % of LEVIR-CD cross-date flights where SIFT kept 0-32 %;
+    # skyfix's own dense features, trained on this CPU, kept 34 % of scene 2 where XFeat kept 86 %.
     keypoints: str = "xfeat"
-    # XFeat's ONNX folder (`skyfix export features`); empty: the one recorded in the pack, else
-    # models/xfeat. Its identity must match the pack's map features either way.
+    # The learned extractor's ONNX folder (xfeat: `skyfix export features`; dense: `skyfix
+    # train-features`); empty: the one recorded in the pack, else models/<name>. Its identity must
+    # match the pack's map features either way.
     features_model: str = ""
     crop_features: int = 1500        # keypoints described per crop
     refine_crop_scale: float = 1.5   # refinement crop side, in tile sizes (masked outside the frame)

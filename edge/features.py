@@ -24,9 +24,15 @@ LEARNED = {"xfeat": "skyfix export features", "dense": "skyfix train-features"} 
 DEFAULT_FEATURES_MODEL = "models/xfeat"  # where `skyfix export features` writes XFeat by default
 
 
+# skyfix's own dense features as shipped: trained by train/recipes/dense_features_no2.yaml
+# (LEVIR-CD scenes 1, 3, 4, 5 and Colorado; 3.1 MB), so `--matcher dense` works out of the box.
+SHIPPED_DENSE = Path(__file__).resolve().parent / "weights" / "dense"
+
+
 def default_model_dir(name: str) -> Path:
-    """Where the learned extractor `name` is written by default: models/<name>."""
-    return Path("models") / name
+    """Where the learned extractor `name` is found by default: the shipped dense model, else
+    models/<name> (XFeat: written by `skyfix export features`)."""
+    return SHIPPED_DENSE if name == "dense" else Path("models") / name
 
 
 def _onnx_of(name: str, model_dir) -> Path:
@@ -162,7 +168,7 @@ class DenseExtractor:
     name, binary, dim, rotation_invariant = "dense", False, 64, False
     stride_px = 4
 
-    def __init__(self, model_dir: str | Path = "models/dense", providers: Optional[list] = None):
+    def __init__(self, model_dir: str | Path = SHIPPED_DENSE, providers: Optional[list] = None):
         from skyfix.edge.embedders import onnx_session
         onnx_path = _onnx_of("dense", model_dir)
         self.session, self.backend = onnx_session(onnx_path, providers)

@@ -121,3 +121,10 @@ def test_default_model_is_trained_once_by_the_recipe_and_cached(tmp_path, monkey
     mtime = (first / "model.yaml").stat().st_mtime
     assert models.default_onnx(cfg) == first and (first / "model.yaml").stat().st_mtime == mtime
     assert "model_id" in card
+
+
+@pytest.mark.parametrize("name", ["dense_features.yaml", "dense_features_no2.yaml"])
+def test_shipped_recipes_parse(name):
+    from pathlib import Path
+    recipe = dfeat.read_recipe(Path(dfeat.__file__).parent / "recipes" / name)
+    assert recipe.pairs and all("map" in p for p in recipe.pairs) and recipe.steps > 0
