@@ -259,7 +259,9 @@ def gate_failures(report: dict) -> list[str]:
     out = []
     for case in ("onboard", "both"):
         r = report[case]
-        if r["r1_drop"] > MAX_R1_DROP:
+        # "More than 0.5 points": one view of 200 is exactly 0.5 points, which float subtraction
+        # (0.925 - 0.920 = 0.0050000000000000044) must not turn into a failure.
+        if r["r1_drop"] > MAX_R1_DROP + 1e-9:
             out.append(f"{case}: R@1 {r['r1']:.3f} vs FP32 {report['fp32']['r1']:.3f} "
                        f"(drop {100 * r['r1_drop']:.1f} points > {100 * MAX_R1_DROP:.1f})")
         if r["top1_agreement"] < MIN_TOP1_AGREEMENT:
@@ -278,12 +280,28 @@ def format_report(report: dict) -> str:
 
 
 # ---- the command ---------------------------------------------------------------------------------
+def _qat_towers(checkpoint, card: dict, calib: Views, steps: int, log: Callable):
+    """The towers of `checkpoint` fine-tuned with fake quantisation (export/qat.py), after
+    checking that they are the model the FP32 folder was exported from."""
+    from skyfix.export.qat import quantise_aware
+    from skyfix.train.towers import compute_model_id, load_checkpoint
+    model = load_checkpoint(checkpoint)
+    if compute_model_id(model) != card["model_id"]:
+        raise SkyfixError(f"--qat {checkpoint} holds model {compute_model_id(model)}, the FP32 folder is "
+                          f"{card['model_id']}: give the checkpoint that folder was exported from")
+    done = quantise_aware(model, calib, steps, log=log)
+    return model, done
+
+
 def export_precision(model_dir: str | Path, out_dir: str | Path, precision: str, calib_source,
                      calib_n: int = 512, eval_n: int = 200, method: str = "percentile",
-                     accept_loss: bool = False, seed: int = 0, log: Callable = print) -> dict:
+                     accept_loss: bool = False, seed: int = 0, log: Callable = print,
+                     qat_checkpoint: Optional[str | Path] = None, qat_steps: int = 300) -> dict:
     """Write out_dir (drone.onnx, sat.onnx, model.yaml) at `precision` from an FP32 model
     folder, evaluate parity on held-out views and refuse (SkyfixError, nothing written) when it
-    fails the gate unless accept_loss. Returns the model card."""
+    fails the gate unless accept_loss. INT8 with qat_checkpoint (the .pt the folder was exported
+    from): quantisation-aware fine-tuning (export/qat.py) instead of post-training quantisation.
+    Returns the model card."""
     if precision not in PRECISIONS:
         raise SkyfixError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -295,12 +313,19 @@ def export_precision(model_dir: str | Path, out_dir: str | Path, precision: str,
                                    eval_n, seed)
     log(f"views: {len(calib)} calibration, {len(held_out)} held out ({len(held_out.sat)} places), from {calib_source} "
         f"({time.perf_counter() - t0:.0f} s)")
+    if qat_checkpoint is not None and precision != "int8":
+        raise SkyfixError("--qat is for int8 exports")
+    qat = _qat_towers(qat_checkpoint, card, calib, qat_steps, log) if qat_checkpoint is not None else None
     with atomic_directory(out_dir) as tmp:
         done = {}
         for tower in TOWERS:
             t1 = time.perf_counter()
             src, dst = model_dir / f"{tower}.onnx", tmp / f"{tower}.onnx"
-            if precision == "int8":
+            if qat is not None:
+                from skyfix.export.onnx_export import _export_tower
+                _export_tower(qat[0].tower(tower), dst, int(card["input_px"]), {})
+                done[tower] = qat[1]
+            elif precision == "int8":
                 images = calib.drone if tower == "drone" else calib.sat
                 done[tower] = quantize_int8(src, dst, images, method)
             else:

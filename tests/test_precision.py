@@ -26,16 +26,38 @@ def _model(path):
     return onnx.load(str(path))
 
 
-def test_int8_export_is_symmetric_qdq_with_the_sensitive_layers_kept(int8_dir):
+@pytest.fixture(scope="module")
+def qat_checkpoint(tiny_towers, tmp_path_factory):
+    from skyfix.train.towers import save_checkpoint
+    path = tmp_path_factory.mktemp("qat") / "tiny.pt"
+    save_checkpoint(tiny_towers, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def qat_dir(tiny_onnx_dir, qat_checkpoint, textured_canvas, tmp_path_factory):
+    from skyfix.export.precision import export_precision
+    out = tmp_path_factory.mktemp("int8-qat") / "tiny-int8-qat"
+    export_precision(tiny_onnx_dir, out, "int8", textured_canvas, calib_n=32, eval_n=40, accept_loss=True,
+                     log=lambda *_: None, qat_checkpoint=qat_checkpoint, qat_steps=10)
+    return out
+
+
+@pytest.mark.parametrize("folder", ["int8_dir", "qat_dir"])
+def test_int8_export_is_symmetric_qdq_with_the_sensitive_layers_kept(folder, request):
     from onnx import numpy_helper
 
     from skyfix.export.precision import kept_fp32
-    model = _model(int8_dir / "drone.onnx")
+    model = _model(request.getfixturevalue(folder) / "drone.onnx")
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") > 5 and ops.count("DequantizeLinear") > 5
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    zero_points = [inits[n.input[2]] for n in model.graph.node
-                   if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits]
+    # Constants as initializers (onnxruntime's quantiser) or Constant nodes (torch's export).
+    consts = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
+                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert all(len(n.input) > 2 and n.input[2] in consts and n.input[1] in consts for n in qdq)  # constant scales
+    zero_points = [consts[n.input[2]] for n in qdq]
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)  # TensorRT: symmetric int8
     # The kept layers take no dequantised input: they run in higher precision.
     produced_by = {o: n for n in model.graph.node for o in n.output}
@@ -59,6 +81,40 @@ def test_int8_card_carries_the_parity_figures_and_runs_close_to_fp32(int8_dir, t
     x = np.random.default_rng(0).integers(0, 256, (3, 96, 96, 3), dtype=np.uint8)
     low, ref = open_embedder(int8_dir, "drone").embed(x), open_embedder(tiny_onnx_dir, "drone").embed(x)
     assert low.shape == ref.shape and np.allclose(np.linalg.norm(low, axis=1), 1, atol=1e-3)
+
+
+def test_qat_card_says_how_and_keeps_the_source_model_id(qat_dir, tiny_onnx_dir):
+    from skyfix.edge.embedders import read_model_card
+    card = read_model_card(qat_dir)
+    assert card["model_id"] == read_model_card(tiny_onnx_dir)["model_id"]
+    assert card["conversion"]["drone"]["method"] == "qat" and card["conversion"]["drone"]["steps"] == 10
+    assert card["parity_gate"]["cosine"]["median"] > 0.9
+
+
+def test_qat_refuses_a_checkpoint_of_another_model(tiny_onnx_dir, textured_canvas, tmp_path):
+    from skyfix.config import ModelConfig
+    from skyfix.export.precision import export_precision
+    from skyfix.train.towers import build_towers, save_checkpoint
+    other = tmp_path / "other.pt"
+    save_checkpoint(build_towers(ModelConfig(pretrained=True, input_px=96, dim=32, lpn_parts=2, seed=5)), other)
+    with pytest.raises(SkyfixError, match="holds model"):
+        export_precision(tiny_onnx_dir, tmp_path / "out", "int8", textured_canvas, calib_n=16, eval_n=20,
+                         log=lambda *_: None, qat_checkpoint=other, qat_steps=1)
+    assert not (tmp_path / "out").exists()
+
+
+def test_qat_finetuning_brings_the_quantised_towers_closer_to_fp32(tiny_towers, textured_canvas):
+    import copy
+
+    from skyfix.export import qat
+    from skyfix.export.precision import render_views
+    model, reference = copy.deepcopy(tiny_towers).eval(), copy.deepcopy(tiny_towers).eval()
+    views = render_views(textured_canvas, 96, 32, 20)[0]
+    convs = qat.quantisable_convs(model)
+    assert convs and all(c.groups == 1 for c in convs)
+    qat.add_fake_quant(convs, qat.calibrate_activations(model, convs, views))
+    losses = qat.finetune(model, reference, views, 30, lr=1e-4, log=lambda *_: None)
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
 
 
 def test_fp16_export_keeps_io_types_and_passes_the_gate(tiny_onnx_dir, textured_canvas, tmp_path):
@@ -95,6 +151,12 @@ def test_gate_rules():
     assert gate_failures(report(ok, ok)) == []
     assert "R@1" in gate_failures(report({"agreement": 0.99, "drop": 0.01}, ok))[0]
     assert "agreement" in gate_failures(report(ok, {"agreement": 0.9, "drop": 0.0}))[0]
+    # Exactly 0.5 points (one view of 200) is not "more than": float noise must not fail it.
+    exact = {"fp32": {"r1": 0.925}, **{c: {"r1": 0.920, "r1_drop": 0.925 - 0.920, "top1_agreement": 0.98}
+                                       for c in ("onboard", "both")}}
+    assert gate_failures(exact) == []
+    exact["onboard"]["r1_drop"] = 0.925 - 0.915
+    assert "R@1" in gate_failures(exact)[0]
 
 
 def test_converting_a_lower_precision_model_again_is_refused(int8_dir, textured_canvas, tmp_path):
