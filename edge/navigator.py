@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Optional
 
+import cv2
 import numpy as np
 
 from skyfix.config import NavConfig
@@ -29,7 +30,7 @@ from skyfix.edge.camera import BODY_FROM_CAM, PinholeCamera, image_from_crop, re
 from skyfix.edge.filter import ConstantVelocityFilter, FilterState
 from skyfix.edge.gallery import FrameGallery
 from skyfix.edge.gate import TrackGate
-from skyfix.edge.odometry import camera_motion, crop_pixels_in_frame
+from skyfix.edge.odometry import camera_motion, crop_pixels_in_frame, refine_shifts
 from skyfix.edge.pose import image_px_of_crop_px, resect
 from skyfix.edge.features import match_descriptors, open_extractor
 from skyfix.edge.refine import MATCH_RULES, Match, MapMatcher
@@ -320,7 +321,7 @@ class Navigator:
             described = matcher.describe(wide, trust_heading)
             best, runner_up = self._refine(matcher, described, wide.shape, candidates)
         with _timed(timings, "odometry"):
-            self._odometry(described, pose, t_s, trust_heading)
+            self._odometry(described, wide, pose, t_s, trust_heading)
         slot = self.gallery.add(vectors[0], frame.t_capture_us, frame.source_id, None)
         if pose.heading_known:
             note = self.heading.observe(best, self.cfg.min_inliers, self.gate.confirmed(t_s))
@@ -455,7 +456,7 @@ class Navigator:
                > self.pack.tile_size_m / 4]
         return best, (far[0] if far else None)
 
-    def _odometry(self, described, pose: CropPose, t_s: float, heading_trusted: bool) -> None:
+    def _odometry(self, described, crop_rgb: np.ndarray, pose: CropPose, t_s: float, heading_trusted: bool) -> None:
         """Offer the vehicle's velocity since the previous frame to the track. The crops'
         features (already computed for the map match) are matched, taken back to raw frame
         pixels, and the frame-to-frame homography gives the camera's displacement
@@ -468,17 +469,19 @@ class Navigator:
                                              self.refine_size_m, self.refine_px)
         world_from_cam = world_from_body(pose.roll_rad, pose.pitch_rad, pose.yaw_rad) @ BODY_FROM_CAM
         prev = self._odometry_prev
-        self._odometry_prev = (described, frame_from_crop, world_from_cam, pose.agl_m, t_s)
+        grey = cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2GRAY)
+        self._odometry_prev = (described, grey, frame_from_crop, world_from_cam, pose.agl_m, t_s)
         if prev is None:
             return
-        prev_features, prev_frame_from_crop, prev_world_from_cam, prev_agl_m, prev_t = prev
+        prev_features, prev_grey, prev_frame_from_crop, prev_world_from_cam, prev_agl_m, prev_t = prev
         dt = t_s - prev_t
         if not 0 < dt <= self.gate.odometry_gap_s:
             return
         ex = self.matcher.extractor
         iq, it = match_descriptors(described.desc, prev_features.desc, ex.binary, *MATCH_RULES[ex.name])
+        cur_px = refine_shifts(prev_grey, grey, prev_features.xy_px[it], described.xy_px[iq])
         motion = camera_motion(crop_pixels_in_frame(prev_features.xy_px[it], prev_frame_from_crop),
-                               crop_pixels_in_frame(described.xy_px[iq], frame_from_crop), self.camera,
+                               crop_pixels_in_frame(cur_px, frame_from_crop), self.camera,
                                prev_agl_m, prev_world_from_cam, min_inliers=self.cfg.min_inliers)
         if motion is None:
             return

@@ -115,3 +115,27 @@ def test_odometry_alone_never_publishes_beyond_the_accuracy_cap():
     # and the track is no longer alive, so the next map fix starts a new candidate.
     assert published[0] and not published[-1] and sum(published) < 30 * 3
     assert not gate.tracking(t)
+
+
+def test_grid_locked_matches_are_refined_to_the_sub_pixel_shift(textured_canvas):
+    """Keypoints on whole pixels whose matched shift is rounded (what a learned extractor's grid
+    gives) are moved to the true fractional shift by refine_shifts."""
+    import cv2
+
+    from skyfix.edge.odometry import refine_shifts
+    prev = cv2.cvtColor(np.ascontiguousarray(textured_canvas.image_rgb[100:300, 100:300]), cv2.COLOR_RGB2GRAY)
+    shift = np.array([2.3, -1.6])
+    cur = cv2.warpAffine(prev, np.float32([[1, 0, shift[0]], [0, 1, shift[1]]]), (200, 200),
+                         flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    rng = np.random.default_rng(0)
+    prev_px = rng.integers(20, 180, (60, 2)).astype(np.float64)
+    locked = prev_px + np.round(shift)  # 2, -2: off by 0.3 and 0.4 px
+    refined = refine_shifts(prev, cur, prev_px, locked)
+    signed = refined - (prev_px + shift)
+    assert np.median(np.abs(locked - (prev_px + shift))) > 0.25
+    # What odometry integrates is the mean shift: its bias goes from 0.3-0.4 px to a few hundredths.
+    assert np.all(np.abs(signed.mean(axis=0)) < 0.05)
+    assert np.median(np.abs(signed)) < 0.1 and np.percentile(np.abs(signed), 90) < 0.3
+    # A match to the wrong place keeps its position (no strong peak near it).
+    wrong = refine_shifts(prev, np.zeros_like(cur), prev_px[:5], locked[:5])
+    np.testing.assert_array_equal(wrong, locked[:5])
