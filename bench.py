@@ -1091,9 +1091,6 @@ def _index_rows(name: str, xb: np.ndarray, q: np.ndarray, kinds: tuple) -> list:
     exact = make_index("flat", xb).search(q, 10)[1]
     rows, it = [], iter(range(10 ** 9))
 
-    def rerank(index, shortlist):
-        return _reranked_search(index, xb, shortlist)
-
     for kind in kinds:
         t0 = time.perf_counter()
         if kind == "binary":  # 512-bit sign codes after a random rotation, trained thresholds
@@ -1109,9 +1106,9 @@ def _index_rows(name: str, xb: np.ndarray, q: np.ndarray, kinds: tuple) -> list:
             inner = faiss.extract_index_ivf(index)
             variants = [("nprobe 32", lambda qv: (setattr(inner, "nprobe", 32), index.search(qv, 10)[1])[1]),
                         ("nprobe 128, top 200 re-ranked", lambda qv: (setattr(inner, "nprobe", 128),
-                                                                      rerank(index, 200)(qv))[1])]
+                                                                      _reranked_search(index, xb, 200)(qv))[1])]
         if kind == "binary":
-            variants.append(("top 200 re-ranked", rerank(index, 200)))
+            variants.append(("top 200 re-ranked", _reranked_search(index, xb, 200)))
         for label, search in variants:
             got = search(q)
             recall = np.mean([len(set(np.asarray(a).tolist()) & set(b.tolist())) / 10 for a, b in zip(got, exact)])

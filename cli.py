@@ -7,8 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from skyfix.config import TRAIN_PRESETS, load_config
-from skyfix.edge.features import EXTRACTORS
+from skyfix.config import EXTRACTORS, TRAIN_PRESETS, load_config
 from skyfix.errors import SkyfixError
 
 log = logging.getLogger("skyfix")
@@ -50,11 +49,11 @@ def cmd_tiles_build(args) -> int:
                                "imagery_licence": args.imagery_licence,
                                "features": args.features.split(",") if args.features else None},
                   nav={"features_model": args.features_model})
+    if args.model == DEFAULT:  # the folder it resolves to is recorded: its model_id is this machine's run
+        args.model = str(default_onnx(cfg.model))
     embedder = load_embedder(args.model, "sat", cfg.model)
     # The pack records its model as an absolute path, so eval/sim find it from any folder.
     model_source = str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model)
-    if args.model == DEFAULT:  # record the folder it resolved to: its model_id is this machine's run
-        model_source = str(default_onnx(cfg.model))
     build_pack(args.ortho if len(args.ortho) > 1 else args.ortho[0], args.out, cfg, embedder, model_source=model_source,
                source_gsd_m=args.source_gsd_m, progress=not args.quiet, cluster=args.cluster)
     print(f"next: skyfix tiles inspect {args.out}")

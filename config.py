@@ -31,6 +31,10 @@ class ModelConfig:
     seed: int = 0                # seeds the projection initialisation
 
 
+# Local-feature extractors a pack can carry and the refinement can use (edge/features.py).
+EXTRACTORS = ("sift", "orb", "xfeat", "dense")
+
+
 @dataclass
 class TilesConfig:
     """The metric tile grid and its FAISS index."""

@@ -45,8 +45,8 @@ def run_demo(ortho: Optional[str], out: str | Path, duration_s: float, source_gs
     map_path, gsd, what = pick_map(ortho, out, source_gsd_m)
     print(f"map: {what}")
     from skyfix.export.models import default_onnx
-    model_dir = default_onnx(load_config().model)  # trained once by the documented recipe, cached
     defaults = load_config()
+    model_dir = default_onnx(defaults.model)  # trained once by the documented recipe, cached
     uses_xfeat = defaults.nav.keypoints == "xfeat" or "xfeat" in defaults.tiles.features
     features_dir = str(ensure_features_model(out)) if uses_xfeat else None
     cfg = load_config(overrides={"sim": {"route": "lawnmower", "duration_s": duration_s, "length_m": 1500.0},

@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 
 from skyfix.artifacts import file_digest
+from skyfix.config import EXTRACTORS
 from skyfix.errors import SkyfixError
 
-EXTRACTORS = ("sift", "orb", "xfeat", "dense")
 LEARNED = {"xfeat": "skyfix export features", "dense": "skyfix train-features"}  # name -> what writes it
 DEFAULT_FEATURES_MODEL = "models/xfeat"  # where `skyfix export features` writes XFeat by default
 
@@ -43,6 +43,8 @@ def _onnx_of(name: str, model_dir) -> Path:
     if not path.is_file():
         raise SkyfixError(f"{name} model not found at {model_dir}: write it with `{LEARNED[name]} --out {model_dir}`")
     return path
+
+
 XFEAT_UPSCALE = 2.0
 
 
@@ -184,16 +186,9 @@ class DenseExtractor:
         rows, cols = np.mgrid[0:gh, 0:gw].reshape(2, -1)
         xy = np.column_stack([(cols + 0.5) * self.stride_px - 0.5,
                               (rows + 0.5) * self.stride_px - 0.5]).astype(np.float32)
-        score = reliability.astype(np.float32)
-        if NMS:
-            local_max = cv2.dilate(score, np.ones((3, 3), np.uint8))
-            score = np.where(score >= local_max, score, 0.0).astype(np.float32)
-        order = _strongest(xy, score.reshape(-1), mask, max_features)
+        order = _strongest(xy, reliability.reshape(-1).astype(np.float32), mask, max_features)
         d = desc.reshape(desc.shape[0], -1).T[order]
         return Features(xy[order], np.ascontiguousarray(d, np.float32), reliability.reshape(-1)[order])
-
-
-NMS = False
 
 
 def _strongest(xy_px: np.ndarray, scores: np.ndarray, mask: Optional[np.ndarray], max_features: int) -> np.ndarray:

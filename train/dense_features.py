@@ -270,7 +270,7 @@ def export_dense(net, out_dir: str | Path, card: dict, parity_px: int = 160, ato
             raise SkyfixError(f"dense features ONNX differs from torch by {diff:.2e} > {atol}")
         full = {"extractor": "dense", "descriptor_dim": DESCRIPTOR_DIM, "stride_px": STRIDE_PX,
                 "input": "uint8 RGB N x H x W x 3, any H and W", "opset": OPSET,
-                "parity": {"max_abs_diff": diff, "images": 4}, **card, "file": file_digest(path)}
+                "parity": {"max_abs_diff": diff, "images": 2 * len(images)}, **card, "file": file_digest(path)}
         (tmp / "features.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
     return Path(out_dir)
 
