@@ -132,6 +132,12 @@ class NavConfig:
     # one-hour soak found predictions 16 m off with 3.4 m accuracy after U-turns without it.
     max_accel_m_s2: float = 5.0
     attitude_sigma_deg: float = 1.0  # telemetry attitude error, enters the measurement accuracy
+    # The map fixes' error that consecutive fixes share, 1 sigma per axis (m): the map's own
+    # registration, and buildings and shadows that sit differently on the frames' date. Added
+    # to the published accuracy (the filter cannot average it away). Cross-date map matches on
+    # LEVIR-CD were biased by 2-4 map pixels (1-2 m) per scene; set it to the map's stated
+    # absolute accuracy where that is larger.
+    map_bias_m: float = 1.0
     resect_camera: bool = True       # place the vehicle by camera resection (PnP), not the telemetry tilt
     # Frames in a row without a usable match, before any track is confirmed, after which every
     # other frame searches the rotation (a wrong telemetry heading); 0: never.

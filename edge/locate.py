@@ -81,7 +81,7 @@ def locate_photos(nav, paths: list, telemetry: Optional[dict] = None, agl_m: Opt
         if m is not None:
             lat, lon, _ = nav.pack.frame.to_lla(m.east_m, m.north_m)
             row.lat_deg, row.lon_deg = float(lat), float(lon)
-            row.accuracy_m = float(math.sqrt(2.0) * m.sigma_m)
+            row.accuracy_m = nav.accuracy_with_map_bias_m(math.sqrt(2.0) * m.sigma_m)
             row.heading_deg = float(math.degrees(m.yaw_rad) % 360.0)
             row.inliers, row.scale = int(m.match.inliers), float(m.match.scale)
             if row.ref_lat_deg is not None and row.ref_lon_deg is not None:

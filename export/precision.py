@@ -323,8 +323,9 @@ def export_precision(model_dir: str | Path, out_dir: str | Path, precision: str,
             src, dst = model_dir / f"{tower}.onnx", tmp / f"{tower}.onnx"
             if qat is not None:
                 from skyfix.export.onnx_export import _export_tower
+                from skyfix.export.qat import fold_weight_quantisation
                 _export_tower(qat[0].tower(tower), dst, int(card["input_px"]), {})
-                done[tower] = qat[1]
+                done[tower] = {**qat[1], "int8_weights": fold_weight_quantisation(dst)}
             elif precision == "int8":
                 images = calib.drone if tower == "drone" else calib.sat
                 done[tower] = quantize_int8(src, dst, images, method)

@@ -111,6 +111,10 @@ class SimAutopilot:
                 self._received.append(self._scored(msg, t))
 
     def _scored(self, msg, t_s: float) -> dict:
-        acc = msg.horiz_accuracy if msg.get_type() == "GPS_INPUT" else msg.eph
+        is_gps_input = msg.get_type() == "GPS_INPUT"
+        acc = msg.horiz_accuracy if is_gps_input else msg.eph
+        velocity = None
+        if is_gps_input and not msg.ignore_flags & mavlink_module().GPS_INPUT_IGNORE_FLAG_VEL_HORIZ:
+            velocity = (msg.ve, msg.vn, msg.speed_accuracy, *self.vehicle.velocity_en(t_s))
         return scored_fix(self.frame, t_s, msg.get_type(), msg.lat / 1e7, msg.lon / 1e7, acc,
-                          self.vehicle.pose(t_s))
+                          self.vehicle.pose(t_s), velocity)

@@ -19,13 +19,35 @@ if TYPE_CHECKING:
 
 
 def scored_fix(frame, t_s: float, kind: str, lat_deg: float, lon_deg: float, horiz_accuracy_m: float,
-               pose: ViewPose) -> dict:
-    """One fix the autopilot received, against the true pose at reception (local metres)."""
+               pose: ViewPose, velocity: Optional[tuple] = None) -> dict:
+    """One fix the autopilot received, against the true pose at reception (local metres).
+    `velocity` when the message carried one: (vel_east_m_s, vel_north_m_s, speed_accuracy_m_s,
+    true_vel_east_m_s, true_vel_north_m_s); its error is the 2-D difference in m/s."""
     e, n, _ = frame.to_enu(lat_deg, lon_deg)
-    return {"t_s": t_s, "type": kind, "east_m": float(e), "north_m": float(n),
-            "true_east_m": pose.east_m, "true_north_m": pose.north_m,
-            "horiz_accuracy_m": float(horiz_accuracy_m),
-            "error_m": float(math.hypot(e - pose.east_m, n - pose.north_m))}
+    rec = {"t_s": t_s, "type": kind, "east_m": float(e), "north_m": float(n),
+           "true_east_m": pose.east_m, "true_north_m": pose.north_m,
+           "horiz_accuracy_m": float(horiz_accuracy_m),
+           "error_m": float(math.hypot(e - pose.east_m, n - pose.north_m))}
+    if velocity is not None:
+        ve, vn, acc, true_ve, true_vn = (float(v) for v in velocity)
+        rec.update(vel_east_m_s=ve, vel_north_m_s=vn, speed_accuracy_m_s=acc,
+                   vel_error_m_s=math.hypot(ve - true_ve, vn - true_vn))
+    return rec
+
+
+def velocity_score(received: list[dict]) -> Optional[dict]:
+    """Error of the velocities the autopilot received (2-D, m/s) against their reported speed
+    accuracy, or None when no message carried one."""
+    with_vel = [r for r in received if "vel_error_m_s" in r]
+    if not with_vel:
+        return None
+    err = np.array([r["vel_error_m_s"] for r in with_vel])
+    acc = np.array([r["speed_accuracy_m_s"] for r in with_vel])
+    return {"n": len(err), "error_m_s": {"median": float(np.median(err)), "p95": float(np.percentile(err, 95)),
+                                         "max": float(err.max())},
+            "speed_accuracy_m_s": {"median": float(np.median(acc)), "p95": float(np.percentile(acc, 95)),
+                                   "max": float(acc.max())},
+            "within_1x": float(np.mean(err <= acc)), "within_3x": float(np.mean(err <= 3 * acc))}
 
 
 def score(received: list[dict], duration_s: float, fresh_s: float = 0.5) -> dict:
@@ -47,7 +69,7 @@ def score(received: list[dict], duration_s: float, fresh_s: float = 0.5) -> dict
             "n_published": int(len(err)),
             "calibration": {"within_1x": float(np.mean(err <= acc)), "within_3x": float(np.mean(err <= 3 * acc)),
                             "worst_error_over_accuracy": float(np.max(err / acc))},
-            "time_to_first_fix_s": float(t[0])}
+            "time_to_first_fix_s": float(t[0]), "velocity": velocity_score(received)}
 
 
 ERROR_COLOURS_BGR = ((0, 200, 0), (0, 200, 255), (0, 0, 255))  # < 3 m, 3-10 m, >= 10 m
@@ -121,10 +143,12 @@ def _north_arrow(img: np.ndarray) -> None:
 def write_track_csv(received: list[dict], path: str | Path) -> Path:
     with open(path, "w", newline="") as f:
         keys = ["t_s", "type", "true_east_m", "true_north_m", "east_m", "north_m", "horiz_accuracy_m", "error_m"]
-        w = csv.DictWriter(f, fieldnames=keys)
+        if any("vel_error_m_s" in r for r in received):
+            keys += ["vel_east_m_s", "vel_north_m_s", "speed_accuracy_m_s", "vel_error_m_s"]
+        w = csv.DictWriter(f, fieldnames=keys, restval="")
         w.writeheader()
         for r in received:
-            w.writerow({k: r[k] for k in keys})
+            w.writerow({k: r[k] for k in keys if k in r})
     return Path(path)
 
 
@@ -160,6 +184,16 @@ def frame_summary(frames: list[dict], nav, duration: float, startup_s: float) ->
     }
 
 
+def velocity_lines(s: dict) -> list[str]:
+    """The summary's velocity line, when the fixes carried velocity."""
+    v = s.get("velocity")
+    if not v:
+        return []
+    return [f"velocity sent in {v['n']} messages: error median/p95 {v['error_m_s']['median']:.2f}/"
+            f"{v['error_m_s']['p95']:.2f} m/s, speed accuracy median/max {v['speed_accuracy_m_s']['median']:.2f}/"
+            f"{v['speed_accuracy_m_s']['max']:.2f} m/s, within 1x {v['within_1x']:.1%}, 3x {v['within_3x']:.1%}"]
+
+
 def format_summary(s: dict) -> str:
     e, c = s["error_m"], s["calibration"]
     fmt = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
@@ -173,6 +207,7 @@ def format_summary(s: dict) -> str:
              "latency ms (p50/p95): " + ", ".join(f"{k} {v['p50']:.0f}/{v['p95']:.0f}"
                                                   for k, v in s["latency_ms"].items() if v),
              f"sustainable {fmt(s['sustainable_fps'])} frames/s on this machine; reasons {s['reasons']}"]
+    lines += velocity_lines(s)
     g = s.get("map_gaps")
     if g:
         lines.append(f"map gaps ({g['gaps']} x {g['gap_s']:.0f} s): {g['published_in_gaps']} published inside, coasted "

@@ -42,7 +42,7 @@ EKF_GPS_GLITCHING = 32768
 SKYFIX_PARAMS = {
     "GPS1_TYPE": 14,          # MAVLink GPS: GPS_INPUT from skyfix is the only GPS
     "SIM_GPS1_ENABLE": 0,     # the simulated GPS receiver off
-    "EK3_SRC1_VELXY": 0,      # skyfix sends no velocity (see README): do not fuse GPS velocity
+    "EK3_SRC1_VELXY": 0,      # skyfix sends no velocity by default (see README): do not fuse GPS velocity
     "EK3_SRC1_VELZ": 0,       # no vertical velocity from skyfix either
     "PILOT_SPEED_UP": 500,    # climb at 5 m/s in ALT_HOLD to the hand-over height (default 2.5)
 }
@@ -184,9 +184,15 @@ class SitlVehicle:
     def record_fix(self, fix, t_mono_s: float) -> None:
         """Called by the publisher for every GPS_INPUT sent: scored against the truth now."""
         pose = self.true_pose()
-        if pose is not None:
-            self.sent_fixes.append(scored_fix(self.frame, t_mono_s - self.t0_mono_s, "GPS_INPUT",
-                                              fix.lat_deg, fix.lon_deg, fix.horiz_accuracy_m, pose))
+        if pose is None:
+            return
+        velocity = None
+        if fix.vel_east_m_s is not None and fix.vel_north_m_s is not None:
+            with self._lock:
+                st = self._state["SIM_STATE"]
+            velocity = (fix.vel_east_m_s, fix.vel_north_m_s, fix.speed_accuracy_m_s, st["ve_m_s"], st["vn_m_s"])
+        self.sent_fixes.append(scored_fix(self.frame, t_mono_s - self.t0_mono_s, "GPS_INPUT",
+                                          fix.lat_deg, fix.lon_deg, fix.horiz_accuracy_m, pose, velocity))
 
     # ---- control link -------------------------------------------------------------------------
     def _request_streams(self) -> None:
@@ -213,7 +219,8 @@ class SitlVehicle:
                 lat = msg.lat_int / 1e7 if getattr(msg, "lat_int", 0) else msg.lat
                 lon = msg.lon_int / 1e7 if getattr(msg, "lon_int", 0) else msg.lon
                 self._state[kind] = {"lat_deg": lat, "lon_deg": lon, "alt_msl_m": msg.alt,
-                                     "roll": msg.roll, "pitch": msg.pitch, "yaw": msg.yaw}
+                                     "roll": msg.roll, "pitch": msg.pitch, "yaw": msg.yaw,
+                                     "vn_m_s": msg.vn, "ve_m_s": msg.ve}
                 self._sample(now)
             elif kind == "HEARTBEAT":
                 # Only the autopilot's own: the SITL also routes skyfix's heartbeats to this link.

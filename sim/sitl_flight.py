@@ -27,7 +27,7 @@ from skyfix.edge.navigator import Navigator
 from skyfix.firmware_bridge.link import MavlinkBridge
 from skyfix.firmware_bridge.publisher import FixPublisher
 from skyfix.sim.route import footprint_margin_m, make_route
-from skyfix.sim.score import plot_track, score, write_track_csv
+from skyfix.sim.score import velocity_lines, plot_track, score, write_track_csv
 from skyfix.sim.sitl import EKF_GPS_GLITCHING, SitlPilot, SitlVehicle
 from skyfix.sim.views import render_view
 from skyfix.tiles.pack import TilePack
@@ -145,6 +145,8 @@ def run_sitl(pack_path: str | Path, embedder, cfg, out_dir: str | Path = "out/si
     nav = Navigator(pack, embedder, cam, dataclasses.replace(cfg.nav, ground_alt_msl_m=home_alt))
     fault = None if fault_after_s is None else {"after_s": fault_after_s, "duration_s": fault_s}
     params = {"GPS1_DELAY_MS": 1}  # GPS_INPUT carries the estimate at its send time, not 200 ms old
+    if cfg.bridge.send_velocity:
+        params["EK3_SRC1_VELXY"] = 3  # GPS: fuse the horizontal velocity skyfix sends
     if cfg.sim.declination_deg is not None:
         params.update({"COMPASS_DEC": math.radians(cfg.sim.declination_deg), "COMPASS_AUTODEC": 0})
     _terminate_cleanly()
@@ -249,4 +251,4 @@ def format_sitl_summary(s: dict) -> str:
         f"skyfix's GPS_INPUT vs truth: median {fmt(e['median'])} m, p95 {fmt(e['p95'])} m, max {fmt(e['max'])} m; "
         f"{s['n_published']} sent",
         f"EKF GPS glitches {s['ekf_glitches']}; failsafes {s['failsafes'] or 'none'}; fault {s['fault']}",
-        f"modes {s['modes']}"])
+        f"modes {s['modes']}"] + velocity_lines(s))

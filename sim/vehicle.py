@@ -50,6 +50,11 @@ class VehicleModel:
         tilt = math.radians(self.cfg.tilt_deg)
         return ViewPose(e, n, self.cfg.alt_agl_m, tilt * math.sin(0.9 * t_s), tilt * math.cos(0.7 * t_s), yaw)
 
+    def velocity_en(self, t_s: float, dt_s: float = 0.05) -> tuple:
+        """True (vel_east_m_s, vel_north_m_s) at flight time t_s (central difference over dt_s)."""
+        a, b = self.pose(t_s - dt_s), self.pose(t_s + dt_s)
+        return (b.east_m - a.east_m) / (2 * dt_s), (b.north_m - a.north_m) / (2 * dt_s)
+
     def noisy(self, t_s: float):
         """(roll_rad, pitch_rad, yaw_rad in 0..2pi, agl_m) as the autopilot's sensors report them."""
         p = self.pose(t_s)

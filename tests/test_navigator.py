@@ -242,3 +242,19 @@ def test_an_extrapolated_estimate_says_a_manoeuvre_may_have_happened(nav, world)
     assert age == pytest.approx(1.5)
     assert later.horiz_accuracy_m - fresh.horiz_accuracy_m >= 0.5 * 5.0 * 1.5 ** 2
     assert nav.estimate_at(5.0) is None  # 3 s old: 22.5 m of possible manoeuvre, above 15 m
+
+
+def test_the_maps_own_bias_stays_in_the_published_accuracy(world):
+    """Map fixes share the map's bias, which the filter cannot average away: however many fixes
+    the track has taken, the published accuracy keeps sqrt(2) x nav.map_bias_m (DRMS)."""
+    from skyfix.edge.navigator import Navigator
+    pack, emb, canvas = world
+    for bias_m in (0.0, 3.0):
+        nav = Navigator(pack, emb, CAM, NavConfig(keypoints="sift", top_k=3, global_max_candidates=6,
+                                                  map_bias_m=bias_m))
+        fixes = [r.fix for r in (nav.step(_frame(canvas, 0.5 * i, i)[0]) for i in range(8)) if r.fix is not None]
+        assert len(fixes) >= 4
+        floor_m = math.sqrt(2) * bias_m
+        assert all(f.horiz_accuracy_m >= floor_m for f in fixes)
+        if bias_m:
+            assert fixes[-1].horiz_accuracy_m < floor_m * 1.5  # the filter's own part has shrunk

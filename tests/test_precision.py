@@ -66,6 +66,10 @@ def test_int8_export_is_symmetric_qdq_with_the_sensitive_layers_kept(folder, req
     assert stem.name in kept and len(kept) > 2
     for node in (n for n in model.graph.node if n.name in kept):
         assert all(produced_by.get(i) is None or produced_by[i].op_type != "DequantizeLinear" for i in node.input)
+    # Quantised weights are stored as INT8 behind their DequantizeLinear, never as FP32 behind a Q/DQ pair.
+    assert sum(n.op_type == "DequantizeLinear" and consts.get(n.input[0], np.float32(0)).dtype == np.int8
+               for n in qdq) >= 5
+    assert not any(n.op_type == "QuantizeLinear" and n.input[0] in consts for n in qdq)
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["precision"] == "int8" and meta["tower"] == "drone"
 
@@ -115,6 +119,30 @@ def test_qat_finetuning_brings_the_quantised_towers_closer_to_fp32(tiny_towers, 
     qat.add_fake_quant(convs, qat.calibrate_activations(model, convs, views))
     losses = qat.finetune(model, reference, views, 30, lr=1e-4, log=lambda *_: None)
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+
+
+def test_folding_the_qat_weights_to_int8_changes_no_output(tiny_towers, textured_canvas, tmp_path):
+    import copy
+    import shutil
+
+    import onnxruntime as ort
+
+    from skyfix.export import qat
+    from skyfix.export.onnx_export import _export_tower
+    from skyfix.export.precision import render_views
+    model = copy.deepcopy(tiny_towers).eval()
+    convs = qat.quantisable_convs(model)
+    qat.add_fake_quant(convs, qat.calibrate_activations(model, convs, render_views(textured_canvas, 96, 16, 4)[0]))
+    qat.freeze_weight_scales(convs)
+    fake, folded = tmp_path / "fake.onnx", tmp_path / "folded.onnx"
+    _export_tower(model.tower("drone"), fake, 96, {})
+    shutil.copy(fake, folded)
+    assert qat.fold_weight_quantisation(folded) == len(convs)
+    assert folded.stat().st_size < 0.6 * fake.stat().st_size
+    x = np.random.default_rng(0).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
+    outs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"images_rgb_u8": x})[0]
+            for p in (fake, folded)]
+    assert np.abs(outs[0] - outs[1]).max() < 1e-6
 
 
 def test_fp16_export_keeps_io_types_and_passes_the_gate(tiny_onnx_dir, textured_canvas, tmp_path):

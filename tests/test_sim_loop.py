@@ -19,7 +19,8 @@ def test_sim_short_route_with_a_link_drop(pack, tmp_path):
     from skyfix.config import load_config
     from skyfix.edge.embedders import open_embedder
     from skyfix.sim.run import run_sim
-    cfg = load_config(overrides={"sim": {"duration_s": 24.0, "route": "straight", "seed": 2}})
+    cfg = load_config(overrides={"sim": {"duration_s": 24.0, "route": "straight", "seed": 2},
+                                 "bridge": {"send_velocity": True}})
     s = run_sim(pack, open_embedder(_model(pack), "drone"), cfg, out_dir=tmp_path / "out", link_drop=(10.0, 4.0),
                 progress=False)
     assert s["n_published"] > 50
@@ -27,6 +28,9 @@ def test_sim_short_route_with_a_link_drop(pack, tmp_path):
     assert s["confident_wrong_fixes"] == 0 and s["calibration"]["within_3x"] == 1.0
     assert s["link"]["reconnects"] >= 1          # the silence was noticed
     assert 0.4 < s["availability"] < 0.95        # the gap shows: no fix was faked through it
+    # Velocity went out in every GPS_INPUT, scored against the true 12 m/s along the route.
+    v = s["velocity"]
+    assert v["n"] == s["n_published"] and v["error_m_s"]["median"] < 1.0 and v["within_3x"] > 0.95
     assert (tmp_path / "out" / "track.png").stat().st_size > 10_000
     assert (tmp_path / "out" / "track.csv").read_text().count("\n") == s["n_published"] + 1
     # The CLI writes the JSON the README documents (PX4 message this time).

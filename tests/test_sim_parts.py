@@ -31,6 +31,23 @@ def test_score_availability_and_calibration():
     assert s["time_to_first_fix_s"] == pytest.approx(5.0)
 
 
+def test_velocity_is_scored_only_where_sent():
+    from skyfix.sim.score import scored_fix
+    from skyfix.sim.views import ViewPose
+    from skyfix.geo import LocalFrame
+    frame = LocalFrame(40.0, -105.0, 0.0)
+    lat, lon, _ = frame.to_lla(3.0, 4.0)
+    pose = ViewPose(0.0, 0.0, 120.0, 0.0, 0.0, 0.0)
+    plain = scored_fix(frame, 1.0, "GPS_INPUT", lat, lon, 2.0, pose)
+    assert plain["error_m"] == pytest.approx(5.0, abs=1e-3) and "vel_error_m_s" not in plain
+    moving = [scored_fix(frame, t, "GPS_INPUT", lat, lon, 2.0, pose, (12.0 + dv, 0.0, 1.0, 12.0, 0.0))
+              for t, dv in ((1.0, 0.5), (1.1, 0.5), (1.2, -2.0), (1.3, 4.0))]
+    assert score([plain], 2.0)["velocity"] is None
+    v = score(moving, 2.0)["velocity"]
+    assert v["n"] == 4 and v["within_1x"] == 0.5 and v["within_3x"] == 0.75
+    assert v["error_m_s"]["max"] == pytest.approx(4.0)
+
+
 def test_flight_plot_colours_fixes_by_error(textured_canvas, tmp_path):
     import cv2
 
