@@ -126,7 +126,14 @@ class NavConfig:
     max_scale_error: float = 0.25    # |scale - 1| tolerated when height is known
     confirm_measurements: int = 3    # consistent measurements before a new track is published
     max_accuracy_m: float = 15.0     # never publish a fix less accurate than this (DRMS)
-    accel_sigma_m_s2: float = 3.0    # filter process noise (multirotor manoeuvres)
+    # The track's motion model: "constant-acceleration" (white jerk, jerk_sigma_m_s3) follows a
+    # turn's steady lateral acceleration, so the velocity it propagates to each send time keeps
+    # an accuracy the autopilot accepts; "constant-velocity" (white acceleration,
+    # accel_sigma_m_s2) must claim 1.1-1.4 m/s for the same velocity (README, "Velocity in
+    # GPS_INPUT").
+    motion_model: str = "constant-acceleration"
+    jerk_sigma_m_s3: float = 1.0
+    accel_sigma_m_s2: float = 3.0    # constant-velocity model's process noise (multirotor manoeuvres)
     # Beyond the newest measurement a published estimate is an extrapolation: its accuracy also
     # grows by 0.5 * max_accel * age^2, what a manoeuvre (a turn at a leg's end) can add. The
     # one-hour soak found predictions 16 m off with 3.4 m accuracy after U-turns without it.

@@ -1,4 +1,10 @@
-"""Constant-velocity Kalman filter in local east/north metres, with an innovation gate."""
+"""Kinematic Kalman filter in local east/north metres, with an innovation gate.
+
+Two motion models share one implementation (the state is [e, n, ve, vn] or [e, n, ve, vn, ae,
+an]): constant velocity driven by white acceleration, or constant acceleration driven by white
+jerk. The second follows a turn's steady lateral acceleration instead of lagging it, so the
+velocity it propagates to a send time stays honest with a small process noise (README, "Velocity
+in GPS_INPUT")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,37 +12,53 @@ from typing import Optional
 
 import numpy as np
 
+from skyfix.errors import SkyfixError
+
 CHI2_2DOF_999 = 13.82  # 99.9 % gate for a 2-D innovation
 MAX_INFLATION = 25.0   # covariance widening after a rejection: at most 5x the 1-sigma
+MOTION_MODELS = ("constant-velocity", "constant-acceleration")
 
 
 @dataclass
 class FilterState:
     t_s: float
-    x: np.ndarray  # [east_m, north_m, vel_east_m_s, vel_north_m_s]
-    P: np.ndarray  # 4 x 4 covariance
+    x: np.ndarray  # [east_m, north_m, vel_east_m_s, vel_north_m_s(, acc_east_m_s2, acc_north_m_s2)]
+    P: np.ndarray  # n x n covariance
 
 
-class ConstantVelocityFilter:
-    """State [e, n, ve, vn]; white-acceleration process noise `accel_sigma_m_s2`.
+class MotionFilter:
+    """Position, velocity (and acceleration) in east/north; `noise_sigma` is the white
+    acceleration (m/s^2, constant-velocity model) or white jerk (m/s^3, constant-acceleration).
 
     `update` returns (accepted, mahalanobis_d2): a measurement whose innovation is outside the
     gate is rejected and leaves the state untouched.
     """
 
-    def __init__(self, accel_sigma_m_s2: float = 2.0, init_speed_sigma_m_s: float = 10.0,
+    def __init__(self, noise_sigma: float = 2.0, model: str = "constant-velocity",
+                 init_speed_sigma_m_s: float = 10.0, init_accel_sigma_m_s2: float = 3.0,
                  gate_d2: float = CHI2_2DOF_999):
-        self.q, self.v0, self.gate_d2 = accel_sigma_m_s2, init_speed_sigma_m_s, gate_d2
+        if model not in MOTION_MODELS:
+            raise SkyfixError(f"nav.motion_model must be one of {', '.join(MOTION_MODELS)}, got '{model}'")
+        self.order = MOTION_MODELS.index(model) + 1  # highest derivative in the state
+        self.q, self.v0, self.a0, self.gate_d2 = noise_sigma, init_speed_sigma_m_s, init_accel_sigma_m_s2, gate_d2
         self.state: Optional[FilterState] = None
 
     def reset(self, t_s: float, east_m: float, north_m: float, sigma_m: float) -> None:
-        P = np.diag([sigma_m ** 2, sigma_m ** 2, self.v0 ** 2, self.v0 ** 2])
-        self.state = FilterState(t_s, np.array([east_m, north_m, 0.0, 0.0]), P)
+        sigmas = [sigma_m, self.v0, self.a0][:self.order + 1]
+        P = np.diag(np.repeat(np.square(sigmas), 2))
+        self.state = FilterState(t_s, np.zeros(2 * (self.order + 1)), P)
+        self.state.x[:2] = east_m, north_m
 
     def _transition(self, dt: float):
-        F = np.eye(4)
-        F[0, 2] = F[1, 3] = dt
-        g = np.array([[dt ** 2 / 2, 0], [0, dt ** 2 / 2], [dt, 0], [0, dt]])
+        """F and Q for dt seconds: each axis a chain of integrators, the white noise entering
+        the highest derivative."""
+        k = self.order + 1
+        F1 = np.eye(k)
+        for i in range(k):
+            for j in range(i + 1, k):
+                F1[i, j] = dt ** (j - i) / np.prod(range(1, j - i + 1))
+        g1 = np.array([dt ** (k - i) / np.prod(range(1, k - i + 1)) for i in range(k)])
+        F, g = np.kron(F1, np.eye(2)), np.kron(g1[:, None], np.eye(2))
         return F, self.q ** 2 * g @ g.T
 
     def predict(self, t_s: float) -> FilterState:
@@ -46,6 +68,11 @@ class ConstantVelocityFilter:
         F, Q = self._transition(dt)
         return FilterState(t_s, F @ s.x, F @ s.P @ F.T + Q)
 
+    def _h(self, first: int) -> np.ndarray:
+        H = np.zeros((2, len(self.state.x)))
+        H[0, first] = H[1, first + 1] = 1.0
+        return H
+
     def innovation_d2(self, t_s: float, east_m: float, north_m: float, sigma_m: float) -> float:
         p = self.predict(t_s)
         y = np.array([east_m, north_m]) - p.x[:2]
@@ -53,34 +80,25 @@ class ConstantVelocityFilter:
         return float(y @ np.linalg.solve(S, y))
 
     def update(self, t_s: float, east_m: float, north_m: float, sigma_m: float) -> tuple[bool, float]:
-        p = self.predict(t_s)
-        H = np.zeros((2, 4))
-        H[0, 0] = H[1, 1] = 1.0
-        y = np.array([east_m, north_m]) - p.x[:2]
-        S = p.P[:2, :2] + np.eye(2) * sigma_m ** 2
-        d2 = float(y @ np.linalg.solve(S, y))
-        if d2 > self.gate_d2:
-            return False, d2
-        K = p.P @ H.T @ np.linalg.inv(S)
-        x = p.x + K @ y
-        P = (np.eye(4) - K @ H) @ p.P
-        self.state = FilterState(t_s, x, 0.5 * (P + P.T))
-        return True, d2
+        """A measured position, 1-sigma per axis sigma_m. Returns (accepted, mahalanobis_d2)."""
+        return self._update(t_s, np.array([east_m, north_m]), 0, sigma_m)
 
     def update_velocity(self, t_s: float, vel_east_m_s: float, vel_north_m_s: float,
                         sigma_m_s: float) -> tuple[bool, float]:
         """A measured velocity (visual odometry: displacement over the frame interval), 1-sigma
         per axis sigma_m_s; gated like a position. Returns (accepted, mahalanobis_d2)."""
+        return self._update(t_s, np.array([vel_east_m_s, vel_north_m_s]), 2, sigma_m_s)
+
+    def _update(self, t_s: float, z: np.ndarray, first: int, sigma: float) -> tuple[bool, float]:
         p = self.predict(t_s)
-        H = np.zeros((2, 4))
-        H[0, 2] = H[1, 3] = 1.0
-        y = np.array([vel_east_m_s, vel_north_m_s]) - p.x[2:]
-        S = p.P[2:, 2:] + np.eye(2) * sigma_m_s ** 2
+        H = self._h(first)
+        y = z - H @ p.x
+        S = H @ p.P @ H.T + np.eye(2) * sigma ** 2
         d2 = float(y @ np.linalg.solve(S, y))
         if d2 > self.gate_d2:
             return False, d2
         K = p.P @ H.T @ np.linalg.inv(S)
-        P = (np.eye(4) - K @ H) @ p.P
+        P = (np.eye(len(p.x)) - K @ H) @ p.P
         self.state = FilterState(t_s, p.x + K @ y, 0.5 * (P + P.T))
         return True, d2
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from skyfix.contracts import Reason
-from skyfix.edge.filter import ConstantVelocityFilter, FilterState
+from skyfix.edge.filter import MotionFilter, FilterState
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,12 @@ class TrackGate:
 
     def __init__(self, confirm_measurements: int = 3, lost_after_s: float = 5.0,
                  max_accuracy_m: float = 15.0, accel_sigma_m_s2: float = 3.0,
-                 odometry_scale_sigma: float = 0.05, odometry_gap_s: float = 1.0):
+                 odometry_scale_sigma: float = 0.05, odometry_gap_s: float = 1.0,
+                 motion_model: str = "constant-velocity", jerk_sigma_m_s3: float = 1.0):
         self.confirm = confirm_measurements
         self.lost_after_s, self.max_accuracy_m = lost_after_s, max_accuracy_m
-        self.filter = ConstantVelocityFilter(accel_sigma_m_s2)
+        noise = jerk_sigma_m_s3 if motion_model == "constant-acceleration" else accel_sigma_m_s2
+        self.filter = MotionFilter(noise, motion_model)
         self.confirmations = 0
         self.disagreements = 0
         self.last_accept_s: Optional[float] = None
@@ -60,7 +62,7 @@ class TrackGate:
     def _coasting(self, t_s: float) -> bool:
         return (self.confirmations >= self.confirm and self.last_odometry_s is not None
                 and self.last_odometry_s > self.last_accept_s and t_s - self.last_odometry_s <= self.odometry_gap_s
-                and ConstantVelocityFilter.horiz_accuracy_m(self.filter.predict(t_s)) <= self.max_accuracy_m)
+                and MotionFilter.horiz_accuracy_m(self.filter.predict(t_s)) <= self.max_accuracy_m)
 
     def prior(self, t_s: float) -> Optional[tuple]:
         """(east_m, north_m, horiz_accuracy_m) predicted at t_s while tracking, else None: the
@@ -69,7 +71,7 @@ class TrackGate:
             if not self.tracking(t_s):
                 return None
             pred = self.filter.predict(t_s)
-        return float(pred.x[0]), float(pred.x[1]), ConstantVelocityFilter.horiz_accuracy_m(pred)
+        return float(pred.x[0]), float(pred.x[1]), MotionFilter.horiz_accuracy_m(pred)
 
     def confirmed(self, t_s: float) -> bool:
         """True while a confirmed track is tracking."""
@@ -93,7 +95,7 @@ class TrackGate:
             state = self.filter.predict(now_s)
             # Age of the newest measurement of either kind: odometry keeps the velocity current.
             age_s = now_s - max(self.last_accept_s, self.last_odometry_s or self.last_accept_s)
-        if ConstantVelocityFilter.horiz_accuracy_m(state) > self.max_accuracy_m:
+        if MotionFilter.horiz_accuracy_m(state) > self.max_accuracy_m:
             return None
         return state, age_s
 
@@ -113,7 +115,7 @@ class TrackGate:
             if self.confirmations < self.confirm:
                 return GateVerdict(Reason.ACQUIRING, f"candidate track {self.confirmations}/{self.confirm}")
             state = self.filter.state
-        accuracy_m = ConstantVelocityFilter.horiz_accuracy_m(state)
+        accuracy_m = MotionFilter.horiz_accuracy_m(state)
         if accuracy_m > self.max_accuracy_m:
             return GateVerdict(Reason.INACCURATE, f"filter accuracy {accuracy_m:.1f} m")
         return GateVerdict(Reason.OK, state=state)

@@ -27,7 +27,7 @@ import numpy as np
 from skyfix.config import NavConfig
 from skyfix.contracts import Fix, FixResult, Frame, Reason, Telemetry
 from skyfix.edge.camera import BODY_FROM_CAM, PinholeCamera, image_from_crop, rectify, world_from_body
-from skyfix.edge.filter import ConstantVelocityFilter, FilterState
+from skyfix.edge.filter import MotionFilter, FilterState
 from skyfix.edge.gallery import FrameGallery
 from skyfix.edge.gate import TrackGate
 from skyfix.edge.odometry import camera_motion, crop_pixels_in_frame, refine_shifts
@@ -216,7 +216,8 @@ class Navigator:
     def _new_gate(self) -> TrackGate:
         c = self.cfg
         return TrackGate(c.confirm_measurements, c.lost_after_s, c.max_accuracy_m, c.accel_sigma_m_s2,
-                         odometry_scale_sigma=c.odometry_scale_sigma)
+                         odometry_scale_sigma=c.odometry_scale_sigma, motion_model=c.motion_model,
+                         jerk_sigma_m_s3=c.jerk_sigma_m_s3)
 
     # ---- public -------------------------------------------------------------------------------
     def step(self, frame: Frame) -> FixResult:
@@ -570,8 +571,8 @@ class Navigator:
         lat, lon, _ = self.pack.frame.to_lla(state.x[0], state.x[1])
         return Fix(t_capture_us=int(t_capture_us), lat_deg=float(lat), lon_deg=float(lon),
                    alt_msl_m=float(self.last_alt_msl_m),
-                   horiz_accuracy_m=self.accuracy_with_map_bias_m(ConstantVelocityFilter.horiz_accuracy_m(state)),
+                   horiz_accuracy_m=self.accuracy_with_map_bias_m(MotionFilter.horiz_accuracy_m(state)),
                    vel_north_m_s=float(state.x[3]), vel_east_m_s=float(state.x[2]),
-                   speed_accuracy_m_s=ConstantVelocityFilter.speed_accuracy_m_s(state),
+                   speed_accuracy_m_s=MotionFilter.speed_accuracy_m_s(state),
                    yaw_rad=None if yaw_rad is None else float(yaw_rad % (2 * math.pi)),
                    tile_id=self.last_tile_id)

@@ -51,3 +51,50 @@ def test_lost_track_starts_over_and_caps_accuracy():
     assert weak.offer(0.0, 0.0, 0.0, 30.0).kind is Reason.ACQUIRING
     assert weak.offer(0.5, 0.0, 0.0, 30.0).kind is Reason.INACCURATE
     assert weak.estimate_at(0.5) is None
+
+
+def _turn_errors(model, noise_sigma, seed=0):
+    """A 12 m/s flight into a steady 2.5 m/s^2 turn, position (1 m) and velocity (0.3 m/s) measured
+    at 3 Hz; returns (velocity error, speed accuracy) at 10 Hz send times 0.1-0.3 s after each."""
+    import numpy as np
+
+    from skyfix.edge.filter import MotionFilter
+    rng = np.random.default_rng(seed)
+    omega = 2.5 / 12.0  # rad/s
+
+    def truth(t):
+        a = omega * max(t - 5.0, 0.0)  # straight for 5 s, then turning
+        return np.array([12.0 * np.sin(a), 12.0 * np.cos(a)])
+
+    f = MotionFilter(noise_sigma, model)
+    f.reset(0.0, 0.0, 0.0, 1.0)
+    errs, accs = [], []
+    for k in range(1, 60):
+        t = k / 3.0
+        f.update_velocity(t, *(truth(t) + rng.normal(0, 0.3, 2)), 0.3)
+        for age in (0.1, 0.2, 0.3):
+            p = f.predict(t + age)
+            if t > 2.0:
+                errs.append(np.hypot(*(p.x[2:4] - truth(t + age))))
+                accs.append(MotionFilter.speed_accuracy_m_s(p))
+    return np.array(errs), np.array(accs)
+
+
+def test_the_acceleration_model_follows_a_turn_with_an_honest_small_speed_accuracy():
+    import numpy as np
+    ca_err, ca_acc = _turn_errors("constant-acceleration", 1.0)
+    assert np.mean(ca_err <= 3 * ca_acc) > 0.98 and np.mean(ca_err <= ca_acc) > 0.4  # honest in the turn
+    assert ca_acc.max() < 1.0                                   # what ArduPilot's GPS check needs
+    # Constant velocity claims as little only with a small process noise, and then lags the turn...
+    cv_err, cv_acc = _turn_errors("constant-velocity", 1.0)
+    assert np.mean(cv_err <= cv_acc) < 0.3 and np.median(cv_err) > 1.5 * np.median(ca_err)
+    # ...or, honest with a larger one, claims twice as much.
+    _, cv3_acc = _turn_errors("constant-velocity", 3.0)
+    assert np.median(cv3_acc) > 2 * np.median(ca_acc)
+
+
+def test_an_unknown_motion_model_is_refused():
+    from skyfix.edge.filter import MotionFilter
+    from skyfix.errors import SkyfixError
+    with pytest.raises(SkyfixError, match="motion_model"):
+        MotionFilter(1.0, "constant-jerk")

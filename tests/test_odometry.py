@@ -78,7 +78,7 @@ def test_camera_motion_recovers_a_displacement_with_the_attitude_changing():
 
 def test_odometry_carries_a_confirmed_track_and_says_how_it_drifts():
     from skyfix.contracts import Reason
-    from skyfix.edge.filter import ConstantVelocityFilter
+    from skyfix.edge.filter import MotionFilter
     from skyfix.edge.gate import TrackGate
     gate = TrackGate(confirm_measurements=3, lost_after_s=2.0, max_accuracy_m=15.0, odometry_scale_sigma=0.05)
     assert not gate.offer_velocity(0.0, 10.0, 0.0, 0.5, 3.3)  # odometry never starts a track
@@ -89,7 +89,7 @@ def test_odometry_carries_a_confirmed_track_and_says_how_it_drifts():
         t = 1.5 + k / 3
         assert gate.offer_velocity(t, 10.0, 0.0, 0.5, 10.0 / 3)
         state, age_s = gate.estimate_at(t)
-        acc.append(ConstantVelocityFilter.horiz_accuracy_m(state))
+        acc.append(MotionFilter.horiz_accuracy_m(state))
         assert age_s == pytest.approx(0.0, abs=1e-9)
     assert gate.tracking(11.5) and state.x[0] == pytest.approx(115.0, abs=3.0)
     # The accuracy grows with the distance carried: at least the scale term (5 % of 100 m).
