@@ -7,6 +7,7 @@ velocity it propagates to a send time stays honest with a small process noise (R
 in GPS_INPUT")."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -53,12 +54,10 @@ class MotionFilter:
         """F and Q for dt seconds: each axis a chain of integrators, the white noise entering
         the highest derivative."""
         k = self.order + 1
-        F1 = np.eye(k)
-        for i in range(k):
-            for j in range(i + 1, k):
-                F1[i, j] = dt ** (j - i) / np.prod(range(1, j - i + 1))
-        g1 = np.array([dt ** (k - i) / np.prod(range(1, k - i + 1)) for i in range(k)])
-        F, g = np.kron(F1, np.eye(2)), np.kron(g1[:, None], np.eye(2))
+        F1 = np.array([[dt ** (j - i) / math.factorial(j - i) if j >= i else 0.0 for j in range(k)]
+                       for i in range(k)])
+        g1 = np.array([dt ** (k - i) / math.factorial(k - i) for i in range(k)])
+        F, g = np.kron(F1, np.eye(2)), np.kron(g1[:, None], np.eye(2))  # the same chain on east and north
         return F, self.q ** 2 * g @ g.T
 
     def predict(self, t_s: float) -> FilterState:
@@ -67,11 +66,6 @@ class MotionFilter:
         dt = max(t_s - s.t_s, 0.0)
         F, Q = self._transition(dt)
         return FilterState(t_s, F @ s.x, F @ s.P @ F.T + Q)
-
-    def _h(self, first: int) -> np.ndarray:
-        H = np.zeros((2, len(self.state.x)))
-        H[0, first] = H[1, first + 1] = 1.0
-        return H
 
     def innovation_d2(self, t_s: float, east_m: float, north_m: float, sigma_m: float) -> float:
         p = self.predict(t_s)
@@ -91,7 +85,8 @@ class MotionFilter:
 
     def _update(self, t_s: float, z: np.ndarray, first: int, sigma: float) -> tuple[bool, float]:
         p = self.predict(t_s)
-        H = self._h(first)
+        H = np.zeros((2, len(p.x)))
+        H[0, first] = H[1, first + 1] = 1.0  # measures east/north of the state's `first` quantity
         y = z - H @ p.x
         S = H @ p.P @ H.T + np.eye(2) * sigma ** 2
         d2 = float(y @ np.linalg.solve(S, y))
