@@ -181,8 +181,9 @@ class BridgeConfig:
     # with its age, and the publish cap (nav.max_accuracy_m) still applies.
     max_fix_age_s: float = 3.0
     vert_accuracy_m: float = 5.0
-    # Velocity from position fixes alone is uncertain (2-4 m/s 1-sigma): ArduPilot's EKF3 refuses
-    # a GPS whose speed accuracy is above 1 m/s, so it is not sent (EK3_SRC1_VELXY=0 on the FC).
+    # Not sent by default (EK3_SRC1_VELXY=0 on the FC): in ArduPilot SITL the velocity was taken,
+    # then an acceleration onset put it 3.6 m/s off with 0.5 m/s claimed and the EKF failed
+    # (README, "Velocity in GPS_INPUT"). True sends it with the filter's speed accuracy.
     send_velocity: bool = False
     # The heading of the match is mostly the autopilot's own yaw fed back; not sent as GPS yaw.
     send_heading: bool = False
