@@ -70,6 +70,11 @@ def calibrate_activations(model, convs: list, views, n: int = ACT_RANGE_VIEWS) -
     return [max(max(seen[id(m)]), 1e-6) for m in convs]
 
 
+def _weight_scale(w):
+    """Per-output-channel symmetric INT8 scale of a convolution weight: max |w| / 127."""
+    return (w.detach().abs().amax(dim=(1, 2, 3)).clamp(min=1e-8) / 127.0).float()
+
+
 class _ChannelFakeQuant(nn.Module):
     """Per-output-channel symmetric INT8 fake quantisation of a weight; `scale` fixed when given."""
 
@@ -80,7 +85,7 @@ class _ChannelFakeQuant(nn.Module):
             self.register_buffer("scale", scale)
 
     def forward(self, w):
-        scale = self.scale if self.frozen else (w.detach().abs().amax(dim=(1, 2, 3)).clamp(min=1e-8) / 127.0).float()
+        scale = self.scale if self.frozen else _weight_scale(w)
         return torch.fake_quantize_per_channel_affine(w, scale, torch.zeros(w.shape[0], dtype=torch.int32),
                                                       0, -128, 127)
 
@@ -101,9 +106,7 @@ def freeze_weight_scales(convs: list) -> None:
     """Replace the moving weight scales by constants (the export needs constant QDQ scales)."""
     for m in convs:
         parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
-        w = m.weight.detach()
-        parametrize.register_parametrization(
-            m, "weight", _ChannelFakeQuant((w.abs().amax(dim=(1, 2, 3)).clamp(min=1e-8) / 127.0).float()))
+        parametrize.register_parametrization(m, "weight", _ChannelFakeQuant(_weight_scale(m.weight)))
 
 
 def finetune(model, reference, views, steps: int, lr: float = 2e-5, batch: int = 12, seed: int = 0,

@@ -27,7 +27,7 @@ from skyfix.edge.navigator import Navigator
 from skyfix.firmware_bridge.link import MavlinkBridge
 from skyfix.firmware_bridge.publisher import FixPublisher
 from skyfix.sim.route import footprint_margin_m, make_route
-from skyfix.sim.score import velocity_lines, plot_track, score, write_track_csv
+from skyfix.sim.score import plot_track, score, velocity_lines, write_track_csv
 from skyfix.sim.sitl import EKF_GPS_GLITCHING, SitlPilot, SitlVehicle
 from skyfix.sim.views import render_view
 from skyfix.tiles.pack import TilePack
