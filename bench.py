@@ -520,42 +520,12 @@ def bench_orientation(checkpoint: str, model_dir: str, pack_path: str, queries_f
 
 
 # ---- local feature matching ---------------------------------------------------------------------
-MATCH_SUCCESS_PX = 3.0
-
-
-def match_pairs(map_canvas, frame_canvas, n: int, rotation_deg: float, seed: int = 0,
-                size_m: float = 100.0, offset_m: float = 20.0):
-    """n drone-like crops from frame_canvas with a known truth on map_canvas: a random centre,
-    rotation within +-rotation_deg, scale 0.8-1.25 (the assumed height is wrong by that much),
-    the prior off by up to offset_m, photometric change. Yields (crop, truth_en, prior_en,
-    wrong_en): wrong_en is a prior 230-400 m away whose search window cannot overlap the crop
-    (None when the map is too small around this point), for the chance-consensus null."""
-    from skyfix.sim.views import photometric
-    rng = np.random.default_rng(seed)
-    e0, n0, e1, n1 = map_canvas.bounds_en()
-    crop_px = int(round(size_m / map_canvas.gsd_m))
-    margin = size_m * 1.25 + offset_m
-    for _ in range(n):
-        e, nn = rng.uniform(e0 + margin, e1 - margin), rng.uniform(n0 + margin, n1 - margin)
-        scale, rot = rng.uniform(0.8, 1.25), rng.uniform(-rotation_deg, rotation_deg)
-        crop = frame_canvas.render(e, nn, size_m * scale, crop_px, rot)[0]
-        crop = photometric(crop, rng, strength=1.0)
-        prior = (e + rng.uniform(-offset_m, offset_m), nn + rng.uniform(-offset_m, offset_m))
-        wrong = None
-        for _ in range(50):
-            ang, dist = rng.uniform(0, 2 * np.pi), rng.uniform(230, 400)
-            we, wn = e + dist * np.cos(ang), nn + dist * np.sin(ang)
-            if e0 + size_m < we < e1 - size_m and n0 + size_m < wn < n1 - size_m:
-                wrong = (we, wn)
-                break
-        yield crop, (e, nn), prior, wrong
-
-
 def match_scores(matcher, pairs, gsd_m: float, crop_gsd_m: float, radius_m: float,
                  min_inliers: int) -> dict:
     """Run matcher.match on each pair: inliers, success (centre within MATCH_SUCCESS_PX map
     pixels of the truth with >= min_inliers), ms per pair (extraction + matching + fit), and
     the inliers found at the wrong place (what chance alone reaches)."""
+    from skyfix.sim.views import MATCH_SUCCESS_PX, match_error_px
     inliers, ok, ms, null, err_px = [], [], [], [], []
     for crop, (te, tn), prior, wrong in pairs:
         t0 = time.perf_counter()
@@ -563,7 +533,7 @@ def match_scores(matcher, pairs, gsd_m: float, crop_gsd_m: float, radius_m: floa
         m = matcher.match(crop, crop_gsd_m, prior, radius_m, described=described)
         ms.append((time.perf_counter() - t0) * 1e3)
         inliers.append(0 if m is None else m.inliers)
-        err = np.inf if m is None else np.hypot(m.east_m - te, m.north_m - tn) / gsd_m
+        err = match_error_px(m, (te, tn), gsd_m)
         ok.append(m is not None and m.inliers >= min_inliers and err < MATCH_SUCCESS_PX)
         if m is not None and m.inliers >= min_inliers:
             err_px.append(err)
@@ -602,6 +572,7 @@ def bench_match(methods=("sift", "orb", "xfeat"), pairs: int = 40, rotation_deg:
     from skyfix.config import NavConfig, TilesConfig
     from skyfix.edge.refine import MapMatcher
     from skyfix.tiles.features import features_in_memory
+    from skyfix.sim.views import match_pairs
     from skyfix.tiles.ortho import load_canvas
     nav = NavConfig()
     rows = [f"| case (rotation +-{rotation_deg:g} deg, scale 0.8-1.25, {pairs} pairs) | method | median inliers | "

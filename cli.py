@@ -103,12 +103,26 @@ def cmd_export_onnx(args) -> int:
 def cmd_export_precision(args) -> int:
     from skyfix.export.precision import export_precision
     precision = args.precision or args.ecmd
+    if (Path(args.model) / "features.yaml").is_file():
+        return _export_features_precision(args, precision)
     card = export_precision(args.model, args.out, precision, args.calib, calib_n=args.calib_n, eval_n=args.eval_n,
                             method=args.calib_method, accept_loss=args.accept_loss, qat_checkpoint=args.qat,
                             qat_steps=args.qat_steps)
     gate = card["parity_gate"]
     print(f"wrote {args.out} ({precision}; parity gate {'passed' if gate['passed'] else 'FAILED, loss accepted'}); "
           f"next, on the Jetson: skyfix export-trt --onnx {args.out}/drone.onnx --precision {precision} --out DIR")
+    return 0
+
+
+def _export_features_precision(args, precision: str) -> int:
+    from skyfix.export.features_precision import export_features_fp16
+    if precision != "fp16":
+        raise SkyfixError(f"{args.model} holds local features: only --precision fp16 is supported for them")
+    card = export_features_fp16(args.model, args.out, args.calib, args.frames_from, args.source_gsd_m,
+                                pairs=args.pairs, accept_loss=args.accept_loss)
+    gate = card["parity_gate"]
+    print(f"wrote {args.out} (fp16 {card['extractor']}; parity gate {'passed' if gate['passed'] else 'FAILED, loss accepted'}); "
+          f"it keeps the FP32 identity, so packs need no new features: skyfix fly ... --features-model {args.out}")
     return 0
 
 
@@ -347,8 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (("int8", "explicitly quantised (QDQ) INT8 towers"), ("fp16", "FP16 towers")):
         q = export.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                               help=f"{what} from an FP32 export, gated on accuracy parity with it")
-        q.add_argument("--model", required=True, help="FP32 model folder from `skyfix export onnx`")
+        q.add_argument("--model", required=True, help="FP32 model folder from `skyfix export onnx`, or a local-feature "
+                       "folder (`export features`, `train-features`; fp16 only, gated on matching parity)")
         q.add_argument("--calib", required=True, help="pack or orthophoto the calibration and parity views are rendered from")
+        q.add_argument("--frames-from", help="local features: image of another date over the --calib map (parity crops)")
+        q.add_argument("--source-gsd-m", type=_number(float, 0.01, 100), help="local features: metres per pixel of "
+                       "--calib / --frames-from images without georeferencing")
+        q.add_argument("--pairs", type=_number(int, 10, 100000), default=100, help="local features: parity crops")
         q.add_argument("--out", required=True)
         q.add_argument("--precision", choices=["int8", "fp16"], help=f"default: {name}")
         q.add_argument("--calib-n", type=_number(int, 8, 100000), default=512, help="calibration views")

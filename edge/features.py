@@ -15,6 +15,7 @@ from typing import Optional, Protocol
 
 import cv2
 import numpy as np
+import yaml
 
 from skyfix.artifacts import file_digest
 from skyfix.config import EXTRACTORS
@@ -46,6 +47,27 @@ def _onnx_of(name: str, model_dir) -> Path:
 
 
 XFEAT_UPSCALE = 2.0
+
+
+def weights_identity(onnx_path: Path) -> tuple[str, str]:
+    """(first 16 hex of the sha256 of the FP32 weights these features come from, precision).
+
+    A lower-precision copy (`skyfix export fp16 --model FEATURES_DIR`) describes the same features
+    as its FP32 source, within the matching parity gate it passed, so it keeps the source's
+    identity: map features computed by either are accepted by both. Its features.yaml must
+    describe this very file, or the copy is refused (a swapped or re-written ONNX)."""
+    digest = file_digest(onnx_path)["sha256"]
+    card_path = onnx_path.parent / "features.yaml"
+    card = yaml.safe_load(card_path.read_text()) if card_path.is_file() else None
+    precision = card.get("precision", "fp32") if isinstance(card, dict) else "fp32"
+    if precision == "fp32":
+        return digest[:16], "fp32"
+    source = card.get("source_sha256")
+    if (card.get("file") or {}).get("sha256") != digest or not isinstance(source, str) or len(source) < 16:
+        raise SkyfixError(f"{card_path} describes a {precision} copy, but not {onnx_path.name} as it is now "
+                          f"(sha256 {digest[:16]}...): export it again with `skyfix export {precision} --model "
+                          f"FP32_FEATURES_DIR --out {onnx_path.parent}`")
+    return source[:16], precision
 
 
 @dataclass
@@ -133,7 +155,8 @@ class XFeatExtractor:
         from skyfix.edge.embedders import onnx_session
         onnx_path = _onnx_of("xfeat", model_dir)
         self.session, self.backend = onnx_session(onnx_path, providers)
-        self.identity = f"xfeat-onnx-{file_digest(onnx_path)['sha256'][:16]}-x{upscale:g}"
+        weights, self.precision = weights_identity(onnx_path)
+        self.identity = f"xfeat-onnx-{weights}-x{upscale:g}"
         self.threshold, self.upscale = threshold, upscale
         self.source = str(onnx_path.resolve().parent)  # recorded in packs, found again by sim/fly
 
@@ -174,7 +197,8 @@ class DenseExtractor:
         from skyfix.edge.embedders import onnx_session
         onnx_path = _onnx_of("dense", model_dir)
         self.session, self.backend = onnx_session(onnx_path, providers)
-        self.identity = f"dense-onnx-{file_digest(onnx_path)['sha256'][:16]}"
+        weights, self.precision = weights_identity(onnx_path)
+        self.identity = f"dense-onnx-{weights}"
         self.source = str(onnx_path.resolve().parent)
 
     def extract(self, image_rgb: np.ndarray, max_features: int,

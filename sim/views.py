@@ -68,3 +68,40 @@ def photometric(image_rgb: np.ndarray, rng: np.random.Generator, strength: float
         img = cv2.GaussianBlur(img, (0, 0), sigma)
     img += rng.normal(0, strength * rng.uniform(0, 6), img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# ---- matching cases with a known answer ------------------------------------------------------------
+MATCH_SUCCESS_PX = 3.0  # a match is right when the crop centre lands within this many map pixels
+
+
+def match_pairs(map_canvas: MapCanvas, frame_canvas: MapCanvas, n: int, rotation_deg: float, seed: int = 0,
+                size_m: float = 100.0, offset_m: float = 20.0):
+    """n drone-like crops from frame_canvas with a known truth on map_canvas: a random centre,
+    rotation within +-rotation_deg, scale 0.8-1.25 (the assumed height is wrong by that much),
+    the prior off by up to offset_m, photometric change. Yields (crop uint8 H x W x 3, truth_en,
+    prior_en, wrong_en), positions (east_m, north_m): wrong_en is a prior 230-400 m away whose
+    search window cannot overlap the crop (None when the map is too small around this point),
+    for the chance-consensus null. Used by `skyfix bench match` and the features' parity gate."""
+    rng = np.random.default_rng(seed)
+    e0, n0, e1, n1 = map_canvas.bounds_en()
+    crop_px = int(round(size_m / map_canvas.gsd_m))
+    margin = size_m * 1.25 + offset_m
+    for _ in range(n):
+        e, nn = rng.uniform(e0 + margin, e1 - margin), rng.uniform(n0 + margin, n1 - margin)
+        scale, rot = rng.uniform(0.8, 1.25), rng.uniform(-rotation_deg, rotation_deg)
+        crop = frame_canvas.render(e, nn, size_m * scale, crop_px, rot)[0]
+        crop = photometric(crop, rng, strength=1.0)
+        prior = (e + rng.uniform(-offset_m, offset_m), nn + rng.uniform(-offset_m, offset_m))
+        wrong = None
+        for _ in range(50):
+            ang, dist = rng.uniform(0, 2 * np.pi), rng.uniform(230, 400)
+            we, wn = e + dist * np.cos(ang), nn + dist * np.sin(ang)
+            if e0 + size_m < we < e1 - size_m and n0 + size_m < wn < n1 - size_m:
+                wrong = (we, wn)
+                break
+        yield crop, (e, nn), prior, wrong
+
+
+def match_error_px(match, truth_en: tuple, gsd_m: float) -> float:
+    """Distance in map pixels between a Match's crop centre and the truth (inf without a match)."""
+    return np.inf if match is None else float(np.hypot(match.east_m - truth_en[0], match.north_m - truth_en[1]) / gsd_m)
