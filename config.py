@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +135,13 @@ class NavConfig:
     motion_model: str = "constant-acceleration"
     jerk_sigma_m_s3: float = 1.0
     accel_sigma_m_s2: float = 3.0    # constant-velocity model's process noise (multirotor manoeuvres)
+    # Multicopters: the body attitude (telemetry, the camera fixed to the body) is taken as the
+    # thrust's horizontal acceleration, with the drag and the wind estimated in flight
+    # (edge/filter.py). In ArduCopter SITL it cut the velocity's error at accelerations from
+    # 1.8 to about 1 m/s (README, "Velocity in GPS_INPUT"). Off by default: wrong for a
+    # fixed-wing or a gimballed camera, and the sim's own vehicle wobbles without accelerating.
+    tilt_acceleration: bool = False
+    tilt_accel_sigma_m_s2: float = 0.6
     # Beyond the newest measurement a published estimate is an extrapolation: its accuracy also
     # grows by 0.5 * max_accel * age^2, what a manoeuvre (a turn at a leg's end) can add. The
     # one-hour soak found predictions 16 m off with 3.4 m accuracy after U-turns without it.
@@ -149,6 +157,9 @@ class NavConfig:
     # Frames in a row without a usable match, before any track is confirmed, after which every
     # other frame searches the rotation (a wrong telemetry heading); 0: never.
     heading_search_after: int = 10
+    # Share of a confirmed track's remaining match rotation taken into the heading correction per
+    # strong match (HeadingCheck): trims a compass or EKF yaw error of a few degrees; 0 turns it off.
+    heading_trim_gain: float = 0.25
     unknown_tilt_deg: float = 8.0    # tilt to allow for when attitude is missing (1 sigma)
     lost_after_s: float = 5.0        # no accepted measurement for this long: re-acquire globally
     # Visual odometry between consecutive crops (the features already computed for the map
@@ -181,9 +192,11 @@ class BridgeConfig:
     # with its age, and the publish cap (nav.max_accuracy_m) still applies.
     max_fix_age_s: float = 3.0
     vert_accuracy_m: float = 5.0
-    # Not sent by default (EK3_SRC1_VELXY=0 on the FC): in ArduPilot SITL the velocity was taken,
-    # then an acceleration onset put it 3.6 m/s off with 0.5 m/s claimed and the EKF failed
-    # (README, "Velocity in GPS_INPUT"). True sends it with the filter's speed accuracy.
+    # Not sent by default (EK3_SRC1_VELXY=0 on the FC). True sends it with the filter's speed
+    # accuracy (then EK3_SRC1_VELXY=3). In ArduCopter SITL it needs nav.tilt_acceleration: without
+    # it an acceleration onset put the velocity 3.6 m/s off with 0.5 m/s claimed and the EKF failed;
+    # with it (and the heading trim) the mission completed and the autopilot's estimate improved
+    # (README, "Velocity in GPS_INPUT"). One flight of evidence, so still opt-in.
     send_velocity: bool = False
     # The heading of the match is mostly the autopilot's own yaw fed back; not sent as GPS yaw.
     send_heading: bool = False
@@ -333,7 +346,12 @@ def _merge(data: dict, overrides: Optional[dict]) -> dict:
 def load_config(path: Optional[str | Path] = None, overrides: Optional[dict] = None) -> SkyfixConfig:
     """Read a YAML config (or defaults when `path` is None) and apply nested `overrides`."""
     data = _read_yaml(path) if path is not None else {}
-    return _build(SkyfixConfig, _merge(data, overrides), "")
+    cfg = _build(SkyfixConfig, _merge(data, overrides), "")
+    if cfg.bridge.send_velocity and not cfg.nav.tilt_acceleration:
+        logging.getLogger("skyfix.config").warning(
+            "bridge.send_velocity without nav.tilt_acceleration: in ArduCopter SITL that velocity lagged "
+            "the first acceleration and the EKF failed; on a multicopter set nav.tilt_acceleration: true")
+    return cfg
 
 
 TRAIN_PRESETS = {

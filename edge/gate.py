@@ -36,11 +36,13 @@ class TrackGate:
     def __init__(self, confirm_measurements: int = 3, lost_after_s: float = 5.0,
                  max_accuracy_m: float = 15.0, accel_sigma_m_s2: float = 3.0,
                  odometry_scale_sigma: float = 0.05, odometry_gap_s: float = 1.0,
-                 motion_model: str = "constant-velocity", jerk_sigma_m_s3: float = 1.0):
+                 motion_model: str = "constant-velocity", jerk_sigma_m_s3: float = 1.0,
+                 tilt_sigma_m_s2: Optional[float] = None):
         self.confirm = confirm_measurements
         self.lost_after_s, self.max_accuracy_m = lost_after_s, max_accuracy_m
         noise = jerk_sigma_m_s3 if motion_model == "constant-acceleration" else accel_sigma_m_s2
-        self.filter = MotionFilter(noise, motion_model)
+        # tilt_sigma_m_s2: the attitude counts as a measured acceleration (multicopters; filter.py).
+        self.filter = MotionFilter(noise, motion_model, tilt_sigma_m_s2=tilt_sigma_m_s2)
         self.confirmations = 0
         self.disagreements = 0
         self.last_accept_s: Optional[float] = None
@@ -121,21 +123,32 @@ class TrackGate:
         return GateVerdict(Reason.OK, state=state)
 
     def offer_velocity(self, t_s: float, vel_east_m_s: float, vel_north_m_s: float, sigma_m_s: float,
-                       distance_m: float) -> bool:
-        """Offer one odometry velocity (frame-to-frame displacement over the interval) at t_s.
+                       distance_m: float, interval_s: float = 0.0) -> bool:
+        """Offer one odometry velocity (frame-to-frame displacement over the interval_s seconds
+        that end at t_s).
         Only a confirmed, live track takes it: odometry never starts or confirms a track. Its
         scale error (odometry_scale_sigma of the distance carried since the last position
         measurement) is added to the position variance as it accumulates. Returns accepted."""
         with self._lock:
             if self.confirmations < self.confirm or not self.tracking(t_s):
                 return False
-            accepted, _ = self.filter.update_velocity(t_s, vel_east_m_s, vel_north_m_s, sigma_m_s)
+            accepted, _ = self.filter.update_velocity(t_s, vel_east_m_s, vel_north_m_s, sigma_m_s, interval_s)
             if accepted:
                 before = (self.odometry_scale_sigma * self.odometry_m) ** 2
                 self.odometry_m += distance_m
                 self.filter.add_position_variance((self.odometry_scale_sigma * self.odometry_m) ** 2 - before)
                 self.last_odometry_s = t_s
             return accepted
+
+    def offer_attitude(self, t_s: float, roll_rad: float, pitch_rad: float, yaw_rad: float) -> bool:
+        """Offer the vehicle's attitude at t_s as its thrust's acceleration (a multicopter's tilt;
+        `MotionFilter.update_tilt`). Only a confirmed, live track of a filter with tilt states
+        takes it: like odometry, it never starts or confirms a track. Returns accepted."""
+        with self._lock:
+            if (self.filter.tilt_sigma is None or self.confirmations < self.confirm
+                    or not self.tracking(t_s)):
+                return False
+            return self.filter.update_tilt(t_s, roll_rad, pitch_rad, yaw_rad)[0]
 
     def _restart(self, t_s: float, east_m: float, north_m: float, sigma_m: float) -> None:
         self.filter.reset(t_s, east_m, north_m, sigma_m)

@@ -196,7 +196,8 @@ def summarise_sitl(vehicle: SitlVehicle, pilot: SitlPilot, result: dict, nav: Na
         "vehicle": "ardupilot-sitl",
         "autopilot_error_m": ({"median": float(np.median(err)), "p95": float(np.percentile(err, 95)),
                                "max": float(err.max())} if len(err) else {"median": None, "p95": None, "max": None}),
-        "ekf_glitches": glitch_flags + sum("glitch" in t.lower() for _, t in texts),
+        # A glitch is seen twice (the EKF status flag and its message); "Glitch cleared" is its end.
+        "ekf_glitches": glitch_flags + sum("glitch" in t.lower() and "cleared" not in t.lower() for _, t in texts),
         "failsafes": [f"{t} s: {text}" for t, text in texts if "failsafe" in text.lower()],
         "mission_completed": bool(result.get("mission_completed")),
         "handover_s": None if start is None else round(start - t0, 1),

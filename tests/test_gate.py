@@ -98,3 +98,97 @@ def test_an_unknown_motion_model_is_refused():
     from skyfix.errors import SkyfixError
     with pytest.raises(SkyfixError, match="motion_model"):
         MotionFilter(1.0, "constant-jerk")
+
+
+def test_odometry_is_taken_as_the_mean_velocity_over_its_interval():
+    """Under a steady 3 m/s^2 acceleration, odometry's displacement over 1/3 s is the velocity
+    of the interval's middle; taken as the velocity at its end, the filter lags by a dt / 2."""
+    import numpy as np
+
+    from skyfix.edge.filter import MotionFilter
+    dt, acc = 1 / 3, 3.0
+    lag = {}
+    for interval in (0.0, dt):
+        f = MotionFilter(1.0, "constant-acceleration")
+        f.reset(0.0, 0.0, 0.0, 1.0)
+        for k in range(1, 30):
+            t = k * dt
+            f.update(t, 0.0, 0.5 * acc * t * t, 0.5)
+            f.update_velocity(t, 0.0, acc * (t - dt / 2), 0.1, interval_s=interval)
+        lag[interval] = acc * t - f.state.x[3]
+    assert abs(lag[dt]) < 0.1 and lag[0.0] > 0.3  # about a * dt / 2 = 0.5 m/s behind
+
+
+def test_tilt_acceleration_points_where_the_thrust_pushes():
+    import math
+
+    import numpy as np
+
+    from skyfix.edge.filter import GRAVITY_M_S2, tilt_acceleration_en
+    nose_down = tilt_acceleration_en(0.0, math.radians(-10), 0.0)  # facing north
+    assert nose_down == pytest.approx([0.0, GRAVITY_M_S2 * math.tan(math.radians(10))])
+    right = tilt_acceleration_en(math.radians(10), 0.0, math.radians(90))  # facing east, rolled right
+    assert right == pytest.approx([0.0, -GRAVITY_M_S2 * math.tan(math.radians(10))], abs=1e-9)
+    assert np.allclose(tilt_acceleration_en(0.0, 0.0, 1.0), 0.0)
+
+
+def _copter_flight(tilt_sigma, drag_per_s=0.55, wind_en=(2.0, -1.0), seed=0):
+    """A multicopter with linear drag in a steady wind (v' = thrust - k (v - wind)), its tilt
+    following the command within ~0.3 s: hovering 5 s, then 3 m/s^2 more thrust north for 13 s
+    (towards its ~5.5 m/s terminal speed), braking 2 s, hovering. Measured: positions (1 m) at 1 Hz, odometry (0.3 m/s, mean over the
+    interval) and attitude (0.3 deg) at 5 Hz. Returns (velocity errors, speed accuracies) at
+    send times 0.05 and 0.15 s after each update, and the filter."""
+    import math
+
+    import numpy as np
+
+    from skyfix.edge.filter import GRAVITY_M_S2, MotionFilter
+    rng = np.random.default_rng(seed)
+    wind, dt_sim = np.array(wind_en), 0.01
+    pos, vel, thrust, truth = np.zeros(2), np.zeros(2), -drag_per_s * wind, []
+    for i in range(3000):
+        t = i * dt_sim
+        command = -drag_per_s * wind + np.array([0.0, 3.0 if 5 <= t < 18 else (-3.0 if 18 <= t < 20 else 0.0)])
+        thrust = thrust + (command - thrust) * dt_sim / 0.3
+        truth.append((pos.copy(), vel.copy(), thrust.copy()))
+        pos, vel = pos + vel * dt_sim, vel + (thrust - drag_per_s * (vel - wind)) * dt_sim
+    f = MotionFilter(1.0, "constant-acceleration", tilt_sigma_m_s2=tilt_sigma)
+    f.reset(0.0, 0.0, 0.0, 1.0)
+    errs, accs = [], []
+    for k in range(1, 149):
+        t, i = k * 0.2, 20 * k
+        p, _, thrust = truth[i]
+        if k % 5 == 0:
+            f.update(t, *(p + rng.normal(0, 1.0, 2)), 1.0)
+        f.update_velocity(t, *((p - truth[i - 20][0]) / 0.2 + rng.normal(0, 0.3, 2)), 0.3, interval_s=0.2)
+        if tilt_sigma is not None:  # the attitude giving that thrust, facing north
+            pitch = -math.atan(thrust[1] / GRAVITY_M_S2)
+            roll = math.atan(thrust[0] * math.cos(pitch) / GRAVITY_M_S2)
+            f.update_tilt(t, roll + math.radians(rng.normal(0, 0.3)), pitch + math.radians(rng.normal(0, 0.3)), 0.0)
+        for age in (0.05, 0.15):
+            if t > 3.0:
+                s = f.predict(t + age)
+                errs.append(np.hypot(*(s.x[2:4] - truth[i + int(age * 100)][1])))
+                accs.append(MotionFilter.speed_accuracy_m_s(s))
+    return np.array(errs), np.array(accs), f
+
+
+def test_the_attitude_as_acceleration_cuts_the_velocity_lag_and_learns_the_drag():
+    import numpy as np
+    plain_err, _, _ = _copter_flight(None)
+    tilt_err, tilt_acc, f = _copter_flight(0.6)
+    assert tilt_err.max() < 0.6 * plain_err.max()
+    assert np.mean(tilt_err <= 3 * tilt_acc) > 0.98
+    assert f.state.x[-1] == pytest.approx(0.55, abs=0.15)  # the drag, from a 0.4 prior
+    assert f.state.x[-3:-1] == pytest.approx(-0.55 * np.array([2.0, -1.0]), abs=0.5)  # -k wind
+
+
+def test_tilt_needs_the_acceleration_model():
+    from skyfix.edge.filter import MotionFilter
+    from skyfix.errors import SkyfixError
+    with pytest.raises(SkyfixError, match="constant-acceleration"):
+        MotionFilter(3.0, "constant-velocity", tilt_sigma_m_s2=0.6)
+    with pytest.raises(SkyfixError, match="tilt"):
+        f = MotionFilter(1.0, "constant-acceleration")
+        f.reset(0.0, 0.0, 0.0, 1.0)
+        f.update_tilt(0.1, 0.0, 0.0, 0.0)

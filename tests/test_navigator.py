@@ -258,3 +258,29 @@ def test_the_maps_own_bias_stays_in_the_published_accuracy(world):
         assert all(f.horiz_accuracy_m >= floor_m for f in fixes)
         if bias_m:
             assert fixes[-1].horiz_accuracy_m < floor_m * 1.5  # the filter's own part has shrunk
+
+
+def test_a_small_yaw_error_is_trimmed_by_the_match_rotation(nav, world):
+    """A compass (or an EKF yaw) 4 deg off: under the 20 deg that refuses a match, so positions
+    stay right, but odometry and the attitude's thrust direction would be turned by it. Strong
+    matches of the confirmed track trim it out."""
+    pack, _, canvas = world
+    fixes = []
+    for i in range(16):
+        frame, pose = _frame(canvas, 0.5 * i, i, yaw_rad=_pose(0.5 * i).yaw_rad + math.radians(4.0))
+        fixes.append((nav.step(frame).fix, pose))
+    assert math.degrees(nav.heading.offset_rad) == pytest.approx(-4.0, abs=0.7)
+    assert all(_err(pack, f, p) < 3.0 for f, p in fixes if f is not None) and sum(f is not None for f, _ in fixes) >= 8
+
+
+def test_the_heading_trim_waits_for_a_confirmed_track():
+    from skyfix.edge.navigator import HeadingCheck
+    from skyfix.edge.refine import Match
+    check = HeadingCheck(20.0, trim_gain=0.25)
+    tilted = Match(0.0, 0.0, 40, 60, 1.0, 3.0, 1.0)
+    check.observe(tilted, 15, track_confirmed=False)
+    assert check.offset_rad == 0.0
+    for _ in range(20):  # the crop is rectified with the correction: the rotation left shrinks
+        left = Match(0.0, 0.0, 40, 60, 1.0, 3.0 - math.degrees(check.offset_rad), 1.0)
+        check.observe(left, 15, track_confirmed=True)
+    assert math.degrees(check.offset_rad) == pytest.approx(3.0, abs=0.05)
