@@ -61,3 +61,14 @@ def test_cli_refuses_numbers_out_of_range_with_the_range(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_velocity_without_the_attitude_model_is_warned_about(caplog):
+    import logging
+    with caplog.at_level(logging.WARNING, logger="skyfix.config"):
+        load_config(overrides={"bridge": {"send_velocity": True}})
+    assert "nav.tilt_acceleration" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="skyfix.config"):
+        load_config(overrides={"bridge": {"send_velocity": True}, "nav": {"tilt_acceleration": True}})
+    assert caplog.text == ""
