@@ -33,6 +33,7 @@ GRAVITY_M_S2 = 9.80665
 # SITL's default frame: 0.47), a bias of up to ~3 m/s^2 a wind of 6 m/s at that drag; both
 # change slowly (a wind shifts in minutes, the drag only with the payload).
 DRAG_PRIOR_PER_S, DRAG_SIGMA_PER_S, DRAG_WALK_PER_S = 0.4, 0.3, 0.002
+DRAG_RANGE_PER_S = (0.02, 2.0)  # a drag outside this is no multicopter's: the estimate is held inside
 BIAS_SIGMA_M_S2, BIAS_WALK_M_S2 = 3.0, 0.05
 
 
@@ -155,6 +156,7 @@ class MotionFilter:
             P[5, 5] += y[1] ** 2
             self.state = FilterState(t_s, p.x, P)
             accepted = self._update(t_s, z, H, self.tilt_sigma, predicted=predicted)[0]
+        self.state.x[c + 2] = min(max(self.state.x[c + 2], DRAG_RANGE_PER_S[0]), DRAG_RANGE_PER_S[1])
         return accepted, d2
 
     def _rows(self, first: int) -> np.ndarray:
