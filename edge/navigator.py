@@ -127,6 +127,9 @@ def merge_windows(windows: list[tuple]) -> list[tuple]:
     return [tuple(w) for w in out]
 
 
+TRIM_STEP_DEG = 0.5  # the largest heading trim one frame may make
+
+
 class HeadingCheck:
     """Does the telemetry heading agree with the image? A flipped or mislogged yaw or a bad
     compass would otherwise refuse every frame. Strong matches that all sit at another rotation
@@ -164,7 +167,10 @@ class HeadingCheck:
         if abs(best.rotation_deg) <= self.max_rotation_deg:
             self.misses, self.votes = 0, []
             if track_confirmed and self.trim_gain > 0:
-                self.offset_rad += self.trim_gain * math.radians(best.rotation_deg)
+                # At most TRIM_STEP_DEG a frame: a strong but wrong match (which the track gate
+                # would then refuse) must not turn the heading by a quarter of its own rotation.
+                step_deg = min(max(self.trim_gain * best.rotation_deg, -TRIM_STEP_DEG), TRIM_STEP_DEG)
+                self.offset_rad += math.radians(step_deg)
             return ""
         self.votes = (self.votes + [best.rotation_deg])[-self.votes_needed:]
         spread = max(abs((a - b + 180) % 360 - 180) for a in self.votes for b in self.votes)

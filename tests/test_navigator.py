@@ -284,3 +284,7 @@ def test_the_heading_trim_waits_for_a_confirmed_track():
         left = Match(0.0, 0.0, 40, 60, 1.0, 3.0 - math.degrees(check.offset_rad), 1.0)
         check.observe(left, 15, track_confirmed=True)
     assert math.degrees(check.offset_rad) == pytest.approx(3.0, abs=0.05)
+    wild = Match(0.0, 0.0, 40, 60, 1.0, 18.0, 1.0)  # strong, wrong, within the 20 deg allowed
+    before = check.offset_rad
+    check.observe(wild, 15, track_confirmed=True)
+    assert math.degrees(check.offset_rad - before) == pytest.approx(0.5)  # one frame moves it 0.5 deg at most
