@@ -195,8 +195,8 @@ class BridgeConfig:
     # Not sent by default (EK3_SRC1_VELXY=0 on the FC). True sends it with the filter's speed
     # accuracy (then EK3_SRC1_VELXY=3). In ArduCopter SITL it needs nav.tilt_acceleration: without
     # it an acceleration onset put the velocity 3.6 m/s off with 0.5 m/s claimed and the EKF failed;
-    # with it (and the heading trim) the mission completed and the autopilot's estimate improved
-    # (README, "Velocity in GPS_INPUT"). One flight of evidence, so still opt-in.
+    # with it (and the heading trim) missions complete, but the autopilot's estimate was no better
+    # than without velocity (README, "Velocity in GPS_INPUT"), so it stays opt-in.
     send_velocity: bool = False
     # The heading of the match is mostly the autopilot's own yaw fed back; not sent as GPS yaw.
     send_heading: bool = False
