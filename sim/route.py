@@ -36,8 +36,11 @@ def make_route(cfg: SimConfig, bounds_en: tuple, margin_m: float) -> np.ndarray:
         half = min(cfg.length_m, np.hypot(e1 - e0, n1 - n0)) / 2
         return np.array([c - d * half, c + d * half])
     if cfg.route == "lawnmower":
-        # East-west legs `leg_spacing_m` apart from the north edge down and back up again, as
-        # many passes as length_m needs (long flights), truncated at length_m.
+        # East-west legs `leg_spacing_m` apart from the north edge down, as many passes as
+        # length_m needs (long flights), each pass joined to the next by a straight transit back
+        # to the north-west corner, truncated at length_m. (The next pass used to be this one
+        # reversed: a 180 deg reversal on the last leg that no corner rounding can fly, the
+        # vehicle's velocity flipping in one step; the soak's "U-turn" errors came from it.)
         norths = np.arange(n1, n0 - 1e-6, -cfg.leg_spacing_m)
         if len(norths) < 2:
             norths = np.array([n1, n0])
@@ -47,7 +50,7 @@ def make_route(cfg: SimConfig, bounds_en: tuple, margin_m: float) -> np.ndarray:
         one_pass = np.array(pts)
         passes, total = [one_pass], float(np.sum(np.hypot(*np.diff(one_pass, axis=0).T)))
         while total * len(passes) < cfg.length_m:
-            passes.append(passes[-1][::-1][1:])
+            passes.append(one_pass)
         return truncate(np.concatenate(passes), cfg.length_m)
     raise SkyfixError(f"unknown route '{cfg.route}'; choose straight, lawnmower or waypoints")
 

@@ -12,6 +12,18 @@ def test_lawnmower_route_has_the_asked_length_inside_bounds():
     assert np.all(np.abs(wp) <= 500 + 1e-9)
 
 
+def test_a_long_lawnmower_never_reverses_in_place():
+    """Past one pass, the route goes on (transit back to the first leg) instead of reversing on
+    its last leg: rounded, the whole flight has no velocity flip a vehicle cannot fly."""
+    wp = make_route(SimConfig(route="lawnmower", length_m=12000), (-600, -600, 600, 600), 100)
+    traj = Trajectory(round_corners(wp, 12.0 ** 2 / 2.5), 12.0)
+    t = np.arange(0, traj.duration_s - 0.5, 0.1)
+    en = np.array([traj.at(x)[:2] for x in t])
+    vel = np.diff(en, axis=0) / 0.1
+    accel = np.hypot(*np.diff(vel, axis=0).T) / 0.1
+    assert accel.max() < 10.0  # m/s^2: the turns' 2.5 (and polyline steps), not a 240 m/s^2 reversal
+
+
 def test_rounded_corners_keep_heading_continuous():
     wp = np.array([[0.0, 0.0], [0.0, 200.0], [200.0, 200.0]])
     traj = Trajectory(round_corners(wp, 50.0), 10.0)
