@@ -525,7 +525,7 @@ def match_scores(matcher, pairs, gsd_m: float, crop_gsd_m: float, radius_m: floa
     """Run matcher.match on each pair: inliers, success (centre within MATCH_SUCCESS_PX map
     pixels of the truth with >= min_inliers), ms per pair (extraction + matching + fit), and
     the inliers found at the wrong place (what chance alone reaches)."""
-    from skyfix.sim.views import MATCH_SUCCESS_PX, match_error_px
+    from skyfix.sim.views import match_error_px, match_is_right
     inliers, ok, ms, null, err_px = [], [], [], [], []
     for crop, (te, tn), prior, wrong in pairs:
         t0 = time.perf_counter()
@@ -533,10 +533,9 @@ def match_scores(matcher, pairs, gsd_m: float, crop_gsd_m: float, radius_m: floa
         m = matcher.match(crop, crop_gsd_m, prior, radius_m, described=described)
         ms.append((time.perf_counter() - t0) * 1e3)
         inliers.append(0 if m is None else m.inliers)
-        err = match_error_px(m, (te, tn), gsd_m)
-        ok.append(m is not None and m.inliers >= min_inliers and err < MATCH_SUCCESS_PX)
+        ok.append(match_is_right(m, (te, tn), gsd_m, min_inliers))
         if m is not None and m.inliers >= min_inliers:
-            err_px.append(err)
+            err_px.append(match_error_px(m, (te, tn), gsd_m))
         if wrong is not None:
             w = matcher.match(crop, crop_gsd_m, wrong, radius_m, described=described)
             null.append(0 if w is None else w.inliers)

@@ -44,7 +44,7 @@ import yaml
 
 from skyfix.artifacts import atomic_directory, file_digest
 from skyfix.errors import SkyfixError
-from skyfix.export.precision import MAX_R1_DROP, MIN_TOP1_AGREEMENT, convert_fp16
+from skyfix.export.precision import MAX_R1_DROP, MIN_TOP1_AGREEMENT, _canvas_and_tile, convert_fp16
 
 CARD = "features.yaml"
 KEYPOINT_SAME_PX = 0.5  # an FP16 keypoint this close to an FP32 one is the same keypoint
@@ -72,14 +72,7 @@ def load_canvases(calib, frames_from=None, source_gsd_m: Optional[float] = None)
     """(map canvas, frame canvas) for the parity pairs: the map from a pack or orthophoto; the
     frames from the same map, or from an image of another date covering the same ground."""
     from skyfix.tiles.ortho import load_canvas
-    path = Path(calib)
-    if (path / "manifest.yaml").is_file():
-        from skyfix.tiles.pack import TilePack
-        map_canvas = TilePack.open(path).canvas()
-    elif path.is_file():
-        map_canvas = load_canvas(path, source_gsd_m=source_gsd_m)
-    else:
-        raise SkyfixError(f"--calib {calib} is neither a pack nor an orthophoto")
+    map_canvas = _canvas_and_tile(calib, source_gsd_m)[0]
     if frames_from is None:
         return map_canvas, map_canvas
     return map_canvas, load_canvas(frames_from, source_gsd_m=source_gsd_m, frame=map_canvas.frame)
@@ -112,12 +105,12 @@ def features_parity(ref_ex, low_ex, map_canvas, frame_canvas, pairs: int, seed: 
     descriptor cosine min / median."""
     from skyfix.config import NavConfig, TilesConfig
     from skyfix.edge.refine import MapMatcher
-    from skyfix.sim.views import MATCH_SUCCESS_PX, match_error_px, match_pairs
+    from skyfix.sim.views import match_is_right, match_pairs
     from skyfix.tiles.features import features_in_memory
     nav, per_mpx, gsd = NavConfig(), TilesConfig().features_per_mpx, map_canvas.gsd_m
     map32 = features_in_memory(map_canvas, ref_ex, per_mpx)
-    matchers = {"fp32": MapMatcher(map32, ref_ex, gsd, nav.crop_features),
-                "noise": MapMatcher(map32, ref_ex, gsd, nav.crop_features),
+    fp32 = MapMatcher(map32, ref_ex, gsd, nav.crop_features)
+    matchers = {"fp32": fp32, "noise": fp32,  # the noise floor: the same FP32 matcher on a noisier crop
                 "onboard": MapMatcher(map32, low_ex, gsd, nav.crop_features),
                 "both": MapMatcher(features_in_memory(map_canvas, low_ex, per_mpx), low_ex, gsd, nav.crop_features)}
     ok = {k: [] for k in matchers}
@@ -134,8 +127,7 @@ def features_parity(ref_ex, low_ex, map_canvas, frame_canvas, pairs: int, seed: 
         for case, matcher in matchers.items():
             m = matcher.match(crop, gsd, prior, 30.0, described=described[case])
             inliers[case].append(0 if m is None else m.inliers)
-            ok[case].append(m is not None and m.inliers >= nav.min_inliers
-                            and match_error_px(m, truth, gsd) < MATCH_SUCCESS_PX)
+            ok[case].append(match_is_right(m, truth, gsd, nav.min_inliers))
     cos = np.concatenate(cosines) if cosines else np.ones(1)
     base = np.array(ok["fp32"])
     report = {"pairs": int(pairs), "fp32": {"success": float(base.mean()), "inliers_median": float(np.median(inliers["fp32"]))},

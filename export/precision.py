@@ -54,8 +54,9 @@ class Views:
         return len(self.drone)
 
 
-def _canvas_and_tile(source):
-    """(MapCanvas, tile size m) from a pack directory, an orthophoto, or a MapCanvas."""
+def _canvas_and_tile(source, source_gsd_m: Optional[float] = None):
+    """(MapCanvas, tile size m) from a pack directory, an orthophoto (source_gsd_m: metres per
+    pixel of an image without georeferencing), or a MapCanvas."""
     from skyfix.config import TilesConfig
     from skyfix.tiles.canvas import MapCanvas
     if isinstance(source, MapCanvas):
@@ -68,7 +69,7 @@ def _canvas_and_tile(source):
     from skyfix.tiles.ortho import load_canvas
     if not path.is_file():
         raise SkyfixError(f"calibration source {source} is neither a pack nor an orthophoto")
-    return load_canvas(path), TilesConfig().tile_size_m
+    return load_canvas(path, source_gsd_m=source_gsd_m), TilesConfig().tile_size_m
 
 
 def render_views(source, input_px: int, n_calib: int, n_eval: int,

@@ -105,3 +105,8 @@ def match_pairs(map_canvas: MapCanvas, frame_canvas: MapCanvas, n: int, rotation
 def match_error_px(match, truth_en: tuple, gsd_m: float) -> float:
     """Distance in map pixels between a Match's crop centre and the truth (inf without a match)."""
     return np.inf if match is None else float(np.hypot(match.east_m - truth_en[0], match.north_m - truth_en[1]) / gsd_m)
+
+
+def match_is_right(match, truth_en: tuple, gsd_m: float, min_inliers: int) -> bool:
+    """A match with at least min_inliers whose crop centre is within MATCH_SUCCESS_PX of the truth."""
+    return match is not None and match.inliers >= min_inliers and match_error_px(match, truth_en, gsd_m) < MATCH_SUCCESS_PX
