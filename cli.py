@@ -129,7 +129,7 @@ def _export_features_precision(args, precision: str) -> int:
 def cmd_export_trt(args) -> int:
     from skyfix.export.tensorrt_build import export_trt
     export_trt(args.onnx, args.precision, args.out, max_batch=args.max_batch, workspace_mb=args.workspace_mb,
-               timing_cache=args.timing_cache)
+               timing_cache=args.timing_cache, **({"hw_px": tuple(args.hw_px)} if args.hw_px else {}))
     return 0
 
 
@@ -391,12 +391,14 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--config")
     lc.set_defaults(func=cmd_locate)
     t = sub.add_parser("export-trt", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="ONNX tower -> TensorRT engine (run on the Jetson: needs tensorrt and pycuda)")
+                       help="ONNX tower or local features -> TensorRT engine (run on the Jetson: needs tensorrt and pycuda)")
     t.add_argument("--onnx", required=True)
     t.add_argument("--precision", choices=["fp16", "int8"], required=True)
     t.add_argument("--max-batch", type=_number(int, 1, 256), default=8)
     t.add_argument("--workspace-mb", type=_number(int, 64, 65536), default=1024)
     t.add_argument("--timing-cache", help="file read before and written after the build (faster rebuilds)")
+    t.add_argument("--hw-px", type=_number(int, 32, 4096), nargs=3, metavar=("MIN", "OPT", "MAX"),
+                   help="local features only: the input's side range, pixels, multiples of 32 (default 64 640 1024)")
     t.add_argument("--out", required=True)
     t.set_defaults(func=cmd_export_trt)
 

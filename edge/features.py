@@ -70,6 +70,25 @@ def weights_identity(onnx_path: Path) -> tuple[str, str]:
     return source[:16], precision
 
 
+def _open_model(name: str, model_dir, providers: Optional[list]) -> tuple:
+    """(session, backend, weights identity, precision, source folder) of learned extractor
+    `name`: its ONNX under onnxruntime, or a TensorRT engine folder from `skyfix export-trt`
+    (Jetson), which carries the identity of the FP32 weights it was built from. Both sessions
+    answer onnxruntime's `run(None, feeds)` with the outputs in the ONNX's order. The source folder is
+    recorded in packs and found again by sim/fly."""
+    from skyfix.edge.trt_embedder import TensorRTSession, is_engine
+    if is_engine(model_dir):
+        session = TensorRTSession(model_dir, extractor=name)
+        folder = Path(model_dir).parent if Path(model_dir).suffix == ".engine" else Path(model_dir)
+        return (session, session.backend, session.manifest["weights"],
+                session.manifest["precision"], str(folder.resolve()))
+    from skyfix.edge.embedders import onnx_session
+    onnx_path = _onnx_of(name, model_dir)
+    session, backend = onnx_session(onnx_path, providers)
+    weights, precision = weights_identity(onnx_path)
+    return session, backend, weights, precision, str(onnx_path.resolve().parent)
+
+
 @dataclass
 class Features:
     """Keypoints of one image. xy_px: float32 N x 2 (col, row) pixel centres; desc: N x D
@@ -152,13 +171,9 @@ class XFeatExtractor:
 
     def __init__(self, model_dir: str | Path = DEFAULT_FEATURES_MODEL, threshold: float = 0.05,
                  providers: Optional[list] = None, upscale: float = XFEAT_UPSCALE):
-        from skyfix.edge.embedders import onnx_session
-        onnx_path = _onnx_of("xfeat", model_dir)
-        self.session, self.backend = onnx_session(onnx_path, providers)
-        weights, self.precision = weights_identity(onnx_path)
+        self.session, self.backend, weights, self.precision, self.source = _open_model("xfeat", model_dir, providers)
         self.identity = f"xfeat-onnx-{weights}-x{upscale:g}"
         self.threshold, self.upscale = threshold, upscale
-        self.source = str(onnx_path.resolve().parent)  # recorded in packs, found again by sim/fly
 
     def extract(self, image_rgb: np.ndarray, max_features: int,
                 mask: Optional[np.ndarray] = None) -> Features:
@@ -194,12 +209,8 @@ class DenseExtractor:
     stride_px = 4
 
     def __init__(self, model_dir: str | Path = SHIPPED_DENSE, providers: Optional[list] = None):
-        from skyfix.edge.embedders import onnx_session
-        onnx_path = _onnx_of("dense", model_dir)
-        self.session, self.backend = onnx_session(onnx_path, providers)
-        weights, self.precision = weights_identity(onnx_path)
+        self.session, self.backend, weights, self.precision, self.source = _open_model("dense", model_dir, providers)
         self.identity = f"dense-onnx-{weights}"
-        self.source = str(onnx_path.resolve().parent)
 
     def extract(self, image_rgb: np.ndarray, max_features: int,
                 mask: Optional[np.ndarray] = None) -> Features:

@@ -262,3 +262,65 @@ def test_engine_builds_loads_and_matches_onnxruntime(precision, tiny_onnx_dir, i
     x = np.random.default_rng(0).integers(0, 256, (6, 96, 96, 3), dtype=np.uint8)  # > max batch: chunked
     cos = np.sum(trt_emb.embed(x) * ref.embed(x), axis=1)
     assert trt_emb.model_id == ref.model_id and cos.min() > 0.99
+
+
+# ---- the local-feature extractor as a TensorRT engine ------------------------------------------
+def _dense_onnx():
+    from skyfix.edge.features import SHIPPED_DENSE
+    return SHIPPED_DENSE / "dense.onnx"
+
+
+def test_a_feature_engine_is_planned_over_image_sizes_and_keeps_the_fp32_identity():
+    from skyfix.edge.features import weights_identity
+    from skyfix.export.tensorrt_build import plan_build
+    p = plan_build(_dense_onnx(), "fp16", hw_px=(64, 320, 640))
+    assert p.kind == "features" and p.flags == ["FP16"] and p.output_name == "descriptors,reliability"
+    assert p.profile == {"min": [1, 64, 64, 3], "opt": [1, 320, 320, 3], "max": [1, 640, 640, 3]}
+    assert p.metadata == {"extractor": "dense", "weights": weights_identity(_dense_onnx())[0]}
+    with pytest.raises(SkyfixError, match="only --precision fp16"):
+        plan_build(_dense_onnx(), "int8")
+    with pytest.raises(SkyfixError, match="multiples of 32"):
+        plan_build(_dense_onnx(), "fp16", hw_px=(64, 300, 640))
+    with pytest.raises(SkyfixError, match="multiples of 32"):
+        plan_build(_dense_onnx(), "fp16", hw_px=(640, 320, 1024))
+
+
+def test_a_feature_engine_manifest_is_checked_for_what_the_caller_needs(tiny_onnx_dir, tmp_path):
+    from skyfix.edge.features import open_extractor
+    from skyfix.edge.trt_embedder import engine_problems, read_engine_manifest
+    from skyfix.export.tensorrt_build import engine_manifest, plan_build
+    here = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}
+    folder = tmp_path / "dense-trt"
+    folder.mkdir()
+    (folder / "model.engine").write_bytes(b"not an engine")
+    manifest = engine_manifest(plan_build(_dense_onnx(), "fp16"), here, "cd" * 32, 3.0, None)
+    (folder / "engine.yaml").write_text(yaml.safe_dump(manifest))
+    m = read_engine_manifest(folder)
+    assert m["kind"] == "features" and m["extractor"] == "dense" and len(m["weights"]) == 16
+    assert engine_problems(m, here, extractor="dense") == []
+    assert "xfeat is configured" in engine_problems(m, here, extractor="xfeat")[0]
+    assert "a tower engine is needed" in engine_problems(m, here, tower="drone")[0]
+    tower = engine_manifest(plan_build(tiny_onnx_dir / "drone.onnx", "fp16"), here, "ab" * 32, 3.0, None)
+    assert "a features engine is needed" in engine_problems(tower, here, extractor="dense")[0]
+    del manifest["weights"]
+    (folder / "engine.yaml").write_text(yaml.safe_dump(manifest))
+    with pytest.raises(SkyfixError, match="weights"):
+        read_engine_manifest(folder)
+    if not HAVE_TRT:  # the folder is routed to TensorRT, which says what is missing
+        (folder / "engine.yaml").write_text(yaml.safe_dump({**manifest, "weights": "0" * 16}))
+        with pytest.raises(SkyfixError, match="tensorrt"):
+            open_extractor("dense", folder)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAVE_TRT, reason="needs TensorRT and pycuda (a Jetson or a CUDA machine)")
+def test_feature_engine_builds_and_finds_the_keypoints_onnxruntime_finds(tmp_path):
+    from skyfix.edge.features import open_extractor
+    from skyfix.export.tensorrt_build import export_trt
+    out = export_trt(_dense_onnx(), "fp16", tmp_path / "engine", hw_px=(64, 256, 512), log=lambda *_: None)
+    trt_ex, ref = open_extractor("dense", out), open_extractor("dense", _dense_onnx().parent)
+    assert trt_ex.identity == ref.identity and trt_ex.backend == "tensorrt:fp16"
+    image = np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)  # not the opt size
+    a, b = trt_ex.extract(image, 500), ref.extract(image, 500)
+    same = {tuple(p) for p in a.xy_px.round(1)} & {tuple(p) for p in b.xy_px.round(1)}
+    assert len(same) >= 0.95 * len(b)
