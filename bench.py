@@ -722,10 +722,11 @@ def _process_sample(t0: float) -> dict:
             "fds": len(os.listdir("/proc/self/fd")), "threads": threading.active_count()}
 
 
-def bench_soak(pack_path: str, duration_s: float = 3600.0, sample_s: float = 60.0,
+def bench_soak(pack_path: str, duration_s: float = 3600.0, sample_s: Optional[float] = None,
                out_dir: str = "out/bench/soak") -> str:
     """A long simulated lawnmower flight in real time, sampling RSS, open file descriptors and
-    threads every sample_s, and the per-frame latency per sample period. Writes soak.json and
+    threads every sample_s (default: 48 samples over the flight, at most one a minute), and the
+    per-frame latency per sample period. Writes soak.json and
     soak.png to out_dir; returns a markdown summary."""
     import json
     import threading
@@ -738,6 +739,7 @@ def bench_soak(pack_path: str, duration_s: float = 3600.0, sample_s: float = 60.
     cfg = load_config(overrides={"sim": {"route": "lawnmower", "duration_s": duration_s,
                                          "length_m": duration_s * 12.0 * 1.3 + 1000.0}})
     embedder = load_embedder(model_for_pack(TilePack.open(pack_path), None), "drone", cfg.model)
+    sample_s = sample_s or min(60.0, duration_s / 48)
     samples: list = []
 
     def sampler(_connection):
@@ -770,14 +772,33 @@ def bench_soak(pack_path: str, duration_s: float = 3600.0, sample_s: float = 60.
     lat = [x["frame_ms_p50"] for x in after5 if x["frame_ms_p50"]]
     return "\n".join([
         f"| soak: {duration_s / 60:.0f} min lawnmower, {len(samples)} samples | value |", "|---|---|",
-        f"| RSS at 5 min / end / max, MB | {rss[0]:.0f} / {rss[-1]:.0f} / {max(rss):.0f} "
-        f"(growth {100 * (rss[-1] / rss[0] - 1):+.1f} %) |",
+        f"| RSS after 5 min: min / max / end, MB | {min(rss):.0f} / {max(rss):.0f} / {rss[-1]:.0f} |",
+        "| RSS floor after 5 min, first / last third (lowest sample), MB | {:.0f} / {:.0f} |".format(*_rss_floors_mb(after5)),
+        f"| RSS trend after 5 min (least squares), MB per hour | {_rss_trend_mb_per_h(after5):+.0f} |",
         f"| frame latency p50, first / last period after 5 min, ms | {lat[0]:.0f} / {lat[-1]:.0f} |" if lat else "| frame latency | n/a |",
         f"| threads min / max | {min(x['threads'] for x in samples)} / {max(x['threads'] for x in samples)} |",
         f"| open files min / max | {min(x['fds'] for x in samples)} / {max(x['fds'] for x in samples)} |",
         f"| published / availability / error median, max m / wrong confident | {s['n_published']} / "
         f"{100 * s['availability']:.1f} % / {s['error_m']['median']:.2f}, {s['error_m']['max']:.2f} / "
         f"{s['confident_wrong_fixes']} |"])
+
+
+def _rss_trend_mb_per_h(samples: list) -> float:
+    """Slope of a least-squares line through (t_min, rss_mb), in MB per hour: a leak shows as a
+    steady slope, while the allocator's ups and downs (tens of MB either way between minutes in
+    the 12-minute soaks) would make an end-minus-start figure say whatever the last sample was."""
+    if len(samples) < 2:
+        return float("nan")
+    t = np.array([x["t_min"] for x in samples])
+    return float(np.polyfit(t, [x["rss_mb"] for x in samples], 1)[0] * 60.0)
+
+
+def _rss_floors_mb(samples: list) -> tuple:
+    """(lowest RSS of the first third of the samples, of the last third), MB. A leak lifts the
+    floor; memory the allocator takes and gives back between samples does not."""
+    rss = [x["rss_mb"] for x in samples]
+    third = max(1, len(rss) // 3)
+    return min(rss[:third]), min(rss[-third:])
 
 
 def _plot_soak(samples: list, path: Path) -> None:

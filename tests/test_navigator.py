@@ -288,3 +288,18 @@ def test_the_heading_trim_waits_for_a_confirmed_track():
     before = check.offset_rad
     check.observe(wild, 15, track_confirmed=True)
     assert math.degrees(check.offset_rad - before) == pytest.approx(0.5)  # one frame moves it 0.5 deg at most
+
+
+def test_search_windows_merge_only_while_they_stay_near_their_own_size():
+    """Candidates spread over a small map must not merge into one window over all of it: matching
+    against a larger piece of map loses true matches to look-alikes (see merge_windows)."""
+    from skyfix.edge.navigator import MERGE_GROWTH, merge_windows
+    grid = [(e, n, 172.0) for e in (-128, 0, 128) for n in (-128, 0, 128)]
+    merged = merge_windows(grid)
+    assert all(h <= MERGE_GROWTH * 172.0 + 1e-9 for _, _, h in merged)
+    covered = [(e, n) for e, n, _ in grid if any(abs(e - me) <= mh - 172 + 1e-9 and abs(n - mn) <= mh - 172 + 1e-9
+                                                 for me, mn, mh in merged)]
+    assert len(covered) == len(grid)  # every original window lies inside a merged one
+    assert len(merged) > 1
+    assert merge_windows([(0, 0, 100.0), (5, -5, 100.0)]) == [(2.5, -2.5, 102.5)]
+    assert merge_windows([(0, 0, 100.0), (300, 0, 100.0)]) == [(0, 0, 100.0), (300, 0, 100.0)]

@@ -74,3 +74,16 @@ def test_flight_plot_colours_fixes_by_error(textured_canvas, tmp_path):
     assert good[1] > 150 and good[2] < 80                       # green
     assert bad[2] > 150 and bad[1] < 80                         # red
     assert img[:bar].mean() > 200                               # a light title bar with the summary
+
+
+def test_the_soak_rss_floor_and_trend_see_a_leak_and_not_the_allocators_ups_and_downs():
+    from skyfix.bench import _rss_floors_mb, _rss_trend_mb_per_h
+    minutes = np.arange(5, 13, 0.25)
+    wobble = [{"t_min": t, "rss_mb": 340.0 + (45.0 if 4 <= k % 12 < 8 else 0.0)} for k, t in enumerate(minutes)]
+    leak = [{"t_min": t, "rss_mb": 340.0 + 0.5 * t} for t in minutes]  # 0.5 MB a minute
+    assert abs(_rss_trend_mb_per_h(leak) - 30.0) < 1e-6
+    first, last = _rss_floors_mb(leak)
+    assert last - first > 2.0
+    assert _rss_floors_mb(wobble) == (340.0, 340.0)
+    assert wobble[-1]["rss_mb"] == 385.0  # ends high: end minus start would say 348 MB/h
+    assert abs(_rss_trend_mb_per_h(wobble)) < 348.0 / 3
