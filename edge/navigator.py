@@ -470,8 +470,9 @@ class Navigator:
         """(best Match, strongest match at another place) by inlier count; Nones when none.
 
         `described`: the crop's features, from `matcher` (described once per frame);
-        overlapping candidate windows are merged so each part of the map is matched once (while
-        tracking, one window), and each window gives its best placement and the best other one."""
+        overlapping candidate windows are merged while they stay near their own size
+        (`merge_windows`; while tracking, one window), and each window gives its best placement
+        and the best other one."""
         if not self.map_matching:
             return None, None
         reach_m = max(crop_shape[:2]) * self.gsd_m * 0.75
