@@ -29,7 +29,7 @@ class FixPublisher:
     def __init__(self, bridge, estimate: Callable[[float], Optional[tuple]], protocol: str = "ardupilot",
                  rate_hz: float = 10.0, max_age_s: float = 1.5, vert_accuracy_m: float = 5.0,
                  on_sent: Optional[Callable[[Fix, float], None]] = None, send_velocity: bool = False,
-                 send_heading: bool = False):
+                 send_heading: bool = False, max_speed_accuracy_m_s: float = 1.0):
         if protocol not in PROTOCOLS:
             raise SkyfixError(f"protocol must be one of {PROTOCOLS}, got '{protocol}'")
         if not 0 < rate_hz <= 50:
@@ -38,8 +38,10 @@ class FixPublisher:
         self.rate_hz, self.max_age_s, self.vert_accuracy_m = rate_hz, max_age_s, vert_accuracy_m
         self.on_sent = on_sent  # e.g. a simulator scoring what was sent against the truth
         self.send_velocity, self.send_heading = send_velocity, send_heading
+        self.max_speed_accuracy_m_s = max_speed_accuracy_m_s
         self.sent = 0
         self.withheld = 0
+        self.withheld_speed = 0  # of withheld: a velocity claim the autopilot could not use
         self.send_ms: deque = deque(maxlen=10_000)  # encode + send time of recent messages
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -60,6 +62,12 @@ class FixPublisher:
             self.withheld += 1
             return False
         fix = self._outgoing(est[0])
+        if self.send_velocity and not (fix.speed_accuracy_m_s is not None
+                                       and fix.speed_accuracy_m_s <= self.max_speed_accuracy_m_s):
+            # Sent, EKF3 would latch its GPS check failed for seconds (BridgeConfig).
+            self.withheld += 1
+            self.withheld_speed += 1
+            return False
         t0 = time.perf_counter()
         ok = self.bridge.send(lambda mav: self.build(mav, fix, now_mono_s))
         if ok:
@@ -81,7 +89,8 @@ class FixPublisher:
     def from_config(cls, bridge, estimate, cfg, **kwargs) -> "FixPublisher":
         """From a BridgeConfig (protocol, rate, age limit, accuracy, velocity and heading)."""
         return cls(bridge, estimate, cfg.protocol, cfg.rate_hz, cfg.max_fix_age_s, cfg.vert_accuracy_m,
-                   send_velocity=cfg.send_velocity, send_heading=cfg.send_heading, **kwargs)
+                   send_velocity=cfg.send_velocity, send_heading=cfg.send_heading,
+                   max_speed_accuracy_m_s=cfg.max_speed_accuracy_m_s, **kwargs)
 
     def _loop(self) -> None:
         period = 1.0 / self.rate_hz

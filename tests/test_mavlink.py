@@ -194,3 +194,32 @@ def test_bridge_asks_for_the_telemetry_it_needs():
                      mavlink2.MAVLINK_MSG_ID_SYSTEM_TIME):
         assert asked.get(required, 0) >= 3, asked
     assert asked.get(mavlink2.MAVLINK_MSG_ID_ALTITUDE, 0) == 2  # optional: not nagged for ever
+
+
+def test_a_velocity_claim_the_autopilot_cannot_use_is_withheld():
+    """EKF3 fails its GPS check above 1.5 m/s of (low-passed, peak-held for ~10 s) speed accuracy
+    and passes it again only below 1.0: with velocity on, such a message is not sent at all."""
+    import dataclasses
+    port = free_udp_port()
+    fc = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", source_system=1, source_component=1)
+    bridge = MavlinkBridge(f"udpin:127.0.0.1:{port}", link_timeout_s=1.0).start()
+    claim = {"speed_accuracy_m_s": 1.2}
+    pub = FixPublisher(bridge, lambda now_s: (dataclasses.replace(FIX, **claim), 0.1), "ardupilot",
+                       send_velocity=True, max_speed_accuracy_m_s=1.0)
+    try:
+        deadline = time.monotonic() + 5
+        while not bridge.wait_for_heartbeat(0.05) and time.monotonic() < deadline:
+            _vehicle_send(fc, 1000)
+        assert not pub.publish_once(time.monotonic()) and pub.withheld_speed == 1
+        claim["speed_accuracy_m_s"] = None  # no claim at all: not sent either
+        assert not pub.publish_once(time.monotonic()) and pub.withheld_speed == 2
+        claim["speed_accuracy_m_s"] = 0.8
+        assert pub.publish_once(time.monotonic())
+        m = fc.recv_match(type="GPS_INPUT", blocking=True, timeout=1.0)
+        assert m is not None and m.speed_accuracy == pytest.approx(0.8) and m.vn == pytest.approx(3.0)
+        # Without velocity the speed accuracy is not claimed, so it never withholds.
+        quiet = FixPublisher(bridge, lambda now_s: (dataclasses.replace(FIX, speed_accuracy_m_s=5.0), 0.1))
+        assert quiet.publish_once(time.monotonic()) and quiet.withheld_speed == 0
+    finally:
+        bridge.close()
+        fc.close()
