@@ -107,7 +107,7 @@ def cmd_export_precision(args) -> int:
         return _export_features_precision(args, precision)
     card = export_precision(args.model, args.out, precision, args.calib, calib_n=args.calib_n, eval_n=args.eval_n,
                             method=args.calib_method, accept_loss=args.accept_loss, qat_checkpoint=args.qat,
-                            qat_steps=args.qat_steps)
+                            qat_steps=args.qat_steps, quantiser=args.quantiser)
     gate = card["parity_gate"]
     print(f"wrote {args.out} ({precision}; parity gate {'passed' if gate['passed'] else 'FAILED, loss accepted'}); "
           f"next, on the Jetson: skyfix export-trt --onnx {args.out}/drone.onnx --precision {precision} --out DIR")
@@ -377,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--qat", metavar="CHECKPOINT", help="int8: quantisation-aware fine-tuning of this .pt (the one "
                        "--model was exported from) instead of post-training quantisation")
         q.add_argument("--qat-steps", type=_number(int, 0, 100000), default=300, help="int8 --qat: fine-tuning steps")
+        q.add_argument("--quantiser", choices=["onnxruntime", "modelopt"], default="onnxruntime",
+                       help="int8 post-training: onnxruntime's quantize_static, or NVIDIA ModelOpt's ONNX PTQ "
+                       "(its own environment: it installs a CUDA torch)")
         q.set_defaults(func=cmd_export_precision)
     lc = sub.add_parser("locate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                         help="positions of photos over a pack, offline (no autopilot): CSV or GeoJSON and a picture")

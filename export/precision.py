@@ -23,6 +23,7 @@ both towers in lower precision. The export refuses when R@1 drops by more than
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -170,6 +171,48 @@ def quantize_int8(onnx_in: Path, onnx_out: Path, calib_images: np.ndarray, metho
             "tool": "onnxruntime.quantization.quantize_static"}
 
 
+QUANTISERS = ("onnxruntime", "modelopt")
+MODELOPT_METHODS = {"minmax": "max", "entropy": "entropy"}  # skyfix's names -> ModelOpt's
+
+
+def quantize_int8_modelopt(onnx_in: Path, onnx_out: Path, calib_images: np.ndarray, method: str = "entropy") -> dict:
+    """The same INT8 QDQ export as `quantize_int8` (the same layers kept unquantised, Conv /
+    MatMul / Gemm quantised, the rest left FP32, symmetric INT8) by NVIDIA ModelOpt's ONNX
+    post-training quantisation, which targets TensorRT. ModelOpt comes with a CUDA torch, so it is
+    installed in its own environment (README, "Lower precision"); calibration runs on the GPU
+    where onnxruntime has one, else on the CPU."""
+    import re
+    onnx = require("onnx")
+    try:
+        from modelopt.onnx.quantization import quantize
+    except ImportError as exc:
+        raise SkyfixError(f"--quantiser modelopt needs NVIDIA ModelOpt ({exc}): pip install 'nvidia-modelopt[onnx]' "
+                          "in an environment of its own (it installs a CUDA torch), with skyfix beside it") from exc
+    if method not in MODELOPT_METHODS:
+        raise SkyfixError(f"ModelOpt calibrates by {', '.join(MODELOPT_METHODS)}, not '{method}'")
+    model = onnx.load(str(onnx_in))
+    excluded = kept_fp32(model)
+    import onnxruntime as ort
+    eps = (["cuda:0"] if "CUDAExecutionProvider" in ort.get_available_providers() else []) + ["cpu"]
+    # ModelOpt writes its intermediate files beside its input: give it a copy in the output folder.
+    staged = onnx_out.with_suffix(".fp32.onnx")
+    shutil.copyfile(onnx_in, staged)
+    try:
+        quantize(onnx_path=str(staged), quantize_mode="int8", calibration_data={model.graph.input[0].name: calib_images},
+                 calibration_method=MODELOPT_METHODS[method], calibration_eps=eps, output_path=str(onnx_out),
+                 high_precision_dtype="fp32", op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                 nodes_to_exclude=["^" + re.escape(n) + "$" for n in excluded])
+    finally:
+        staged.unlink(missing_ok=True)
+    from skyfix.export.qat import fold_weight_quantisation
+    folded = fold_weight_quantisation(onnx_out)  # ModelOpt leaves FP32 weights behind Q/DQ pairs
+    import modelopt
+    return {"method": method, "calibration_views": int(len(calib_images)), "kept_fp32": excluded,
+            "format": "QDQ, symmetric int8 (ModelOpt's defaults for TensorRT)",
+            "tool": f"modelopt.onnx.quantization {modelopt.__version__}", "calibration_eps": eps,
+            "int8_weights": folded}
+
+
 def head_nodes(model) -> list[str]:
     """Names of the nodes after the last convolution: GeM pooling (powers and sums over a whole
     feature map, where FP16's 11-bit mantissa and 65504 range are the risk), projection and
@@ -297,7 +340,8 @@ def _qat_towers(checkpoint, card: dict, calib: Views, steps: int, log: Callable)
 def export_precision(model_dir: str | Path, out_dir: str | Path, precision: str, calib_source,
                      calib_n: int = 512, eval_n: int = 200, method: str = "percentile",
                      accept_loss: bool = False, seed: int = 0, log: Callable = print,
-                     qat_checkpoint: Optional[str | Path] = None, qat_steps: int = 300) -> dict:
+                     qat_checkpoint: Optional[str | Path] = None, qat_steps: int = 300,
+                     quantiser: str = "onnxruntime") -> dict:
     """Write out_dir (drone.onnx, sat.onnx, model.yaml) at `precision` from an FP32 model
     folder, evaluate parity on held-out views and refuse (SkyfixError, nothing written) when it
     fails the gate unless accept_loss. INT8 with qat_checkpoint (the .pt the folder was exported
@@ -316,6 +360,8 @@ def export_precision(model_dir: str | Path, out_dir: str | Path, precision: str,
         f"({time.perf_counter() - t0:.0f} s)")
     if qat_checkpoint is not None and precision != "int8":
         raise SkyfixError("--qat is for int8 exports")
+    if quantiser not in QUANTISERS or (quantiser != "onnxruntime" and (precision != "int8" or qat_checkpoint)):
+        raise SkyfixError(f"--quantiser is one of {', '.join(QUANTISERS)}, and modelopt is for post-training int8")
     qat = _qat_towers(qat_checkpoint, card, calib, qat_steps, log) if qat_checkpoint is not None else None
     with atomic_directory(out_dir) as tmp:
         done = {}
@@ -329,7 +375,8 @@ def export_precision(model_dir: str | Path, out_dir: str | Path, precision: str,
                 done[tower] = {**qat[1], "int8_weights": fold_weight_quantisation(dst)}
             elif precision == "int8":
                 images = calib.drone if tower == "drone" else calib.sat
-                done[tower] = quantize_int8(src, dst, images, method)
+                quantize = quantize_int8 if quantiser == "onnxruntime" else quantize_int8_modelopt
+                done[tower] = quantize(src, dst, images, method)
             else:
                 done[tower] = convert_fp16(src, dst)
             _copy_metadata(src, dst, precision)

@@ -179,7 +179,10 @@ def fold_weight_quantisation(onnx_path) -> int:
             continue
         w = numpy_helper.to_array(inits[q.input[0]]).astype(np.float32)
         scale = numpy_helper.to_array(inits[q.input[1]]).astype(np.float32)
-        zero = numpy_helper.to_array(consts[q.input[2]].attribute[0].t) if q.input[2] in consts else 0
+        # The zero point: a Constant node (torch's export), an initializer (ModelOpt's), or none.
+        zp = q.input[2] if len(q.input) > 2 else ""
+        zero = (numpy_helper.to_array(consts[zp].attribute[0].t) if zp in consts
+                else numpy_helper.to_array(inits[zp]) if zp in inits else 0)
         axis = next((a.i for a in q.attribute if a.name == "axis"), 1)
         shape = [1] * w.ndim
         shape[axis] = -1

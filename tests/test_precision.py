@@ -43,7 +43,33 @@ def qat_dir(tiny_onnx_dir, qat_checkpoint, textured_canvas, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("folder", ["int8_dir", "qat_dir"])
+HAVE_MODELOPT = importlib.util.find_spec("modelopt") is not None
+
+
+@pytest.fixture(scope="module")
+def modelopt_dir(tiny_onnx_dir, textured_canvas, tmp_path_factory):
+    if not HAVE_MODELOPT:
+        pytest.skip("needs NVIDIA ModelOpt (installed in an environment of its own: it brings a CUDA torch)")
+    from skyfix.export.precision import export_precision
+    out = tmp_path_factory.mktemp("int8-modelopt") / "tiny-int8-modelopt"
+    export_precision(tiny_onnx_dir, out, "int8", textured_canvas, calib_n=32, eval_n=40, accept_loss=True,
+                     method="entropy", log=lambda *_: None, quantiser="modelopt")
+    return out
+
+
+@pytest.mark.skipif(HAVE_MODELOPT, reason="ModelOpt is installed here")
+def test_the_modelopt_quantiser_without_modelopt_says_how_to_get_it(tiny_onnx_dir, textured_canvas, tmp_path):
+    from skyfix.export.precision import export_precision
+    with pytest.raises(SkyfixError, match="nvidia-modelopt"):
+        export_precision(tiny_onnx_dir, tmp_path / "x", "int8", textured_canvas, calib_n=8, eval_n=20,
+                         method="entropy", log=lambda *_: None, quantiser="modelopt")
+    with pytest.raises(SkyfixError, match="post-training int8"):
+        export_precision(tiny_onnx_dir, tmp_path / "y", "fp16", textured_canvas, calib_n=8, eval_n=20,
+                         log=lambda *_: None, quantiser="modelopt")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize("folder", ["int8_dir", "qat_dir", "modelopt_dir"])
 def test_int8_export_is_symmetric_qdq_with_the_sensitive_layers_kept(folder, request):
     from onnx import numpy_helper
 
