@@ -200,9 +200,9 @@ class BridgeConfig:
     send_velocity: bool = False
     # With send_velocity, a message whose speed accuracy is above this is withheld. EKF3
     # (calcGpsGoodForFlight) low-passes the claimed speed accuracy through a peak hold that decays
-    # over 10 s, fails the GPS above 1.5 m/s and passes it again only below 1.0 m/s: one claim of
-    # 4 m/s (a new track's first messages) or the growing claim of an extrapolated track (SITL:
-    # "GPS Glitch or Compass error" in the descent) keeps the GPS failed for seconds after.
+    # over 10 s, fails the GPS above 1.5 m/s and passes it again only below 1.0 m/s: the growing
+    # claim of an extrapolated track raised "GPS Glitch or Compass error" in SITL's descent, and
+    # a new track's first claims (4 m/s) would be held for seconds.
     max_speed_accuracy_m_s: float = 1.0
     # The heading of the match is mostly the autopilot's own yaw fed back; not sent as GPS yaw.
     send_heading: bool = False
