@@ -17,7 +17,11 @@ class FrameGallery:
 
     def __init__(self, capacity: int, dim: int, model_id: str):
         self.capacity, self.dim, self.model_id = capacity, dim, model_id
+        # Written once now: np.zeros' pages are only committed on first write, so an untouched
+        # ring would grow the process by capacity x dim x 4 bytes (4 MB at 2000 x 512) over its
+        # first fill, which a soak cannot tell from a leak. Onboard memory is best known at start.
         self.vectors = np.zeros((capacity, dim), np.float32)
+        self.vectors.fill(0.0)
         self.t_us = np.zeros(capacity, np.int64)
         self.frame_ids = np.empty(capacity, object)
         self.lat_lon = np.full((capacity, 2), np.nan)
