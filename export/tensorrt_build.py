@@ -1,9 +1,12 @@
-"""`skyfix export-trt`: build a TensorRT engine from a skyfix ONNX tower, on the Jetson itself.
+"""`skyfix export-trt`: build a TensorRT engine from a skyfix ONNX tower or local-feature
+extractor, on the Jetson itself.
 
     skyfix export-trt --onnx models/m-int8/drone.onnx --precision int8 --out models/m-trt
+    skyfix export-trt --onnx models/xfeat-fp16/xfeat.onnx --precision fp16 --out models/xfeat-trt
 
 Steps (each logged with its time): read and check the ONNX (before tensorrt is imported) ->
-plan (precision flags, optimisation profile over the batch axis) -> parse with TensorRT's
+plan (precision flags, optimisation profile over the batch axis of a tower, over height and
+width of an extractor) -> parse with TensorRT's
 OnnxParser (its errors printed) -> build with the timing cache -> write `model.engine` and
 `engine.yaml` atomically (`edge/trt_embedder.py` reads them).
 
