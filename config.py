@@ -198,7 +198,7 @@ class BridgeConfig:
     # with it (and the heading trim) missions complete, but the autopilot's estimate was no better
     # than without velocity (README, "Velocity in GPS_INPUT"), so it stays opt-in.
     send_velocity: bool = False
-    # With send_velocity, a message whose speed accuracy is above this is withheld. EKF3
+    # With send_velocity (ArduPilot), a message whose speed accuracy is above this is withheld. EKF3
     # (calcGpsGoodForFlight) low-passes the claimed speed accuracy through a peak hold that decays
     # over 10 s, fails the GPS above 1.5 m/s and passes it again only below 1.0 m/s: the growing
     # claim of an extrapolated track raised "GPS Glitch or Compass error" in SITL's descent, and

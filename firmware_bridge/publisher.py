@@ -62,9 +62,9 @@ class FixPublisher:
             self.withheld += 1
             return False
         fix = self._outgoing(est[0])
-        if self.send_velocity and not (fix.speed_accuracy_m_s is not None
-                                       and fix.speed_accuracy_m_s <= self.max_speed_accuracy_m_s):
-            # Sent, EKF3 would latch its GPS check failed for seconds (BridgeConfig).
+        if (self.send_velocity and self.protocol == "ardupilot"
+                and not (fix.speed_accuracy_m_s is not None and fix.speed_accuracy_m_s <= self.max_speed_accuracy_m_s)):
+            # Sent, ArduPilot's EKF3 would latch its GPS check failed for seconds (BridgeConfig).
             self.withheld += 1
             self.withheld_speed += 1
             return False

@@ -220,6 +220,11 @@ def test_a_velocity_claim_the_autopilot_cannot_use_is_withheld():
         # Without velocity the speed accuracy is not claimed, so it never withholds.
         quiet = FixPublisher(bridge, lambda now_s: (dataclasses.replace(FIX, speed_accuracy_m_s=5.0), 0.1))
         assert quiet.publish_once(time.monotonic()) and quiet.withheld_speed == 0
+        # PX4's GLOBAL_POSITION_SENSOR carries no velocity: EKF3's rule is not PX4's business.
+        px4 = FixPublisher(bridge, lambda now_s: (dataclasses.replace(FIX, speed_accuracy_m_s=5.0,
+                                                                     t_capture_us=int(now_s * 1e6)), 0.1),
+                           "px4", send_velocity=True)
+        assert px4.publish_once(time.monotonic()) and px4.withheld_speed == 0
     finally:
         bridge.close()
         fc.close()
