@@ -38,6 +38,8 @@ _EXTRA_FOR = {
     "rasterio": "pip install 'skyfix[tiles]'",
     "distributed": "pip install 'skyfix[cluster]'",
     "pymavlink": "pip install 'skyfix[edge]'",
+    "modelopt": ("pip install 'nvidia-modelopt[onnx]' in an environment of its own (it installs a CUDA "
+                 "torch), with skyfix beside it (README, \"Lower precision\")"),
     "tensorrt": "use the JetPack image (Dockerfile.jetson); TensorRT is never installed from pip there",
     "pycuda": "use the JetPack image (Dockerfile.jetson)",
 }

@@ -190,5 +190,5 @@ class TensorRTEmbedder:
     def embed(self, images_rgb: np.ndarray) -> np.ndarray:
         from skyfix.edge.embedders import fit_to_input
         x = fit_to_input(images_rgb, self.input_px)
-        return np.concatenate([self.session.run(None, {self.input_name: x[i:i + self.max_batch]})[0]
+        return np.concatenate([self.session.run([self.output_name], {self.input_name: x[i:i + self.max_batch]})[0]
                                for i in range(0, len(x), self.max_batch)])

@@ -183,11 +183,7 @@ def quantize_int8_modelopt(onnx_in: Path, onnx_out: Path, calib_images: np.ndarr
     where onnxruntime has one, else on the CPU."""
     import re
     onnx = require("onnx")
-    try:
-        from modelopt.onnx.quantization import quantize
-    except ImportError as exc:
-        raise SkyfixError(f"--quantiser modelopt needs NVIDIA ModelOpt ({exc}): pip install 'nvidia-modelopt[onnx]' "
-                          "in an environment of its own (it installs a CUDA torch), with skyfix beside it") from exc
+    quantize = require("modelopt.onnx.quantization").quantize
     if method not in MODELOPT_METHODS:
         raise SkyfixError(f"ModelOpt calibrates by {', '.join(MODELOPT_METHODS)}, not '{method}'")
     model = onnx.load(str(onnx_in))
@@ -353,15 +349,15 @@ def export_precision(model_dir: str | Path, out_dir: str | Path, precision: str,
     card = read_model_card(model_dir)
     if card.get("precision", "fp32") != "fp32":
         raise SkyfixError(f"{model_dir} is already {card['precision']}: convert from the FP32 export")
+    if qat_checkpoint is not None and precision != "int8":
+        raise SkyfixError("--qat is for int8 exports")
+    if quantiser not in QUANTISERS or (quantiser != "onnxruntime" and (precision != "int8" or qat_checkpoint)):
+        raise SkyfixError(f"--quantiser is one of {', '.join(QUANTISERS)}, and modelopt is for post-training int8")
     t0 = time.perf_counter()
     calib, held_out = render_views(calib_source, int(card["input_px"]), calib_n if precision == "int8" else 0,
                                    eval_n, seed)
     log(f"views: {len(calib)} calibration, {len(held_out)} held out ({len(held_out.sat)} places), from {calib_source} "
         f"({time.perf_counter() - t0:.0f} s)")
-    if qat_checkpoint is not None and precision != "int8":
-        raise SkyfixError("--qat is for int8 exports")
-    if quantiser not in QUANTISERS or (quantiser != "onnxruntime" and (precision != "int8" or qat_checkpoint)):
-        raise SkyfixError(f"--quantiser is one of {', '.join(QUANTISERS)}, and modelopt is for post-training int8")
     qat = _qat_towers(qat_checkpoint, card, calib, qat_steps, log) if qat_checkpoint is not None else None
     with atomic_directory(out_dir) as tmp:
         done = {}
