@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -177,6 +178,12 @@ def _sim_overrides(args) -> dict:
             "map_gap_every_s": getattr(args, "map_gap_every_s", None)}
 
 
+def _with_wind(disturb, args):
+    """The config's disturbances with the command line's wind (given values only)."""
+    given = {"wind_m_s": args.wind_m_s, "wind_from_deg": args.wind_dir_deg, "gust_m_s": args.turbulence}
+    return dataclasses.replace(disturb, **{k: v for k, v in given.items() if v is not None})
+
+
 def cmd_sim(args) -> int:
     from skyfix.export.models import load_embedder, model_for_pack
     from skyfix.sim.run import run_sim
@@ -184,6 +191,10 @@ def cmd_sim(args) -> int:
     from skyfix.tiles.pack import TilePack
     cfg = _config(args, sim=_sim_overrides(args), bridge={"protocol": args.protocol},
                   nav={"keypoints": args.matcher, "features_model": args.features_model})
+    cfg.sim.disturb = _with_wind(cfg.sim.disturb, args)
+    if args.sitl_params:
+        from skyfix.sim.sitl import read_parm_file
+        cfg.sim.sitl_params = {**cfg.sim.sitl_params, **read_parm_file(args.sitl_params)}
     embedder = load_embedder(model_for_pack(TilePack.open(args.pack), args.model), "drone", cfg.model)
     if args.vehicle == "ardupilot-sitl":
         from skyfix.sim.sitl_flight import format_sitl_summary, run_sitl
@@ -451,6 +462,14 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--sitl-bin", help="ArduCopter SITL binary (default $SKYFIX_SITL_BIN or ../shared/sitl/arducopter)")
     si.add_argument("--fault-after-s", type=_number(float, 0, 86400),
                     help="ardupilot-sitl: stop publishing for 10 s this long after the mission starts")
+    si.add_argument("--wind-m-s", type=_number(float, 0, 40),
+                    help="steady wind (simulated: the vehicle tilts into it to hold its track; "
+                    "ardupilot-sitl: SIM_WIND_SPD)")
+    si.add_argument("--wind-dir-deg", type=_number(float, -360, 360),
+                    help="where the wind blows from, clockwise from north (SIM_WIND_DIR)")
+    si.add_argument("--turbulence", type=_number(float, 0, 20),
+                    help="gusts, m/s (simulated: 1 sigma per axis; ardupilot-sitl: SIM_WIND_TURB)")
+    si.add_argument("--sitl-params", help="ardupilot-sitl: a file of further SITL parameters, one 'NAME VALUE' per line")
     si.add_argument("--map-gap-s", type=_number(float, 0, 3600),
                     help="switch map matching off for this long (ground without map matches; odometry still runs)")
     si.add_argument("--map-gap-every-s", type=_number(float, 1, 86400), help="... once every this many seconds")

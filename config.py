@@ -68,6 +68,9 @@ class CameraConfig:
     fy_px: Optional[float] = None
     cx_px: Optional[float] = None
     cy_px: Optional[float] = None
+    # Lens distortion, OpenCV's model (k1, k2, p1, p2[, k3[, k4, k5, k6]]) of the calibrated
+    # intrinsics above (cv2.calibrateCamera); frames are undistorted onboard before anything else.
+    dist_coeffs: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -154,6 +157,11 @@ class NavConfig:
     # absolute accuracy where that is larger.
     map_bias_m: float = 1.0
     resect_camera: bool = True       # place the vehicle by camera resection (PnP), not the telemetry tilt
+    # When the telemetry's attitude and the image disagree (Navigator._vehicle_position), the
+    # resected position stands alone only with this many points and this 1-sigma (m); otherwise
+    # the frame gives no fix.
+    resect_alone_min_points: int = 30
+    resect_alone_max_sigma_m: float = 4.0
     # Frames in a row without a usable match, before any track is confirmed, after which every
     # other frame searches the rotation (a wrong telemetry heading); 0: never.
     heading_search_after: int = 10
@@ -219,6 +227,41 @@ class BridgeConfig:
 
 
 @dataclass
+class Angles3:
+    """Three body angles in degrees (roll, pitch, yaw) or degrees per second."""
+
+    roll_deg: float = 0.0
+    pitch_deg: float = 0.0
+    yaw_deg: float = 0.0
+
+
+@dataclass
+class DisturbConfig:
+    """What real flight does to the simulated drone and its autopilot (all off by default):
+    `skyfix bench integrity` flies a matrix of them."""
+
+    # Wind: the vehicle holds its track, tilting into the air it flies through (quadratic drag:
+    # acceleration = drag_per_m * |v_air| * v_air, 0.018 gives 15 deg of tilt at 12 m/s air speed).
+    wind_m_s: float = 0.0
+    wind_from_deg: float = 0.0       # where the wind blows from, clockwise from north
+    gust_m_s: float = 0.0            # gusts, 1 sigma per horizontal axis (periods of 4-60 s)
+    drag_per_m: float = 0.018
+    tilt_from_drag: bool = False     # the tilt against the air even without wind (on with any wind)
+    # The autopilot's attitude estimate gone wrong: a bias, a slow drift, a step at a time, a lag.
+    attitude_bias: Angles3 = field(default_factory=Angles3)            # deg
+    attitude_drift_per_s: Angles3 = field(default_factory=Angles3)     # deg/s from take-off
+    attitude_step: Angles3 = field(default_factory=Angles3)            # deg, from attitude_step_at_s
+    attitude_step_at_s: float = 0.0
+    attitude_lag_s: float = 0.0      # the reported attitude is this old
+    # Camera against telemetry: a frame's stamp minus its true capture time (constant + jitter).
+    time_offset_s: float = 0.0
+    time_jitter_s: float = 0.0       # 1 sigma
+    # The sensor: motion blur over the exposure, and exposure (gain) changes frame to frame.
+    exposure_ms: float = 0.0
+    gain_jitter: float = 0.0         # 1 sigma of the log gain per frame (0.3: +-35 %)
+
+
+@dataclass
 class SimConfig:
     """The simulated flight."""
 
@@ -244,6 +287,10 @@ class SimConfig:
     # at boot ArduPilot cannot look it up, so its heading is magnetic until the first fix.
     # None leaves it to ArduPilot. 8.66 deg E over the shared Colorado map (see README).
     declination_deg: Optional[float] = None
+    disturb: DisturbConfig = field(default_factory=DisturbConfig)
+    # ArduPilot SITL: further parameters (NAME: value) set at boot, e.g. SIM_WIND_SPD, SIM_WIND_DIR,
+    # SIM_WIND_TURB (wind also comes from disturb.wind_*); they override skyfix's own.
+    sitl_params: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -306,6 +353,12 @@ def _coerce(value: Any, typ, where: str):
         typ = next(t for t in typing.get_args(typ) if t is not type(None))
     if dataclasses.is_dataclass(typ):
         return _build(typ, value, where)
+    if origin is list and typing.get_args(typ) == (float,):
+        if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{where}: expected a list of numbers, got {value!r}")
+        return [float(v) for v in value]
+    if typ is dict and not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
     if typ is list and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
         raise ConfigError(f"{where}: expected a list of names, got {type(value).__name__} {value!r}")
     if typ is float and isinstance(value, int) and not isinstance(value, bool):

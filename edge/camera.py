@@ -25,6 +25,7 @@ class PinholeCamera:
     fy_px: float
     cx_px: float
     cy_px: float
+    dist_coeffs: tuple = ()  # OpenCV's lens distortion (k1, k2, p1, p2[, k3, ...]); () for none
 
     @classmethod
     def from_hfov(cls, width_px: int, height_px: int, hfov_deg: float) -> "PinholeCamera":
@@ -34,14 +35,33 @@ class PinholeCamera:
     @classmethod
     def from_config(cls, cfg) -> "PinholeCamera":
         """From a CameraConfig: calibrated intrinsics when given, else the horizontal FOV."""
+        dist = tuple(float(k) for k in getattr(cfg, "dist_coeffs", None) or ())
         if cfg.fx_px is None:
-            return cls.from_hfov(cfg.width_px, cfg.height_px, cfg.hfov_deg)
+            cam = cls.from_hfov(cfg.width_px, cfg.height_px, cfg.hfov_deg)
+            return cls(cam.width_px, cam.height_px, cam.fx_px, cam.fy_px, cam.cx_px, cam.cy_px, dist)
         return cls(cfg.width_px, cfg.height_px, cfg.fx_px, cfg.fy_px or cfg.fx_px,
                    cfg.cx_px if cfg.cx_px is not None else (cfg.width_px - 1) / 2,
-                   cfg.cy_px if cfg.cy_px is not None else (cfg.height_px - 1) / 2)
+                   cfg.cy_px if cfg.cy_px is not None else (cfg.height_px - 1) / 2, dist)
 
     def K(self) -> np.ndarray:
         return np.array([[self.fx_px, 0, self.cx_px], [0, self.fy_px, self.cy_px], [0, 0, 1.0]])
+
+
+class Undistorter:
+    """Frames of a lens with distortion -> the pinhole image of the same intrinsics, which is
+    what every other stage assumes (remap tables made once). The identity without distortion."""
+
+    def __init__(self, cam: PinholeCamera):
+        self.maps = None
+        if any(cam.dist_coeffs):
+            self.maps = cv2.initUndistortRectifyMap(cam.K(), np.array(cam.dist_coeffs, np.float64), None, cam.K(),
+                                                    (cam.width_px, cam.height_px), cv2.CV_16SC2)
+
+    def __call__(self, image_rgb: np.ndarray) -> np.ndarray:
+        """H x W x 3 uint8 as recorded -> H x W x 3 uint8 undistorted."""
+        if self.maps is None:
+            return image_rgb
+        return cv2.remap(image_rgb, *self.maps, cv2.INTER_LINEAR, borderValue=(0, 0, 0))
 
 
 def world_from_body(roll_rad: float, pitch_rad: float, yaw_rad: float) -> np.ndarray:

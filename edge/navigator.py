@@ -26,7 +26,7 @@ import numpy as np
 
 from skyfix.config import NavConfig
 from skyfix.contracts import Fix, FixResult, Frame, Reason, Telemetry
-from skyfix.edge.camera import BODY_FROM_CAM, PinholeCamera, image_from_crop, rectify, world_from_body
+from skyfix.edge.camera import BODY_FROM_CAM, PinholeCamera, Undistorter, image_from_crop, rectify, world_from_body
 from skyfix.edge.filter import MotionFilter, FilterState
 from skyfix.edge.gallery import FrameGallery
 from skyfix.edge.gate import TrackGate
@@ -74,6 +74,25 @@ class _RateLimitedLog:
         if now - self.last.get(kind, -1e9) >= self.period_s:
             self.last[kind] = now
             log.info("no fix: %s%s", kind.value, f": {detail}" if detail else "")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The vehicle placed from one frame's match: (east_m, north_m) with a 1-sigma per-axis
+    error sigma_m, the match's rotation (the telemetry heading's error, rad), and whether the
+    telemetry's attitude agreed with the image."""
+
+    east_m: float
+    north_m: float
+    turn_rad: float
+    sigma_m: float
+    attitude_agrees: bool
+    notes: list
+
+
+# Image against telemetry (Navigator._vehicle_position): chi-square, 2 degrees of freedom.
+ATTITUDE_AGREE_D2 = 13.8   # 99.9 %: agreeing placements are rejected once in a thousand
+ATTITUDE_DOUBT_S = 10.0    # after a disagreement, the telemetry tilt is trusted only to it this long
 
 
 @dataclass
@@ -173,11 +192,6 @@ class HeadingCheck:
             return "no match at the telemetry heading: rotation searched" if self.search else ""
         if abs(best.rotation_deg) <= self.max_rotation_deg:
             self.misses, self.votes = 0, []
-            if track_confirmed and self.trim_gain > 0:
-                # At most TRIM_STEP_DEG a frame: a strong but wrong match (which the track gate
-                # would then refuse) must not turn the heading by a quarter of its own rotation.
-                step_deg = min(max(self.trim_gain * best.rotation_deg, -TRIM_STEP_DEG), TRIM_STEP_DEG)
-                self.offset_rad += math.radians(step_deg)
             return ""
         self.votes = (self.votes + [best.rotation_deg])[-self.votes_needed:]
         spread = max(abs((a - b + 180) % 360 - 180) for a in self.votes for b in self.votes)
@@ -188,6 +202,14 @@ class HeadingCheck:
         self.misses, self.votes = 0, []
         log.warning("telemetry heading contradicted by the image: corrected by %.0f deg", math.degrees(self.offset_rad))
         return f"telemetry heading off by {math.degrees(turn):.0f} deg: corrected from the next frame"
+
+    def trim(self, rotation_deg: float) -> None:
+        """Take `trim_gain` of a trusted match's remaining rotation into the correction, at most
+        TRIM_STEP_DEG a frame (the caller trims only with matches the confirmed track agrees
+        with, whose attitude the image did not contradict)."""
+        if self.trim_gain > 0 and abs(rotation_deg) <= self.max_rotation_deg:
+            step_deg = min(max(self.trim_gain * rotation_deg, -TRIM_STEP_DEG), TRIM_STEP_DEG)
+            self.offset_rad += math.radians(step_deg)
 
 
 @contextmanager
@@ -206,6 +228,7 @@ class Navigator:
             raise ModelMismatch(f"drone model {embedder.model_id} does not match pack {pack.path} "
                                 f"(model {pack.model_id}); use the model that built the pack")
         self.pack, self.embedder, self.camera, self.cfg = pack, embedder, camera, cfg
+        self.undistort = Undistorter(camera)
         self.gsd_m = pack.map_gsd_m
         self.matcher = matcher or open_matcher(pack, cfg)
         # Without a trustworthy heading, a rotation-invariant matcher (SIFT, when the pack has
@@ -217,6 +240,9 @@ class Navigator:
         self.heading = HeadingCheck(cfg.max_rotation_deg, misses_to_search=cfg.heading_search_after or 10 ** 9,
                                     trim_gain=cfg.heading_trim_gain)
         self.stale_run = 0
+        self.integrity: Counter = Counter()   # image-against-telemetry events (integrity_counts)
+        self._integrity_logged_s = -1e9
+        self.attitude_doubt: Optional[tuple] = None  # (t_s, deg) of the last attitude disagreement
         self.gallery = FrameGallery(cfg.gallery_size, embedder.dim, embedder.model_id)
         self.last_agl: Optional[tuple] = None  # (t_s, agl_m)
         self.last_alt_msl_m = 0.0
@@ -332,7 +358,8 @@ class Navigator:
                     pose.notes.append(f"heading corrected by {math.degrees(self.heading.offset_rad):.1f} deg (image)")
             if pose.agl_m is None:
                 return Reason.HEIGHT_MISSING, "; ".join(pose.notes)
-            crop, inside, offset_en = rectify(frame.image_rgb, self.camera, pose.roll_rad, pose.pitch_rad,
+            image = self.undistort(frame.image_rgb)
+            crop, inside, offset_en = rectify(image, self.camera, pose.roll_rad, pose.pitch_rad,
                                               pose.yaw_rad, pose.agl_m, self.pack.tile_size_m, self.crop_px)
         if inside < 0.5:
             return Reason.CROP_OUTSIDE, f"the frame covers {inside:.0%} of it (height {pose.agl_m:.0f} m?)"
@@ -343,29 +370,40 @@ class Navigator:
         with _timed(timings, "search"):
             candidates = self._candidates(vectors, t_s)
         with _timed(timings, "refine"):
-            wide = rectify(frame.image_rgb, self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
+            wide = rectify(image, self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
                            pose.agl_m, self.refine_size_m, self.refine_px)[0]
             matcher = self.matcher if trust_heading else self.rotation_matcher
             described = matcher.describe(wide, trust_heading)
             best, runner_up = self._refine(matcher, described, wide.shape, candidates)
-        with _timed(timings, "odometry"):
-            self._odometry(described, wide, pose, t_s, trust_heading)
-            if self.cfg.tilt_acceleration and trust_heading and pose.attitude_known:
-                self.gate.offer_attitude(t_s, pose.roll_rad, pose.pitch_rad, pose.yaw_rad)
         slot = self.gallery.add(vectors[0], frame.t_capture_us, frame.source_id, None)
         if pose.heading_known:
             note = self.heading.observe(best, self.cfg.min_inliers, self.gate.confirmed(t_s))
             if note:
                 pose.notes.append(note)
         rejected = self._reject_match(best, runner_up, pose)
+        placed = None if rejected else self._vehicle_position(best, pose, offset_en, t_s)
+        # The telemetry's attitude is used below only where the image did not contradict it.
+        attitude_trusted = not isinstance(placed, Placement) or placed.attitude_agrees
+        with _timed(timings, "odometry"):
+            turn_rad = placed.turn_rad if isinstance(placed, Placement) else None
+            self._odometry(described, wide, pose, t_s, trust_heading and attitude_trusted, turn_rad)
+            if self.cfg.tilt_acceleration and trust_heading and pose.attitude_known and attitude_trusted:
+                self.gate.offer_attitude(t_s, pose.roll_rad, pose.pitch_rad, pose.yaw_rad)
         if rejected:
             return rejected[0], "; ".join([rejected[1]] + pose.notes)
-        east, north, heading_correction_rad, sigma_m = self._vehicle_position(best, pose, offset_en)
-        if best.inliers < self.cfg.min_inliers and not self.gate.agrees(t_s, east, north, sigma_m):
+        if not isinstance(placed, Placement):
+            return placed[0], "; ".join([placed[1]] + pose.notes)
+        pose.notes.extend(placed.notes)
+        east, north, sigma_m = placed.east_m, placed.north_m, placed.sigma_m
+        agrees = self.gate.agrees(t_s, east, north, sigma_m)
+        if best.inliers < self.cfg.min_inliers and not agrees:
             return Reason.WEAK_MATCH, (f"{best.inliers} inliers: enough only where a confirmed "
                                        "track expects the vehicle, and it does not")
+        if pose.heading_known and agrees and attitude_trusted and self.gate.confirmed(t_s):
+            # Only a match the track agrees with trims the heading: one in doubt must not turn it.
+            self.heading.trim(best.rotation_deg)
         self.last_tile_id = self.pack.nearest_tile_id(best.east_m, best.north_m)
-        return Measurement(t_s, east, north, sigma_m, pose.yaw_rad + heading_correction_rad, best, slot, pose.notes)
+        return Measurement(t_s, east, north, sigma_m, pose.yaw_rad + placed.turn_rad, best, slot, pose.notes)
 
     # ---- stages -------------------------------------------------------------------------------
     def _check_speed(self, frame_s: float) -> None:
@@ -487,11 +525,14 @@ class Navigator:
                > self.pack.tile_size_m / 4]
         return best, (far[0] if far else None)
 
-    def _odometry(self, described, crop_rgb: np.ndarray, pose: CropPose, t_s: float, heading_trusted: bool) -> None:
+    def _odometry(self, described, crop_rgb: np.ndarray, pose: CropPose, t_s: float, heading_trusted: bool,
+                  turn_rad: Optional[float] = None) -> None:
         """Offer the vehicle's velocity since the previous frame to the track. The crops'
         features (already computed for the map match) are matched, taken back to raw frame
         pixels, and the frame-to-frame homography gives the camera's displacement
-        (`odometry.camera_motion`)."""
+        (`odometry.camera_motion`). turn_rad: this frame's match rotation (the telemetry
+        heading's error, rad), turned out of the displacement as out of the placement: a yaw
+        15 deg off, not yet trimmed, would send the track sideways at a quarter of its speed."""
         usable = self.cfg.odometry and heading_trusted and pose.attitude_known and pose.height_known
         if not usable:
             self._odometry_prev = None
@@ -517,6 +558,9 @@ class Navigator:
         if motion is None:
             return
         dn, de, inliers, rms_px = motion
+        if turn_rad:
+            c, s = math.cos(turn_rad), math.sin(turn_rad)
+            de, dn = de * c + dn * s, dn * c - de * s
         # Fit noise: twice the reprojection error over the inliers' count, plus a floor of
         # ODOMETRY_FLOOR_PX (the shifts are refined to sub-pixel), at the ground sampling of the
         # raw frame. Fitted to the measured error (Colorado straight SIL: per-axis std 0.33 m/s,
@@ -544,17 +588,43 @@ class Navigator:
             return Reason.IMPLAUSIBLE, f"scale {best.scale:.2f} against the known height"
         return None
 
-    def _vehicle_position(self, match: Match, pose: CropPose, offset_en: tuple) -> tuple:
-        """(east_m, north_m, heading correction rad, 1-sigma per axis m) of the vehicle.
+    def _vehicle_position(self, match: Match, pose: CropPose, offset_en: tuple, t_s: float):
+        """Where the vehicle is: a Placement, or (Reason, detail) when it cannot be placed with
+        confidence.
 
         Two estimates with independent errors: the match centre minus the crop's offset from
-        the nadir, which the telemetry's tilt sets (agl * tan(tilt error)), and camera resection
-        from the image alone (edge/pose.py, its covariance from the fit). They are combined by
-        their covariances: with many well-spread points resection dominates, which breaks the
-        feedback through the autopilot's attitude; with few, the tilt-based estimate holds."""
+        the nadir, which the telemetry's tilt sets (agl * tan(tilt error): 2 m per degree at
+        120 m), and camera resection from the image alone (edge/pose.py, its covariance from the
+        fit). They are first tested against each other (chi-square on their difference): when
+        they agree they are combined by their covariances; when they do not, the telemetry's
+        attitude is wrong (an autopilot's estimate drifting in wind), the resected position
+        stands alone where it is well determined, and the fix is withheld where it is not.
+        Fusing them regardless leans on the wrong attitude: with a 10 deg roll error over the
+        Colorado map the fused fixes were 9-12 m off claiming 1.7 m, the resected ones 1-3 m."""
+        cfg = self.cfg
         turn = math.radians(match.rotation_deg)  # the crop turns on the map by minus the yaw error
         fit_m = 2.0 * match.rms_px * self.gsd_m / math.sqrt(max(match.inliers, 1))
         floor_m = 2 * self.gsd_m
+        tilt_en, tilt_var = self._tilt_placement(match, pose, offset_en, turn, fit_m, t_s)
+        cp = self._resect(match, pose) if cfg.resect_camera else None
+        if cp is None:
+            return Placement(float(tilt_en[0]), float(tilt_en[1]), turn, math.sqrt(tilt_var + floor_m ** 2), True, [])
+        resect_cov = cp.cov_en_m2 + np.eye(2) * fit_m ** 2
+        resect_en = np.array([cp.east_m, cp.north_m])
+        diff = tilt_en - resect_en
+        d2 = float(diff @ np.linalg.solve(resect_cov + np.eye(2) * tilt_var, diff))
+        if d2 <= ATTITUDE_AGREE_D2:
+            resect_info = np.linalg.inv(resect_cov)
+            cov = np.linalg.inv(resect_info + np.eye(2) / tilt_var)
+            en = cov @ (resect_info @ resect_en + tilt_en / tilt_var)
+            sigma_m = math.sqrt(float(np.linalg.eigvalsh(cov).max()) + floor_m ** 2)
+            return Placement(float(en[0]), float(en[1]), turn, sigma_m, True, [])
+        return self._attitude_disagrees(cp, resect_cov, pose, float(np.hypot(*diff)), turn, floor_m, t_s)
+
+    def _tilt_placement(self, match: Match, pose: CropPose, offset_en: tuple, turn: float, fit_m: float,
+                        t_s: float) -> tuple:
+        """((east_m, north_m), variance m^2 per axis) of the vehicle placed by the telemetry's
+        tilt: the match centre minus the crop's offset from the nadir."""
         # Height self-calibration: the match's scale is the true height over the assumed one,
         # and the crop's offset from the nadir grows with the height (agl * tan(off-nadir
         # angle)). With a 25 deg tilted camera and a telemetry height 13 % low, the uncorrected
@@ -564,18 +634,45 @@ class Navigator:
         height_var = (0.5 * abs(match.scale - 1.0) * math.hypot(*offset_en)) ** 2
         c, s = math.cos(turn), math.sin(turn)
         tilt_en = np.array([match.east_m - (oe * c + on * s), match.north_m - (on * c - oe * s)])
-        # Without attitude the crop is taken as level, and the unknown tilt enters (much larger).
+        # Without attitude the crop is taken as level, and the unknown tilt enters (much larger);
+        # after the image has recently contradicted the telemetry, that disagreement does.
         tilt_deg = self.cfg.attitude_sigma_deg if pose.attitude_known else self.cfg.unknown_tilt_deg
+        if self.attitude_doubt is not None and t_s - self.attitude_doubt[0] <= ATTITUDE_DOUBT_S:
+            tilt_deg = max(tilt_deg, self.attitude_doubt[1])
         agl_m = pose.agl_m * match.scale
-        tilt_var = (agl_m * math.tan(math.radians(tilt_deg))) ** 2 + fit_m ** 2 + height_var
-        cp = self._resect(match, pose) if self.cfg.resect_camera else None
-        if cp is None:
-            return float(tilt_en[0]), float(tilt_en[1]), turn, math.sqrt(tilt_var + floor_m ** 2)
-        resect_info = np.linalg.inv(cp.cov_en_m2 + np.eye(2) * fit_m ** 2)
-        cov = np.linalg.inv(resect_info + np.eye(2) / tilt_var)
-        en = cov @ (resect_info @ [cp.east_m, cp.north_m] + tilt_en / tilt_var)
-        sigma_m = math.sqrt(float(np.linalg.eigvalsh(cov).max()) + floor_m ** 2)
-        return float(en[0]), float(en[1]), turn, sigma_m
+        return tilt_en, (agl_m * math.tan(math.radians(tilt_deg))) ** 2 + fit_m ** 2 + height_var
+
+    def _attitude_disagrees(self, cp, resect_cov: np.ndarray, pose: CropPose, apart_m: float, turn: float,
+                            floor_m: float, t_s: float):
+        """The image and the telemetry's attitude place the vehicle apart beyond their noise:
+        counted, said (at a limited rate), remembered for ATTITUDE_DOUBT_S (the tilt-based
+        placement of later frames is trusted only to the disagreement), and the resected
+        position used alone where it is well determined; otherwise (Reason, detail)."""
+        roll, pitch, _ = cp.attitude_rad()
+        d_roll, d_pitch = math.degrees(pose.roll_rad - roll), math.degrees(pose.pitch_rad - pitch)
+        tilt_off_deg = math.hypot(d_roll, d_pitch)
+        self.attitude_doubt = (t_s, max(tilt_off_deg, self.cfg.attitude_sigma_deg))
+        self.integrity["attitude disagrees with the image"] += 1
+        what = (f"telemetry attitude off by roll {d_roll:+.1f} / pitch {d_pitch:+.1f} deg (image); "
+                f"it would move the fix {apart_m:.0f} m")
+        self._log_integrity(what)
+        sigma_m = math.sqrt(float(np.linalg.eigvalsh(resect_cov).max()) + floor_m ** 2)
+        if cp.n_points < self.cfg.resect_alone_min_points or sigma_m > self.cfg.resect_alone_max_sigma_m:
+            self.integrity["withheld: neither attitude can be trusted"] += 1
+            return Reason.IMPLAUSIBLE, (f"{what}, and the image alone does not settle it "
+                                        f"({cp.n_points} points, {sigma_m:.1f} m)")
+        self.integrity["placed by the image alone"] += 1
+        return Placement(cp.east_m, cp.north_m, turn, sigma_m, False, [what + ": placed by the image alone"])
+
+    def _log_integrity(self, what: str) -> None:
+        now = time.monotonic()
+        if now - self._integrity_logged_s >= 2.0:
+            self._integrity_logged_s = now
+            log.warning("%s (%s so far)", what, dict(self.integrity))
+
+    def integrity_counts(self) -> dict:
+        """{event: frames} of the integrity checks (image against telemetry), for the JSON."""
+        return dict(self.integrity)
 
     def _resect(self, match: Match, pose: CropPose):
         """The camera pose from the match's inliers, or None (too few, or a height that

@@ -14,9 +14,10 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from skyfix.edge.camera import PinholeCamera
+from skyfix.edge.camera import BODY_FROM_CAM, PinholeCamera
 
 MIN_POINTS = 12
+NED_FROM_ENU = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
 NOISE_FACTOR = 2.0  # matched points' errors are correlated: the fit's RMS understates them
 
 
@@ -28,6 +29,11 @@ class CameraPose:
     rms_px: float          # reprojection RMS of the points used
     n_points: int
     cov_en_m2: np.ndarray  # 2 x 2 covariance of (east_m, north_m) from the fit (see resect)
+    world_from_cam: np.ndarray  # 3 x 3 rotation camera -> NED world, from the image alone
+
+    def attitude_rad(self) -> tuple:
+        """(roll_rad, pitch_rad, yaw_rad) of the body carrying this camera (ZYX, NED)."""
+        return body_attitude(self.world_from_cam)
 
 
 def image_px_of_crop_px(crop_px: np.ndarray, h_image_from_crop: np.ndarray) -> np.ndarray:
@@ -63,7 +69,15 @@ def resect(cam: PinholeCamera, image_px: np.ndarray, ground_en_m: np.ndarray,
     if cov is None:
         return None
     return CameraPose(float(centre[0] + origin[0]), float(centre[1] + origin[1]), float(centre[2]), rms,
-                      len(img), cov)
+                      len(img), cov, NED_FROM_ENU @ rot.T)
+
+
+def body_attitude(world_from_cam: np.ndarray) -> tuple:
+    """(roll_rad, pitch_rad, yaw_rad) of the body whose camera (BODY_FROM_CAM) has this
+    camera -> NED rotation; the inverse of camera.world_from_body(...) @ BODY_FROM_CAM."""
+    r = world_from_cam @ BODY_FROM_CAM.T
+    pitch = float(np.arcsin(np.clip(-r[2, 0], -1.0, 1.0)))
+    return float(np.arctan2(r[2, 1], r[2, 2])), pitch, float(np.arctan2(r[1, 0], r[0, 0]))
 
 
 def _camera_centre(params: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from typing import Optional
 
 from skyfix.errors import SkyfixError, require
 from skyfix.firmware_bridge.messages import mavlink_module
+from skyfix.firmware_bridge.rebind import RebindCheck
 from skyfix.firmware_bridge.telemetry import TelemetryStore
 
 log = logging.getLogger("skyfix.link")
@@ -104,6 +105,9 @@ def _udp_server_class():
             self.peer = None            # (host, port) of the autopilot
             self.datagram_addr = None   # sender of the datagram just read
             self.foreign_datagrams = 0
+            # While the autopilot is silent, datagrams from other endpoints are read too, for
+            # the bridge to judge (firmware_bridge/rebind.py); nothing is ever sent to them.
+            self.open_to_candidates = False
 
         def recv(self, n=None):
             try:
@@ -112,7 +116,7 @@ def _udp_server_class():
                 if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNREFUSED):
                     return ""
                 raise
-            if self.peer is not None and addr != self.peer:
+            if self.peer is not None and addr != self.peer and not self.open_to_candidates:
                 self.foreign_datagrams += 1
                 return ""
             self.datagram_addr = addr
@@ -159,6 +163,8 @@ class MavlinkBridge:
         self._stream_warned: set = set()
         self._requests: dict = {}  # stream type -> requests sent
         self._opened_s = 0.0
+        self.rebind = RebindCheck(self.telemetry)
+        self.rebinds: list[tuple] = []  # (old endpoint, new endpoint) of every re-bind
 
     @classmethod
     def from_config(cls, cfg, connection: Optional[str] = None) -> "MavlinkBridge":
@@ -247,8 +253,21 @@ class MavlinkBridge:
                 self._take(msg, now)
             last = self.telemetry.last_receive_s() or self._opened_s
             if now - max(last, self._opened_s) > self.link_timeout_s:
-                log.warning("MAVLink link silent for %.1f s; reconnecting", now - last)
-                self._reconnect()
+                self._on_silence(now, last)
+
+    def _on_silence(self, now: float, last: float) -> None:
+        """The autopilot has said nothing for link_timeout_s. A UDP server keeps its socket,
+        its counters and the autopilot's endpoint, and listens to other endpoints only as
+        candidates for a re-bind (rebind.py); other links are re-opened."""
+        if getattr(self.conn, "peer", None) is None:
+            log.warning("MAVLink link silent for %.1f s; reconnecting", now - last)
+            self._reconnect()
+        elif not self.conn.open_to_candidates:
+            log.warning("MAVLink link silent for %.1f s; waiting for the autopilot at %s:%d (another "
+                        "endpoint is taken only if it continues the autopilot's clock and attitude)",
+                        now - last, *self.conn.peer)
+            self.conn.open_to_candidates = True
+            self.reconnects += 1
 
     def _take(self, msg, now: float) -> None:
         """Use a received message if it is the autopilot's; count it otherwise."""
@@ -261,10 +280,32 @@ class MavlinkBridge:
         if not self.binding.accepts(msg):
             self.dropped["foreign" if self.binding.bound else "unbound"] += 1
             return
-        if getattr(self.conn, "peer", "n/a") is None:
+        peer = getattr(self.conn, "peer", "n/a")
+        if peer is None:
             self.conn.peer = self.conn.datagram_addr  # UDP: answer this address, and only it
             log.info("autopilot at %s:%d", *self.conn.peer)
+        elif peer != "n/a" and self.conn.open_to_candidates and not self._from_candidate_taken(msg, now):
+            return
         self.telemetry.update(msg, now)
+
+    def _from_candidate_taken(self, msg, now: float) -> bool:
+        """During a silence: True if the message may be used (the autopilot's own endpoint
+        spoke again, or a new endpoint has just proven it is the same autopilot)."""
+        addr, peer = self.conn.datagram_addr, self.conn.peer
+        if addr == peer:
+            self.conn.open_to_candidates = False
+            self.rebind.reset()
+            log.info("the autopilot at %s:%d is back", *peer)
+            return True
+        if not self.rebind.offer(msg, addr, now):
+            self.dropped["foreign endpoint"] += 1
+            return False
+        self.rebinds.append((peer, addr))
+        self.conn.peer, self.conn.open_to_candidates = addr, False
+        log.warning("re-bound the autopilot (system %d component %d) from %s:%d to %s:%d: it continued "
+                    "the autopilot's clock and attitude (re-bind %d)", self.binding.system,
+                    self.binding.component, *peer, *addr, len(self.rebinds))
+        return True
 
     def counters(self) -> dict:
         """What the link refused, for logs and the sim's JSON."""
@@ -272,6 +313,8 @@ class MavlinkBridge:
         return {"bad_packets": self.bad_packets, "dropped": dict(self.dropped),
                 "signature_rejects": signing.reject_count if signing and signing.secret_key else 0,
                 "foreign_datagrams": getattr(self.conn, "foreign_datagrams", 0),
+                "rebinds": [f"{a[0]}:{a[1]} -> {b[0]}:{b[1]}" for a, b in self.rebinds],
+                "rebind_refused": dict(self.rebind.refused),
                 "rejected_values": dict(self.telemetry.rejected), "encode_failures": self.encode_failures}
 
     def _reconnect(self) -> None:

@@ -125,19 +125,28 @@ def gap_summary(received: list[dict], sim_cfg, duration_s: float) -> Optional[di
             "within_3x": float(np.mean(err <= 3 * acc)) if len(err) else None}
 
 
+def capture_stamp_error(sim_cfg):
+    """A function giving each frame's stamp minus its true capture time (s): the configured
+    offset plus seeded Gaussian jitter (disturb.time_offset_s, disturb.time_jitter_s)."""
+    d, rng = sim_cfg.disturb, np.random.default_rng(sim_cfg.seed + 7)
+    return lambda: d.time_offset_s + (d.time_jitter_s * float(rng.standard_normal()) if d.time_jitter_s else 0.0)
+
+
 def _camera_loop(flight: Flight, bridge: MavlinkBridge, t0: float, cfg, frames: list,
                  progress_vehicle=None) -> None:
     """Frames at the camera rate (dropped when the loop falls behind), each with the telemetry
     interpolated at its capture time."""
     period, next_t, last_print = 1.0 / cfg.sim.camera_hz, 0.0, 0.0
+    stamp_error = capture_stamp_error(cfg.sim)
     while (t := time.monotonic() - t0) < flight.duration_s:
         if t < next_t:
             time.sleep(next_t - t)
             continue
         img = flight.camera.render(t)
         flight.nav.map_matching = not in_map_gap(t, cfg.sim)
-        tel = bridge.telemetry.at(t0 + t, cfg.nav.telemetry_max_age_s)
-        res = flight.nav.step(Frame(img, int((t0 + t) * 1e6), tel, f"sim-{len(frames):05d}"))
+        stamp_s = t0 + t + stamp_error()  # the camera's clock against the autopilot's
+        tel = bridge.telemetry.at(stamp_s, cfg.nav.telemetry_max_age_s)
+        res = flight.nav.step(Frame(img, int(stamp_s * 1e6), tel, f"sim-{len(frames):05d}"))
         frames.append(frame_record(t, flight.vehicle.pose(t), res, flight.pack))
         next_t = max(next_t + period, time.monotonic() - t0)
         if progress_vehicle is not None and t - last_print >= 10:

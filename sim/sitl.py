@@ -48,6 +48,35 @@ SKYFIX_PARAMS = {
 }
 
 
+def read_parm_file(path: str | Path) -> dict:
+    """ArduPilot's parameter file format: one 'NAME VALUE' (or 'NAME,VALUE') per line, '#'
+    comments. Raises SkyfixError naming the line that is not one."""
+    params = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        raise SkyfixError(f"cannot read SITL parameter file {path}: {exc}") from exc
+    for i, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].replace(",", " ").split()
+        if not text:
+            continue
+        try:
+            name, value = text
+            params[name] = float(value)
+        except ValueError:
+            raise SkyfixError(f"{path}:{i}: expected 'NAME VALUE', got {line.strip()!r}") from None
+    return params
+
+
+def sim_params(sim_cfg) -> dict:
+    """SITL parameters from the sim config: its wind (SIM_WIND_SPD / _DIR / _TURB) and
+    sim.sitl_params (which win)."""
+    d = sim_cfg.disturb
+    wind = {"SIM_WIND_SPD": d.wind_m_s, "SIM_WIND_DIR": d.wind_from_deg % 360, "SIM_WIND_TURB": d.gust_m_s} \
+        if d.wind_m_s or d.gust_m_s else {}
+    return {**wind, **sim_cfg.sitl_params}
+
+
 def _die_with_parent() -> None:
     """In the SITL child before exec: Linux sends it SIGTERM when skyfix dies, however it dies."""
     try:
@@ -322,6 +351,14 @@ class SitlPilot:
     def estimated_agl_m(self) -> Optional[float]:
         gpi = self.v.latest("GLOBAL_POSITION_INT")
         return None if gpi is None else gpi.relative_alt / 1e3
+
+    def estimated_en(self) -> Optional[tuple]:
+        """(east_m, north_m) of the autopilot's own position estimate, or None before it has one."""
+        gpi = self.v.latest("GLOBAL_POSITION_INT")
+        if gpi is None or not (gpi.lat or gpi.lon):
+            return None
+        e, n, _ = self.v.frame.to_enu(gpi.lat / 1e7, gpi.lon / 1e7)
+        return float(e), float(n)
 
     def climb_to(self, agl_m: float, timeout_s: float = 120.0) -> bool:
         """ALT_HOLD climb (no position needed) to agl_m by the autopilot's own height."""

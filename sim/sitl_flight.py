@@ -28,7 +28,7 @@ from skyfix.firmware_bridge.link import MavlinkBridge
 from skyfix.firmware_bridge.publisher import FixPublisher
 from skyfix.sim.route import footprint_margin_m, make_route
 from skyfix.sim.score import plot_track, score, velocity_lines, write_track_csv
-from skyfix.sim.sitl import EKF_GPS_GLITCHING, SitlPilot, SitlVehicle
+from skyfix.sim.sitl import EKF_GPS_GLITCHING, SitlPilot, SitlVehicle, sim_params
 from skyfix.sim.views import render_view
 from skyfix.tiles.pack import TilePack
 
@@ -40,6 +40,14 @@ def mission_waypoints(pack: TilePack, cfg, home_en: tuple) -> list[tuple]:
     margin_m = footprint_margin_m(PinholeCamera.from_config(cfg.camera), cfg.sim.alt_agl_m) + 20.0
     route = make_route(cfg.sim, pack.map_blocks().bounds_en(), margin_m)
     return [tuple(map(float, p)) for p in route] + [home_en]
+
+
+def leg_timeout_s(from_en: Optional[tuple], prev_target_en: Optional[tuple], to_en: tuple, speed_m_s: float) -> float:
+    """Time allowed for a leg: 2.5x its length at the mission speed, plus 30 s. The length is
+    from where the autopilot says the vehicle is (a climb in wind drifts it hundreds of metres
+    before the first leg), else from the previous target."""
+    start = from_en or prev_target_en or to_en
+    return math.hypot(to_en[0] - start[0], to_en[1] - start[1]) / speed_m_s * 2.5 + 30.0
 
 
 def _fly_mission(pilot: SitlPilot, waypoints: list, agl_m: float, speed_m_s: float, result: dict,
@@ -56,16 +64,15 @@ def _fly_mission(pilot: SitlPilot, waypoints: list, agl_m: float, speed_m_s: flo
         pilot.land()
         return
     pilot.throttle(0)  # hand the throttle back; GUIDED flies the targets
+    prev_target = None
     reached = True
-    prev = None
     for e, n in waypoints:
-        leg_m = 200.0 if prev is None else math.hypot(e - prev[0], n - prev[1])
         if fault is not None and "start_mono_s" not in fault:
             fault["start_mono_s"] = time.monotonic() + fault["after_s"]
-        reached &= pilot.goto(e, n, agl_m, timeout_s=leg_m / speed_m_s * 2.5 + 30.0)
+        reached &= pilot.goto(e, n, agl_m, timeout_s=leg_timeout_s(pilot.estimated_en(), prev_target, (e, n), speed_m_s))
         if not pilot.armed():
             return
-        prev = (e, n)
+        prev_target = (e, n)
     result["land_t_mono_s"] = time.monotonic()
     landed = pilot.descend_and_land()
     result["mission_completed"] = bool(reached and landed)
@@ -149,6 +156,7 @@ def run_sitl(pack_path: str | Path, embedder, cfg, out_dir: str | Path = "out/si
         params["EK3_SRC1_VELXY"] = 3  # GPS: fuse the horizontal velocity skyfix sends
     if cfg.sim.declination_deg is not None:
         params.update({"COMPASS_DEC": math.radians(cfg.sim.declination_deg), "COMPASS_AUTODEC": 0})
+    params.update(sim_params(cfg.sim))
     _terminate_cleanly()
     vehicle = SitlVehicle(pack.frame, home_alt, binary=binary, home_en=home_en, params=params).start()
     bridge = publisher = None

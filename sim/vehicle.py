@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from skyfix.config import SimConfig
+from skyfix.sim.disturbances import AttitudeError, Wind, drag_acceleration, tilt_for_acceleration
 from skyfix.sim.route import Trajectory
 from skyfix.sim.views import ViewPose
 
@@ -37,18 +38,40 @@ class Vehicle(Protocol):
 
 
 class VehicleModel:
-    """True pose and noisy telemetry of the simulated drone."""
+    """True pose and noisy telemetry of the simulated drone.
+
+    The true attitude is a gentle wobble, plus, with `disturb.tilt_from_drag` or any wind, the
+    tilt that holds the track: the thrust supplies the route's acceleration and the drag of the
+    air the vehicle flies through (sim/disturbances.py). The telemetry is the truth `lag` old,
+    plus noise and the configured attitude error (bias, drift, step)."""
 
     def __init__(self, traj: Trajectory, cfg: SimConfig):
         self.traj, self.cfg = traj, cfg
         self.rng = np.random.default_rng(cfg.seed + 1)
         self._lock = threading.Lock()
+        d = cfg.disturb
+        self.wind = Wind(d.wind_m_s, d.wind_from_deg, d.gust_m_s, cfg.seed)
+        self.tilt_from_drag = bool(d.tilt_from_drag or d.wind_m_s or d.gust_m_s)
+        self.attitude_error = AttitudeError(d)
 
     def pose(self, t_s: float) -> ViewPose:
-        """True pose at flight time t_s: on the route, heading along it, a gentle attitude wobble."""
+        """True pose at flight time t_s: on the route, heading along it, the wobble and the tilt."""
         e, n, yaw = self.traj.at(t_s)
         tilt = math.radians(self.cfg.tilt_deg)
-        return ViewPose(e, n, self.cfg.alt_agl_m, tilt * math.sin(0.9 * t_s), tilt * math.cos(0.7 * t_s), yaw)
+        roll, pitch = tilt * math.sin(0.9 * t_s), tilt * math.cos(0.7 * t_s)
+        if self.tilt_from_drag:
+            accel = self._route_accel_en(t_s) + drag_acceleration(self._route_vel_en(t_s), self.wind.at(t_s),
+                                                                  self.cfg.disturb.drag_per_m)
+            r, p = tilt_for_acceleration(accel, yaw)
+            roll, pitch = roll + r, pitch + p
+        return ViewPose(e, n, self.cfg.alt_agl_m, roll, pitch, yaw)
+
+    def _route_vel_en(self, t_s: float, dt_s: float = 0.05) -> np.ndarray:
+        a, b = self.traj.at(t_s - dt_s), self.traj.at(t_s + dt_s)
+        return np.array([b[0] - a[0], b[1] - a[1]]) / (2 * dt_s)
+
+    def _route_accel_en(self, t_s: float, dt_s: float = 0.25) -> np.ndarray:
+        return (self._route_vel_en(t_s + dt_s) - self._route_vel_en(t_s - dt_s)) / (2 * dt_s)
 
     def velocity_en(self, t_s: float, dt_s: float = 0.05) -> tuple:
         """True (vel_east_m_s, vel_north_m_s) at flight time t_s (central difference over dt_s)."""
@@ -56,9 +79,10 @@ class VehicleModel:
         return (b.east_m - a.east_m) / (2 * dt_s), (b.north_m - a.north_m) / (2 * dt_s)
 
     def noisy(self, t_s: float):
-        """(roll_rad, pitch_rad, yaw_rad in 0..2pi, agl_m) as the autopilot's sensors report them."""
-        p = self.pose(t_s)
+        """(roll_rad, pitch_rad, yaw_rad in 0..2pi, agl_m) as the autopilot reports them."""
+        p = self.pose(t_s - self.attitude_error.lag_s)
+        err = self.attitude_error.at(t_s)
         with self._lock:  # the generator is shared by the MAVLink thread and tests
-            a = np.radians(self.cfg.attitude_noise_deg) * self.rng.standard_normal(3)
+            a = np.radians(self.cfg.attitude_noise_deg) * self.rng.standard_normal(3) + err
             dh = self.cfg.alt_noise_m * self.rng.standard_normal()
         return p.roll_rad + a[0], p.pitch_rad + a[1], (p.yaw_rad + a[2]) % (2 * math.pi), p.agl_m + dh

@@ -98,7 +98,7 @@ def test_a_spoofed_system_time_changes_nothing_and_publishing_goes_on(link):
     assert rejected["SYSTEM_TIME: step against the established clock"] == 1
     pub = FixPublisher(bridge, lambda now: (FIX, 0.1), rate_hz=10, max_age_s=1.0).start()
     try:
-        got = [m for m in iter(lambda: fc.recv_match(type="GPS_INPUT", blocking=True, timeout=0.6), None)][:5]
+        got = [fc.recv_match(type="GPS_INPUT", blocking=True, timeout=0.6) for _ in range(5)]
         assert len(got) == 5 and all(2300 < m.time_week < 2500 for m in got)
         assert bridge.encode_failures == 0
     finally:
@@ -257,3 +257,80 @@ def test_a_signed_link_takes_the_autopilot_and_refuses_the_impostors(tmp_path):
         for c in (unsigned, wrong, fc):
             c.close()
         bridge.close()
+
+
+class _Clock:
+    """An autopilot's boot clock in ms, running from boot_ms now."""
+
+    def __init__(self, boot_ms: int):
+        self.t0, self.boot_ms = time.monotonic(), boot_ms
+
+    def __call__(self) -> int:
+        return self.boot_ms + int((time.monotonic() - self.t0) * 1e3)
+
+
+def _stream(sender, clock, seconds, **values):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        _vehicle(sender, clock(), **values)
+        time.sleep(0.05)
+
+
+def test_an_impostor_waiting_for_a_radio_fade_does_not_take_the_link(link):
+    """The autopilot goes silent for 4 s (link timeout 2 s) while senders with its ids wait on
+    other ports: one with its own clock, one that guesses the clock but not the height. Neither
+    is taken, their datagrams are counted (and the counters survive the silence), and the
+    autopilot's own endpoint gets the link back the moment it speaks."""
+    port, fc, bridge = link
+    fc_clock = _Clock(6000)
+    _stream(fc, fc_clock, 0.5)
+    own_clock = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", source_system=1, source_component=1)
+    guesser = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", source_system=1, source_component=1)
+    try:
+        _vehicle(own_clock, 100)  # while the autopilot talks: dropped unread
+        time.sleep(0.1)
+        foreign_before = bridge.counters()["foreign_datagrams"]
+        assert foreign_before >= 4
+        impostor_clock = _Clock(900_000)
+        end = time.monotonic() + 4.0
+        while time.monotonic() < end:  # the fade: only the impostors speak
+            _vehicle(own_clock, impostor_clock(), yaw=1.9)
+            _vehicle(guesser, fc_clock(), yaw=1.3, rel_alt_mm=300_000)
+            time.sleep(0.05)
+        tel = bridge.telemetry.get("ATTITUDE", 10.0, time.monotonic())
+        assert tel.yaw == pytest.approx(1.2)  # still the autopilot's last word
+        counters = bridge.counters()
+        assert counters["rebinds"] == [] and bridge.reconnects == 1
+        assert counters["rebind_refused"]["boot clock does not continue"] > 10
+        assert counters["rebind_refused"]["height does not continue"] > 10
+        assert counters["foreign_datagrams"] >= foreign_before and bridge.dropped["foreign endpoint"] > 20
+        _stream(fc, fc_clock, 0.3, yaw=1.25)  # the autopilot is back, from its own endpoint
+        assert bridge.telemetry.at(time.monotonic(), 0.5).yaw_rad == pytest.approx(1.25)
+        assert bridge.counters()["rebinds"] == []
+    finally:
+        own_clock.close()
+        guesser.close()
+
+
+def test_the_autopilot_coming_back_from_a_new_port_is_re_bound_and_said(link, caplog):
+    """A radio reset: the same autopilot (its boot clock, attitude and height continue) speaks
+    from another port after 3 s of silence. It is re-bound after proving itself, the re-bind is
+    logged with both endpoints, and fixes go to the new port."""
+    port, fc, bridge = link
+    clock = _Clock(20_000)
+    _stream(fc, clock, 0.5)
+    old_endpoint = bridge.conn.peer
+    time.sleep(3.0)  # silent
+    fc2 = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", source_system=1, source_component=1)
+    pub = FixPublisher(bridge, lambda now: (FIX, 0.1), rate_hz=10, max_age_s=1.0).start()
+    try:
+        _stream(fc2, clock, 1.6, yaw=1.22)
+        assert len(bridge.rebinds) == 1 and bridge.rebinds[0][0] == old_endpoint
+        assert bridge.conn.peer != old_endpoint
+        assert bridge.telemetry.at(time.monotonic(), 0.5).yaw_rad == pytest.approx(1.22)
+        assert any("re-bound the autopilot" in r.getMessage() for r in caplog.records)
+        got = fc2.recv_match(type="GPS_INPUT", blocking=True, timeout=1.0)
+        assert got is not None and got.lat == int(FIX.lat_deg * 1e7)
+    finally:
+        pub.close()
+        fc2.close()

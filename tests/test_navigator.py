@@ -273,21 +273,26 @@ def test_a_small_yaw_error_is_trimmed_by_the_match_rotation(nav, world):
     assert all(_err(pack, f, p) < 3.0 for f, p in fixes if f is not None) and sum(f is not None for f, _ in fixes) >= 8
 
 
-def test_the_heading_trim_waits_for_a_confirmed_track():
-    from skyfix.edge.navigator import HeadingCheck
-    from skyfix.edge.refine import Match
+def test_the_heading_trim_is_bounded_per_frame():
+    """The trim integrates trusted matches' rotation (the Navigator trims only with matches the
+    confirmed track agrees with), at most TRIM_STEP_DEG a frame."""
+    from skyfix.edge.navigator import TRIM_STEP_DEG, HeadingCheck
     check = HeadingCheck(20.0, trim_gain=0.25)
-    tilted = Match(0.0, 0.0, 40, 60, 1.0, 3.0, 1.0)
-    check.observe(tilted, 15, track_confirmed=False)
-    assert check.offset_rad == 0.0
     for _ in range(20):  # the crop is rectified with the correction: the rotation left shrinks
-        left = Match(0.0, 0.0, 40, 60, 1.0, 3.0 - math.degrees(check.offset_rad), 1.0)
-        check.observe(left, 15, track_confirmed=True)
+        check.trim(3.0 - math.degrees(check.offset_rad))
     assert math.degrees(check.offset_rad) == pytest.approx(3.0, abs=0.05)
-    wild = Match(0.0, 0.0, 40, 60, 1.0, 18.0, 1.0)  # strong, wrong, within the 20 deg allowed
     before = check.offset_rad
-    check.observe(wild, 15, track_confirmed=True)
-    assert math.degrees(check.offset_rad - before) == pytest.approx(0.5)  # one frame moves it 0.5 deg at most
+    check.trim(18.0)  # strong, within the 20 deg allowed
+    assert math.degrees(check.offset_rad - before) == pytest.approx(TRIM_STEP_DEG)
+
+
+def test_a_match_the_track_does_not_agree_with_never_trims_the_heading(nav, world):
+    """Only matches a confirmed track agrees with trim the heading: before confirmation, or
+    with a telemetry attitude the image contradicts, the heading correction stays."""
+    _, _, canvas = world
+    for i in range(2):  # acquiring: not confirmed yet
+        nav.step(_frame(canvas, 0.5 * i, i, yaw_rad=_pose(0.5 * i).yaw_rad + math.radians(4.0))[0])
+    assert nav.heading.offset_rad == 0.0
 
 
 def test_search_windows_merge_only_while_they_stay_near_their_own_size():
@@ -303,3 +308,65 @@ def test_search_windows_merge_only_while_they_stay_near_their_own_size():
     assert len(merged) > 1
     assert merge_windows([(0, 0, 100.0), (5, -5, 100.0)]) == [(2.5, -2.5, 102.5)]
     assert merge_windows([(0, 0, 100.0), (300, 0, 100.0)]) == [(0, 0, 100.0), (300, 0, 100.0)]
+
+
+def _match_seen_with(pose_true, pose_tel, n_points, noise_m, seed=0):
+    """A Match of a frame taken at pose_true but rectified with the telemetry's pose_tel:
+    n_points crop pixels and their true ground points (noise_m of map noise), the crop centre
+    placed on the map. Returns (Match, CropPose, offset_en of the crop from the nadir)."""
+    from skyfix.edge.camera import ground_of_pixel, image_from_crop, image_from_ground
+    from skyfix.edge.navigator import CropPose
+    from skyfix.edge.refine import Match
+    rng = np.random.default_rng(seed)
+    h_crop, offset_en = image_from_crop(CAM, pose_tel.roll_rad, pose_tel.pitch_rad, pose_tel.yaw_rad, pose_tel.agl_m,
+                                        150.0, 300)
+    h_true = image_from_ground(CAM, pose_true.roll_rad, pose_true.pitch_rad, pose_true.yaw_rad,
+                               pose_true.east_m, pose_true.north_m, pose_true.agl_m)
+
+    def ground(crop_px):
+        u, v, w = h_crop @ [crop_px[0], crop_px[1], 1.0]
+        return ground_of_pixel(h_true, u / w, v / w)
+    crop_px = rng.uniform(40, 260, (n_points, 2))
+    ground_en = np.array([ground(p) for p in crop_px]) + rng.normal(0, noise_m, (n_points, 2))
+    centre = ground((149.5, 149.5))
+    match = Match(centre[0], centre[1], n_points, n_points, 1.0, 0.0, 1.0, crop_px, ground_en)
+    tel = CropPose(pose_tel.roll_rad, pose_tel.pitch_rad, pose_tel.yaw_rad, pose_tel.agl_m)
+    return match, tel, offset_en
+
+
+def test_a_wrong_autopilot_attitude_is_caught_by_the_image_and_the_fix_stays_honest(nav, monkeypatch):
+    """The autopilot's roll is 10 deg off (its estimate drifting in wind): placed by that tilt the
+    vehicle is 21 m off. Resection from the image disagrees beyond both noises: the disagreement
+    is counted and said, and the image alone places the vehicle within 3x its accuracy. Fused
+    regardless (the check off), the same frame lands beyond 3x its claimed accuracy."""
+    import dataclasses
+
+    import skyfix.edge.navigator as navigator
+    nav.refine_size_m, nav.refine_px = 150.0, 300  # the crop _match_seen_with made
+    nav.gsd_m = 0.5
+    truth = ViewPose(10.0, -5.0, AGL_M, 0.02, 0.03, 0.8)
+    tel = dataclasses.replace(truth, roll_rad=truth.roll_rad + math.radians(10.0))
+    match, pose, offset_en = _match_seen_with(truth, tel, 60, noise_m=0.6)
+    placed = nav._vehicle_position(match, pose, offset_en, 1.0)
+    err = math.hypot(placed.east_m - truth.east_m, placed.north_m - truth.north_m)
+    assert not placed.attitude_agrees and err <= 3 * placed.sigma_m
+    assert nav.integrity_counts() == {"attitude disagrees with the image": 1, "placed by the image alone": 1}
+    assert "telemetry attitude off by roll +" in placed.notes[0]
+
+    monkeypatch.setattr(navigator, "ATTITUDE_AGREE_D2", math.inf)
+    nav.attitude_doubt = None
+    fused = nav._vehicle_position(match, pose, offset_en, 1.0)
+    assert math.hypot(fused.east_m - truth.east_m, fused.north_m - truth.north_m) > 3 * fused.sigma_m
+
+
+def test_a_wrong_attitude_the_image_cannot_settle_gives_no_fix(nav):
+    """Too few points to resect with confidence, against a telemetry tilt 10 deg off: no fix."""
+    import dataclasses
+    nav.refine_size_m, nav.refine_px = 150.0, 300
+    nav.gsd_m = 0.5
+    truth = ViewPose(10.0, -5.0, AGL_M, 0.02, 0.03, 0.8)
+    tel = dataclasses.replace(truth, roll_rad=truth.roll_rad + math.radians(10.0))
+    match, pose, offset_en = _match_seen_with(truth, tel, 20, noise_m=0.3)
+    placed = nav._vehicle_position(match, pose, offset_en, 1.0)
+    assert placed[0] is Reason.IMPLAUSIBLE and "does not settle it" in placed[1]
+    assert nav.integrity_counts()["withheld: neither attitude can be trusted"] == 1
