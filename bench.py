@@ -11,6 +11,8 @@
   skyfix bench sues [--methods ...]           SUES-200 real drone photos: inliers per extractor
   skyfix bench attack --pack PACK [--datagrams 20000] [--duration-s 55]
                                              a hostile sender on skyfix's MAVLink port during a flight
+  skyfix bench integrity --pack PACK [--conditions 'calm;wind 8 m/s'] [--sitl-wind 5,8]
+                                             integrity under wind, attitude errors, time offsets, lens, blur
   skyfix bench soak --pack PACK [--duration-s 3600]  a long flight: RSS, files, threads, latency per minute
   skyfix bench odometry                       frame-to-frame displacement vs GPS on odm_toledo
   skyfix bench locate [--photos 30]           `skyfix locate` on simulated survey photos (Colorado, LEVIR-CD date B)
@@ -312,7 +314,7 @@ def _pool(results: list[dict]) -> dict:
 
 
 def main(what: str, args) -> int:
-    if what in ("resection", "attack", "soak", "onboard") and not args.pack:
+    if what in ("resection", "attack", "soak", "onboard", "integrity") and not args.pack:
         raise SkyfixError(f"skyfix bench {what} needs --pack PACK (e.g. out/bench/colorado, built by "
                           "`skyfix bench retrieval`)")
     if what in ("embed", "all"):
@@ -332,6 +334,9 @@ def main(what: str, args) -> int:
         print(bench_telemetry())
     if what == "odometry":
         print(bench_odometry(tuple(m for m in args.methods.split(",") if m != "orb"), args.features_model))
+    if what == "integrity":
+        print(bench_integrity(args.pack, conditions=args.conditions.split(";") if args.conditions else None,
+                              sitl_wind_m_s=tuple(float(w) for w in args.sitl_wind.split(",")) if args.sitl_wind else ()))
     if what == "soak":
         print(bench_soak(args.pack, args.duration_s or 3600.0))
     if what == "attack":
@@ -713,6 +718,102 @@ def bench_attack(pack_path: str, n_datagrams: int = 20000, duration_s: float = 5
                     f"{sum(link.get('rejected_values', {}).values())} | {link.get('encode_failures', 0)} | "
                     f"{rss0:.0f} / {_rss_mb():.0f} |")
     return "\n".join(rows)
+
+
+# ---- integrity under the disturbances of real flight ------------------------------------------------
+_LENS = {"camera": {"fx_px": 457.0, "dist_coeffs": [-0.25, 0.08, 0.0, 0.0]}}
+_MIX = {"wind_m_s": 8.0, "wind_from_deg": 300.0, "gust_m_s": 3.0, "attitude_bias": {"yaw_deg": 5.0},
+        "attitude_drift_per_s": {"roll_deg": 0.1, "pitch_deg": -0.05}, "attitude_lag_s": 0.1,
+        "time_offset_s": 0.03, "time_jitter_s": 0.01, "exposure_ms": 4.0, "gain_jitter": 0.2}
+# name -> (sim.disturb, other config sections). Every row flies with the tilt that holds the track
+# against the air (tilt_from_drag), so "calm" differs from the rows below by their disturbance only.
+INTEGRITY_CONDITIONS = {
+    "calm": ({}, {}),
+    "wind 8 m/s": ({"wind_m_s": 8.0, "wind_from_deg": 300.0}, {}),
+    "wind 8 m/s, gusts 3 m/s": ({"wind_m_s": 8.0, "wind_from_deg": 300.0, "gust_m_s": 3.0}, {}),
+    "roll bias 10 deg": ({"attitude_bias": {"roll_deg": 10.0}}, {}),
+    "attitude drift 0.2 deg/s": ({"attitude_drift_per_s": {"roll_deg": 0.2, "pitch_deg": 0.2}}, {}),
+    "attitude step 8 deg at 20 s": ({"attitude_step": {"roll_deg": -8.0}, "attitude_step_at_s": 20.0}, {}),
+    "attitude lag 0.2 s": ({"attitude_lag_s": 0.2, "gust_m_s": 3.0}, {}),
+    "yaw bias 15 deg": ({"attitude_bias": {"yaw_deg": 15.0}}, {}),
+    "time offset 50 ms, jitter 20 ms": ({"time_offset_s": 0.05, "time_jitter_s": 0.02}, {}),
+    "lens distortion (k1 -0.25)": ({}, _LENS),
+    "motion blur 8 ms, gain jitter 0.3": ({"exposure_ms": 8.0, "gain_jitter": 0.3}, {}),
+    "mix: all of the above, milder": (_MIX, _LENS),
+}
+
+
+def _integrity_row(name: str, s: dict, first_fix_s: Optional[float], handover_availability: float) -> str:
+    e, cal = s["error_m"], s["calibration"]
+    fmt = lambda v, f="{:.1f}": "n/a" if v is None else f.format(v)  # noqa: E731
+    beyond = s.get("beyond_3x", 0)
+    autopilot = s.get("autopilot_error_m")
+    extra = "" if autopilot is None else (f" | {fmt(autopilot['median'])} / {fmt(autopilot['max'])} | "
+                                          f"{s['ekf_glitches']} | {'yes' if s['mission_completed'] else 'NO'}")
+    return (f"| {name} | {fmt(100 * handover_availability)} % | {fmt(100 * s['availability'])} % | "
+            f"{fmt(e['median'])} / {fmt(e['p95'])} / {fmt(e['max'])} | {fmt(cal.get('worst_error_over_accuracy'), '{:.2f}')} | "
+            f"**{beyond}** | {s['n_published']} | {fmt(first_fix_s)} | "
+            f"{sum(v for k, v in s.get('integrity', {}).items() if k.startswith('attitude'))}{extra} |")
+
+
+def _integrity_scores(received: list, duration_s: float, start_s: Optional[float]) -> tuple:
+    """(messages beyond 3x their accuracy, availability from start_s to the end)."""
+    from skyfix.sim.score import availability
+    beyond = sum(r["error_m"] > 3 * r["horiz_accuracy_m"] for r in received)
+    t = np.array([r["t_s"] for r in received])
+    return int(beyond), (availability(t, start_s, duration_s) if start_s is not None else 0.0)
+
+
+def bench_integrity(pack_path: str, length_m: float = 600.0, conditions: Optional[list] = None,
+                    sitl_wind_m_s: tuple = (), out: str = "out/bench/integrity") -> str:
+    """Fly the simulated drone through INTEGRITY_CONDITIONS (each alone, and a milder mix), and
+    ArduCopter SITL in each of sitl_wind_m_s, and print per condition: availability from the
+    first fix (SIL) or the hand-over (SITL) to the end and over the whole flight, error median
+    / p95 / max, the worst error-to-accuracy ratio, messages beyond 3x their accuracy, frames
+    where the image contradicted the telemetry's attitude, and in SITL the autopilot's own
+    error, its GPS glitches and whether the mission completed."""
+    import json
+
+    from skyfix.config import load_config
+    from skyfix.export.models import load_embedder, model_for_pack
+    from skyfix.sim.run import run_sim
+    from skyfix.tiles.pack import TilePack
+    embedder = load_embedder(model_for_pack(TilePack.open(pack_path), None), "drone", load_config().model)
+    rows = ["| condition | availability from first fix / hand-over | whole flight | error median / p95 / max m | "
+            "worst error / accuracy | beyond 3x | messages | first fix s | attitude contradicted (frames) |"
+            " autopilot error median / max m | EKF glitches | mission completed |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    names = conditions or list(INTEGRITY_CONDITIONS)
+    for name in names:
+        disturb, sections = INTEGRITY_CONDITIONS[name]
+        cfg = load_config(overrides={**sections, "sim": {"route": "straight", "length_m": length_m,
+                                                          "disturb": {"tilt_from_drag": True, **disturb}}})
+        slug = "".join(c if c.isalnum() else "_" for c in name)[:40]
+        s = run_sim(pack_path, embedder, cfg, out_dir=f"{out}/{slug}", progress=False)
+        received = _read_track(f"{out}/{slug}/track.csv")
+        s["beyond_3x"], handover = _integrity_scores(received, s["duration_s"], s.get("time_to_first_fix_s"))
+        rows.append(_integrity_row(name, s, s.get("time_to_first_fix_s"), handover) + " | | |")
+        print(rows[-1], flush=True)
+    for wind in sitl_wind_m_s:
+        from skyfix.sim.sitl_flight import run_sitl
+        cfg = load_config(overrides={"sim": {"route": "straight", "length_m": 500.0, "declination_deg": 8.66,
+                                             "disturb": {"wind_m_s": wind, "wind_from_deg": 270.0}}})
+        s = run_sitl(pack_path, embedder, cfg, out_dir=f"{out}/sitl_wind_{wind:g}", progress=False)
+        received = _read_track(f"{out}/sitl_wind_{wind:g}/track.csv")
+        duration = s["handover_s"] + s["mission_s"] if s["handover_s"] is not None and s["mission_s"] else 0.0
+        s["beyond_3x"], handover = _integrity_scores(received, duration, s["handover_s"])
+        rows.append(_integrity_row(f"ArduCopter SITL, wind {wind:g} m/s", s, s.get("time_to_first_fix_s"), handover))
+        print(rows[-1], flush=True)
+        Path(f"{out}/sitl_wind_{wind:g}.json").write_text(json.dumps(s, indent=2, default=str))
+    return "\n".join(rows)
+
+
+def _read_track(path: str) -> list[dict]:
+    """The messages the autopilot received, from a flight's track.csv (t_s, error_m, horiz_accuracy_m)."""
+    import csv
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items() if k in ("t_s", "error_m", "horiz_accuracy_m")}
+                for row in csv.DictReader(f)]
 
 
 # ---- soak: a long flight --------------------------------------------------------------------------

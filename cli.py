@@ -534,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     tf.set_defaults(func=cmd_train_features)
 
     bn = sub.add_parser("bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="benchmarks that print tables")
-    bn.add_argument("what", choices=["embed", "faiss", "retrieval", "orientation", "telemetry", "resection", "match", "sues", "attack", "soak", "odometry", "precision", "locate", "build", "onboard", "index", "all"])
+    bn.add_argument("what", choices=["embed", "faiss", "retrieval", "orientation", "telemetry", "resection", "match", "sues", "attack", "soak", "odometry", "precision", "locate", "build", "onboard", "index", "integrity", "all"])
     bn.add_argument("--datagrams", type=_number(int, 0, 10 ** 8), default=20000, help="attack: hostile datagrams")
     bn.add_argument("--duration-s", type=_number(float, 1, 86400), help="attack: flight length (default 55); soak: (default 3600)")
     bn.add_argument("--methods", default="sift,orb,xfeat", help="match: extractors to compare")
@@ -558,6 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--index", choices=["flat", "ivfpq", "hnsw"], default="flat", help="build: index of the pack")
     bn.add_argument("--cluster", help="build: embed on Dask (local:N or a scheduler address)")
     bn.add_argument("--frames", type=_number(int, 1, 100000), default=20, help="onboard: views located per pack")
+    bn.add_argument("--conditions", help="integrity: the conditions to fly, ';'-separated (default: all)")
+    bn.add_argument("--sitl-wind", help="integrity: also fly ArduCopter SITL in these winds, m/s, comma-separated")
     bn.add_argument("--out", default="out/bench")
     bn.set_defaults(func=cmd_bench)
     return p

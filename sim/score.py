@@ -50,6 +50,17 @@ def velocity_score(received: list[dict]) -> Optional[dict]:
             "within_1x": float(np.mean(err <= acc)), "within_3x": float(np.mean(err <= 3 * acc))}
 
 
+def availability(t_received_s: np.ndarray, from_s: float, to_s: float, fresh_s: float = 0.5) -> float:
+    """Share of [from_s, to_s) (sampled every 0.1 s) with a message received in the last fresh_s;
+    t_received_s sorted."""
+    grid = np.arange(from_s, to_s, 0.1)
+    if not len(grid) or not len(t_received_s):
+        return 0.0
+    idx = np.searchsorted(t_received_s, grid, side="right") - 1
+    fresh = (idx >= 0) & (grid - t_received_s[np.clip(idx, 0, None)] <= fresh_s)
+    return float(fresh.mean())
+
+
 def score(received: list[dict], duration_s: float, fresh_s: float = 0.5) -> dict:
     """Errors of the published fixes, availability (share of time with a fix received in the last
     `fresh_s`), and calibration against the reported accuracy."""
@@ -60,12 +71,9 @@ def score(received: list[dict], duration_s: float, fresh_s: float = 0.5) -> dict
     err = np.array([r["error_m"] for r in received])
     acc = np.array([r["horiz_accuracy_m"] for r in received])
     t = np.array([r["t_s"] for r in received])
-    grid = np.arange(0.0, duration_s, 0.1)
-    idx = np.searchsorted(t, grid, side="right") - 1
-    fresh = (idx >= 0) & (grid - t[np.clip(idx, 0, None)] <= fresh_s)
     return {"error_m": {"median": float(np.median(err)), "p95": float(np.percentile(err, 95)),
                         "max": float(err.max())},
-            "availability": float(fresh.mean()),
+            "availability": availability(t, 0.0, duration_s, fresh_s),
             "n_published": int(len(err)),
             "calibration": {"within_1x": float(np.mean(err <= acc)), "within_3x": float(np.mean(err <= 3 * acc)),
                             "worst_error_over_accuracy": float(np.max(err / acc))},
@@ -181,6 +189,7 @@ def frame_summary(frames: list[dict], nav, duration: float, startup_s: float) ->
         "frames_per_s": len(frames) / duration,
         "startup_s": startup_s,
         "reasons": nav.reason_counts(),
+        "integrity": nav.integrity_counts(),
     }
 
 

@@ -215,7 +215,8 @@ def summarise_sitl(vehicle: SitlVehicle, pilot: SitlPilot, result: dict, nav: Na
         "modes": [(round(t - t0, 1), m) for t, m in vehicle.modes],
         "pilot": [(round(t - t0, 1), e) for t, e in pilot.events],
         "statustext": texts[-60:],
-        "n_frames": len(kinds), "reasons": nav.reason_counts(), "latency_ms": nav.timing_summary(),
+        "n_frames": len(kinds), "reasons": nav.reason_counts(), "integrity": nav.integrity_counts(),
+        "latency_ms": nav.timing_summary(),
         "link": {"stream_requests": bridge.stream_requests if bridge else 0},
     })
     return summary
