@@ -583,8 +583,10 @@ class Navigator:
             return Reason.AMBIGUOUS, (f"{best.inliers} inliers here, {runner_up.inliers} at another "
                                       f"place {far_m:.0f} m away")
         if pose.heading_known and abs(best.rotation_deg) > cfg.max_rotation_deg:
+            self.integrity["heading disagrees with the image"] += 1
             return Reason.IMPLAUSIBLE, f"rotated {best.rotation_deg:.0f} deg against the known heading"
         if pose.height_known and abs(best.scale - 1) > cfg.max_scale_error:
+            self.integrity["height disagrees with the image"] += 1
             return Reason.IMPLAUSIBLE, f"scale {best.scale:.2f} against the known height"
         return None
 
@@ -682,7 +684,8 @@ class Navigator:
         h, _ = image_from_crop(self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad, pose.agl_m,
                                self.refine_size_m, self.refine_px)
         cp = resect(self.camera, image_px_of_crop_px(match.crop_px, h), match.ground_en_m)
-        if cp is None or abs(cp.agl_m / pose.agl_m - 1) > self.cfg.max_scale_error:
+        if cp is not None and abs(cp.agl_m / pose.agl_m - 1) > self.cfg.max_scale_error:
+            self.integrity["height disagrees with resection"] += 1
             return None
         return cp
 

@@ -388,11 +388,17 @@ class SitlPilot:
         self.note("EKF never took skyfix's position")
         return False
 
-    def goto(self, east_m: float, north_m: float, agl_m: float, timeout_s: float, within_m: float = 5.0) -> bool:
-        """GUIDED target; True once the truth is within within_m of it."""
+    def goto(self, east_m: float, north_m: float, agl_m: float, timeout_s: float, within_m: float = 5.0,
+             stall_s: float = 60.0) -> bool:
+        """GUIDED target; True once the truth is within within_m of it, False at timeout_s or
+        when the vehicle has come no closer by 5 m for stall_s (outside a failsafe)."""
         lat, lon, _ = self.v.frame.to_lla(east_m, north_m)
         end = time.monotonic() + timeout_s
+        best_m, best_t = math.inf, time.monotonic()
         while time.monotonic() < end:
+            if time.monotonic() - best_t > stall_s:
+                self.note(f"no progress towards ({east_m:.0f}, {north_m:.0f}) for {stall_s:.0f} s")
+                return False
             if not self.armed():
                 self.note("disarmed during the mission")
                 return False
@@ -403,14 +409,18 @@ class SitlPilot:
                 time.sleep(1.0)
                 if self.v.modes[-1][1] == "GUIDED":
                     self.note("GUIDED again after the failsafe")
+                best_t = time.monotonic()  # a failsafe is not a stall
                 continue
             self.v.conn.mav.set_position_target_global_int_send(
                 0, 1, 1, 6, 0b110111111000, int(lat * 1e7), int(lon * 1e7), agl_m, 0, 0, 0, 0, 0, 0, 0, 0)
             time.sleep(0.5)
             pose = self.v.true_pose()
-            if pose is not None and math.hypot(pose.east_m - east_m, pose.north_m - north_m) <= within_m:
+            dist_m = math.inf if pose is None else math.hypot(pose.east_m - east_m, pose.north_m - north_m)
+            if dist_m <= within_m:
                 self.note(f"reached ({east_m:.0f}, {north_m:.0f})")
                 return True
+            if dist_m < best_m - 5.0:
+                best_m, best_t = dist_m, time.monotonic()
         self.note(f"did not reach ({east_m:.0f}, {north_m:.0f})")
         return False
 

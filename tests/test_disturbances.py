@@ -107,3 +107,28 @@ def test_a_flight_through_wind_a_drifting_attitude_and_a_bad_camera_stays_honest
     assert s["n_published"] > 100, s["reasons"]
     assert s["calibration"]["within_3x"] == 1.0, (s["calibration"], s["integrity"])
     assert s["confident_wrong_fixes"] == 0 and s["availability"] > 0.7
+
+
+def test_sitl_wind_and_parameter_file(tmp_path):
+    """The wind reaches ArduPilot SITL as its SIM_WIND_* parameters, a parameter file adds any
+    other (and wins), and a line that is not 'NAME VALUE' is refused with its line number."""
+    from skyfix.errors import SkyfixError
+    from skyfix.sim.sitl import read_parm_file, sim_params
+    parm = tmp_path / "extra.parm"
+    parm.write_text("# gusty afternoon\nSIM_WIND_TURB 2.5\nSIM_WIND_T,1\n")
+    cfg = SimConfig(disturb=DisturbConfig(wind_m_s=8.0, wind_from_deg=-90.0), sitl_params=read_parm_file(parm))
+    assert sim_params(cfg) == {"SIM_WIND_SPD": 8.0, "SIM_WIND_DIR": 270.0, "SIM_WIND_TURB": 2.5, "SIM_WIND_T": 1.0}
+    assert sim_params(SimConfig()) == {}
+    parm.write_text("SIM_WIND_SPD 5\nSIM_WIND_DIR\n")
+    with pytest.raises(SkyfixError, match="extra.parm:2"):
+        read_parm_file(parm)
+
+
+def test_a_mission_leg_is_timed_from_where_the_vehicle_is():
+    """A climb in wind drifts the vehicle: its first leg is as long as the way from there (617 m
+    in the report that timed out), not a fixed 200 m."""
+    from skyfix.sim.sitl_flight import leg_timeout_s
+    assert leg_timeout_s((0.0, -617.0), None, (0.0, 0.0), 12.0) == pytest.approx(617 / 12 * 2.5 + 30)
+    assert leg_timeout_s(None, (0.0, 100.0), (0.0, 0.0), 10.0) == pytest.approx(100 / 10 * 2.5 + 30)
+    # Into a headwind the vehicle crawls: the wind is taken off the speed (at least 2 m/s left).
+    assert leg_timeout_s((0.0, 600.0), None, (0.0, 0.0), 12.0, wind_m_s=8.0) == pytest.approx(600 / 4 * 2.5 + 30)

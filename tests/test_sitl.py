@@ -1,5 +1,6 @@
-"""A real ArduCopter (SITL) flies on skyfix's fixes alone: take-off in ALT_HOLD to the hand-over
-height, a 200 m leg in GUIDED, back, ALT_HOLD descent. About 4 minutes in real time."""
+"""A real ArduCopter (SITL) flies on skyfix's fixes alone, in a 5 m/s wind: take-off in ALT_HOLD
+to the hand-over height (drifting downwind), a 200 m leg in GUIDED, back, ALT_HOLD descent.
+About 4 minutes in real time."""
 import pytest
 
 from skyfix.errors import SkyfixError
@@ -21,11 +22,12 @@ def pack(colorado_pack):
     return colorado_pack
 
 
-def test_ardupilot_flies_a_leg_on_skyfix_alone(sitl_binary, pack, tiny_onnx_dir, tmp_path):
+def test_ardupilot_flies_a_leg_in_wind_on_skyfix_alone(sitl_binary, pack, tiny_onnx_dir, tmp_path):
     from skyfix.config import load_config
     from skyfix.edge.embedders import open_embedder
     from skyfix.sim.sitl_flight import run_sitl
-    cfg = load_config(overrides={"sim": {"route": "straight", "length_m": 200.0, "declination_deg": 8.66}})
+    cfg = load_config(overrides={"sim": {"route": "straight", "length_m": 200.0, "declination_deg": 8.66,
+                                         "disturb": {"wind_m_s": 5.0, "wind_from_deg": 180.0}}})
     s = run_sitl(pack, open_embedder(tiny_onnx_dir, "drone"), cfg, out_dir=tmp_path, progress=False)
     detail = f"{s['pilot']} {s['statustext'][-10:]}"
     assert s["mission_completed"], detail
@@ -35,5 +37,7 @@ def test_ardupilot_flies_a_leg_on_skyfix_alone(sitl_binary, pack, tiny_onnx_dir,
     # the hand-over height, in ALT_HOLD, ArduPilot may still announce "EKF Failsafe" with no
     # action; the README reports it.)
     assert {m for _, m in s["modes"]} <= {"STABILIZE", "ALT_HOLD", "GUIDED"}, s["modes"]
-    assert s["error_m"]["median"] < 3.0 and s["calibration"]["within_3x"] > 0.95
+    # The integrity rule: no message beyond 3x its stated accuracy, though the autopilot's
+    # attitude estimate is what skyfix crops with and the wind tilts the vehicle.
+    assert s["error_m"]["median"] < 3.0 and s["calibration"]["within_3x"] == 1.0, (s["calibration"], s["integrity"])
     assert (tmp_path / "track.png").stat().st_size > 10_000
