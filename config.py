@@ -160,6 +160,9 @@ class NavConfig:
     # When the telemetry's attitude and the image disagree (Navigator._vehicle_position), the
     # resected position stands alone only with this many points and this 1-sigma (m); otherwise
     # the frame gives no fix.
+    # Share of the tilt the image still sees, per strong resected match, taken into the roll /
+    # pitch correction of the telemetry (navigator.AttitudeTrim); 0 turns it off.
+    attitude_trim_gain: float = 0.3
     resect_alone_min_points: int = 30
     resect_alone_max_sigma_m: float = 4.0
     # Frames in a row without a usable match, before any track is confirmed, after which every

@@ -88,6 +88,7 @@ class Placement:
     sigma_m: float
     attitude_agrees: bool
     notes: list
+    resected_tilt_rad: Optional[tuple] = None  # (roll, pitch) from resection with enough points
 
 
 # Image against telemetry (Navigator._vehicle_position): chi-square, 2 degrees of freedom.
@@ -212,6 +213,40 @@ class HeadingCheck:
             self.offset_rad += math.radians(step_deg)
 
 
+TILT_TRIM_STEP_DEG = 1.0   # the largest roll/pitch trim one frame may make
+TILT_TRIM_MAX_DEG = 20.0   # the largest roll/pitch correction ever held
+
+
+class AttitudeTrim:
+    """Roll and pitch corrections to the telemetry, learned from camera resection: each strong
+    match with enough points to resect moves them by `gain` of what the image still sees (at
+    most TILT_TRIM_STEP_DEG a frame). The autopilot's attitude estimate drifts in wind (10 deg of
+    roll in ArduCopter SITL) and a camera is never mounted exactly level; a crop rectified with
+    a wrong tilt is not a similarity of the map, so fewer points match and those that do sit in
+    a band of it, and the resected position drifts by metres (3-4 m at 10 deg over the Colorado
+    map). Trimmed, the crop is rectified as the image says the camera was tilted. A match the
+    confirmed track does not agree with never trims (the caller's rule)."""
+
+    def __init__(self, gain: float):
+        self.gain = gain
+        self.offset_rad = np.zeros(2)
+
+    def update(self, roll_rad: float, pitch_rad: float, resected_roll_rad: float, resected_pitch_rad: float) -> str:
+        """Take one frame's resected tilt against the (trimmed) tilt it was cropped with; a note
+        when the correction has passed a whole degree."""
+        if self.gain <= 0:
+            return ""
+        before = np.degrees(np.abs(self.offset_rad)).astype(int)
+        step = np.clip(self.gain * np.array([resected_roll_rad - roll_rad, resected_pitch_rad - pitch_rad]),
+                       -math.radians(TILT_TRIM_STEP_DEG), math.radians(TILT_TRIM_STEP_DEG))
+        limit = math.radians(TILT_TRIM_MAX_DEG)
+        self.offset_rad = np.clip(self.offset_rad + step, -limit, limit)
+        roll_deg, pitch_deg = np.degrees(self.offset_rad)
+        if (np.degrees(np.abs(self.offset_rad)).astype(int) > before).any():
+            return f"telemetry tilt trimmed by roll {roll_deg:+.1f} / pitch {pitch_deg:+.1f} deg (image)"
+        return ""
+
+
 @contextmanager
 def _timed(timings: dict, stage: str):
     t0 = time.perf_counter()
@@ -237,6 +272,7 @@ class Navigator:
         if matcher is None and not self.matcher.extractor.rotation_invariant and "sift" in (pack.manifest.get("features") or {}):
             self.rotation_matcher = open_matcher(pack, cfg, "sift")
         self.gate = self._new_gate()
+        self.attitude_trim = AttitudeTrim(cfg.attitude_trim_gain)
         self.heading = HeadingCheck(cfg.max_rotation_deg, misses_to_search=cfg.heading_search_after or 10 ** 9,
                                     trim_gain=cfg.heading_trim_gain)
         self.stale_run = 0
@@ -356,6 +392,9 @@ class Navigator:
                 pose.yaw_rad += self.heading.offset_rad
                 if abs(math.degrees(self.heading.offset_rad)) >= 0.5:  # not every trim of a tenth
                     pose.notes.append(f"heading corrected by {math.degrees(self.heading.offset_rad):.1f} deg (image)")
+            if pose.attitude_known:
+                pose.roll_rad += self.attitude_trim.offset_rad[0]
+                pose.pitch_rad += self.attitude_trim.offset_rad[1]
             if pose.agl_m is None:
                 return Reason.HEIGHT_MISSING, "; ".join(pose.notes)
             image = self.undistort(frame.image_rgb)
@@ -399,9 +438,15 @@ class Navigator:
         if best.inliers < self.cfg.min_inliers and not agrees:
             return Reason.WEAK_MATCH, (f"{best.inliers} inliers: enough only where a confirmed "
                                        "track expects the vehicle, and it does not")
-        if pose.heading_known and agrees and attitude_trusted and self.gate.confirmed(t_s):
+        confirmed = self.gate.confirmed(t_s)
+        if pose.heading_known and agrees and attitude_trusted and confirmed:
             # Only a match the track agrees with trims the heading: one in doubt must not turn it.
             self.heading.trim(best.rotation_deg)
+        if pose.attitude_known and placed.resected_tilt_rad and best.inliers >= self.cfg.min_inliers \
+                and (agrees or not confirmed):
+            note = self.attitude_trim.update(pose.roll_rad, pose.pitch_rad, *placed.resected_tilt_rad)
+            if note:
+                pose.notes.append(note)
         self.last_tile_id = self.pack.nearest_tile_id(best.east_m, best.north_m)
         return Measurement(t_s, east, north, sigma_m, pose.yaw_rad + placed.turn_rad, best, slot, pose.notes)
 
@@ -611,6 +656,7 @@ class Navigator:
         cp = self._resect(match, pose) if cfg.resect_camera else None
         if cp is None:
             return Placement(float(tilt_en[0]), float(tilt_en[1]), turn, math.sqrt(tilt_var + floor_m ** 2), True, [])
+        resected_tilt = cp.attitude_rad()[:2] if cp.n_points >= cfg.resect_alone_min_points else None
         resect_cov = cp.cov_en_m2 + np.eye(2) * fit_m ** 2
         resect_en = np.array([cp.east_m, cp.north_m])
         diff = tilt_en - resect_en
@@ -620,7 +666,7 @@ class Navigator:
             cov = np.linalg.inv(resect_info + np.eye(2) / tilt_var)
             en = cov @ (resect_info @ resect_en + tilt_en / tilt_var)
             sigma_m = math.sqrt(float(np.linalg.eigvalsh(cov).max()) + floor_m ** 2)
-            return Placement(float(en[0]), float(en[1]), turn, sigma_m, True, [])
+            return Placement(float(en[0]), float(en[1]), turn, sigma_m, True, [], resected_tilt)
         return self._attitude_disagrees(cp, resect_cov, pose, float(np.hypot(*diff)), turn, floor_m, t_s)
 
     def _tilt_placement(self, match: Match, pose: CropPose, offset_en: tuple, turn: float, fit_m: float,
@@ -664,7 +710,8 @@ class Navigator:
             return Reason.IMPLAUSIBLE, (f"{what}, and the image alone does not settle it "
                                         f"({cp.n_points} points, {sigma_m:.1f} m)")
         self.integrity["placed by the image alone"] += 1
-        return Placement(cp.east_m, cp.north_m, turn, sigma_m, False, [what + ": placed by the image alone"])
+        return Placement(cp.east_m, cp.north_m, turn, sigma_m, False, [what + ": placed by the image alone"],
+                         (roll, pitch))
 
     def _log_integrity(self, what: str) -> None:
         now = time.monotonic()

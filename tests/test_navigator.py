@@ -370,3 +370,18 @@ def test_a_wrong_attitude_the_image_cannot_settle_gives_no_fix(nav):
     placed = nav._vehicle_position(match, pose, offset_en, 1.0)
     assert placed[0] is Reason.IMPLAUSIBLE and "does not settle it" in placed[1]
     assert nav.integrity_counts()["withheld: neither attitude can be trusted"] == 1
+
+
+def test_a_biased_telemetry_tilt_is_trimmed_by_resection(nav, world):
+    """The autopilot's roll 8 deg off for a whole flight (its estimate, or a camera mounted
+    askew): strong resected matches trim it out, so crops are rectified as the image says the
+    camera was tilted, and every fix stays within 3x its accuracy on the way."""
+    pack, _, canvas = world
+    fixes = []
+    for i in range(14):
+        frame, pose = _frame(canvas, 0.5 * i, i, roll_rad=_pose(0.5 * i).roll_rad + math.radians(8.0))
+        fixes.append((nav.step(frame).fix, pose))
+    assert math.degrees(nav.attitude_trim.offset_rad[0]) == pytest.approx(-8.0, abs=1.0)
+    assert abs(math.degrees(nav.attitude_trim.offset_rad[1])) < 1.0
+    published = [(f, p) for f, p in fixes if f is not None]
+    assert len(published) >= 8 and all(_err(pack, f, p) <= 3 * f.horiz_accuracy_m for f, p in published)
