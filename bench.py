@@ -797,7 +797,7 @@ def bench_integrity(pack_path: str, length_m: float = 600.0, conditions: Optiona
     for wind in sitl_wind_m_s:
         from skyfix.sim.sitl_flight import run_sitl
         cfg = load_config(overrides={"sim": {"route": "straight", "length_m": 500.0, "declination_deg": 8.66,
-                                             "disturb": {"wind_m_s": wind, "wind_from_deg": 270.0}}})
+                                             "disturb": {"wind_m_s": wind, "wind_from_deg": 180.0}}})
         s = run_sitl(pack_path, embedder, cfg, out_dir=f"{out}/sitl_wind_{wind:g}", progress=False)
         received = _read_track(f"{out}/sitl_wind_{wind:g}/track.csv")
         duration = s["handover_s"] + s["mission_s"] if s["handover_s"] is not None and s["mission_s"] else 0.0

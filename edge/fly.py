@@ -75,7 +75,7 @@ def run_fly(cfg, link_wait_s: float = 10.0, max_frames: int = 0, offline: bool =
         log.info("link: %s", bridge.counters())
     Path(cfg.nav.gallery_out).parent.mkdir(parents=True, exist_ok=True)
     nav.gallery.save(cfg.nav.gallery_out)
-    return {"frames": sum(nav.reasons.values()), "reasons": nav.reason_counts(),
+    return {"frames": sum(nav.reasons.values()), "reasons": nav.reason_counts(), "integrity": nav.integrity_counts(),
             "latency_ms": nav.timing_summary(), "published": publisher.sent if publisher else 0,
             "link": bridge.counters(), "too_slow": nav.too_slow}
 
@@ -111,5 +111,5 @@ def _replay_offline(cfg, max_frames: int = 0) -> dict:
             n += 1
     source.close()
     nav.gallery.save(cfg.nav.gallery_out)
-    return {"frames": sum(nav.reasons.values()), "reasons": nav.reason_counts(), "latency_ms": nav.timing_summary(),
-            "published": 0, "fixes_csv": str(out / "fixes.csv"), "too_slow": nav.too_slow}
+    return {"frames": sum(nav.reasons.values()), "reasons": nav.reason_counts(), "integrity": nav.integrity_counts(),
+            "latency_ms": nav.timing_summary(), "published": 0, "fixes_csv": str(out / "fixes.csv"), "too_slow": nav.too_slow}

@@ -269,11 +269,16 @@ class _Clock:
         return self.boot_ms + int((time.monotonic() - self.t0) * 1e3)
 
 
-def _stream(sender, clock, seconds, **values):
+def _stream(sender, clock, seconds, until=None, **values):
+    """Send the vehicle's messages at 20 Hz for `seconds`, or, with `until`, until it holds
+    (True) or `seconds` pass (False): a deadline, not a guess of how fast the bridge is."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         _vehicle(sender, clock(), **values)
         time.sleep(0.05)
+        if until is not None and until():
+            return True
+    return until is None
 
 
 def test_an_impostor_waiting_for_a_radio_fade_does_not_take_the_link(link):
@@ -304,8 +309,9 @@ def test_an_impostor_waiting_for_a_radio_fade_does_not_take_the_link(link):
         assert counters["rebind_refused"]["boot clock does not continue"] > 10
         assert counters["rebind_refused"]["height does not continue"] > 10
         assert counters["foreign_datagrams"] >= foreign_before and bridge.dropped["foreign endpoint"] > 20
-        _stream(fc, fc_clock, 0.3, yaw=1.25)  # the autopilot is back, from its own endpoint
-        assert bridge.telemetry.at(time.monotonic(), 0.5).yaw_rad == pytest.approx(1.25)
+        # The autopilot is back, from its own endpoint.
+        assert _stream(fc, fc_clock, 5.0, until=lambda: bridge.telemetry.at(time.monotonic(), 0.5).yaw_rad
+                       == pytest.approx(1.25), yaw=1.25)
         assert bridge.counters()["rebinds"] == []
     finally:
         own_clock.close()
@@ -324,7 +330,8 @@ def test_the_autopilot_coming_back_from_a_new_port_is_re_bound_and_said(link, ca
     fc2 = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", source_system=1, source_component=1)
     pub = FixPublisher(bridge, lambda now: (FIX, 0.1), rate_hz=10, max_age_s=1.0).start()
     try:
-        _stream(fc2, clock, 1.6, yaw=1.22)
+        assert _stream(fc2, clock, 8.0, until=lambda: bool(bridge.rebinds), yaw=1.22)
+        _stream(fc2, clock, 0.2, yaw=1.22)
         assert len(bridge.rebinds) == 1 and bridge.rebinds[0][0] == old_endpoint
         assert bridge.conn.peer != old_endpoint
         assert bridge.telemetry.at(time.monotonic(), 0.5).yaw_rad == pytest.approx(1.22)
