@@ -29,6 +29,15 @@ def _number(kind, low=None, high=None):
     return parse
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml), or 'unknown' from a bare checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("skyfix")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _config(args, **overrides):
     return load_config(getattr(args, "config", None), overrides)
 
@@ -314,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "downward camera and a satellite map",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--version", action="version", version=f"skyfix {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("doctor", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="versions and what each role can do here")
