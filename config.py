@@ -164,6 +164,9 @@ class NavConfig:
     # pitch correction of the telemetry (navigator.AttitudeTrim); 0 turns it off.
     attitude_trim_gain: float = 0.3
     resect_alone_min_points: int = 30
+    # A resected tilt this far from the telemetry's is not believed either (a mirror solution of
+    # the planar resection): the frame gives no fix.
+    max_attitude_disagreement_deg: float = 25.0
     resect_alone_max_sigma_m: float = 4.0
     # Frames in a row without a usable match, before any track is confirmed, after which every
     # other frame searches the rotation (a wrong telemetry heading); 0: never.

@@ -699,10 +699,15 @@ class Navigator:
         roll, pitch, _ = cp.attitude_rad()
         d_roll, d_pitch = math.degrees(pose.roll_rad - roll), math.degrees(pose.pitch_rad - pitch)
         tilt_off_deg = math.hypot(d_roll, d_pitch)
-        self.attitude_doubt = (t_s, max(tilt_off_deg, self.cfg.attitude_sigma_deg))
-        self.integrity["attitude disagrees with the image"] += 1
         what = (f"telemetry attitude off by roll {d_roll:+.1f} / pitch {d_pitch:+.1f} deg (image); "
                 f"it would move the fix {apart_m:.0f} m")
+        if tilt_off_deg > self.cfg.max_attitude_disagreement_deg:
+            # No flying autopilot is that wrong; a planar resection has a mirror solution (IPPE's
+            # second pose), which a weak or clustered match can pick. Neither is believed.
+            self.integrity["withheld: resection implausible"] += 1
+            return Reason.IMPLAUSIBLE, f"{what}: beyond any autopilot's error, the resection is not believed"
+        self.attitude_doubt = (t_s, max(tilt_off_deg, self.cfg.attitude_sigma_deg))
+        self.integrity["attitude disagrees with the image"] += 1
         self._log_integrity(what)
         sigma_m = math.sqrt(float(np.linalg.eigvalsh(resect_cov).max()) + floor_m ** 2)
         if cp.n_points < self.cfg.resect_alone_min_points or sigma_m > self.cfg.resect_alone_max_sigma_m:

@@ -385,3 +385,19 @@ def test_a_biased_telemetry_tilt_is_trimmed_by_resection(nav, world):
     assert abs(math.degrees(nav.attitude_trim.offset_rad[1])) < 1.0
     published = [(f, p) for f, p in fixes if f is not None]
     assert len(published) >= 8 and all(_err(pack, f, p) <= 3 * f.horiz_accuracy_m for f, p in published)
+
+
+def test_a_resected_tilt_no_autopilot_could_be_that_wrong_about_is_not_believed(nav):
+    """Image and telemetry 40 deg apart: beyond nav.max_attitude_disagreement_deg, where the
+    resection more likely picked the planar mirror pose than the autopilot is that wrong. No
+    fix from that frame, and the tilt trim is not touched."""
+    import dataclasses
+    nav.refine_size_m, nav.refine_px = 150.0, 300
+    nav.gsd_m = 0.5
+    truth = ViewPose(10.0, -5.0, AGL_M, 0.02, 0.03, 0.8)
+    tel = dataclasses.replace(truth, roll_rad=truth.roll_rad + math.radians(40.0))
+    match, pose, offset_en = _match_seen_with(truth, tel, 60, noise_m=0.3)
+    placed = nav._vehicle_position(match, pose, offset_en, 1.0)
+    assert placed[0] is Reason.IMPLAUSIBLE and "not believed" in placed[1]
+    assert nav.integrity_counts() == {"withheld: resection implausible": 1}
+    assert not nav.attitude_trim.offset_rad.any()
