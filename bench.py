@@ -111,6 +111,7 @@ def bench_locate(out: str = "out/bench", n_photos: int = 30, shared: Path = SHAR
     from skyfix.config import load_config
     from skyfix.edge.camera import PinholeCamera
     from skyfix.edge.locate import run_locate
+    from skyfix.export.models import load_embedder, model_for_pack
     from skyfix.sim.photos import write_photo_set
     from skyfix.tiles.ortho import load_canvas
     from skyfix.tiles.pack import TilePack
@@ -128,7 +129,7 @@ def bench_locate(out: str = "out/bench", n_photos: int = 30, shared: Path = SHAR
         folder = Path(out) / "locate" / pack_dir.name
         csv_path = write_photo_set(canvas, cam, folder / "photos", n_photos, seed=1)
         fixes = run_locate(str(pack_dir), [str(folder / "photos")], str(folder / "fixes.geojson"), cfg,
-                           telemetry_csv=str(csv_path))
+                           load_embedder(model_for_pack(pack, None), "drone", cfg.model), telemetry_csv=str(csv_path))
         got = [f for f in fixes if f.error_m is not None]
         err = np.array([f.error_m for f in got])
         ratio = np.array([f.error_m / f.accuracy_m for f in got])

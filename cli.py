@@ -235,8 +235,11 @@ def cmd_locate(args) -> int:
     import numpy as np
 
     from skyfix.edge.locate import run_locate
+    from skyfix.export.models import load_embedder, model_for_pack
+    from skyfix.tiles.pack import TilePack
     cfg = _config(args, nav={"keypoints": args.matcher, "features_model": args.features_model})
-    rows = run_locate(args.pack, args.photos, args.out, cfg, model=args.model, telemetry_csv=args.telemetry,
+    embedder = load_embedder(model_for_pack(TilePack.open(args.pack), args.model), "drone", cfg.model)
+    rows = run_locate(args.pack, args.photos, args.out, cfg, embedder, telemetry_csv=args.telemetry,
                       agl_m=args.agl_m)
     located = [r for r in rows if r.lat_deg is not None]
     scored = [r for r in located if r.error_m is not None]

@@ -147,14 +147,16 @@ def plot_locations(rows: list[PhotoFix], pack, path: Path, max_px: int = 1200) -
     return path
 
 
-def run_locate(pack_path: str, photos: list, out: str, cfg, model: Optional[str] = None,
+def run_locate(pack_path: str, photos: list, out: str, cfg, embedder=None,
                telemetry_csv: Optional[str] = None, agl_m: Optional[float] = None) -> list[PhotoFix]:
     """The command: open everything, locate, write the table (CSV or GeoJSON by suffix) and
-    `<out>.png`. Returns the rows."""
+    `<out>.png`. Returns the rows. `embedder`: the drone tower; None opens the model folder
+    the pack records (a name such as 'imagenet' or a checkpoint is resolved by the caller,
+    `export.models.load_embedder`, which this onboard room does not import)."""
     from skyfix.edge.camera import PinholeCamera
+    from skyfix.edge.embedders import open_embedder
     from skyfix.edge.navigator import Navigator
     from skyfix.edge.sources import IMAGE_SUFFIXES, read_telemetry_csv
-    from skyfix.export.models import load_embedder, model_for_pack
     from skyfix.tiles.pack import TilePack
     out_path = Path(out)
     if out_path.suffix.lower() not in (".csv", ".geojson", ".json"):
@@ -168,7 +170,8 @@ def run_locate(pack_path: str, photos: list, out: str, cfg, model: Optional[str]
     if missing:
         raise SkyfixError(f"not found: {', '.join(missing[:5])}")
     pack = TilePack.open(pack_path)
-    embedder = load_embedder(model_for_pack(pack, model), "drone", cfg.model)
+    if embedder is None:
+        embedder = open_embedder(pack.manifest.get("model_source") or "", "drone")
     nav = Navigator(pack, embedder, PinholeCamera.from_config(cfg.camera), cfg.nav)
     rows = locate_photos(nav, paths, read_telemetry_csv(telemetry_csv) if telemetry_csv else {}, agl_m)
     out_path.parent.mkdir(parents=True, exist_ok=True)

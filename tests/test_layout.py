@@ -46,3 +46,25 @@ def test_the_block_really_blocks():
     """The check above can fail: importing a training module with torch blocked does."""
     r = _import_in_subprocess(["skyfix.train.towers"], ("torch",))
     assert r.returncode != 0 and "torch is blocked" in r.stderr
+
+
+def _skyfix_imports(path: Path) -> set:
+    """Every skyfix module a file imports, at module level or inside functions (AST)."""
+    import ast
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return {n for n in names if n.startswith("skyfix.")}
+
+
+@pytest.mark.parametrize("package", ["edge", "firmware_bridge"])
+def test_onboard_code_never_reaches_offboard_rooms_even_inside_functions(package):
+    """The import check above only sees what importing runs; an import inside a function
+    (edge/locate.py once reached export.models, and through it train and torch) is found here."""
+    files = sorted((ROOT / package).glob("*.py"))
+    assert len(files) > 3
+    reached = {f"{f.name}: {m}" for f in files for m in _skyfix_imports(f) if m.startswith(OFFBOARD)}
+    assert not reached, sorted(reached)
