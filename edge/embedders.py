@@ -38,11 +38,17 @@ def fit_to_input(images_rgb: np.ndarray, input_px: int) -> np.ndarray:
                      for im in images_rgb])
 
 
-def onnx_session(onnx_path: str | Path, providers: Optional[list] = None, threads: int = 0):
+def onnx_session(onnx_path: str | Path, providers: Optional[list] = None, threads: int = 0,
+                 emulate_qdq: bool = False):
     """(onnxruntime InferenceSession, backend name). Providers: TensorRT > CUDA > CPU, whichever
     this install has, unless `providers` names them. Raises SkyfixError for a missing or corrupt
     file. The provider picked is logged: a Jetson silently falling back to the CPU is a slow
-    surprise."""
+    surprise.
+
+    emulate_qdq: run a quantised (QDQ) graph unfused, each DequantizeLinear then the float op,
+    which is the arithmetic TensorRT's int32 accumulation reproduces. onnxruntime's fused int8
+    CPU kernels saturate on CPUs without VNNI (AVX2 only): the tiny test towers' INT8 copy had a
+    cosine of 0.61 to FP32 fused on such a CPU and 0.98 unfused."""
     ort = require("onnxruntime")
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
@@ -53,6 +59,8 @@ def onnx_session(onnx_path: str | Path, providers: Optional[list] = None, thread
     # No busy-waiting between runs: onboard, two sessions (tower, local features) and numpy
     # share the cores, and spinning pool threads starve whichever runs next.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if emulate_qdq:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     available = ort.get_available_providers()
     wanted = providers or [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider",
                                        "CPUExecutionProvider") if p in available]
@@ -68,8 +76,9 @@ def onnx_session(onnx_path: str | Path, providers: Optional[list] = None, thread
 class OnnxEmbedder:
     """onnxruntime backend of a tower exported by `skyfix export onnx`."""
 
-    def __init__(self, onnx_path: str | Path, providers: Optional[list] = None, threads: int = 0):
-        self.session, self.backend = onnx_session(onnx_path, providers, threads)
+    def __init__(self, onnx_path: str | Path, providers: Optional[list] = None, threads: int = 0,
+                 emulate_qdq: bool = False):
+        self.session, self.backend = onnx_session(onnx_path, providers, threads, emulate_qdq)
         meta = self.session.get_modelmeta().custom_metadata_map
         missing = {"model_id", "tower", "input_px", "dim"} - set(meta)
         if missing:

@@ -263,7 +263,9 @@ def _copy_metadata(src: Path, dst: Path, precision: str) -> None:
 
 # ---- parity --------------------------------------------------------------------------------------
 def _embed(path: Path, images: np.ndarray, batch: int = 16) -> np.ndarray:
-    emb = OnnxEmbedder(path, providers=["CPUExecutionProvider"])
+    # Unfused (edge.embedders.onnx_session): the gate measures the quantisation, as TensorRT
+    # will compute it, not the saturation of onnxruntime's int8 kernels on a CPU without VNNI.
+    emb = OnnxEmbedder(path, providers=["CPUExecutionProvider"], emulate_qdq=True)
     return np.concatenate([emb.embed(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
