@@ -100,7 +100,7 @@ class NavConfig:
     telemetry_csv: str = ""          # replay: per-image attitude/height for an image folder
     replay_rate_hz: float = 0.0      # replay speed for an image folder (0: as fast as possible)
     gallery_out: str = "out/fly/gallery.npz"
-    # Local features for refinement: sift | orb | xfeat | dense. XFeat by measurement (README, "Map
+    # Local features for refinement: sift | orb | xfeat | dense. XFeat by measurement (docs/matching.md, "Map
     # matching across dates"): it keeps 31-97 % of LEVIR-CD cross-date flights where SIFT kept 0-32 %;
     # skyfix's own dense features, trained on this CPU, kept 34 % of scene 2 where XFeat kept 86 %.
     keypoints: str = "xfeat"
@@ -133,7 +133,7 @@ class NavConfig:
     # The track's motion model: "constant-acceleration" (white jerk, jerk_sigma_m_s3) follows a
     # turn's steady lateral acceleration, so the velocity it propagates to each send time keeps
     # an accuracy the autopilot accepts; "constant-velocity" (white acceleration,
-    # accel_sigma_m_s2) must claim 1.1-1.4 m/s for the same velocity (README, "Velocity in
+    # accel_sigma_m_s2) must claim 1.1-1.4 m/s for the same velocity (docs/odometry.md, "Velocity in
     # GPS_INPUT").
     motion_model: str = "constant-acceleration"
     jerk_sigma_m_s3: float = 1.0
@@ -141,7 +141,7 @@ class NavConfig:
     # Multicopters: the body attitude (telemetry, the camera fixed to the body) is taken as the
     # thrust's horizontal acceleration, with the drag and the wind estimated in flight
     # (edge/filter.py). In ArduCopter SITL it cut the velocity's error at accelerations from
-    # 1.8 to about 1 m/s (README, "Velocity in GPS_INPUT"). Off by default: wrong for a
+    # 1.8 to about 1 m/s (docs/odometry.md, "Velocity in GPS_INPUT"). Off by default: wrong for a
     # fixed-wing or a gimballed camera, and the sim's own vehicle wobbles without accelerating.
     tilt_acceleration: bool = False
     tilt_accel_sigma_m_s2: float = 0.6
@@ -210,7 +210,7 @@ class BridgeConfig:
     # accuracy (then EK3_SRC1_VELXY=3). In ArduCopter SITL it needs nav.tilt_acceleration: without
     # it an acceleration onset put the velocity 3.6 m/s off with 0.5 m/s claimed and the EKF failed;
     # with it (and the heading trim) missions complete, but the autopilot's estimate was no better
-    # than without velocity (README, "Velocity in GPS_INPUT"), so it stays opt-in.
+    # than without velocity (docs/odometry.md, "Velocity in GPS_INPUT"), so it stays opt-in.
     send_velocity: bool = False
     # With send_velocity (ArduPilot), a message whose speed accuracy is above this is withheld. EKF3
     # (calcGpsGoodForFlight) low-passes the claimed speed accuracy through a peak hold that decays

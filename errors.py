@@ -39,7 +39,7 @@ _EXTRA_FOR = {
     "distributed": "pip install 'skyfix[cluster]'",
     "pymavlink": "pip install 'skyfix[edge]'",
     "modelopt": ("pip install 'nvidia-modelopt[onnx]' in an environment of its own (it installs a CUDA "
-                 "torch), with skyfix beside it (README, \"Lower precision\")"),
+                 "torch), with skyfix beside it (docs/precision.md)"),
     "tensorrt": "use the JetPack image (Dockerfile.jetson); TensorRT is never installed from pip there",
     "pycuda": "use the JetPack image (Dockerfile.jetson)",
 }

@@ -3,7 +3,7 @@
 Two motion models share one implementation (the state is [e, n, ve, vn] or [e, n, ve, vn, ae,
 an]): constant velocity driven by white acceleration, or constant acceleration driven by white
 jerk. The second follows a turn's steady lateral acceleration instead of lagging it, so the
-velocity it propagates to a send time stays honest with a small process noise (README, "Velocity
+velocity it propagates to a send time stays honest with a small process noise (docs/odometry.md, "Velocity
 in GPS_INPUT").
 
 A multicopter's attitude is its acceleration command: holding its height, its thrust pushes it
@@ -13,7 +13,7 @@ only), three more states carry what that relation needs and no vehicle datasheet
 [..., bias_e, bias_n, k], the bias being -k wind (m/s^2) and k the drag (1/s), and
 `update_tilt` takes the attitude as the measurement a + k v + bias (an extended Kalman update,
 k v being a product of states). In ArduCopter SITL that relation fits the true acceleration to
-0.17 m/s^2 rms (README, "Velocity in GPS_INPUT"), and it leads an acceleration instead of
+0.17 m/s^2 rms (docs/odometry.md, "Velocity in GPS_INPUT"), and it leads an acceleration instead of
 following the velocity it has already changed."""
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ DEFAULT = "default"
 REPO = Path(__file__).resolve().parents[1]
 # The default towers: `skyfix train --preset cpu-quick --config train/recipes/colorado_heldout.yaml
 # --seed 0` (75 steps of 12 pairs from the west two-thirds of the shared Colorado map, ~3.5 min
-# on 2 CPU cores). Chosen by measurement: README, "Results: ImageNet-initialised vs trained".
+# on 2 CPU cores). Chosen by measurement: docs/retrieval.md, "Results: ImageNet-initialised vs trained".
 DEFAULT_RECIPE = {"preset": "cpu-quick", "config": REPO / "train" / "recipes" / "colorado_heldout.yaml",
                   "ortho": REPO.parent / "shared" / "data" / "colorado_z18" / "mosaic_epsg3857.tif", "seed": 0}
 log = logging.getLogger("skyfix.models")
@@ -92,7 +92,7 @@ def default_onnx(model_cfg=None) -> Path:
         return out
     if not Path(recipe["ortho"]).is_file():
         log.warning("the default model is trained from %s, which is not on this machine: using the "
-                    "ImageNet-initialised towers (weaker retrieval; README, 'Results')", recipe["ortho"])
+                    "ImageNet-initialised towers (weaker retrieval; docs/retrieval.md)", recipe["ortho"])
         return imagenet_onnx(cfg)
     from skyfix.export.onnx_export import export_onnx
     from skyfix.train.towers import load_checkpoint

@@ -179,7 +179,7 @@ def quantize_int8_modelopt(onnx_in: Path, onnx_out: Path, calib_images: np.ndarr
     """The same INT8 QDQ export as `quantize_int8` (the same layers kept unquantised, Conv /
     MatMul / Gemm quantised, the rest left FP32, symmetric INT8) by NVIDIA ModelOpt's ONNX
     post-training quantisation, which targets TensorRT. ModelOpt comes with a CUDA torch, so it is
-    installed in its own environment (README, "Lower precision"); calibration runs on the GPU
+    installed in its own environment (docs/precision.md); calibration runs on the GPU
     where onnxruntime has one, else on the CPU."""
     import re
     onnx = require("onnx")
