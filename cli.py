@@ -51,7 +51,7 @@ def cmd_doctor(args) -> int:
 
 # ---- tiles ----------------------------------------------------------------------------------
 def cmd_tiles_build(args) -> int:
-    from skyfix.export.models import DEFAULT, default_onnx, load_embedder
+    from skyfix.export.models import DEFAULT, default_onnx, features_model_dir, load_embedder
     from skyfix.tiles.build import build_pack
     cfg = _config(args, tiles={"tile_size_m": args.tile_size_m, "stride_m": args.stride_m,
                                "gsd_m": args.gsd_m, "index": args.index,
@@ -61,6 +61,8 @@ def cmd_tiles_build(args) -> int:
                   nav={"features_model": args.features_model})
     if args.model == DEFAULT:  # the folder it resolves to is recorded: its model_id is this machine's run
         args.model = str(default_onnx(cfg.model))
+    if "xfeat" in cfg.tiles.features:
+        cfg.nav.features_model = features_model_dir("xfeat", cfg.nav.features_model) or ""
     embedder = load_embedder(args.model, "sat", cfg.model)
     # The pack records its model as an absolute path, so eval/sim find it from any folder.
     model_source = str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model)
@@ -72,9 +74,10 @@ def cmd_tiles_build(args) -> int:
 
 def cmd_tiles_features(args) -> int:
     from skyfix.edge.features import open_extractor
+    from skyfix.export.models import features_model_dir
     from skyfix.tiles.pack import add_features
     cfg = _config(args)
-    extractor = open_extractor(args.matcher, args.features_model or cfg.nav.features_model or None)
+    extractor = open_extractor(args.matcher, features_model_dir(args.matcher, args.features_model or cfg.nav.features_model))
     entry = add_features(args.pack, extractor, args.per_mpx or cfg.tiles.features_per_mpx, progress=not args.quiet)
     print(f"{args.pack}: {entry['count']} {args.matcher} keypoints ({entry['identity']})")
     return 0
@@ -463,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--features-model", help="the learned matcher's ONNX folder (xfeat or dense; default models/<name>)")
     si.add_argument("--route", choices=["straight", "lawnmower", "waypoints"])
     si.add_argument("--alt-agl-m", type=_number(float, 20, 3000))
-    si.add_argument("--duration-s", type=_number(float, 0, 86400))
+    si.add_argument("--duration-s", type=_number(float, 1, 86400), help="flight time (default: the whole route)")
     si.add_argument("--length-m", type=_number(float, 10, 1000000.0))
     si.add_argument("--speed-m-s", type=_number(float, 0.5, 60))
     si.add_argument("--seed", type=_number(int, 0, 2147483647))
@@ -496,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--ortho", help="your own GeoTIFF (default: the shared Colorado map, else a generated one)")
     de.add_argument("--source-gsd-m", type=_number(float, 0.01, 50), help="GSD of a non-georeferenced --ortho image")
     de.add_argument("--out", default="out/demo")
-    de.add_argument("--duration-s", type=_number(float, 0, 86400), default=120.0)
+    de.add_argument("--duration-s", type=_number(float, 1, 86400), default=120.0)
     de.set_defaults(func=cmd_demo)
 
     fl = sub.add_parser("fly", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="the onboard loop on real hardware")
@@ -586,6 +589,10 @@ def main(argv=None) -> int:
         return args.func(args)
     except SkyfixError as exc:
         print(f"skyfix: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an output that cannot be written, a disk full: a message, not a traceback
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"skyfix: error: cannot read or write{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: outputs are written atomically, nothing half-done is left
         print("skyfix: interrupted", file=sys.stderr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ import numpy as np
 from skyfix.contracts import Frame, Reason, Telemetry
 from skyfix.errors import SkyfixError
 from skyfix.geo import haversine_m
+
+log = logging.getLogger("skyfix.locate")
 
 PHOTO_SPACING_S = 60.0  # the navigator sees photos this far apart: none is "stale" or tracked
 
@@ -161,9 +164,17 @@ def run_locate(pack_path: str, photos: list, out: str, cfg, embedder=None,
     out_path = Path(out)
     if out_path.suffix.lower() not in (".csv", ".geojson", ".json"):
         raise SkyfixError(f"--out must end in .csv or .geojson, got {out}")
-    paths = []
+    paths, skipped = [], []
     for p in map(Path, photos):
-        paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+        if p.is_dir():
+            inside = sorted(q for q in p.iterdir() if q.is_file())
+            paths += [q for q in inside if q.suffix.lower() in IMAGE_SUFFIXES]
+            skipped += [q.name for q in inside if q.suffix.lower() not in IMAGE_SUFFIXES]
+        else:
+            paths.append(p)
+    if skipped:
+        log.warning("not photos (suffix not one of %s), skipped: %s", ", ".join(sorted(IMAGE_SUFFIXES)),
+                    ", ".join(skipped[:10]) + (f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""))
     if not paths:
         raise SkyfixError("no photos given")
     missing = [str(p) for p in paths if not p.is_file()]

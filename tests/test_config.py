@@ -55,6 +55,8 @@ def test_the_example_onboard_config_loads():
     (["eval", "--pack", "p", "--queries-from", "m", "--views", "0"], "out of range: valid 1"),
     (["query", "--pack", "p", "--gallery", "g", "--lat", "91"], "out of range: valid -90 .. 90"),
     (["sim", "--pack", "p", "--speed-m-s", "fast"], "expected a number"),
+    (["sim", "--pack", "p", "--duration-s", "0"], "out of range: valid 1"),  # not "the whole route"
+    (["sim", "--pack", "p", "--wind-m-s", "-3"], "out of range"),
 ])
 def test_cli_refuses_numbers_out_of_range_with_the_range(argv, message, capsys):
     from skyfix.cli import main
@@ -72,3 +74,16 @@ def test_velocity_without_the_attitude_model_is_warned_about(caplog):
     with caplog.at_level(logging.WARNING, logger="skyfix.config"):
         load_config(overrides={"bridge": {"send_velocity": True}, "nav": {"tilt_acceleration": True}})
     assert caplog.text == ""
+
+
+def test_version_and_an_unwritable_output_are_answered_without_a_traceback(monkeypatch, capsys):
+    import skyfix.cli as cli
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("skyfix ")
+
+    def unwritable(args):
+        raise PermissionError(13, "Permission denied", "/proc/x")
+    monkeypatch.setattr(cli, "cmd_doctor", unwritable)
+    assert cli.main(["doctor"]) == 2
+    assert "skyfix: error: cannot read or write /proc/x: Permission denied" in capsys.readouterr().err

@@ -20,6 +20,7 @@ def photos(colorado_pack, tmp_path_factory):
     csv_path = write_photo_set(TilePack.open(colorado_pack).canvas(), PinholeCamera.from_hfov(640, 480, 70.0),
                                folder, 6, seed=3)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (folder / "notes.txt").write_text("not a photo")
     return folder, csv_path
 
 
@@ -27,11 +28,12 @@ def _cfg(xfeat_dir):
     return load_config(overrides={"nav": {"features_model": str(xfeat_dir)}})
 
 
-def test_photos_are_located_within_their_accuracy(colorado_pack, photos, xfeat_dir, tmp_path):
+def test_photos_are_located_within_their_accuracy(colorado_pack, photos, xfeat_dir, tmp_path, caplog):
     from skyfix.edge.locate import run_locate
     folder, csv_path = photos
     rows = run_locate(str(colorado_pack), [str(folder)], str(tmp_path / "fixes.csv"), _cfg(xfeat_dir),
                       telemetry_csv=str(csv_path))
+    assert any("skipped" in m and "notes.txt" in m for m in caplog.messages)  # said, not silently dropped
     assert [r.name for r in rows] == ["broken.jpg"] + [f"photo_{i:03d}.jpg" for i in range(6)]
     assert rows[0].reason == "bad frame" and rows[0].lat_deg is None
     located = [r for r in rows if r.lat_deg is not None]
