@@ -130,13 +130,20 @@ def test_a_video_file_ends_when_it_ends(tmp_path):
 
 
 def test_fly_checks_the_camera_before_waiting_for_the_autopilot(small_pack, tiny_onnx_dir, tmp_path):
-    import time as _time
     cfg = load_config(overrides={
         "nav": {"pack": str(small_pack), "model": str(tiny_onnx_dir), "keypoints": "sift",
                 "source": str(tmp_path / "no_such_video.mp4")},
         "bridge": {"connection": "udpin:127.0.0.1:0"}})
-    t0 = _time.monotonic()
+    import threading
+
     from skyfix.edge.fly import run_fly
-    with pytest.raises(SkyfixError, match="video not found"):
-        run_fly(cfg, link_wait_s=5.0)
-    assert _time.monotonic() - t0 < 3.0  # did not sit waiting for a HEARTBEAT first
+    raised = []
+
+    def fly():
+        with pytest.raises(SkyfixError, match="video not found"):
+            run_fly(cfg, link_wait_s=3600.0)  # had it waited for a HEARTBEAT first, an hour
+        raised.append(True)
+    worker = threading.Thread(target=fly, daemon=True)
+    worker.start()
+    worker.join(timeout=120.0)  # a deadline for a loaded machine, far below the hour
+    assert raised and not worker.is_alive()
