@@ -334,20 +334,25 @@ def _match_seen_with(pose_true, pose_tel, n_points, noise_m, seed=0):
     return match, tel, offset_en
 
 
+def _placed_with_roll_error(nav, roll_error_deg, n_points, noise_m):
+    """(Placement or (Reason, detail), truth, Match, CropPose, offset_en) for a frame whose
+    telemetry roll is roll_error_deg off, through the navigator's _vehicle_position."""
+    import dataclasses
+    nav.refine_size_m, nav.refine_px = 150.0, 300  # the crop _match_seen_with made
+    nav.gsd_m = 0.5
+    truth = ViewPose(10.0, -5.0, AGL_M, 0.02, 0.03, 0.8)
+    tel = dataclasses.replace(truth, roll_rad=truth.roll_rad + math.radians(roll_error_deg))
+    match, pose, offset_en = _match_seen_with(truth, tel, n_points, noise_m)
+    return nav._vehicle_position(match, pose, offset_en, 1.0), truth, match, pose, offset_en
+
+
 def test_a_wrong_autopilot_attitude_is_caught_by_the_image_and_the_fix_stays_honest(nav, monkeypatch):
     """The autopilot's roll is 10 deg off (its estimate drifting in wind): placed by that tilt the
     vehicle is 21 m off. Resection from the image disagrees beyond both noises: the disagreement
     is counted and said, and the image alone places the vehicle within 3x its accuracy. Fused
     regardless (the check off), the same frame lands beyond 3x its claimed accuracy."""
-    import dataclasses
-
     import skyfix.edge.navigator as navigator
-    nav.refine_size_m, nav.refine_px = 150.0, 300  # the crop _match_seen_with made
-    nav.gsd_m = 0.5
-    truth = ViewPose(10.0, -5.0, AGL_M, 0.02, 0.03, 0.8)
-    tel = dataclasses.replace(truth, roll_rad=truth.roll_rad + math.radians(10.0))
-    match, pose, offset_en = _match_seen_with(truth, tel, 60, noise_m=0.6)
-    placed = nav._vehicle_position(match, pose, offset_en, 1.0)
+    placed, truth, match, pose, offset_en = _placed_with_roll_error(nav, 10.0, 60, noise_m=0.6)
     err = math.hypot(placed.east_m - truth.east_m, placed.north_m - truth.north_m)
     assert not placed.attitude_agrees and err <= 3 * placed.sigma_m
     assert nav.integrity_counts() == {"attitude disagrees with the image": 1, "placed by the image alone": 1}
@@ -361,13 +366,7 @@ def test_a_wrong_autopilot_attitude_is_caught_by_the_image_and_the_fix_stays_hon
 
 def test_a_wrong_attitude_the_image_cannot_settle_gives_no_fix(nav):
     """Too few points to resect with confidence, against a telemetry tilt 10 deg off: no fix."""
-    import dataclasses
-    nav.refine_size_m, nav.refine_px = 150.0, 300
-    nav.gsd_m = 0.5
-    truth = ViewPose(10.0, -5.0, AGL_M, 0.02, 0.03, 0.8)
-    tel = dataclasses.replace(truth, roll_rad=truth.roll_rad + math.radians(10.0))
-    match, pose, offset_en = _match_seen_with(truth, tel, 20, noise_m=0.3)
-    placed = nav._vehicle_position(match, pose, offset_en, 1.0)
+    placed = _placed_with_roll_error(nav, 10.0, 20, noise_m=0.3)[0]
     assert placed[0] is Reason.IMPLAUSIBLE and "does not settle it" in placed[1]
     assert nav.integrity_counts()["withheld: neither attitude can be trusted"] == 1
 
@@ -391,13 +390,7 @@ def test_a_resected_tilt_no_autopilot_could_be_that_wrong_about_is_not_believed(
     """Image and telemetry 40 deg apart: beyond nav.max_attitude_disagreement_deg, where the
     resection more likely picked the planar mirror pose than the autopilot is that wrong. No
     fix from that frame, and the tilt trim is not touched."""
-    import dataclasses
-    nav.refine_size_m, nav.refine_px = 150.0, 300
-    nav.gsd_m = 0.5
-    truth = ViewPose(10.0, -5.0, AGL_M, 0.02, 0.03, 0.8)
-    tel = dataclasses.replace(truth, roll_rad=truth.roll_rad + math.radians(40.0))
-    match, pose, offset_en = _match_seen_with(truth, tel, 60, noise_m=0.3)
-    placed = nav._vehicle_position(match, pose, offset_en, 1.0)
+    placed = _placed_with_roll_error(nav, 40.0, 60, noise_m=0.3)[0]
     assert placed[0] is Reason.IMPLAUSIBLE and "not believed" in placed[1]
     assert nav.integrity_counts() == {"withheld: resection implausible": 1}
     assert not nav.attitude_trim.offset_rad.any()
