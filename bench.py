@@ -744,10 +744,10 @@ INTEGRITY_CONDITIONS = {
 }
 
 
-def _integrity_row(name: str, s: dict, first_fix_s: Optional[float], handover_availability: float) -> str:
+def _integrity_row(name: str, s: dict, handover_availability: float) -> str:
     e, cal = s["error_m"], s["calibration"]
     fmt = lambda v, f="{:.1f}": "n/a" if v is None else f.format(v)  # noqa: E731
-    beyond = s.get("beyond_3x", 0)
+    beyond, first_fix_s = cal.get("beyond_3x", 0), s.get("time_to_first_fix_s")
     autopilot = s.get("autopilot_error_m")
     extra = "" if autopilot is None else (f" | {fmt(autopilot['median'])} / {fmt(autopilot['max'])} | "
                                           f"{s['ekf_glitches']} | {'yes' if s['mission_completed'] else 'NO'}")
@@ -757,12 +757,17 @@ def _integrity_row(name: str, s: dict, first_fix_s: Optional[float], handover_av
             f"{sum(v for k, v in s.get('integrity', {}).items() if k.startswith('attitude'))}{extra} |")
 
 
-def _integrity_scores(received: list, duration_s: float, start_s: Optional[float]) -> tuple:
-    """(messages beyond 3x their accuracy, availability from start_s to the end)."""
+def _availability_from(track_csv: str, start_s: Optional[float], end_s: float) -> float:
+    """Availability of a flight's messages (its track.csv) from start_s (the first fix or the
+    hand-over) to end_s; 0 when it never started."""
+    import csv
+
     from skyfix.sim.score import availability
-    beyond = sum(r["error_m"] > 3 * r["horiz_accuracy_m"] for r in received)
-    t = np.array([r["t_s"] for r in received])
-    return int(beyond), (availability(t, start_s, duration_s) if start_s is not None else 0.0)
+    if start_s is None:
+        return 0.0
+    with open(track_csv) as f:
+        t = np.array([float(row["t_s"]) for row in csv.DictReader(f)])
+    return availability(t, start_s, end_s)
 
 
 def bench_integrity(pack_path: str, length_m: float = 600.0, conditions: Optional[list] = None,
@@ -791,30 +796,20 @@ def bench_integrity(pack_path: str, length_m: float = 600.0, conditions: Optiona
                                                           "disturb": {"tilt_from_drag": True, **disturb}}})
         slug = "".join(c if c.isalnum() else "_" for c in name)[:40]
         s = run_sim(pack_path, embedder, cfg, out_dir=f"{out}/{slug}", progress=False)
-        received = _read_track(f"{out}/{slug}/track.csv")
-        s["beyond_3x"], handover = _integrity_scores(received, s["duration_s"], s.get("time_to_first_fix_s"))
-        rows.append(_integrity_row(name, s, s.get("time_to_first_fix_s"), handover) + " | | |")
+        handover = _availability_from(f"{out}/{slug}/track.csv", s.get("time_to_first_fix_s"), s["duration_s"])
+        rows.append(_integrity_row(name, s, handover) + " | | |")
         print(rows[-1], flush=True)
     for wind in sitl_wind_m_s:
         from skyfix.sim.sitl_flight import run_sitl
         cfg = load_config(overrides={"sim": {"route": "straight", "length_m": 500.0, "declination_deg": 8.66,
                                              "disturb": {"wind_m_s": wind, "wind_from_deg": 180.0}}})
         s = run_sitl(pack_path, embedder, cfg, out_dir=f"{out}/sitl_wind_{wind:g}", progress=False)
-        received = _read_track(f"{out}/sitl_wind_{wind:g}/track.csv")
-        duration = s["handover_s"] + s["mission_s"] if s["handover_s"] is not None and s["mission_s"] else 0.0
-        s["beyond_3x"], handover = _integrity_scores(received, duration, s["handover_s"])
-        rows.append(_integrity_row(f"ArduCopter SITL, wind {wind:g} m/s", s, s.get("time_to_first_fix_s"), handover))
+        end_s = s["handover_s"] + s["mission_s"] if s["handover_s"] is not None and s["mission_s"] else 0.0
+        handover = _availability_from(f"{out}/sitl_wind_{wind:g}/track.csv", s["handover_s"], end_s)
+        rows.append(_integrity_row(f"ArduCopter SITL, wind {wind:g} m/s", s, handover))
         print(rows[-1], flush=True)
         Path(f"{out}/sitl_wind_{wind:g}.json").write_text(json.dumps(s, indent=2, default=str))
     return "\n".join(rows)
-
-
-def _read_track(path: str) -> list[dict]:
-    """The messages the autopilot received, from a flight's track.csv (t_s, error_m, horiz_accuracy_m)."""
-    import csv
-    with open(path) as f:
-        return [{k: float(v) for k, v in row.items() if k in ("t_s", "error_m", "horiz_accuracy_m")}
-                for row in csv.DictReader(f)]
 
 
 # ---- soak: a long flight --------------------------------------------------------------------------

@@ -157,17 +157,17 @@ class NavConfig:
     # absolute accuracy where that is larger.
     map_bias_m: float = 1.0
     resect_camera: bool = True       # place the vehicle by camera resection (PnP), not the telemetry tilt
-    # When the telemetry's attitude and the image disagree (Navigator._vehicle_position), the
-    # resected position stands alone only with this many points and this 1-sigma (m); otherwise
-    # the frame gives no fix.
     # Share of the tilt the image still sees, per strong resected match, taken into the roll /
     # pitch correction of the telemetry (navigator.AttitudeTrim); 0 turns it off.
     attitude_trim_gain: float = 0.3
+    # When the telemetry's attitude and the image disagree (Navigator._vehicle_position), the
+    # resected position stands alone only with this many points and this 1-sigma (m); otherwise
+    # the frame gives no fix.
     resect_alone_min_points: int = 30
+    resect_alone_max_sigma_m: float = 4.0
     # A resected tilt this far from the telemetry's is not believed either (a mirror solution of
     # the planar resection): the frame gives no fix.
     max_attitude_disagreement_deg: float = 25.0
-    resect_alone_max_sigma_m: float = 4.0
     # Frames in a row without a usable match, before any track is confirmed, after which every
     # other frame searches the rotation (a wrong telemetry heading); 0: never.
     heading_search_after: int = 10

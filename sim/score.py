@@ -76,6 +76,7 @@ def score(received: list[dict], duration_s: float, fresh_s: float = 0.5) -> dict
             "availability": availability(t, 0.0, duration_s, fresh_s),
             "n_published": int(len(err)),
             "calibration": {"within_1x": float(np.mean(err <= acc)), "within_3x": float(np.mean(err <= 3 * acc)),
+                            "beyond_3x": int(np.sum(err > 3 * acc)),
                             "worst_error_over_accuracy": float(np.max(err / acc))},
             "time_to_first_fix_s": float(t[0]), "velocity": velocity_score(received)}
 
