@@ -309,7 +309,7 @@ class TrainConfig:
     u1652_root: str = ""             # instead of orthophotos: a University-1652 tree (train/, test/)
     # Several areas instead of one ortho: [{ortho, drone_from, source_gsd_m, split: train|val}].
     # Validation scenes are held out whole (e.g. LEVIR-CD scenes 4-5 while training on 1-3).
-    scenes: list = field(default_factory=list)
+    scenes: list[dict] = field(default_factory=list)
     val_east_min_m: Optional[float] = None  # validation area: east of this (default: east third)
     location_spacing_m: float = 25.0
     loss: str = "infonce"            # infonce | soft_triplet | mhnw
@@ -363,6 +363,10 @@ def _coerce(value: Any, typ, where: str):
         if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             raise ConfigError(f"{where}: expected a list of numbers, got {value!r}")
         return [float(v) for v in value]
+    if origin is list and typing.get_args(typ) == (dict,):
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(f"{where}: expected a list of mappings, got {value!r}")
+        return [dict(v) for v in value]
     if typ is dict and not isinstance(value, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
     if typ is list and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):

@@ -87,3 +87,20 @@ def test_version_and_an_unwritable_output_are_answered_without_a_traceback(monke
     monkeypatch.setattr(cli, "cmd_doctor", unwritable)
     assert cli.main(["doctor"]) == 2
     assert "skyfix: error: cannot read or write /proc/x: Permission denied" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["colorado_heldout.yaml", "levircd_cross_temporal.yaml", "default_towers.yaml"])
+def test_shipped_training_recipes_load(name):
+    from pathlib import Path
+    import skyfix.train
+    from skyfix.config import train_config
+    cfg = train_config("cpu-quick", Path(skyfix.train.__file__).parent / "recipes" / name)
+    assert cfg.train.ortho or (cfg.train.scenes and all("ortho" in sc for sc in cfg.train.scenes))
+
+
+def test_training_scenes_must_be_mappings(tmp_path):
+    from skyfix.config import train_config
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  scenes: [a.tif]\n")
+    with pytest.raises(ConfigError, match="train.scenes: expected a list of mappings"):
+        train_config(None, path)
