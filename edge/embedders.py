@@ -98,8 +98,8 @@ def open_embedder(spec: str | Path, tower: str):
     directory written by `skyfix export onnx` / `export int8`, an `.onnx` file (onnxruntime), or
     a TensorRT engine folder / `.engine` file from `skyfix export-trt` (Jetson). No torch needed.
 
-    Checkpoints and the ImageNet default are training-side formats: resolve those with
-    `skyfix.export.models.load_embedder` (workstation) or export them first.
+    Names ('default', 'imagenet') are resolved by `edge.models.open_towers`; checkpoints are a
+    training format (`export.models.load_embedder` on a workstation).
     """
     if tower not in TOWERS:
         raise SkyfixError(f"tower must be one of {TOWERS}, got '{tower}'")

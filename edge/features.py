@@ -9,9 +9,8 @@ crop is described, then `match_descriptors` pairs them and `edge/refine.py` fits
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -19,6 +18,7 @@ import yaml
 
 from skyfix.artifacts import file_digest
 from skyfix.config import EXTRACTORS
+from skyfix.contracts import Extractor, Features  # noqa: F401  (the types this module implements)
 from skyfix.errors import SkyfixError
 
 LEARNED = {"xfeat": "skyfix export features", "dense": "skyfix train-features"}  # name -> what writes it
@@ -87,35 +87,6 @@ def _open_model(name: str, model_dir, providers: Optional[list]) -> tuple:
     session, backend = onnx_session(onnx_path, providers)
     weights, precision = weights_identity(onnx_path)
     return session, backend, weights, precision, str(onnx_path.resolve().parent)
-
-
-@dataclass
-class Features:
-    """Keypoints of one image. xy_px: float32 N x 2 (col, row) pixel centres; desc: N x D
-    (float32 unit vectors, or uint8 packed bits for binary descriptors); scores: float32 N,
-    higher is stronger."""
-
-    xy_px: np.ndarray
-    desc: np.ndarray
-    scores: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.xy_px)
-
-    def take(self, keep) -> "Features":
-        return Features(self.xy_px[keep], self.desc[keep], self.scores[keep])
-
-
-class Extractor(Protocol):
-    name: str        # one of EXTRACTORS
-    identity: str    # what must match between the pack's map features and the onboard extractor
-    binary: bool     # Hamming descriptors (ORB) vs float (SIFT, XFeat)
-    dim: int         # descriptor length (bytes for binary)
-    rotation_invariant: bool  # False: an unknown heading needs `extract_any_rotation`
-    source: str      # the model folder, recorded in packs so sim/fly find it ("" for OpenCV)
-
-    def extract(self, image_rgb: np.ndarray, max_features: int,
-                mask: Optional[np.ndarray] = None) -> Features: ...
 
 
 def _empty(dim: int, dtype) -> Features:

@@ -16,15 +16,15 @@ def startup(cfg):
     """Open and cross-check everything before flying; refuse with a message that says what was
     expected, what was found and how to fix it. Returns (pack, embedder, camera)."""
     from skyfix.edge.camera import PinholeCamera
-    from skyfix.edge.embedders import open_embedder
+    from skyfix.edge.models import open_towers
     from skyfix.errors import ModelMismatch
-    from skyfix.tiles.pack import TilePack
+    from skyfix.pack.tilepack import TilePack
     if not cfg.nav.pack:
         raise SkyfixError("nav.pack is not set: give the TilePack built for this region")
     if not cfg.nav.model:
-        raise SkyfixError("nav.model is not set: give the model folder that built the pack")
+        raise SkyfixError("nav.model is not set: give the model that built the pack (a folder, an engine, or 'default')")
     pack = TilePack.open(cfg.nav.pack)
-    embedder = open_embedder(cfg.nav.model, "drone")
+    embedder = open_towers(cfg.nav.model, "drone")
     if embedder.model_id != pack.model_id:
         raise ModelMismatch(f"model {cfg.nav.model} is {embedder.model_id} but pack {cfg.nav.pack} was "
                             f"built by {pack.model_id}: rebuild the pack with this model, or fly the model "

@@ -153,14 +153,13 @@ def plot_locations(rows: list[PhotoFix], pack, path: Path, max_px: int = 1200) -
 def run_locate(pack_path: str, photos: list, out: str, cfg, embedder=None,
                telemetry_csv: Optional[str] = None, agl_m: Optional[float] = None) -> list[PhotoFix]:
     """The command: open everything, locate, write the table (CSV or GeoJSON by suffix) and
-    `<out>.png`. Returns the rows. `embedder`: the drone tower; None opens the model folder
-    the pack records (a name such as 'imagenet' or a checkpoint is resolved by the caller,
-    `export.models.load_embedder`, which this onboard room does not import)."""
+    `<out>.png`. Returns the rows. `embedder`: the drone tower; None opens the model the pack
+    records (edge.models; a checkpoint is run by the caller, `export.models.load_embedder`)."""
     from skyfix.edge.camera import PinholeCamera
-    from skyfix.edge.embedders import open_embedder
+    from skyfix.edge.models import model_for_pack, open_towers
     from skyfix.edge.navigator import Navigator
     from skyfix.edge.sources import IMAGE_SUFFIXES, read_telemetry_csv
-    from skyfix.tiles.pack import TilePack
+    from skyfix.pack.tilepack import TilePack
     out_path = Path(out)
     if out_path.suffix.lower() not in (".csv", ".geojson", ".json"):
         raise SkyfixError(f"--out must end in .csv or .geojson, got {out}")
@@ -182,7 +181,7 @@ def run_locate(pack_path: str, photos: list, out: str, cfg, embedder=None,
         raise SkyfixError(f"not found: {', '.join(missing[:5])}")
     pack = TilePack.open(pack_path)
     if embedder is None:
-        embedder = open_embedder(pack.manifest.get("model_source") or "", "drone")
+        embedder = open_towers(model_for_pack(pack), "drone")
     nav = Navigator(pack, embedder, PinholeCamera.from_config(cfg.camera), cfg.nav)
     rows = locate_photos(nav, paths, read_telemetry_csv(telemetry_csv) if telemetry_csv else {}, agl_m)
     out_path.parent.mkdir(parents=True, exist_ok=True)

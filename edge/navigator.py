@@ -35,7 +35,7 @@ from skyfix.edge.pose import image_px_of_crop_px, resect
 from skyfix.edge.features import match_descriptors, open_extractor
 from skyfix.edge.refine import MATCH_RULES, Match, MapMatcher
 from skyfix.errors import ModelMismatch
-from skyfix.tiles.pack import TilePack
+from skyfix.pack.tilepack import TilePack
 
 log = logging.getLogger("skyfix.nav")
 STAGES = ("crop", "embed", "search", "refine", "odometry", "filter")

@@ -12,7 +12,7 @@ import numpy as np
 
 from skyfix.edge.features import Extractor, Features, extract_any_rotation, match_descriptors
 from skyfix.errors import SkyfixError
-from skyfix.tiles.features import MapFeatures
+from skyfix.pack.map_features import MapFeatures
 
 
 @dataclass(frozen=True)

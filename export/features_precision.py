@@ -7,7 +7,7 @@ The conversion is the towers' (`convert_fp16`: onnxruntime's float16 converter, 
 float32 outputs kept, the nodes after the last convolution kept in FP32: softmax, the 5 x 5
 local-maximum selection and the descriptor normalisation). What a local-feature extractor must
 keep is not an embedding but the fixes it gives, so the gate scores matching on crops with a
-known answer (`sim.views.match_pairs`: rotation, scale, offset and photometric change; from
+known answer (`render.views.match_pairs`: rotation, scale, offset and photometric change; from
 another date when `--frames-from` is given):
 
 - onboard: FP16 crop features against map features computed in FP32 (a pack built before);
@@ -105,7 +105,7 @@ def features_parity(ref_ex, low_ex, map_canvas, frame_canvas, pairs: int, seed: 
     descriptor cosine min / median."""
     from skyfix.config import NavConfig, TilesConfig
     from skyfix.edge.refine import MapMatcher
-    from skyfix.sim.views import match_is_right, match_pairs
+    from skyfix.render.views import match_is_right, match_pairs
     from skyfix.tiles.features import features_in_memory
     nav, per_mpx, gsd = NavConfig(), TilesConfig().features_per_mpx, map_canvas.gsd_m
     map32 = features_in_memory(map_canvas, ref_ex, per_mpx)

@@ -17,7 +17,7 @@ from skyfix.firmware_bridge.messages import mavlink_module
 from skyfix.geo import LocalFrame
 from skyfix.sim.score import scored_fix
 from skyfix.sim.vehicle import VehicleModel
-from skyfix.sim.views import ViewPose
+from skyfix.render.views import ViewPose
 
 BOOT_BEFORE_TAKEOFF_S = 60.0  # the FC booted a minute before take-off
 

@@ -10,8 +10,8 @@ from skyfix.config import SimConfig
 from skyfix.edge.camera import PinholeCamera
 from skyfix.sim.disturbances import apply_gain, distort, motion_blur
 from skyfix.sim.vehicle import VehicleModel
-from skyfix.sim.views import ViewPose, photometric, render_view
-from skyfix.tiles.canvas import MapCanvas
+from skyfix.render.views import ViewPose, photometric, render_view
+from skyfix.pack.canvas import MapCanvas
 
 
 def sensor_frame(canvas, cam: PinholeCamera, pose: ViewPose, vel_en_m_s: tuple, cfg: SimConfig,

@@ -15,7 +15,7 @@ import numpy as np
 
 from skyfix.edge.camera import PinholeCamera
 from skyfix.errors import require
-from skyfix.sim.views import ViewPose, photometric, render_view
+from skyfix.render.views import ViewPose, photometric, render_view
 
 
 def _dms(value_deg: float) -> tuple:

@@ -26,7 +26,7 @@ from skyfix.sim.camera import SimCamera
 from skyfix.sim.route import Trajectory, footprint_margin_m, make_route, round_corners
 from skyfix.sim.score import frame_record, frame_summary, plot_track, score, write_track_csv
 from skyfix.sim.vehicle import VehicleModel
-from skyfix.tiles.pack import TilePack
+from skyfix.pack.tilepack import TilePack
 
 TURN_ACCEL_M_S2 = 2.5  # lateral acceleration in turns: the corner radius is v^2 / a
 

@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 
 from skyfix.errors import SkyfixError
-from skyfix.sim.views import ViewPose
-from skyfix.tiles.canvas import MapCanvas
+from skyfix.pack.canvas import MapCanvas
+from skyfix.render.views import ViewPose
 
 if TYPE_CHECKING:
-    from skyfix.tiles.blocks import MapBlocks
+    from skyfix.pack.blocks import MapBlocks
 
 
 def scored_fix(frame, t_s: float, kind: str, lat_deg: float, lon_deg: float, horiz_accuracy_m: float,
@@ -226,3 +226,51 @@ def format_summary(s: dict) -> str:
                         f"{g['accuracy_m']['median']:.1f}/{g['accuracy_m']['max']:.1f} m, within 3x {g['within_3x']:.1%}"
                         if g["error_m"] else "n/a"))
     return "\n".join(lines)
+
+
+def rss_trend_mb_per_h(samples: list) -> float:
+    """Slope of a least-squares line through (t_min, rss_mb), in MB per hour: a leak shows as a
+    steady slope, while the allocator's ups and downs (tens of MB either way between minutes in
+    the 12-minute soaks) would make an end-minus-start figure say whatever the last sample was."""
+    if len(samples) < 2:
+        return float("nan")
+    t = np.array([x["t_min"] for x in samples])
+    return float(np.polyfit(t, [x["rss_mb"] for x in samples], 1)[0] * 60.0)
+
+
+def rss_floors_mb(samples: list) -> tuple:
+    """(lowest RSS of the first third of the samples, of the last third), MB. A leak lifts the
+    floor; memory the allocator takes and gives back between samples does not."""
+    rss = [x["rss_mb"] for x in samples]
+    third = max(1, len(rss) // 3)
+    return min(rss[:third]), min(rss[-third:])
+
+
+def odometry_errors(folder: Path, method: str, features_model: str = "models/xfeat",
+                    fx_px: float = 702.0, agl_m: Optional[float] = None) -> list[dict]:
+    """Consecutive photos of a real flight (EXIF GPS): the image displacement at the EXIF
+    height against the GPS displacement. One dict per pair: gps_m, vo_m (None when no match)."""
+    import cv2
+    from skyfix.edge.camera import PinholeCamera
+    from skyfix.edge.features import XFeatExtractor, open_extractor
+    from skyfix.edge.odometry import frame_shift
+    from skyfix.edge.sources import read_exif
+    from skyfix.geo import LocalFrame
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    exifs = [read_exif(p) for p in paths]
+    frame = LocalFrame(exifs[0]["lat_deg"], exifs[0]["lon_deg"])
+    # Frames are finer than a map: XFeat at their own resolution.
+    ex = XFeatExtractor(features_model, upscale=1.0) if method == "xfeat" else open_extractor(method)
+    out, prev = [], None
+    for path, exif in zip(paths, exifs):
+        img = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        h, w = img.shape[:2]
+        cam = PinholeCamera(w, h, fx_px, fx_px, (w - 1) / 2, (h - 1) / 2)
+        e, n, _ = frame.to_enu(exif["lat_deg"], exif["lon_deg"])
+        if prev is not None:
+            shift = frame_shift(prev[0], img, ex, cam, agl_m or exif["alt_m"])
+            out.append({"pair": f"{prev[2]}->{path.stem}", "gps_m": float(np.hypot(e - prev[1][0], n - prev[1][1])),
+                        "vo_m": None if shift is None else shift.distance_m,
+                        "inliers": 0 if shift is None else shift.inliers})
+        prev = (img, (e, n), path.stem)
+    return out

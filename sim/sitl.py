@@ -29,7 +29,7 @@ from typing import Optional
 from skyfix.errors import SkyfixError, require
 from skyfix.geo import LocalFrame
 from skyfix.sim.score import scored_fix
-from skyfix.sim.views import ViewPose
+from skyfix.render.views import ViewPose
 
 log = logging.getLogger("skyfix.sitl")
 DEFAULT_BIN = Path(__file__).resolve().parent / ".." / ".." / "shared" / "sitl" / "arducopter"

@@ -29,8 +29,8 @@ from skyfix.firmware_bridge.publisher import FixPublisher
 from skyfix.sim.route import footprint_margin_m, make_route
 from skyfix.sim.score import plot_track, score, velocity_lines, write_track_csv
 from skyfix.sim.sitl import EKF_GPS_GLITCHING, SitlPilot, SitlVehicle, sim_params
-from skyfix.sim.views import render_view
-from skyfix.tiles.pack import TilePack
+from skyfix.render.views import render_view
+from skyfix.pack.tilepack import TilePack
 
 MIN_RENDER_AGL_M = 5.0  # below this the camera sees the ground too close to matter
 

@@ -16,7 +16,7 @@ import numpy as np
 from skyfix.config import SimConfig
 from skyfix.sim.disturbances import AttitudeError, Wind, drag_acceleration, tilt_for_acceleration
 from skyfix.sim.route import Trajectory
-from skyfix.sim.views import ViewPose
+from skyfix.render.views import ViewPose
 
 
 @runtime_checkable

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from skyfix.geo import LocalFrame
-from skyfix.tiles.canvas import MapCanvas
+from skyfix.pack.canvas import MapCanvas
 
 SHARED = Path(os.environ.get("SKYFIX_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 COLORADO_TIF = SHARED / "colorado_z18" / "mosaic_epsg3857.tif"

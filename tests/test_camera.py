@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from skyfix.edge.camera import PinholeCamera, ground_of_pixel, image_from_ground, rectify
-from skyfix.sim.views import ViewPose, photometric, render_view
+from skyfix.render.views import ViewPose, photometric, render_view
 
 CAM = PinholeCamera.from_hfov(320, 240, 70.0)
 

@@ -35,7 +35,7 @@ def colorado_pack(tmp_path_factory, tiny_onnx_dir, xfeat_dir):
 def test_small_pack_and_eval_on_colorado(colorado_pack, tiny_onnx_dir, tmp_path):
     import json
     from skyfix.cli import main
-    from skyfix.tiles.pack import TilePack
+    from skyfix.pack.tilepack import TilePack
     pack = TilePack.open(colorado_pack)
     assert len(pack) == 81  # 9 x 9 tiles of 120 m over 1.19 km
     js = tmp_path / "eval.json"

@@ -2,7 +2,6 @@
 short run learns, the ONNX export and the extractor behind the common interface; and the
 default towers (`--model default`): trained once by the recipe, cached, and replaced, said, by
 the ImageNet ones where the recipe's map is absent."""
-import logging
 
 import cv2
 import numpy as np
@@ -63,7 +62,8 @@ def test_recipe_errors_are_clear(tmp_path):
 @pytest.fixture(scope="module")
 def dense_dir(tmp_path_factory):
     torch.manual_seed(0)
-    return dfeat.export_dense(dfeat.build_net().eval(), tmp_path_factory.mktemp("models") / "dense", {"test": 1})
+    from skyfix.export.dense_onnx import export_dense
+    return export_dense(dfeat.build_net().eval(), tmp_path_factory.mktemp("models") / "dense", {"test": 1})
 
 
 def test_export_and_extractor_give_cell_centred_unit_descriptors(dense_dir):
@@ -86,41 +86,6 @@ def test_missing_dense_model_names_the_command(tmp_path):
     from skyfix.edge.features import open_extractor
     with pytest.raises(SkyfixError, match="skyfix train-features"):
         open_extractor("dense", tmp_path / "none")
-
-
-def test_default_model_falls_back_to_imagenet_when_its_map_is_absent(tmp_path, monkeypatch, caplog):
-    from skyfix.config import ModelConfig
-    from skyfix.export import models
-    monkeypatch.setenv("SKYFIX_CACHE", str(tmp_path))
-    monkeypatch.setitem(models.DEFAULT_RECIPE, "ortho", tmp_path / "absent.tif")
-    cfg = ModelConfig(pretrained=True, input_px=96, dim=32)
-    with caplog.at_level(logging.WARNING, logger="skyfix.models"):
-        got = models.default_onnx(cfg)
-    assert got == models.imagenet_onnx(cfg)
-    assert "not on this machine" in caplog.text
-
-
-@pytest.mark.slow
-def test_default_model_is_trained_once_by_the_recipe_and_cached(tmp_path, monkeypatch):
-    from skyfix.config import ModelConfig
-    from skyfix.export import models
-    from skyfix.tiles.synthetic import write_synthetic_map
-    monkeypatch.setenv("SKYFIX_CACHE", str(tmp_path / "cache"))
-    ortho = write_synthetic_map(tmp_path / "map.png")
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("train: {source_gsd_m: 0.5, epochs: 1, steps_per_epoch: 2, batch_size: 4, "
-                      "val_views: 8, location_spacing_m: 40.0, amp: false}\n")
-    monkeypatch.setitem(models.DEFAULT_RECIPE, "ortho", ortho)
-    monkeypatch.setitem(models.DEFAULT_RECIPE, "config", recipe)
-    monkeypatch.setitem(models.DEFAULT_RECIPE, "preset", None)
-    cfg = ModelConfig(pretrained=True, input_px=96, dim=32)
-    first = models.default_onnx(cfg)
-    card = (first / "model.yaml").read_text()
-    assert first != models.imagenet_onnx(cfg) and (first / "recipe.yaml").is_file()
-    assert (first.parent / (first.name + ".run") / "best.pt").is_file()
-    mtime = (first / "model.yaml").stat().st_mtime
-    assert models.default_onnx(cfg) == first and (first / "model.yaml").stat().st_mtime == mtime
-    assert "model_id" in card
 
 
 @pytest.mark.parametrize("name", ["dense_features.yaml", "dense_features_no2.yaml"])

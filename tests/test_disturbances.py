@@ -66,7 +66,7 @@ def test_a_distorted_lens_is_undistorted_onboard(textured_canvas):
     """The simulator records through the configured lens; the navigator's Undistorter gives back
     the pinhole frame every other stage assumes (without it, a corner is tens of pixels off)."""
     from skyfix.sim.disturbances import distort
-    from skyfix.sim.views import ViewPose, render_view
+    from skyfix.render.views import ViewPose, render_view
     cam = PinholeCamera(320, 240, 230.0, 230.0, 159.5, 119.5, (-0.25, 0.08, 0.0, 0.0))
     ideal = render_view(textured_canvas, cam, ViewPose(0.0, 0.0, 150.0, 0.0, 0.0, 0.3))[0]
     recorded = distort(ideal, cam)
@@ -94,7 +94,7 @@ def test_a_flight_through_wind_a_drifting_attitude_and_a_bad_camera_stays_honest
     exposure changes, all at once: no message beyond 3x its accuracy, and fixes most of the time."""
     from skyfix.edge.embedders import open_embedder
     from skyfix.sim.run import run_sim
-    from skyfix.tiles.pack import TilePack
+    from skyfix.pack.tilepack import TilePack
     cfg = load_config(overrides={
         "sim": {"duration_s": 30.0, "route": "straight", "seed": 4,
                 "disturb": {"wind_m_s": 8.0, "wind_from_deg": 300.0, "gust_m_s": 3.0,

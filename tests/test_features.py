@@ -1,5 +1,4 @@
 """Local features: the matcher contract on real imagery, map features in the pack, bad input."""
-import shutil
 
 import numpy as np
 import pytest
@@ -9,7 +8,8 @@ from conftest import SHARED, need_shared
 from skyfix.edge.features import EXTRACTORS, OpenCvExtractor, match_descriptors, open_extractor
 from skyfix.edge.refine import MapMatcher
 from skyfix.errors import PackError
-from skyfix.tiles.features import NpyRows, features_in_memory
+from skyfix.pack.map_features import NpyRows
+from skyfix.tiles.features import features_in_memory
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_mutual_matching_agrees_with_the_definition():
 @pytest.fixture()
 def pack_with_sift(tmp_path, textured_canvas):
     from skyfix.contracts import GeoTile
-    from skyfix.tiles.pack import write_pack
+    from skyfix.tiles.build import write_pack
     tiles = [GeoTile(i, 45.0, 7.0, e, 0.0, 100.0) for i, e in enumerate((-100.0, 0.0, 100.0))]
     vectors = np.eye(3, 8, dtype=np.float32)
     return write_pack(tmp_path / "pack", textured_canvas, tiles, vectors, model_id="m", tile_px=64,
@@ -95,7 +95,7 @@ def pack_with_sift(tmp_path, textured_canvas):
 
 
 def test_pack_features_load_near_the_window_only(pack_with_sift, textured_canvas):
-    from skyfix.tiles.pack import TilePack
+    from skyfix.pack.tilepack import TilePack
     pack = TilePack.open(pack_with_sift)
     mf = pack.map_features("sift", OpenCvExtractor("sift").identity)
     assert isinstance(mf.xy_en_m, NpyRows)  # read per window, not at start
@@ -109,20 +109,20 @@ def test_pack_features_load_near_the_window_only(pack_with_sift, textured_canvas
 
 
 def test_pack_without_the_matchers_features_is_refused_with_the_command(pack_with_sift):
-    from skyfix.tiles.pack import TilePack
+    from skyfix.pack.tilepack import TilePack
     pack = TilePack.open(pack_with_sift)
     with pytest.raises(PackError, match="skyfix tiles features .* --matcher orb"):
         pack.map_features("orb")
 
 
 def test_features_from_another_extractor_are_refused(pack_with_sift):
-    from skyfix.tiles.pack import TilePack
+    from skyfix.pack.tilepack import TilePack
     with pytest.raises(PackError, match="computed by opencv-sift.*recompute"):
         TilePack.open(pack_with_sift).map_features("sift", "opencv-sift-0.0.0")
 
 
 def test_truncated_feature_file_is_refused(pack_with_sift):
-    from skyfix.tiles.pack import TilePack
+    from skyfix.pack.tilepack import TilePack
     desc = pack_with_sift / "features" / "sift" / "desc.npy"
     desc.write_bytes(desc.read_bytes()[:-100])
     with pytest.raises(PackError, match="truncated or corrupt.*skyfix tiles features"):
@@ -131,7 +131,7 @@ def test_truncated_feature_file_is_refused(pack_with_sift):
 
 def test_tiles_features_adds_a_matcher_and_keeps_the_pack_valid(pack_with_sift):
     from skyfix.cli import main
-    from skyfix.tiles.pack import TilePack
+    from skyfix.pack.tilepack import TilePack
     assert main(["tiles", "features", str(pack_with_sift), "--matcher", "orb", "-q"]) == 0
     pack = TilePack.open(pack_with_sift)
     assert set(pack.manifest["features"]) == {"sift", "orb"}
@@ -144,7 +144,8 @@ def test_navigator_refuses_a_pack_without_features_at_start(tmp_path, textured_c
     from skyfix.config import NavConfig
     from skyfix.contracts import GeoTile
     from skyfix.edge.navigator import open_matcher
-    from skyfix.tiles.pack import TilePack, write_pack
+    from skyfix.pack.tilepack import TilePack
+    from skyfix.tiles.build import write_pack
     tiles = [GeoTile(0, 45.0, 7.0, 0.0, 0.0, 100.0)]
     path = write_pack(tmp_path / "bare", textured_canvas, tiles, np.eye(1, 8, dtype=np.float32),
                       model_id="m", tile_px=64, stride_m=100.0)

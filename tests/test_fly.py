@@ -11,9 +11,10 @@ from tests.helpers import free_udp_port
 @pytest.fixture()
 def small_pack(tmp_path, textured_canvas, tiny_onnx_dir):
     from skyfix.edge.embedders import open_embedder
-    from skyfix.tiles.build import embed_tiles, tile_grid
+    from skyfix.tiles.build import tile_grid
+    from skyfix.tiles.embed import embed_tiles
     from skyfix.edge.features import OpenCvExtractor
-    from skyfix.tiles.pack import write_pack
+    from skyfix.tiles.build import write_pack
     sat = open_embedder(tiny_onnx_dir, "sat")
     tiles, _ = tile_grid(textured_canvas, 200.0, 200.0)
     return write_pack(tmp_path / "pack", textured_canvas, tiles,

@@ -82,8 +82,8 @@ def test_random_bytes_and_real_packets_before_an_autopilot_are_dropped(data):
 def good_pack(tmp_path_factory):
     from skyfix.contracts import GeoTile
     from skyfix.geo import LocalFrame
-    from skyfix.tiles.canvas import MapCanvas
-    from skyfix.tiles.pack import write_pack
+    from skyfix.pack.canvas import MapCanvas
+    from skyfix.tiles.build import write_pack
     img = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
     canvas = MapCanvas(img, np.ones((200, 200), bool), 1.0, LocalFrame(45.0, 7.0), -100.0, 100.0)
     tiles = [GeoTile(i, 45.0, 7.0, e, 0.0, 100.0) for i, e in enumerate((-50.0, 50.0))]
@@ -103,7 +103,7 @@ def _mutations():
 @given(mutations=_mutations())
 def test_a_mangled_manifest_is_a_clear_pack_error(good_pack, tmp_path_factory, mutations):
     from skyfix.errors import ModelMismatch, PackError
-    from skyfix.tiles.pack import TilePack
+    from skyfix.pack.tilepack import TilePack
     pack = tmp_path_factory.mktemp("m") / "pack"
     shutil.copytree(good_pack, pack)
     manifest = yaml.safe_load((pack / "manifest.yaml").read_text())
@@ -126,7 +126,7 @@ def test_a_mangled_manifest_is_a_clear_pack_error(good_pack, tmp_path_factory, m
 def test_a_corrupt_tile_table_is_refused(good_pack, tmp_path_factory, table):
     from skyfix.artifacts import file_digest
     from skyfix.errors import PackError
-    from skyfix.tiles.pack import TilePack
+    from skyfix.pack.tilepack import TilePack
     pack = tmp_path_factory.mktemp("t") / "pack"
     shutil.copytree(good_pack, pack)
     (pack / "tiles.csv").write_bytes(table)

@@ -103,7 +103,6 @@ def test_an_unknown_motion_model_is_refused():
 def test_odometry_is_taken_as_the_mean_velocity_over_its_interval():
     """Under a steady 3 m/s^2 acceleration, odometry's displacement over 1/3 s is the velocity
     of the interval's middle; taken as the velocity at its end, the filter lags by a dt / 2."""
-    import numpy as np
 
     from skyfix.edge.filter import MotionFilter
     dt, acc = 1 / 3, 3.0

@@ -14,7 +14,7 @@ from skyfix.firmware_bridge import messages  # noqa: E402
 from skyfix.firmware_bridge.link import MavlinkBridge  # noqa: E402
 from skyfix.firmware_bridge.publisher import FixPublisher  # noqa: E402
 from skyfix.firmware_bridge.telemetry import TelemetryStore  # noqa: E402
-from tests.helpers import free_udp_port  # noqa: E402
+from tests.helpers import free_udp_port, wait_until  # noqa: E402
 
 FIX = Fix(t_capture_us=1_000_000, lat_deg=38.985, lon_deg=-107.884, alt_msl_m=2620.5, horiz_accuracy_m=2.4)
 
@@ -41,11 +41,12 @@ def link():
     fc.close()
 
 
-def _settle(fc, boot_ms, n=5):
+def _settle(fc, bridge, boot_ms, n=5):
+    """Send n rounds of the vehicle's messages and wait until the bridge has taken the last."""
     for i in range(n):
         _vehicle(fc, boot_ms + 20 * i)
-        time.sleep(0.02)
-    time.sleep(0.1)
+    last_s = (boot_ms + 20 * (n - 1)) / 1e3
+    assert wait_until(lambda: (bridge.telemetry.clock.last_boot_s or 0) >= last_s), "the bridge took nothing"
 
 
 def test_a_spoofer_with_another_system_id_changes_nothing(link):
@@ -53,11 +54,11 @@ def test_a_spoofer_with_another_system_id_changes_nothing(link):
     spoof = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", source_system=42, source_component=1)
     twin = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", source_system=1, source_component=1)
     try:
-        _settle(fc, 2000)
+        _settle(fc, bridge, 2000)
         for i in range(20):  # another system, and one that copies the autopilot's ids
             _vehicle(spoof, 2200 + 10 * i, yaw=-2.0, rel_alt_mm=500_000)
             _vehicle(twin, 2200 + 10 * i, yaw=-2.5, rel_alt_mm=900_000)
-        _settle(fc, 2400)
+        _settle(fc, bridge, 2400)
         tel = bridge.telemetry.at(time.monotonic(), 1.0)
         assert tel.yaw_rad == pytest.approx(1.2) and tel.alt_agl_m == pytest.approx(120.0)
         assert bridge.counters()["foreign_datagrams"] >= 80  # both were dropped unread, and counted
@@ -87,11 +88,11 @@ def test_before_an_autopilot_speaks_nothing_is_taken_or_bound_to_a_ground_statio
 
 def test_a_spoofed_system_time_changes_nothing_and_publishing_goes_on(link):
     port, fc, bridge = link
-    _settle(fc, 3000)
+    _settle(fc, bridge, 3000)
     offset = bridge.telemetry.unix_offset_s
     fc.mav.system_time_send(2 ** 63, 3200)   # from the autopilot itself: a corrupt value
     fc.mav.system_time_send(int((time.time() + 3 * 86400) * 1e6), 3210)  # a jump of 3 days
-    time.sleep(0.2)
+    assert wait_until(lambda: sum(bridge.counters()["rejected_values"].values()) >= 2)
     assert bridge.telemetry.unix_offset_s == pytest.approx(offset, abs=0.5)
     rejected = bridge.counters()["rejected_values"]
     assert rejected["SYSTEM_TIME: unix time outside 2020-2100"] == 1
@@ -107,7 +108,7 @@ def test_a_spoofed_system_time_changes_nothing_and_publishing_goes_on(link):
 
 def test_a_flood_of_junk_keeps_publishing_at_rate_and_leaves_no_state(link):
     port, fc, bridge = link
-    _settle(fc, 4000)
+    _settle(fc, bridge, 4000)
     pub = FixPublisher(bridge, lambda now: (FIX, 0.1), rate_hz=10, max_age_s=1.0).start()
     senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(200)]
     try:
@@ -247,7 +248,7 @@ def test_a_signed_link_takes_the_autopilot_and_refuses_the_impostors(tmp_path):
         while not bridge.wait_for_heartbeat(0.05):
             _vehicle(fc, 2000)
             assert time.monotonic() - t0 < 5
-        _settle(fc, 2100)
+        _settle(fc, bridge, 2100)
         assert bridge.telemetry.at(time.monotonic(), 1.0).yaw_rad == pytest.approx(1.2)
         # What skyfix sends is signed with the same key: the autopilot's parser accepts it.
         hb = fc.recv_match(type="HEARTBEAT", blocking=True, timeout=2.5)
@@ -293,9 +294,8 @@ def test_an_impostor_waiting_for_a_radio_fade_does_not_take_the_link(link):
     guesser = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", source_system=1, source_component=1)
     try:
         _vehicle(own_clock, 100)  # while the autopilot talks: dropped unread
-        time.sleep(0.1)
+        assert wait_until(lambda: bridge.counters()["foreign_datagrams"] >= 4)
         foreign_before = bridge.counters()["foreign_datagrams"]
-        assert foreign_before >= 4
         impostor_clock = _Clock(900_000)
         end = time.monotonic() + 4.0
         while time.monotonic() < end:  # the fade: only the impostors speak

@@ -32,6 +32,7 @@ assert not reached, reached
 
 @pytest.mark.parametrize("package, blocked", [
     ("edge", ("torch", "rasterio", "tensorrt", "pycuda", "torchvision")),
+    ("pack", ("torch", "rasterio", "tensorrt", "pycuda", "torchvision", "onnxruntime")),
     ("firmware_bridge", ("torch", "rasterio", "tensorrt", "pycuda", "faiss", "onnxruntime")),
 ])
 def test_onboard_room_imports_without_workstation_stack(package, blocked):
@@ -68,3 +69,61 @@ def test_onboard_code_never_reaches_offboard_rooms_even_inside_functions(package
     assert len(files) > 3
     reached = {f"{f.name}: {m}" for f in files for m in _skyfix_imports(f) if m.startswith(OFFBOARD)}
     assert not reached, sorted(reached)
+
+
+# The rooms from the bottom up (docs/design.md, "Dependency rules"): a module may import its own
+# room and the rooms below it, never one above, at module level or inside a function.
+RANKS = {"geo": 0, "config": 0, "errors": 0, "contracts": 0, "artifacts": 0,
+         "firmware_bridge": 1, "pack": 2, "edge": 3, "render": 4, "tiles": 5, "sim": 5,
+         "train": 6, "export": 7, "doctor": 8, "demo": 8, "bench": 9, "cli": 10, "__init__": 10}
+
+
+def _room(relative: Path) -> str:
+    return relative.parts[0] if len(relative.parts) > 1 else relative.stem
+
+
+def _source_files() -> list[Path]:
+    return [f for f in sorted(ROOT.rglob("*.py"))
+            if f.relative_to(ROOT).parts[0] not in ("tests", ".venv", "build", "out", "runs", "models")
+            and not f.relative_to(ROOT).parts[0].startswith(".")]
+
+
+def test_every_module_belongs_to_a_room_of_the_design_map():
+    files = _source_files()
+    assert len(files) > 50
+    assert sorted({_room(f.relative_to(ROOT)) for f in files} - set(RANKS)) == []
+
+
+def test_imports_only_go_down_the_rooms():
+    upward = []
+    for f in _source_files():
+        own = _room(f.relative_to(ROOT))
+        for module in _skyfix_imports(f):
+            target = module.split(".")[1]
+            if RANKS[target] > RANKS[own]:
+                upward.append(f"{f.relative_to(ROOT)} ({own}) imports {module}")
+    assert not upward, upward
+
+
+def test_the_rank_check_can_fail(tmp_path):
+    """_skyfix_imports sees an upward import inside a function, which the rank rule refuses."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from skyfix.export.models import load_embedder\n")
+    assert RANKS["export"] > RANKS["edge"] and "skyfix.export.models" in _skyfix_imports(probe)
+
+
+def test_tiles_imports_edge_only_inside_the_functions_that_need_it():
+    import ast
+    found = []
+    for f in sorted((ROOT / "tiles").glob("*.py")):
+        for node in ast.parse(f.read_text()).body:  # module level only
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("skyfix.edge"):
+                found.append(f"{f.name}: {node.module}")
+    assert not found, found
+
+
+def test_no_test_imports_the_benchmarks():
+    files = sorted((ROOT / "tests").glob("*.py"))
+    reached = [f.name for f in files if any(m == "skyfix.bench" or m.startswith("skyfix.bench.")
+                                            for m in _skyfix_imports(f))]
+    assert not reached, reached

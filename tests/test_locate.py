@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.data]
 def photos(colorado_pack, tmp_path_factory):
     from skyfix.edge.camera import PinholeCamera
     from skyfix.sim.photos import write_photo_set
-    from skyfix.tiles.pack import TilePack
+    from skyfix.pack.tilepack import TilePack
     folder = tmp_path_factory.mktemp("photos")
     csv_path = write_photo_set(TilePack.open(colorado_pack).canvas(), PinholeCamera.from_hfov(640, 480, 70.0),
                                folder, 6, seed=3)
@@ -71,7 +71,7 @@ def test_a_wrong_height_on_a_tilted_camera_is_corrected_by_the_match_scale(color
     from skyfix.edge.camera import PinholeCamera
     from skyfix.edge.locate import run_locate
     from skyfix.sim.photos import write_photo_set
-    from skyfix.tiles.pack import TilePack
+    from skyfix.pack.tilepack import TilePack
     csv_path = write_photo_set(TilePack.open(colorado_pack).canvas(), PinholeCamera.from_hfov(640, 480, 70.0),
                                tmp_path / "photos", 4, seed=4, tilt_deg=25.0, height_noise_frac=0.0)
     with open(csv_path) as f:
@@ -98,7 +98,7 @@ def test_offline_replay_of_a_recorded_folder_uses_the_capture_times(colorado_pac
     from skyfix.edge.sources import FolderSource
     from skyfix.geo import haversine_m
     from skyfix.sim.photos import write_photo_sequence
-    from skyfix.tiles.pack import TilePack
+    from skyfix.pack.tilepack import TilePack
     folder = tmp_path / "flight"
     csv_path = write_photo_sequence(TilePack.open(colorado_pack).canvas(), PinholeCamera.from_hfov(640, 480, 70.0),
                                     folder, 12, (-150.0, 0.0), (10.0, 0.0))

@@ -15,7 +15,7 @@ from skyfix.contracts import Fix  # noqa: E402
 from skyfix.firmware_bridge import messages  # noqa: E402
 from skyfix.firmware_bridge.link import MavlinkBridge  # noqa: E402
 from skyfix.firmware_bridge.publisher import FixPublisher  # noqa: E402
-from tests.helpers import free_udp_port  # noqa: E402
+from tests.helpers import free_udp_port, wait_until  # noqa: E402
 
 FIX = Fix(t_capture_us=1_000_000, lat_deg=38.9850328, lon_deg=-107.8843689, alt_msl_m=2620.5,
           horiz_accuracy_m=2.4, vel_north_m_s=3.0, vel_east_m_s=-1.5, speed_accuracy_m_s=0.4,
@@ -115,10 +115,10 @@ def test_bridge_and_publisher_over_loopback_udp():
         assert bridge.link_ok()
         for _ in range(3):
             _vehicle_send(fc, 2000)
-            time.sleep(0.02)
-        time.sleep(0.1)
+        assert wait_until(lambda: (bridge.telemetry.clock.last_boot_s or 0) >= 2.0)
         tel = bridge.telemetry.at(time.monotonic(), max_age_s=1.0)
         assert tel.yaw_rad == pytest.approx(1.2) and tel.alt_agl_m == pytest.approx(120.0)
+        last_accept["t"] = time.monotonic()  # the measurement is fresh when publishing starts
         pub = FixPublisher(bridge, estimate, "ardupilot", rate_hz=10, max_age_s=0.6).start()
         got = []
         t_end = time.monotonic() + 0.5
@@ -133,11 +133,10 @@ def test_bridge_and_publisher_over_loopback_udp():
         assert gps[0].ignore_flags & mavlink2.GPS_INPUT_IGNORE_FLAG_VEL_HORIZ
         assert gps[0].ignore_flags & mavlink2.GPS_INPUT_IGNORE_FLAG_SPEED_ACCURACY and gps[0].yaw == 0
         # Once the newest measurement is older than max_age_s, publishing stops.
-        time.sleep(0.5)
+        assert wait_until(lambda: pub.withheld > 0)
         while fc.recv_match(type="GPS_INPUT", blocking=False) is not None:
             pass
         assert fc.recv_match(type="GPS_INPUT", blocking=True, timeout=0.4) is None
-        assert pub.withheld > 0
     finally:
         if pub:
             pub.close()
@@ -152,11 +151,9 @@ def test_silent_link_reconnects_and_recovers():
     try:
         for _ in range(5):
             _vehicle_send(fc, 1000)
-            time.sleep(0.02)
-        assert bridge.wait_for_heartbeat(1.0)
-        time.sleep(1.3)  # the vehicle goes silent
-        assert not bridge.link_ok()
-        assert bridge.reconnects >= 1
+        assert bridge.wait_for_heartbeat(5.0)
+        # The vehicle goes silent: the link times out and the bridge starts waiting for it.
+        assert wait_until(lambda: not bridge.link_ok() and bridge.reconnects >= 1)
         assert bridge.telemetry.at(time.monotonic(), 0.5).yaw_rad is None  # no stale attitude
         # Garbage on the socket is counted and dropped; real packets still get through.
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

@@ -8,9 +8,9 @@ import pytest
 from skyfix.config import NavConfig
 from skyfix.contracts import Frame, Reason, Telemetry
 from skyfix.edge.camera import PinholeCamera
-from skyfix.sim.views import ViewPose, render_view
+from skyfix.render.views import ViewPose, render_view
 from skyfix.geo import LocalFrame
-from skyfix.tiles.canvas import MapCanvas
+from skyfix.pack.canvas import MapCanvas
 
 pytestmark = pytest.mark.slow
 CAM = PinholeCamera.from_hfov(480, 360, 70.0)
@@ -21,8 +21,10 @@ AGL_M = 120.0
 def world(tiny_onnx_dir, tmp_path_factory):
     from skyfix.edge.embedders import open_embedder
     from skyfix.edge.features import OpenCvExtractor
-    from skyfix.tiles.build import embed_tiles, tile_grid
-    from skyfix.tiles.pack import TilePack, write_pack
+    from skyfix.tiles.build import tile_grid
+    from skyfix.tiles.embed import embed_tiles
+    from skyfix.pack.tilepack import TilePack
+    from skyfix.tiles.build import write_pack
     from skyfix.tiles.synthetic import synthetic_map
     img = synthetic_map(1400, seed=3)  # 700 m at 0.5 m/px
     canvas = MapCanvas(img, np.ones(img.shape[:2], bool), 0.5, LocalFrame(47.0, 8.0), -350.0, 350.0)
@@ -194,7 +196,7 @@ def test_map_features_truncated_in_flight_fail_that_frame_only(world, tmp_path):
     import shutil
 
     from skyfix.edge.navigator import Navigator
-    from skyfix.tiles.pack import TilePack
+    from skyfix.pack.tilepack import TilePack
     pack, emb, canvas = world
     copy = tmp_path / "pack"
     shutil.copytree(pack.path, copy)

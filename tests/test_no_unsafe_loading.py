@@ -87,8 +87,9 @@ def test_pack_features_with_a_pickled_array_are_refused_not_run(tmp_path):
     from skyfix.edge.features import OpenCvExtractor
     from skyfix.errors import PackError
     from skyfix.geo import LocalFrame
-    from skyfix.tiles.canvas import MapCanvas
-    from skyfix.tiles.pack import TilePack, write_pack
+    from skyfix.pack.canvas import MapCanvas
+    from skyfix.pack.tilepack import TilePack
+    from skyfix.tiles.build import write_pack
     img = np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)
     canvas = MapCanvas(img, np.ones((200, 200), bool), 1.0, LocalFrame(45.0, 7.0), -100.0, 100.0)
     pack = write_pack(tmp_path / "pack", canvas, [GeoTile(0, 45.0, 7.0, 0.0, 0.0, 100.0)],

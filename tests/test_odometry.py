@@ -8,7 +8,7 @@ from conftest import SHARED, need_shared
 from skyfix.edge.camera import PinholeCamera
 from skyfix.edge.features import OpenCvExtractor
 from skyfix.edge.odometry import frame_shift
-from skyfix.sim.views import ViewPose, render_view
+from skyfix.render.views import ViewPose, render_view
 
 CAM = PinholeCamera.from_hfov(480, 360, 70.0)
 
@@ -44,7 +44,7 @@ def test_real_flight_displacement_agrees_with_gps():
     import tempfile
     from pathlib import Path
 
-    from skyfix.bench import odometry_errors
+    from skyfix.sim.score import odometry_errors
     src = need_shared(SHARED / "odm_toledo")
     with tempfile.TemporaryDirectory() as tmp:
         for p in sorted(src.glob("*.JPG"))[:8]:

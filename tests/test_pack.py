@@ -4,7 +4,8 @@ import yaml
 
 from skyfix.errors import ModelMismatch, PackError
 from skyfix.tiles.build import tile_grid
-from skyfix.tiles.pack import TilePack, write_pack
+from skyfix.pack.tilepack import TilePack
+from skyfix.tiles.build import write_pack
 
 from tests.helpers import unit_vectors
 
@@ -130,7 +131,7 @@ def test_inspect_cli_exit_codes(pack_dir, tmp_path, capsys):
 def test_window_search_scores_only_the_window_for_every_index_kind(kind):
     """On 12k synthetic tiles: the window's tiles only, ranked as exact scoring of their stored
     vectors ranks them (approximations for IVF-PQ), padded when the window is small."""
-    from skyfix.tiles.pack import _enable_reconstruct, make_index, window_search
+    from skyfix.pack.tilepack import _enable_reconstruct, make_index, window_search
     vectors = unit_vectors(12000, d=32, seed=3)
     index = make_index(kind, vectors)
     _enable_reconstruct(index)
@@ -149,7 +150,7 @@ def test_window_search_scores_only_the_window_for_every_index_kind(kind):
 
 
 def test_tile_grid_finds_exactly_the_tiles_within_the_radius():
-    from skyfix.tiles.pack import TileGrid
+    from skyfix.pack.tilepack import TileGrid
     rng = np.random.default_rng(0)
     east, north = rng.uniform(-5000, 5000, 20000), rng.uniform(-3000, 3000, 20000)
     grid = TileGrid(east, north, 100.0)
@@ -159,7 +160,7 @@ def test_tile_grid_finds_exactly_the_tiles_within_the_radius():
 
 
 def test_ivfpq_refuses_small_regions():
-    from skyfix.tiles.pack import make_index
+    from skyfix.pack.tilepack import make_index
     with pytest.raises(PackError, match="at least 10000 tiles"):
         make_index("ivfpq", unit_vectors(100))
 
@@ -169,7 +170,8 @@ def test_compact_index_pack_reranks_with_its_exact_vectors(tmp_path, textured_ca
     the compact index's candidates with them, so they return exact scores; a truncated vectors
     file refuses the pack."""
     from skyfix.contracts import GeoTile
-    from skyfix.tiles.pack import VECTORS_FILE, TilePack, write_pack
+    from skyfix.pack.tilepack import VECTORS_FILE, TilePack
+    from skyfix.tiles.build import write_pack
     n, side = 12000, 110
     vectors = unit_vectors(n, d=32, seed=5)
     tiles = [GeoTile(i, 45.0, 7.0, -275.0 + 5.0 * (i % side), -275.0 + 5.0 * (i // side), 20.0) for i in range(n)]

@@ -42,5 +42,5 @@ def test_sim_short_route_with_a_link_drop(pack, tmp_path):
 
 
 def _model(pack):
-    from skyfix.tiles.pack import TilePack
+    from skyfix.pack.tilepack import TilePack
     return TilePack.open(pack).manifest["model_source"]

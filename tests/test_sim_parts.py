@@ -45,7 +45,7 @@ def test_score_availability_and_calibration():
 
 def test_velocity_is_scored_only_where_sent():
     from skyfix.sim.score import scored_fix
-    from skyfix.sim.views import ViewPose
+    from skyfix.render.views import ViewPose
     from skyfix.geo import LocalFrame
     frame = LocalFrame(40.0, -105.0, 0.0)
     lat, lon, _ = frame.to_lla(3.0, 4.0)
@@ -77,13 +77,13 @@ def test_flight_plot_colours_fixes_by_error(textured_canvas, tmp_path):
 
 
 def test_the_soak_rss_floor_and_trend_see_a_leak_and_not_the_allocators_ups_and_downs():
-    from skyfix.bench import _rss_floors_mb, _rss_trend_mb_per_h
+    from skyfix.sim.score import rss_floors_mb, rss_trend_mb_per_h
     minutes = np.arange(5, 13, 0.25)
     wobble = [{"t_min": t, "rss_mb": 340.0 + (45.0 if 4 <= k % 12 < 8 else 0.0)} for k, t in enumerate(minutes)]
     leak = [{"t_min": t, "rss_mb": 340.0 + 0.5 * t} for t in minutes]  # 0.5 MB a minute
-    assert abs(_rss_trend_mb_per_h(leak) - 30.0) < 1e-6
-    first, last = _rss_floors_mb(leak)
+    assert abs(rss_trend_mb_per_h(leak) - 30.0) < 1e-6
+    first, last = rss_floors_mb(leak)
     assert last - first > 2.0
-    assert _rss_floors_mb(wobble) == (340.0, 340.0)
+    assert rss_floors_mb(wobble) == (340.0, 340.0)
     # The wobble ends on a high sample (385 MB): end minus start would say 348 MB/h of leak.
-    assert abs(_rss_trend_mb_per_h(wobble)) < 348.0 / 3
+    assert abs(rss_trend_mb_per_h(wobble)) < 348.0 / 3

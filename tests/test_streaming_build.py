@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from skyfix.errors import PackError
-from skyfix.tiles.blocks import MapBlocks, write_canvas_blocks
+from skyfix.pack.blocks import MapBlocks, write_canvas_blocks
 
 
 def _same_pixels(a, b):
@@ -113,9 +113,9 @@ class _Interrupting:
 def test_an_interrupted_build_resumes_and_gives_the_same_pack(utm_geotiffs, tmp_path, tiny_onnx_dir, monkeypatch):
     from skyfix.config import load_config
     from skyfix.edge.embedders import open_embedder
-    from skyfix.tiles import build
-    from skyfix.tiles.pack import TilePack
-    monkeypatch.setattr(build, "EMBED_CHUNK", 16)
+    from skyfix.tiles import build, embed
+    from skyfix.pack.tilepack import TilePack
+    monkeypatch.setattr(embed, "EMBED_CHUNK", 16)
     cfg = load_config(overrides={"tiles": {"tile_size_m": 100.0, "stride_m": 50.0, "batch_size": 8,
                                            "features": ["sift"]}})
     sat = open_embedder(tiny_onnx_dir, "sat")
@@ -156,9 +156,9 @@ def test_a_two_worker_dask_cluster_builds_the_same_pack(utm_geotiffs, tmp_path, 
     pytest.importorskip("distributed")
     from skyfix.config import load_config
     from skyfix.edge.embedders import open_embedder
-    from skyfix.tiles import build
-    from skyfix.tiles.pack import TilePack
-    monkeypatch.setattr(build, "EMBED_CHUNK", 16)  # several shards for two workers
+    from skyfix.tiles import build, embed
+    from skyfix.pack.tilepack import TilePack
+    monkeypatch.setattr(embed, "EMBED_CHUNK", 16)  # several shards for two workers
     cfg = load_config(overrides={"tiles": {"tile_size_m": 100.0, "stride_m": 50.0, "features": []}})
     sat = open_embedder(tiny_onnx_dir, "sat")
     quiet = dict(progress=False, log=lambda *_: None, model_source=str(tiny_onnx_dir))
@@ -182,7 +182,7 @@ def test_cluster_spec_is_checked():
 
 def test_simulated_views_and_overviews_from_blocks_match_the_canvas(textured_canvas, tmp_path):
     from skyfix.edge.camera import PinholeCamera
-    from skyfix.sim.views import ViewPose, render_view
+    from skyfix.render.views import ViewPose, render_view
     blocks = _blocks_of(textured_canvas, tmp_path, 128)
     cam = PinholeCamera.from_hfov(320, 240, 70.0)
     for pose in (ViewPose(10.0, -20.0, 120.0, 0.05, -0.08, 0.7), ViewPose(-200.0, 230.0, 150.0, 0.0, 0.2, 3.0)):
@@ -200,7 +200,7 @@ def test_simulated_views_and_overviews_from_blocks_match_the_canvas(textured_can
 def test_inspect_verifies_every_map_block(textured_canvas, tmp_path):
     from skyfix.cli import main
     from skyfix.tiles.build import tile_grid
-    from skyfix.tiles.pack import write_pack
+    from skyfix.tiles.build import write_pack
     tiles, _ = tile_grid(textured_canvas, 200.0, 200.0)
     out = write_pack(tmp_path / "pack", textured_canvas, tiles, np.eye(len(tiles), 8, dtype=np.float32),
                      model_id="m", tile_px=32, stride_m=200.0)

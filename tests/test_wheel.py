@@ -21,7 +21,6 @@ def _run(args, cwd, env, timeout_s=600):
 
 
 def test_the_wheel_runs_away_from_the_checkout(tmp_path):
-    pytest.importorskip("torch")
     wheels = tmp_path / "wheels"
     _run(["-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(ROOT), "-w", str(wheels)],
          tmp_path, os.environ.copy())
@@ -35,12 +34,15 @@ def test_the_wheel_runs_away_from_the_checkout(tmp_path):
     where = _run(["-c", "import skyfix, skyfix.train.recipes as r, pathlib; print(skyfix.__file__); "
                   "print(sorted(p.name for p in pathlib.Path(r.__path__[0]).glob('*.yaml')))"], work, env)
     assert where.splitlines()[0].startswith(str(site)), where
-    assert "colorado_heldout.yaml" in where and (site / "skyfix" / "edge" / "weights" / "dense").is_dir()
+    assert "default_towers.yaml" in where and (site / "skyfix" / "edge" / "weights" / "dense").is_dir()
+    shipped = site / "skyfix" / "edge" / "weights" / "towers"
+    assert {p.name for p in shipped.iterdir()} >= {"drone.onnx", "sat.onnx", "model.yaml", "README.md"}
     _run(["-m", "skyfix.cli", "doctor"], work, env)
     _run(["-c", "from skyfix.tiles.synthetic import write_synthetic_map; write_synthetic_map('map.png', 1000, seed=5)"],
          work, env)
     _run(["-m", "skyfix.cli", "tiles", "build", "--ortho", "map.png", "--source-gsd-m", "0.5", "--out", "pack",
-          "--model", "imagenet", "--features", "sift", "-q"], work, env)
+          "--features", "sift", "-q"], work, env)  # the shipped default towers
+    assert "model_source: default" in (work / "pack" / "manifest.yaml").read_text()
     _run(["-m", "skyfix.cli", "sim", "--pack", "pack", "--matcher", "sift", "--route", "straight",
           "--duration-s", "10", "--out", "flight", "--json", "flight.json", "-q"], work, env)
     summary = json.loads((work / "flight.json").read_text())

@@ -17,17 +17,16 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from skyfix.artifacts import replace_directory
+from skyfix.artifacts import atomic_directory, replace_directory
 from skyfix.config import SkyfixConfig, config_to_dict
 from skyfix.contracts import GeoTile
 from skyfix.errors import PackError
-from skyfix.tiles.blocks import (BLOCK_PX, COVERAGE_PX, MapBlocks, block_path, decode_block, row_sweep_cache,
-                                 table_row, write_block, write_table)
-from skyfix.tiles.canvas import MapCanvas, MapGrid
-from skyfix.tiles.pack import SCHEMA_VERSION, write_pack_files
-
-EMBED_CHUNK = 4096  # tiles per saved chunk of embeddings (the unit of resuming)
-
+from skyfix.pack.blocks import (BLOCK_PX, COVERAGE_PX, MapBlocks, block_path, decode_block, row_sweep_cache,
+                                 table_row, write_block, write_canvas_blocks, write_table)
+from skyfix.pack.canvas import MapCanvas, MapGrid
+from skyfix.pack.tilepack import SCHEMA_VERSION, TilePack, write_pack_files
+from skyfix.tiles import embed
+from skyfix.tiles.features import write_map_features
 
 def tile_grid(grid: MapGrid, tile_size_m: float, stride_m: float, max_nodata_frac: float = 0.02,
               coverage: Optional[tuple[np.ndarray, int]] = None) -> tuple[list[GeoTile], int]:
@@ -64,56 +63,6 @@ def tile_grid(grid: MapGrid, tile_size_m: float, stride_m: float, max_nodata_fra
             lat, lon, _ = grid.frame.to_lla(e, n)
             tiles.append(GeoTile(len(tiles), float(lat), float(lon), float(e), float(n), tile_size_m))
     return tiles, skipped
-
-
-def render_tiles(canvas: "MapCanvas | MapBlocks", tiles: list[GeoTile], tile_px: int) -> np.ndarray:
-    """uint8 N x tile_px x tile_px x 3 north-up renders of the tiles."""
-    return np.stack([canvas.render(t.east_m, t.north_m, t.size_m, tile_px)[0] for t in tiles])
-
-
-def chunk_path(chunk_dir: Path, start: int, n: int) -> Path:
-    """The file of the embeddings of tiles[start:start + n] (the unit of resuming and of a Dask shard)."""
-    return chunk_dir / f"vectors_{start:09d}_{n}.npy"
-
-
-def embed_batches(canvas: "MapCanvas | MapBlocks", tiles: list[GeoTile], embedder, batch_size: int,
-                  on_batch=lambda n: None) -> np.ndarray:
-    """Render and embed tiles, batch_size at a time; float32 N x D. on_batch(n) after each batch."""
-    vecs = []
-    for i in range(0, len(tiles), batch_size):
-        batch = tiles[i:i + batch_size]
-        vecs.append(embedder.embed(render_tiles(canvas, batch, embedder.input_px)))
-        on_batch(len(batch))
-    return np.concatenate(vecs)
-
-
-def save_chunk(path: Path, vectors: np.ndarray) -> None:
-    """Write a chunk file atomically: a chunk cut short by a stop never has its final name."""
-    np.save(path.with_suffix(".tmp.npy"), vectors, allow_pickle=False)
-    path.with_suffix(".tmp.npy").rename(path)
-
-
-def embed_tiles(canvas: "MapCanvas | MapBlocks", tiles: list[GeoTile], embedder, batch_size: int,
-                progress: bool = True, chunk_dir: Optional[Path] = None) -> np.ndarray:
-    """Render and embed tiles in batches; float32 N x D. With `chunk_dir`, every EMBED_CHUNK
-    tiles are saved there as they are done and chunks already there are loaded, not redone."""
-    bar = tqdm(total=len(tiles), unit="tile", desc="embed tiles", disable=not progress)
-    if chunk_dir is None:
-        out = embed_batches(canvas, tiles, embedder, batch_size, bar.update)
-        bar.close()
-        return out
-    out = []
-    for start in range(0, len(tiles), EMBED_CHUNK):
-        part = tiles[start:start + EMBED_CHUNK]
-        path = chunk_path(chunk_dir, start, len(part))
-        if path.is_file():
-            out.append(np.load(path, allow_pickle=False))
-            bar.update(len(part))
-            continue
-        out.append(embed_batches(canvas, part, embedder, batch_size, bar.update))
-        save_chunk(path, out[-1])
-    bar.close()
-    return np.concatenate(out)
 
 
 def write_map_blocks(folder: Path, src, layout, progress: bool = True) -> tuple[list[dict], np.ndarray]:
@@ -213,7 +162,6 @@ def _build_into(staging: Path, out: Path, ortho, cfg: SkyfixConfig, embedder, ex
                 source_gsd_m, progress: bool, log, cluster) -> tuple[int, float]:
     """The build's stages in the staging folder, each skipping what an interrupted run finished;
     the finished pack replaces `out`. Returns (tiles, seconds spent embedding)."""
-    from skyfix.tiles.features import write_map_features
     from skyfix.tiles.ortho import canvas_layout, read_source
     tc = cfg.tiles
     work = staging / ".build"
@@ -235,9 +183,9 @@ def _build_into(staging: Path, out: Path, ortho, cfg: SkyfixConfig, embedder, ex
     if cluster:
         from skyfix.tiles.distributed import embed_on_cluster
         embed_on_cluster(cluster, model_source, cfg.model, embedder.model_id, blocks, tiles, tc.batch_size,
-                         work, EMBED_CHUNK, progress, log)
+                         work, embed.EMBED_CHUNK, progress, log)
     # Chunks already embedded (by a cluster, or before an interruption) are loaded, not redone.
-    vectors = embed_tiles(blocks, tiles, embedder, tc.batch_size, progress, chunk_dir=work)
+    vectors = embed.embed_tiles(blocks, tiles, embedder, tc.batch_size, progress, chunk_dir=work)
     dt_embed = time.perf_counter() - t1
     features = {}
     for ex in extractors:
@@ -259,3 +207,56 @@ def _build_into(staging: Path, out: Path, ortho, cfg: SkyfixConfig, embedder, ex
     shutil.rmtree(work)
     replace_directory(staging, out)
     return len(tiles), dt_embed
+
+
+def write_pack(out_dir: str | Path, canvas: MapCanvas, tiles: list[GeoTile], vectors: np.ndarray,
+               *, model_id: str, tile_px: int, stride_m: float, index_kind: str = "flat",
+               imagery: Optional[dict] = None, source: str = "", crs: str = "",
+               model_source: str = "", extra_files: Optional[dict] = None,
+               extractors: tuple = (), features_per_mpx: int = 8000, progress: bool = False) -> Path:
+    """Write a TilePack of an in-memory canvas atomically (built in a temporary folder, then
+    renamed). Returns out_dir. (`skyfix tiles build` streams large maps through
+    `write_pack_files` instead.)
+
+    vectors: float32 N x D unit vectors, row i embeds tiles[i] (tile_id == i).
+    extra_files: {name: text} written beside the manifest (e.g. the resolved config).
+    extractors: local-feature extractors (edge.features) whose map features the pack carries.
+    """
+    with atomic_directory(out_dir) as tmp:
+        write_canvas_blocks(tmp, canvas)
+        features = {ex.name: write_map_features(tmp, canvas, ex, features_per_mpx, progress) for ex in extractors}
+        write_pack_files(tmp, canvas, tiles, vectors, model_id=model_id, tile_px=tile_px, stride_m=stride_m,
+                         index_kind=index_kind, imagery=imagery, source=source, crs=crs,
+                         model_source=model_source, extra_files=extra_files, features=features)
+    return Path(out_dir)
+
+
+def add_features(pack_path: str | Path, extractor, per_mpx: int, progress: bool = True) -> dict:
+    """Compute the map's features with `extractor` and add (or replace) them in an existing pack.
+
+    The folder is written beside the old one and swapped in, then the manifest is replaced in
+    one rename, so an interrupted run leaves the pack as it was. Returns the manifest entry."""
+    import os
+    import shutil
+    pack = TilePack.open(pack_path)
+    canvas = pack.map_blocks(cache_blocks=row_sweep_cache(int(pack.manifest["map"]["width_px"])))
+    staging = pack.path / f".features-{extractor.name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        entry = write_map_features(staging, canvas, extractor, per_mpx, progress)
+        final = pack.path / "features" / extractor.name
+        final.parent.mkdir(exist_ok=True)
+        old = final.with_name(f".{extractor.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        (staging / "features" / extractor.name).rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    manifest = dict(pack.manifest)
+    manifest["features"] = {**(manifest.get("features") or {}), extractor.name: entry}
+    tmp = pack.path / ".manifest.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    os.replace(tmp, pack.path / "manifest.yaml")
+    return entry

@@ -21,9 +21,9 @@ def _embed_shard(model: str, model_cfg, model_id: str, blocks, tiles: list, star
                  batch_size: int, chunk_dir: str) -> str:
     """One task: embed tiles (tiles[start:start + len] of the build) into their chunk file;
     returns the file name."""
-    from skyfix.export.models import load_embedder
-    from skyfix.tiles.build import chunk_path, embed_batches, save_chunk
-    embedder = load_embedder(model, "sat", model_cfg)
+    from skyfix.edge.models import open_towers
+    from skyfix.tiles.embed import chunk_path, embed_batches, save_chunk
+    embedder = open_towers(model, "sat", model_cfg)
     if embedder.model_id != model_id:
         raise SkyfixError(f"worker's model {model} is {embedder.model_id}, the build's is {model_id}: "
                           "workers must see the same model files")
@@ -44,7 +44,7 @@ def parse_cluster(spec: str) -> tuple[Optional[int], Optional[str]]:
 def embed_on_cluster(spec: str, model: str, model_cfg, model_id: str, blocks, tiles: list, batch_size: int,
                      chunk_dir: Path, chunk: int, progress: bool = True, log=print) -> None:
     """Embed every chunk of `tiles` not yet in chunk_dir on the Dask cluster `spec` (parse_cluster)."""
-    from skyfix.tiles.build import chunk_path
+    from skyfix.tiles.embed import chunk_path
     distributed = require("distributed")
     n_local, address = parse_cluster(spec)
     todo = [s for s in range(0, len(tiles), chunk) if not chunk_path(chunk_dir, s, len(tiles[s:s + chunk])).is_file()]

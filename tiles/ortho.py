@@ -18,7 +18,7 @@ import numpy as np
 from skyfix import geo
 from skyfix.errors import ImageError, require
 from skyfix.geo import LocalFrame
-from skyfix.tiles.canvas import MapCanvas, MapGrid
+from skyfix.pack.canvas import MapCanvas, MapGrid
 
 WARP_GRID_PX = 32  # the CRS transform is evaluated every this many output pixels, interpolated between
 

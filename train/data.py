@@ -11,8 +11,8 @@ import numpy as np
 
 from skyfix.edge.camera import PinholeCamera, ground_of_pixel, image_from_ground, rectify
 from skyfix.errors import SkyfixError
-from skyfix.sim.views import ViewPose, photometric, render_view
-from skyfix.tiles.canvas import MapCanvas
+from skyfix.render.views import ViewPose, photometric, render_view
+from skyfix.pack.canvas import MapCanvas
 
 
 @dataclass(frozen=True)

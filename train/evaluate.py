@@ -19,9 +19,9 @@ from tqdm import tqdm
 from skyfix.config import CameraConfig, EvalConfig
 from skyfix.edge.camera import PinholeCamera, rectify
 from skyfix.errors import ModelMismatch, SkyfixError
-from skyfix.sim.views import ViewPose, photometric, render_view
-from skyfix.tiles.canvas import MapCanvas
-from skyfix.tiles.pack import TilePack
+from skyfix.render.views import ViewPose, photometric, render_view
+from skyfix.pack.canvas import MapCanvas
+from skyfix.pack.tilepack import TilePack
 from skyfix.train.metrics import retrieval_metrics
 
 

@@ -3,7 +3,7 @@
 A pack is a folder:
   manifest.yaml  schema version, region, grid, model_id, dim, metric, imagery, counts, file digests
   tiles.csv      tile_id, lat_deg, lon_deg, east_m, north_m, east_min_m, north_min_m, east_max_m, north_max_m
-  map/           the map imagery in blocks read on demand (tiles/blocks.py)
+  map/           the map imagery in blocks read on demand (pack/blocks.py)
   index.faiss    the FAISS index of tile embeddings (ids = tile_id)
   features/NAME/ the map's local features per extractor (tiles/features.py), memory-mapped onboard
 This module needs numpy, OpenCV, PyYAML and faiss only (no rasterio, no torch).
@@ -18,14 +18,14 @@ from typing import Optional
 import numpy as np
 import yaml
 
-from skyfix.artifacts import atomic_directory, digest_problem, file_digest
+from skyfix.artifacts import digest_problem, file_digest
 from skyfix.contracts import GeoTile
 from skyfix.errors import ModelMismatch, PackError, require
 from skyfix.geo import LocalFrame
-from skyfix.tiles.blocks import BLOCK_PX, TABLE_FILE, MapBlocks, row_sweep_cache, write_canvas_blocks
-from skyfix.tiles.canvas import MapCanvas, MapGrid
-from skyfix.tiles.features import MapFeatures, open_map_features, require_features, write_map_features
-from skyfix.tiles.schema import DIGEST, NUMBER, check_shape
+from skyfix.pack.blocks import BLOCK_PX, TABLE_FILE, MapBlocks
+from skyfix.pack.canvas import MapCanvas, MapGrid
+from skyfix.pack.map_features import MapFeatures, open_map_features, require_features
+from skyfix.pack.schema import DIGEST, NUMBER, check_shape
 
 SCHEMA_VERSION = 2  # 2: map imagery in blocks (was one map.png)
 METRIC = "inner_product"  # on L2-normalised vectors: cosine similarity
@@ -161,35 +161,13 @@ def _enable_reconstruct(index) -> None:
         ivf.make_direct_map()
 
 
-def write_pack(out_dir: str | Path, canvas: MapCanvas, tiles: list[GeoTile], vectors: np.ndarray,
-               *, model_id: str, tile_px: int, stride_m: float, index_kind: str = "flat",
-               imagery: Optional[dict] = None, source: str = "", crs: str = "",
-               model_source: str = "", extra_files: Optional[dict] = None,
-               extractors: tuple = (), features_per_mpx: int = 8000, progress: bool = False) -> Path:
-    """Write a TilePack of an in-memory canvas atomically (built in a temporary folder, then
-    renamed). Returns out_dir. (`skyfix tiles build` streams large maps through
-    `write_pack_files` instead.)
-
-    vectors: float32 N x D unit vectors, row i embeds tiles[i] (tile_id == i).
-    extra_files: {name: text} written beside the manifest (e.g. the resolved config).
-    extractors: local-feature extractors (edge.features) whose map features the pack carries.
-    """
-    with atomic_directory(out_dir) as tmp:
-        write_canvas_blocks(tmp, canvas)
-        features = {ex.name: write_map_features(tmp, canvas, ex, features_per_mpx, progress) for ex in extractors}
-        write_pack_files(tmp, canvas, tiles, vectors, model_id=model_id, tile_px=tile_px, stride_m=stride_m,
-                         index_kind=index_kind, imagery=imagery, source=source, crs=crs,
-                         model_source=model_source, extra_files=extra_files, features=features)
-    return Path(out_dir)
-
-
 def write_pack_files(folder: Path, grid: MapGrid, tiles: list[GeoTile], vectors: np.ndarray, *,
                      model_id: str, tile_px: int, stride_m: float, index_kind: str = "flat",
                      imagery: Optional[dict] = None, source: str = "", crs: str = "",
                      model_source: str = "", extra_files: Optional[dict] = None,
                      features: Optional[dict] = None, block_px: int = BLOCK_PX) -> None:
     """Write the tile table, the index and the manifest into `folder`, which already holds the
-    map blocks (tiles/blocks.py) and the map features (`features`: their manifest entries) of
+    map blocks (pack/blocks.py) and the map features (`features`: their manifest entries) of
     the map `grid` (MapCanvas or MapBlocks geometry)."""
     faiss = require("faiss")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -248,7 +226,7 @@ class TilePack:
         self.grid = TileGrid(self.east_m, self.north_m, float(manifest["grid"]["tile_size_m"]))
         self.vectors = None
         if VECTORS_FILE in manifest["files"]:
-            from skyfix.tiles.features import NpyRows
+            from skyfix.pack.map_features import NpyRows
             self.vectors = NpyRows(path / VECTORS_FILE)
             if self.vectors.shape != (len(self.tile_ids), int(manifest["dim"])):
                 raise PackError(f"pack {path}: {VECTORS_FILE} is {self.vectors.shape}, expected "
@@ -440,34 +418,3 @@ def describe(pack: TilePack) -> str:
             f"  features   " + (", ".join(f"{k}: {v['count']} keypoints ({v['identity']})"
                                   for k, v in (m.get("features") or {}).items()) or
                                 "none (add: skyfix tiles features PACK --matcher NAME)"))
-
-
-def add_features(pack_path: str | Path, extractor, per_mpx: int, progress: bool = True) -> dict:
-    """Compute the map's features with `extractor` and add (or replace) them in an existing pack.
-
-    The folder is written beside the old one and swapped in, then the manifest is replaced in
-    one rename, so an interrupted run leaves the pack as it was. Returns the manifest entry."""
-    import os
-    import shutil
-    pack = TilePack.open(pack_path)
-    canvas = pack.map_blocks(cache_blocks=row_sweep_cache(int(pack.manifest["map"]["width_px"])))
-    staging = pack.path / f".features-{extractor.name}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        entry = write_map_features(staging, canvas, extractor, per_mpx, progress)
-        final = pack.path / "features" / extractor.name
-        final.parent.mkdir(exist_ok=True)
-        old = final.with_name(f".{extractor.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        (staging / "features" / extractor.name).rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    manifest = dict(pack.manifest)
-    manifest["features"] = {**(manifest.get("features") or {}), extractor.name: entry}
-    tmp = pack.path / ".manifest.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(manifest, sort_keys=False))
-    os.replace(tmp, pack.path / "manifest.yaml")
-    return entry

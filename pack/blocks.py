@@ -23,7 +23,7 @@ import numpy as np
 
 from skyfix.errors import PackError
 from skyfix.geo import LocalFrame
-from skyfix.tiles.canvas import MapCanvas, MapGrid
+from skyfix.pack.canvas import MapCanvas, MapGrid
 
 BLOCK_PX = 1024
 MAP_DIR = "map"

@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 
 from skyfix.edge.camera import PinholeCamera, ground_of_pixel, image_from_ground
-from skyfix.tiles.canvas import MapCanvas
+from skyfix.pack.canvas import MapCanvas
 
 if TYPE_CHECKING:
-    from skyfix.tiles.blocks import MapBlocks
+    from skyfix.pack.blocks import MapBlocks
 
 
 @dataclass(frozen=True)
