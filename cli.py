@@ -106,7 +106,7 @@ def cmd_tiles_build(args) -> int:
     from skyfix.tiles.build import build_pack
     cfg = _config(args, tiles={"tile_size_m": args.tile_size_m, "stride_m": args.stride_m,
                                "gsd_m": args.gsd_m, "index": args.index,
-                               "imagery_date": args.imagery_date,
+                               "imagery_date": args.imagery_date, "nodata": args.nodata,
                                "imagery_licence": args.imagery_licence,
                                "features": args.features.split(",") if args.features else None},
                   nav={"features_model": args.features_model})
@@ -158,9 +158,27 @@ def cmd_export_onnx(args) -> int:
     from skyfix.train.towers import build_towers, load_checkpoint
     cfg = _config(args, model={"lpn_parts": args.lpn_parts, "dim": args.dim})
     model = load_checkpoint(args.checkpoint) if args.checkpoint else build_towers(cfg.model)
-    out = export_onnx(model, args.out)
+    out = export_onnx(model, args.out, card_extra=_training_card(args.checkpoint) if args.checkpoint else None)
     print(f"wrote {out}; next: skyfix tiles build --ortho MAP --out PACK --model {out}")
     return 0
+
+
+def _training_card(checkpoint: str) -> dict:
+    """What the model card says about the run a checkpoint came from (its run.yaml and the last
+    validation in metrics.jsonl, when they are beside it)."""
+    import json
+
+    import yaml
+    folder = Path(checkpoint).parent
+    run = yaml.safe_load((folder / "run.yaml").read_text()) if (folder / "run.yaml").is_file() else {}
+    lines = (folder / "metrics.jsonl").read_text().splitlines() if (folder / "metrics.jsonl").is_file() else []
+    validation = [json.loads(x) for x in lines if '"val"' in x]
+    train_cfg = (run.get("config") or {}).get("train") or {}
+    return {"trained": {"command": run.get("command", ""), "git_commit": run.get("git_commit", ""),
+                        "checkpoint": Path(checkpoint).name, "split": run.get("split", {}),
+                        "steps": train_cfg.get("epochs", 0) * train_cfg.get("steps_per_epoch", 0),
+                        "batch_size": train_cfg.get("batch_size"), "loss": train_cfg.get("loss"),
+                        "last_validation": validation[-1] if validation else {}}}
 
 
 def cmd_export_precision(args) -> int:
@@ -305,9 +323,12 @@ def cmd_locate(args) -> int:
         within = sum(r.error_m <= 3 * r.accuracy_m for r in scored)
         summary += (f"; error vs EXIF GPS median {float(np.median([r.error_m for r in scored])):.1f} m, "
                     f"{within}/{len(scored)} within 3x their accuracy")
+    overruled = [r for r in located if "used instead" in r.detail]
+    if overruled:
+        summary += f"; {len(overruled)} placed with the image's heading, not the recorded one"
     print(summary)
     for r in rows:
-        if r.lat_deg is None:
+        if r.lat_deg is None or r in overruled:
             print(f"  {r.name}: {r.reason} ({r.detail})")
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
     return 0 if located else 1
@@ -358,7 +379,7 @@ def cmd_train(args) -> int:
     cfg = train_config(args.preset, args.config, cli)
     if args.distributed:
         init_distributed(cfg)
-    train(cfg, resume=args.resume)
+    train(cfg, resume=args.resume, command=" ".join(["skyfix", *sys.argv[1:]]))
     return 0
 
 
@@ -403,6 +424,8 @@ def _ground_commands(sub) -> None:
     b.add_argument("--features", help="comma-separated local-feature extractors to store (sift, orb, xfeat, dense); "
                    "default from the config (xfeat, sift)")
     b.add_argument("--features-model", help="the learned matcher's ONNX folder (xfeat or dense; default: models/xfeat if there, else XFeat exported once into the cache; dense: the shipped one)")
+    b.add_argument("--nodata", type=_number(int, 0, 255), help="map pixels whose three bands all equal this "
+                   "value are no-data (GDAL masks, nodata, alpha and PNG alpha are always honoured)")
     b.add_argument("--imagery-date")
     b.add_argument("--imagery-licence")
     b.add_argument("--config")

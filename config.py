@@ -44,6 +44,9 @@ class TilesConfig:
     stride_m: float = 50.0
     gsd_m: Optional[float] = None    # map resolution; None: the orthophoto's own ground GSD
     max_nodata_frac: float = 0.02    # skip tiles with more nodata than this
+    # No-data by hand (0-255): map pixels whose three bands all equal it. GDAL's masks, nodata
+    # values and alpha bands, PNG alpha and an untagged all-0-or-255 fourth band are always honoured.
+    nodata: Optional[int] = None
     index: str = "flat"              # flat (exact inner product) | ivfpq | hnsw
     batch_size: int = 16
     imagery_source: str = ""
@@ -171,6 +174,10 @@ class NavConfig:
     # Frames in a row without a usable match, before any track is confirmed, after which every
     # other frame searches the rotation (a wrong telemetry heading); 0: never.
     heading_search_after: int = 10
+    # A photo (`locate`) whose recorded heading gives no usable match is searched again with the
+    # heading left out; the image's heading is used, and said, only for a match this strong
+    # (twice min_inliers: a recorded heading is not overruled on a match near chance).
+    heading_override_min_inliers: int = 30
     # Share of a confirmed track's remaining match rotation taken into the heading correction per
     # strong match (HeadingCheck): trims a compass or EKF yaw error of a few degrees; 0 turns it off.
     heading_trim_gain: float = 0.25

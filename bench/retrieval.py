@@ -10,14 +10,15 @@ from skyfix.bench.common import SHARED
 from skyfix.errors import SkyfixError
 
 
-def _ensure_pack(ortho: Path, out: Path, model: str, source_gsd_m=None) -> None:
-    """Build the pack unless one built by the same model is already there."""
+def _ensure_pack(ortho: Path, out: Path, model: str, source_gsd_m=None, map_features: bool = True) -> None:
+    """Build the pack unless one built by the same model is already there (without the map's
+    local features when only retrieval is measured)."""
     from skyfix.config import load_config
     from skyfix.errors import PackError
     from skyfix.export.models import load_embedder
     from skyfix.pack.tilepack import TilePack
     from skyfix.tiles.build import build_pack
-    cfg = load_config()
+    cfg = load_config(overrides=None if map_features else {"tiles": {"features": []}})
     sat = load_embedder(model, "sat", cfg.model)
     try:
         TilePack.open(out, expect_model_id=sat.model_id)
@@ -144,11 +145,11 @@ def _held_out_figures(model: str, out_dir: Path, shared: Path) -> dict:
     from skyfix.export.models import load_embedder
     from skyfix.train.evaluate import crossview_smoke
     colorado = shared / "colorado_z18" / "mosaic_epsg3857.tif"
-    _ensure_pack(colorado, out_dir / "colorado", model)
+    _ensure_pack(colorado, out_dir / "colorado", model, map_features=False)
     east = _eval(out_dir / "colorado", colorado, 200, "known", out_dir / "colorado_east.json", east_min_m=199.0)
     levir = []
     for i in (4, 5):
-        _ensure_pack(shared / "levircd" / "A" / f"test_{i}.png", out_dir / f"levir_{i}", model, 0.5)
+        _ensure_pack(shared / "levircd" / "A" / f"test_{i}.png", out_dir / f"levir_{i}", model, 0.5, map_features=False)
         levir.append(_eval(out_dir / f"levir_{i}", shared / "levircd" / "B" / f"test_{i}.png", 40, "known",
                            out_dir / f"levir_{i}_B.json", 0.5))
     cfg = load_config()

@@ -44,6 +44,11 @@ STALE_FRAMES_TO_RESTART = 5  # consecutive frames from before the last one: thei
 ODOMETRY_FLOOR_PX = 0.35  # odometry's per-frame noise floor, raw-frame pixels (sub-pixel shifts)
 
 
+# What a wrong recorded heading looks like to one photo: no match, too few inliers, or a match
+# whose rotation contradicts the heading. `Navigator.locate` then searches the rotation.
+HEADING_DOUBT = (Reason.NO_MATCH, Reason.WEAK_MATCH, Reason.IMPLAUSIBLE, Reason.AMBIGUOUS)
+
+
 @dataclass
 class Measurement:
     """One frame's position measurement, before the track gate: the vehicle at (east_m,
@@ -294,6 +299,7 @@ class Navigator:
         self.crop_px = int(round(pack.tile_size_m / self.gsd_m))
         self.last_capture_s: Optional[float] = None
         self.too_slow = False  # set once when frames take too long for a track to be confirmed
+        self.heading_overrides = 0  # photos (locate) placed with the image's heading, not the recorded one
         # Refinement sees more ground than the embedding: matches grow with the area, and the
         # frame's footprint at flying height is larger than a tile (masked where it is not).
         self.refine_size_m = pack.tile_size_m * cfg.refine_crop_scale
@@ -330,7 +336,24 @@ class Navigator:
         """One photo on its own, without a track (`skyfix locate`): (Measurement or None,
         Reason, detail). Nothing confirms a single photo, so its accuracy is only the
         measurement's own (`Measurement.sigma_m`); no state is kept between photos except the
-        image-heading check. Never raises."""
+        image-heading check. A recorded heading that gives no usable match is overruled by the
+        image's only on a strong match found with the heading left out (counted in
+        `heading_overrides`, said in the detail). Never raises."""
+        m, kind, detail = self._locate_once(frame)
+        tel = frame.telemetry
+        if m is not None or tel is None or tel.yaw_rad is None or kind not in HEADING_DOUBT:
+            return m, kind, detail
+        free = dataclasses.replace(frame, telemetry=dataclasses.replace(tel, yaw_rad=None))
+        m2, _, detail2 = self._locate_once(free)
+        if m2 is None or m2.match.inliers < self.cfg.heading_override_min_inliers:
+            return m, kind, detail  # the recorded heading stands: nothing strong says otherwise
+        self.heading_overrides += 1
+        said = (f"recorded heading {math.degrees(tel.yaw_rad) % 360:.0f} deg gave {kind.value}; the image's "
+                f"{math.degrees(m2.yaw_rad) % 360:.0f} deg ({m2.match.inliers} inliers) used instead")
+        log.warning("%s: %s", frame.source_id, said)
+        return m2, Reason.OK, "; ".join(x for x in (said, detail2) if x)
+
+    def _locate_once(self, frame: Frame) -> tuple:
         try:
             m = self._measure(frame, {})
         except Exception as exc:  # one bad photo must not end a batch

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import yaml
@@ -60,8 +61,9 @@ def parity_images(input_px: int, n: int = 4, seed: int = 0) -> np.ndarray:
 
 
 def export_onnx(model, out_dir: str | Path, atol: float = 1e-4, min_cos: float = 0.9999,
-                log=print) -> Path:
+                log=print, card_extra: Optional[dict] = None) -> Path:
     """Write `drone.onnx`, `sat.onnx` and `model.yaml` into out_dir (atomically) and check parity.
+    card_extra: more of the model card (e.g. the training run it came from).
 
     Raises SkyfixError when onnxruntime and torch disagree beyond (atol, min_cos).
     Returns out_dir.
@@ -89,6 +91,6 @@ def export_onnx(model, out_dir: str | Path, atol: float = 1e-4, min_cos: float =
                                   f"{parity.min_cosine:.6f} < {min_cos}")
         card = {"model_id": model_id, "input": "uint8 RGB N x H x W x 3",
                 "output": "float32 N x D, L2-normalised", "input_px": cfg.input_px, "dim": cfg.dim,
-                "opset": OPSET, "model": asdict(cfg), "parity": [asdict(p) for p in parities]}
+                "opset": OPSET, "model": asdict(cfg), "parity": [asdict(p) for p in parities], **(card_extra or {})}
         (tmp / "model.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
     return out_dir

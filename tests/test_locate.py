@@ -119,3 +119,41 @@ def test_offline_replay_of_a_recorded_folder_uses_the_capture_times(colorado_pac
         ref = read_exif(folder / r["name"])
         err = haversine_m(ref["lat_deg"], ref["lon_deg"], float(r["lat_deg"]), float(r["lon_deg"]))
         assert err < 3 * float(r["horiz_accuracy_m"]) and err < 5
+
+
+def test_a_recorded_heading_the_image_contradicts_is_overruled_only_by_a_strong_match(colorado_pack, xfeat_dir,
+                                                                                        tmp_path):
+    """Two photos whose recorded heading is 180 and 90 deg wrong (a gimbal-yaw convention, a bad
+    magnetometer) are placed with the image's heading, and the detail says so; a photo with the
+    right heading is untouched, and a photo of another place is never placed whatever its heading."""
+    import shutil
+
+    import cv2
+
+    from skyfix.edge.camera import PinholeCamera
+    from skyfix.edge.locate import run_locate
+    from skyfix.pack.tilepack import TilePack
+    from skyfix.sim.photos import write_photo_set
+    from tests.conftest import SHARED
+    folder = tmp_path / "photos"
+    csv_path = write_photo_set(TilePack.open(colorado_pack).canvas(), PinholeCamera.from_hfov(640, 480, 70.0),
+                               folder, 3, seed=5)
+    with open(csv_path) as f:
+        rows = list(csv.reader(f))
+    rows[1][3] = f"{float(rows[1][3]) + 180.0:.2f}"
+    rows[2][3] = f"{float(rows[2][3]) + 90.0:.2f}"
+    other = cv2.resize(cv2.imread(str(SHARED / "levircd" / "B" / "test_1.png")), (640, 480))
+    cv2.imwrite(str(folder / "elsewhere.jpg"), other)
+    rows.append(["elsewhere.jpg", "0", "0", "30", rows[1][4]])
+    with open(csv_path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    out = run_locate(str(colorado_pack), [str(folder)], str(tmp_path / "f.csv"), _cfg(xfeat_dir),
+                     telemetry_csv=str(csv_path))
+    by_name = {r.name: r for r in out}
+    for name in ("photo_000.jpg", "photo_001.jpg"):
+        r = by_name[name]
+        assert r.lat_deg is not None and "used instead" in r.detail, (name, r.reason, r.detail)
+        assert r.error_m < 3 * r.accuracy_m and r.error_m < 10
+    assert by_name["photo_002.jpg"].lat_deg is not None and "used instead" not in by_name["photo_002.jpg"].detail
+    assert by_name["elsewhere.jpg"].lat_deg is None and "used instead" not in by_name["elsewhere.jpg"].detail
+    shutil.rmtree(folder)

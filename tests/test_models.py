@@ -11,7 +11,8 @@ from skyfix.errors import SkyfixError
 def test_the_default_towers_ship_in_the_package_with_their_card():
     path = models.towers_path(models.DEFAULT)
     card = yaml.safe_load((path / "model.yaml").read_text())
-    assert path == models.SHIPPED_TOWERS and card["model_id"] and card["recipe"].endswith("default_towers.yaml")
+    assert path == models.SHIPPED_TOWERS and card["model_id"] and "default_towers.yaml" in card["trained"]["command"]
+    assert card["precision"] == "fp32" and card["stored"] == "fp16-weights" and card["parity_gate"]["passed"]
     assert (path / "README.md").is_file()  # the model card a user reads
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (2, card["input_px"], card["input_px"], 3), dtype=np.uint8)

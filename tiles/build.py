@@ -165,7 +165,7 @@ def _build_into(staging: Path, out: Path, ortho, cfg: SkyfixConfig, embedder, ex
     from skyfix.tiles.ortho import canvas_layout, read_source
     tc = cfg.tiles
     work = staging / ".build"
-    src = read_source(ortho, source_gsd_m, mosaic_dir=work)
+    src = read_source(ortho, source_gsd_m, mosaic_dir=work, nodata=tc.nodata)
     try:
         layout = canvas_layout(src, tc.gsd_m)
         log(f"map {src.name}: {layout.width_m:.0f} x {layout.height_m:.0f} m at {layout.gsd_m:.3f} m/px "
@@ -178,7 +178,8 @@ def _build_into(staging: Path, out: Path, ortho, cfg: SkyfixConfig, embedder, ex
                        layout.width_px, layout.height_px,
                        cache_blocks=row_sweep_cache(layout.width_px))
     tiles, skipped = tile_grid(blocks, tc.tile_size_m, tc.stride_m, tc.max_nodata_frac, (cover, COVERAGE_PX))
-    log(f"{len(tiles)} tiles of {tc.tile_size_m:g} m every {tc.stride_m:g} m ({skipped} skipped for nodata)")
+    log(f"map valid (not no-data): {100 * float(cover.mean()):.1f} %; {len(tiles)} tiles of {tc.tile_size_m:g} m "
+        f"every {tc.stride_m:g} m ({skipped} skipped: more than {100 * tc.max_nodata_frac:g} % no-data)")
     t1 = time.perf_counter()
     if cluster:
         from skyfix.tiles.distributed import embed_on_cluster

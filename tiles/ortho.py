@@ -7,6 +7,7 @@ assembles the blocks into one in-memory `MapCanvas` for maps that fit.
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from skyfix.errors import ImageError, require
 from skyfix.geo import LocalFrame
 from skyfix.pack.canvas import MapCanvas, MapGrid
 
+log = logging.getLogger("skyfix.tiles")
 WARP_GRID_PX = 32  # the CRS transform is evaluated every this many output pixels, interpolated between
 
 
@@ -32,6 +34,7 @@ class SourceRaster:
         self.affine = affine   # GDAL order (a, b, c, d, e, f)
         self.crs = crs         # rasterio CRS, "EPSG:3857", or None for local metres
         self.name = name
+        self.nodata_value: Optional[int] = None  # --nodata: pixels whose three 8-bit bands all equal it
 
     def crs_from_lonlat(self, lon_deg, lat_deg):
         return _transform(self.crs, "to", lon_deg, lat_deg)
@@ -48,6 +51,8 @@ class SourceRaster:
         b0, b1 = max(c0, 0), min(c1, self.width_px)
         if a0 < a1 and b0 < b1:
             img, val = self._read(a0, a1, b0, b1)
+            if self.nodata_value is not None:
+                val = val & ~np.all(img == self.nodata_value, axis=2)
             rgb[a0 - r0:a1 - r0, b0 - c0:b1 - c0] = img
             valid[a0 - r0:a1 - r0, b0 - c0:b1 - c0] = val
         return rgb, valid
@@ -83,6 +88,7 @@ class RasterioSource(SourceRaster):
             self.ds.close()
             raise ImageError(f"{path} has no CRS; pass --source-gsd-m to use it as a local image")
         super().__init__(self.ds.height, self.ds.width, tuple(self.ds.transform)[:6], self.ds.crs, path.name)
+        self.alpha_band = self._untagged_alpha()
         self.stretch = None
         if self.ds.dtypes[0] != "uint8":
             # One contrast stretch for the whole raster, from a decimated read, so that windows
@@ -93,6 +99,22 @@ class RasterioSource(SourceRaster):
                                              max(1, self.width_px // step)))
             self.stretch = tuple(float(v) for v in np.percentile(sample, (1, 99)))
 
+    def _untagged_alpha(self) -> Optional[int]:
+        """The 1-based index of a fourth band that is not tagged as alpha but holds only 0 and
+        255 with some 0 (an RGBA orthophoto whose writer lost the tag): read as alpha, said once.
+        GDAL's own masks (alpha, nodata, mask bands) are honoured by dataset_mask already."""
+        from rasterio.enums import ColorInterp
+        if self.ds.count != 4 or self.ds.colorinterp[3] == ColorInterp.alpha or self.ds.dtypes[3] != "uint8":
+            return None
+        step = max(1, max(self.height_px, self.width_px) // 1024)
+        sample = self.ds.read(4, out_shape=(max(1, self.height_px // step), max(1, self.width_px // step)))
+        values = np.unique(sample)
+        if not set(values.tolist()) <= {0, 255} or 0 not in values:
+            return None
+        log.warning("%s: band 4 is not tagged as alpha but holds only 0 and 255 (%.0f %% zero): read as "
+                    "alpha, no-data where 0 (--nodata sets no-data by hand)", self.name, 100 * np.mean(sample == 0))
+        return 4
+
     def _read(self, r0, r1, c0, c1):
         from rasterio.windows import Window
         window = Window(c0, r0, c1 - c0, r1 - r0)
@@ -101,6 +123,8 @@ class RasterioSource(SourceRaster):
             valid = self.ds.dataset_mask(window=window) > 0
         except Exception as exc:  # rasterio raises several types for corrupt blocks
             raise ImageError(f"cannot read {self.name} rows {r0}:{r1} cols {c0}:{c1}: {exc}") from exc
+        if self.alpha_band is not None:
+            valid &= bands[self.alpha_band - 1] > 0
         return _to_rgb(bands, self.stretch), valid
 
     def close(self) -> None:
@@ -213,15 +237,14 @@ def read_xyz_folder(path: Path, zoom: Optional[int] = None) -> ArraySource:
         raise ImageError(f"{path}/{z}: no tile images")
     xs, ys = [k[0] for k in tiles], [k[1] for k in tiles]
     x0, y0 = min(xs), min(ys)
-    first = imread_rgb(next(iter(tiles.values())))
+    first = imread_rgb_valid(next(iter(tiles.values())))[0]
     size = first.shape[0]
     w, h = (max(xs) - x0 + 1) * size, (max(ys) - y0 + 1) * size
     image = np.zeros((h, w, 3), np.uint8)
     valid = np.zeros((h, w), bool)
     for (x, y), f in tiles.items():
         r, c = (y - y0) * size, (x - x0) * size
-        image[r:r + size, c:c + size] = imread_rgb(f)
-        valid[r:r + size, c:c + size] = True
+        image[r:r + size, c:c + size], valid[r:r + size, c:c + size] = imread_rgb_valid(f)
     xmin, _, xmax, ymax = geo.xyz_tile_bounds_mercator(z, x0, y0)
     px = (xmax - xmin) / size
     return ArraySource(image, valid, (px, 0.0, xmin, 0.0, -px, ymax), "EPSG:3857", path.name)
@@ -233,6 +256,18 @@ def imread_rgb(path: str | Path) -> np.ndarray:
     if img is None:
         raise ImageError(f"cannot decode image {path} (missing, corrupt or unsupported)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def imread_rgb_valid(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 RGB H x W x 3, bool valid H x W) of an image file: valid where its alpha channel
+    (a transparent PNG, a tile server's empty tile) is not 0, everywhere without one."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageError(f"cannot decode image {path} (missing, corrupt or unsupported)")
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 4:
+        rgb = imread_rgb(path)
+        return rgb, np.ones(rgb.shape[:2], bool)
+    return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB), img[:, :, 3] > 0
 
 
 def read_image_px(path: str | Path, px: int, centre_square: bool = False) -> np.ndarray:
@@ -247,21 +282,33 @@ def read_image_px(path: str | Path, px: int, centre_square: bool = False) -> np.
 
 def read_local_image(path: Path, gsd_m: float) -> ArraySource:
     """A plain image without georeferencing: pixel (0, 0) at local (0, 0), north up."""
-    img = imread_rgb(path)
+    img, valid = imread_rgb_valid(path)
     h, w = img.shape[:2]
     # Local metres centred on the image: x east, y north.
     affine = (gsd_m, 0.0, -w * gsd_m / 2, 0.0, -gsd_m, h * gsd_m / 2)
-    return ArraySource(img, np.ones((h, w), bool), affine, None, path.name)
+    return ArraySource(img, valid, affine, None, path.name)
 
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff", ".vrt")
 
 
-def read_source(path, gsd_m: Optional[float] = None, mosaic_dir: Optional[Path] = None) -> SourceRaster:
+def read_source(path, gsd_m: Optional[float] = None, mosaic_dir: Optional[Path] = None,
+                nodata: Optional[int] = None) -> SourceRaster:
     """Open an orthophoto: a folder is XYZ tiles, .tif/.tiff/.vrt is read by windows through
     rasterio; with `gsd_m`, any image (PNG, JPEG) is read as a local, north-up,
     non-georeferenced map. A list of several GeoTIFFs is one mosaic (a VRT written into
-    `mosaic_dir`, default a new temporary folder)."""
+    `mosaic_dir`, default a new temporary folder). No-data: GDAL's masks, nodata values and
+    alpha bands, a PNG's alpha, an untagged fourth band of only 0 and 255, and `nodata` (0-255:
+    pixels whose three bands all equal it)."""
+    src = _open_source(path, gsd_m, mosaic_dir)
+    if nodata is not None:
+        if not 0 <= nodata <= 255:
+            raise ImageError(f"--nodata must be 0-255 (the map's 8-bit value), got {nodata}")
+        src.nodata_value = int(nodata)
+    return src
+
+
+def _open_source(path, gsd_m: Optional[float], mosaic_dir: Optional[Path]) -> SourceRaster:
     if isinstance(path, (list, tuple)):
         paths = [Path(p) for p in path]
         if len(paths) > 1:

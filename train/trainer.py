@@ -368,8 +368,9 @@ def _end_epoch(model, state, val, device: str, out: Path, epoch: int, best: floa
     return max(r1, best)
 
 
-def train(full_cfg, resume: Optional[str] = None, log=print) -> Path:
-    """Train from `full_cfg.train`; returns the folder with best.pt, last.pt, metrics.jsonl, run.yaml."""
+def train(full_cfg, resume: Optional[str] = None, log=print, command: str = "") -> Path:
+    """Train from `full_cfg.train`; returns the folder with best.pt, last.pt, metrics.jsonl, run.yaml
+    (which records `command`, the command line that started the run, for the model card)."""
     from skyfix.train.data import LocationBatchSampler
     from skyfix.train.towers import build_towers
     cfg = full_cfg.train
@@ -388,8 +389,7 @@ def train(full_cfg, resume: Optional[str] = None, log=print) -> Path:
     state.total_steps = cfg.epochs * steps_per_epoch
     if resume:
         state.load(resume)
-    info = run_info(full_cfg)
-    info["split"] = split_info
+    info = {"command": command, **run_info(full_cfg), "split": split_info}
     if rank == 0:
         (out / "run.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
         log(f"train: {split_info['train']}; validation: {split_info['val']}; "
