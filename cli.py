@@ -644,7 +644,7 @@ def _bench_command(sub) -> None:
     bn.add_argument("--rotation-deg", type=_number(float, 0, 180), default=15.0, help="match: crop rotation range (+-)")
     bn.add_argument("--features-model", default="models/xfeat", help="match, sues: XFeat ONNX folder")
     bn.add_argument("--dense-model", help="match, sues: dense features' ONNX folder (default: the shipped one)")
-    bn.add_argument("--cases", default="", help="match: comma-separated beginnings of the case names to run")
+    bn.add_argument("--cases", default="", help="match, locate: comma-separated beginnings of the case names to run")
     bn.add_argument("--checkpoint", help="orientation: a best.pt trained with orientation_weight > 0")
     bn.add_argument("--queries-from", help="orientation: map the views are rendered from")
     bn.add_argument("--east-min-m", type=float, help="orientation: held-out area")

@@ -75,7 +75,7 @@ BENCHMARKS: dict[str, tuple[Callable, bool]] = {
     "soak": (lambda a: _fn("soak", "bench_soak")(a.pack, a.duration_s or 3600.0), True),
     "odometry": (lambda a: _fn("odometry", "bench_odometry")(tuple(m for m in _methods(a) if m != "orb"),
                                                              a.features_model), False),
-    "locate": (lambda a: _fn("locate", "bench_locate")(a.out, a.photos), False),
+    "locate": (lambda a: _fn("locate", "bench_locate")(a.out, a.photos, a.cases), False),
     "index": (_index, False),
     "build": (lambda a: _fn("scale", "bench_build")(a.out, a.size_km, a.model, features_model=a.features_model,
                                                     index=a.index, cluster=a.cluster), False),

@@ -184,6 +184,7 @@ class HeadingCheck:
         self.max_rotation_deg, self.votes_needed, self.agree_deg = max_rotation_deg, votes_needed, agree_deg
         self.misses_to_search, self.trim_gain = misses_to_search, trim_gain
         self.offset_rad, self.votes, self.misses = 0.0, [], 0
+        self.corrections = 0  # times the image's votes turned the telemetry heading
 
     @property
     def search(self) -> bool:
@@ -206,6 +207,7 @@ class HeadingCheck:
         turn = math.radians(float(np.mean(self.votes)))
         self.offset_rad = (self.offset_rad + turn + math.pi) % (2 * math.pi) - math.pi
         self.misses, self.votes = 0, []
+        self.corrections += 1
         log.warning("telemetry heading contradicted by the image: corrected by %.0f deg", math.degrees(self.offset_rad))
         return f"telemetry heading off by {math.degrees(turn):.0f} deg: corrected from the next frame"
 
@@ -748,8 +750,11 @@ class Navigator:
             log.warning("%s (%s so far)", what, dict(self.integrity))
 
     def integrity_counts(self) -> dict:
-        """{event: frames} of the integrity checks (image against telemetry), for the JSON."""
-        return dict(self.integrity)
+        """{event: frames} of the integrity checks (image against telemetry), for the JSON; the
+        heading corrections the image voted for and the recorded headings `locate` overruled."""
+        events = {"telemetry heading corrected by the image": self.heading.corrections,
+                  "recorded heading overruled by the image (locate)": self.heading_overrides}
+        return {**self.integrity, **{k: v for k, v in events.items() if v}}
 
     def _resect(self, match: Match, pose: CropPose):
         """The camera pose from the match's inliers, or None (too few, or a height that

@@ -93,3 +93,18 @@ def write_photo_set(canvas, cam: PinholeCamera, out_dir: str | Path, n: int, see
         noisy = np.degrees([pose.roll_rad, pose.pitch_rad, pose.yaw_rad]) + rng.normal(0, attitude_noise_deg, 3)
         rows.append([name, *(f"{v:.3f}" for v in noisy), f"{pose.agl_m * (1 + rng.normal(0, height_noise_frac)):.2f}"])
     return _write_telemetry_csv(out_dir / "telemetry.csv", rows)
+
+
+def turn_recorded_headings(csv_path: str | Path, every: int, by_deg: float) -> list[str]:
+    """Make every `every`-th photo's recorded heading wrong by `by_deg` in a telemetry CSV (a
+    gimbal-yaw convention, a bad magnetometer); returns the names of the photos changed."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.reader(f))
+    changed = []
+    for k, row in enumerate(rows[1:]):
+        if k % every == 0:
+            row[3] = f"{(float(row[3]) + by_deg) % 360.0:.3f}"
+            changed.append(row[0])
+    with open(csv_path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return changed

@@ -227,6 +227,7 @@ def test_a_wrong_telemetry_heading_is_found_and_corrected(nav, world):
     assert any(r.kind is Reason.IMPLAUSIBLE and "heading is off by" in r.detail for r, _ in results)
     assert any("telemetry heading off by" in r.detail for r, _ in results)
     assert math.degrees(nav.heading.offset_rad) == pytest.approx(-60.0, abs=3.0)
+    assert nav.integrity_counts()["telemetry heading corrected by the image"] == 1  # counted, reported
     fixes = [(r.fix, p) for r, p in results if r.fix is not None]
     assert len(fixes) >= 3
     for fix, pose in fixes:
