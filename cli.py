@@ -254,7 +254,8 @@ def cmd_crossview_check(args) -> int:
 
 # ---- onboard --------------------------------------------------------------------------------
 def _sim_overrides(args) -> dict:
-    return {"route": args.route, "alt_agl_m": args.alt_agl_m, "duration_s": args.duration_s,
+    return {"route": args.route, "alt_agl_m": args.alt_agl_m, "start_agl_m": getattr(args, "start_agl_m", None),
+            "duration_s": args.duration_s,
             "length_m": args.length_m, "speed_m_s": args.speed_m_s, "seed": args.seed,
             "declination_deg": getattr(args, "declination_deg", None), "map_gap_s": getattr(args, "map_gap_s", None),
             "map_gap_every_s": getattr(args, "map_gap_every_s", None)}
@@ -523,6 +524,8 @@ def _onboard_commands(sub) -> None:
     si.add_argument("--features-model", help="the learned matcher's ONNX folder (xfeat or dense; default: the one the pack records)")
     si.add_argument("--route", choices=["straight", "lawnmower", "waypoints"])
     si.add_argument("--alt-agl-m", type=_number(float, 20, 3000))
+    si.add_argument("--start-agl-m", type=_number(float, 20, 3000),
+                    help="simulated: start this high and descend to --alt-agl-m at sim.descent_m_s (3 m/s)")
     si.add_argument("--duration-s", type=_number(float, 1, 86400), help="flight time (default: the whole route)")
     si.add_argument("--length-m", type=_number(float, 10, 1000000.0))
     si.add_argument("--speed-m-s", type=_number(float, 0.5, 60))

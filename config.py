@@ -174,6 +174,9 @@ class NavConfig:
     # Frames in a row without a usable match, before any track is confirmed, after which every
     # other frame searches the rotation (a wrong telemetry heading); 0: never.
     heading_search_after: int = 10
+    # Below the height where a tile fits in the frame, a track continues by matching the map
+    # features around its prediction (no retrieval); False: no fix there.
+    close_range: bool = True
     # A photo (`locate`) whose recorded heading gives no usable match is searched again with the
     # heading left out; the image's heading is used, and said, only for a match this strong
     # (twice min_inliers: a recorded heading is not overruled on a match near chance).
@@ -283,6 +286,10 @@ class SimConfig:
     length_m: float = 1500.0
     leg_spacing_m: float = 150.0     # lawnmower: distance between survey legs
     alt_agl_m: float = 120.0
+    # Start higher and descend to alt_agl_m at descent_m_s (a hand-over height, then a low
+    # survey or a landing approach); None: fly at alt_agl_m throughout.
+    start_agl_m: Optional[float] = None
+    descent_m_s: float = 3.0
     speed_m_s: float = 12.0
     camera_hz: float = 3.0
     attitude_noise_deg: float = 0.5  # telemetry noise on roll/pitch/yaw (1 sigma)

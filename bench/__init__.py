@@ -18,6 +18,7 @@ speed, and no test imports this package. One module per topic; `BENCHMARKS` name
   skyfix bench odometry                      frame-to-frame displacement vs GPS on odm_toledo
   skyfix bench locate [--photos 30]          `skyfix locate` on simulated survey photos
   skyfix bench telemetry                     attitude error: telemetry at capture time vs at processing
+  skyfix bench altitude --pack PACK           hand-over at 120 m, then 40, 60, 80, 120 m AGL
   skyfix bench towers --model default,imagenet,DIR   held-out retrieval of towers side by side
   skyfix bench orientation --checkpoint best.pt --model DIR --pack PACK --queries-from MAP
   skyfix bench index | build | onboard       index kinds on real embeddings, a large build, onboard memory
@@ -80,6 +81,7 @@ BENCHMARKS: dict[str, tuple[Callable, bool]] = {
     "build": (lambda a: _fn("scale", "bench_build")(a.out, a.size_km, a.model, features_model=a.features_model,
                                                     index=a.index, cluster=a.cluster), False),
     "onboard": (lambda a: _fn("scale", "bench_onboard")(a.pack.split(","), a.model, a.features_model, a.frames), True),
+    "altitude": (lambda a: _fn("altitude", "bench_altitude")(a.pack), True),
     "towers": (lambda a: _fn("retrieval", "bench_towers")(a.model.split(","), a.out), False),
     "orientation": (lambda a: _fn("retrieval", "bench_orientation")(a.checkpoint, a.model, a.pack, a.queries_from,
                                                                     a.views, a.east_min_m), False),

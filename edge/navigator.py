@@ -211,6 +211,10 @@ class HeadingCheck:
         log.warning("telemetry heading contradicted by the image: corrected by %.0f deg", math.degrees(self.offset_rad))
         return f"telemetry heading off by {math.degrees(turn):.0f} deg: corrected from the next frame"
 
+    def reset(self) -> None:
+        """Forget the correction, the votes and the misses (a new photo, a new flight)."""
+        self.offset_rad, self.votes, self.misses = 0.0, [], 0
+
     def trim(self, rotation_deg: float) -> None:
         """Take `trim_gain` of a trusted match's remaining rotation into the correction, at most
         TRIM_STEP_DEG a frame (the caller trims only with matches the confirmed track agrees
@@ -337,18 +341,32 @@ class Navigator:
     def locate(self, frame: Frame) -> tuple:
         """One photo on its own, without a track (`skyfix locate`): (Measurement or None,
         Reason, detail). Nothing confirms a single photo, so its accuracy is only the
-        measurement's own (`Measurement.sigma_m`); no state is kept between photos except the
-        image-heading check. A recorded heading that gives no usable match is overruled by the
-        image's only on a strong match found with the heading left out (counted in
-        `heading_overrides`, said in the detail). Never raises."""
+        measurement's own (`Measurement.sigma_m`), and no state is kept between photos: a
+        heading one photo's image contradicts says nothing about the next one's.
+
+        A recorded heading that gives no usable match is tried turned by 180, 90 and 270 deg (a
+        gimbal-yaw convention, a swapped axis), then left out (the rotation searched); the
+        strongest of those placements is used, and said, only if it reaches
+        nav.heading_override_min_inliers. Never raises."""
+        self.heading.reset()
         m, kind, detail = self._locate_once(frame)
         tel = frame.telemetry
         if m is not None or tel is None or tel.yaw_rad is None or kind not in HEADING_DOUBT:
             return m, kind, detail
-        free = dataclasses.replace(frame, telemetry=dataclasses.replace(tel, yaw_rad=None))
-        m2, _, detail2 = self._locate_once(free)
-        if m2 is None or m2.match.inliers < self.cfg.heading_override_min_inliers:
+        tries = []
+        for turn_deg in (180.0, 90.0, 270.0, None):
+            yaw = None if turn_deg is None else tel.yaw_rad + math.radians(turn_deg)
+            tried = dataclasses.replace(frame, telemetry=dataclasses.replace(tel, yaw_rad=yaw))
+            self.heading.reset()
+            tries.append(self._locate_once(tried))
+        placed = [t for t in tries if t[0] is not None and t[0].match.inliers >= self.cfg.heading_override_min_inliers]
+        if not placed:
             return m, kind, detail  # the recorded heading stands: nothing strong says otherwise
+        m2, _, detail2 = max(placed, key=lambda t: t[0].match.inliers)
+        off_deg = abs((math.degrees(m2.yaw_rad - tel.yaw_rad) + 180.0) % 360.0 - 180.0)
+        if off_deg <= self.cfg.max_rotation_deg:  # the search found it where the record said: no overrule
+            return m2, Reason.OK, "; ".join(x for x in (f"found with the rotation searched ({kind.value} "
+                                                         "at the recorded heading, which agrees)", detail2) if x)
         self.heading_overrides += 1
         said = (f"recorded heading {math.degrees(tel.yaw_rad) % 360:.0f} deg gave {kind.value}; the image's "
                 f"{math.degrees(m2.yaw_rad) % 360:.0f} deg ({m2.match.inliers} inliers) used instead")
@@ -400,7 +418,8 @@ class Navigator:
         if verdict.state is None:
             return None, verdict.kind, "; ".join(x for x in (verdict.detail, notes) if x)
         fix = self._fix_from_state(verdict.state, frame.t_capture_us, m.yaw_rad)
-        self.gallery.attach_fix(m.gallery_slot, fix.lat_deg, fix.lon_deg)
+        if m.gallery_slot is not None:
+            self.gallery.attach_fix(m.gallery_slot, fix.lat_deg, fix.lon_deg)
         return fix, Reason.OK, notes
 
     def _measure(self, frame: Frame, timings: dict):
@@ -425,21 +444,29 @@ class Navigator:
             image = self.undistort(frame.image_rgb)
             crop, inside, offset_en = rectify(image, self.camera, pose.roll_rad, pose.pitch_rad,
                                               pose.yaw_rad, pose.agl_m, self.pack.tile_size_m, self.crop_px)
-        if inside < 0.5:
-            return Reason.CROP_OUTSIDE, f"the frame covers {inside:.0%} of it (height {pose.agl_m:.0f} m?)"
+        # Below the height where a tile fits in the frame (take-off, landing, low inspection) a
+        # track goes on without retrieval: the map features around its prediction are matched
+        # with the part of the refinement crop the frame covers. A lost vehicle there gets no fix.
+        close_range = inside < 0.5
+        if close_range and (not self.cfg.close_range or self.gate.prior(t_s) is None):
+            return Reason.CROP_OUTSIDE, (f"the frame covers {inside:.0%} of a {self.pack.tile_size_m:g} m tile "
+                                         f"(height {pose.agl_m:.0f} m); below this only a track continues")
         # Heading in doubt (HeadingCheck): embed and refine as if it were unknown.
         trust_heading = pose.heading_known and not self.heading.search
         with _timed(timings, "embed"):
-            vectors = self._embed(crop, trust_heading)
+            vectors = None if close_range else self._embed(crop, trust_heading)
         with _timed(timings, "search"):
-            candidates = self._candidates(vectors, t_s)
+            candidates = self._prior_window(t_s) if close_range else self._candidates(vectors, t_s)
         with _timed(timings, "refine"):
             wide = rectify(image, self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
                            pose.agl_m, self.refine_size_m, self.refine_px)[0]
             matcher = self.matcher if trust_heading else self.rotation_matcher
             described = matcher.describe(wide, trust_heading)
             best, runner_up = self._refine(matcher, described, wide.shape, candidates)
-        slot = self.gallery.add(vectors[0], frame.t_capture_us, frame.source_id, None)
+        slot = None if close_range else self.gallery.add(vectors[0], frame.t_capture_us, frame.source_id, None)
+        if close_range:
+            self.integrity["close range: tracked without retrieval"] += 1
+            pose.notes.append(f"close range: tracked without retrieval ({inside:.0%} of a tile in view)")
         if pose.heading_known:
             note = self.heading.observe(best, self.cfg.min_inliers, self.gate.confirmed(t_s))
             if note:
@@ -558,10 +585,9 @@ class Navigator:
         """[(east_m, north_m, match_radius_m)], most promising first: the predicted position and
         the best tiles in the prior window while tracking, the best tiles anywhere when lost."""
         half = self.pack.tile_size_m / 2
-        prior = self.gate.prior(t_s)
-        if prior is not None:
-            e, n, acc = prior
-            radius = float(np.clip(3 * acc + 20, self.cfg.window_min_m, self.cfg.window_max_m))
+        prior = self._prior_window(t_s)
+        if prior:
+            (e, n, radius), = prior
             _, ids = self.pack.search(vectors, self.cfg.top_k, near=(e, n, radius))
             cands, limit = [(e, n, radius)], self.cfg.top_k + 1
         else:
@@ -573,6 +599,15 @@ class Navigator:
             if all(math.hypot(te - ce, tn - cn) > half for ce, cn, _ in cands):
                 cands.append((te, tn, half + 10.0))
         return cands[:limit]
+
+    def _prior_window(self, t_s: float) -> list[tuple]:
+        """[(east_m, north_m, radius_m)] around the track's prediction ([] without a track): the
+        radius is 3 sigma of the prediction plus 20 m, within nav.window_min_m..window_max_m."""
+        prior = self.gate.prior(t_s)
+        if prior is None:
+            return []
+        e, n, acc = prior
+        return [(e, n, float(np.clip(3 * acc + 20, self.cfg.window_min_m, self.cfg.window_max_m)))]
 
     def _refine(self, matcher: MapMatcher, described, crop_shape: tuple, candidates: list[tuple]):
         """(best Match, strongest match at another place) by inlier count; Nones when none.

@@ -54,7 +54,7 @@ def prepare_flight(pack: TilePack, embedder, cfg, frames_from: Optional[str] = N
     else:
         frames_canvas = pack.map_blocks(cache_blocks=32)  # frames read the blocks under them only
     cam = PinholeCamera.from_config(cfg.camera)
-    margin_m = footprint_margin_m(cam, cfg.sim.alt_agl_m, cfg.sim.tilt_deg + 2)
+    margin_m = footprint_margin_m(cam, max(cfg.sim.alt_agl_m, cfg.sim.start_agl_m or 0.0), cfg.sim.tilt_deg + 2)
     route = round_corners(make_route(cfg.sim, pack.map_blocks().bounds_en(), margin_m),
                           cfg.sim.speed_m_s ** 2 / TURN_ACCEL_M_S2)
     traj = Trajectory(route, cfg.sim.speed_m_s)
@@ -164,7 +164,8 @@ def summarise(flight: Flight, frames: list, received: list, link: dict, cfg) -> 
         summary["latency_ms"]["publish"] = {"p50": float(np.percentile(link["publish_ms"], 50)),
                                             "p95": float(np.percentile(link["publish_ms"], 95))}
     summary.update({"route_m": float(flight.traj.cum_m[-1]), "duration_s": flight.duration_s,
-                    "alt_agl_m": cfg.sim.alt_agl_m, "model_id": flight.pack.model_id,
+                    "alt_agl_m": cfg.sim.alt_agl_m, "start_agl_m": cfg.sim.start_agl_m,
+                    "model_id": flight.pack.model_id,
                     "pack": str(flight.pack.path), "protocol": cfg.bridge.protocol,
                     "link": {k: v for k, v in link.items() if k != "publish_ms"},
                     "config": {k: dataclasses.asdict(getattr(cfg, k)) for k in ("sim", "nav", "bridge", "camera")}})

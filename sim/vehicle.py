@@ -64,7 +64,20 @@ class VehicleModel:
                                                                   self.cfg.disturb.drag_per_m)
             r, p = tilt_for_acceleration(accel, yaw)
             roll, pitch = roll + r, pitch + p
-        return ViewPose(e, n, self.cfg.alt_agl_m, roll, pitch, yaw)
+        return ViewPose(e, n, self.agl_m(t_s), roll, pitch, yaw)
+
+    def agl_m(self, t_s: float) -> float:
+        """True height above the (flat) ground at t_s: sim.alt_agl_m, or from sim.start_agl_m
+        down to it at sim.descent_m_s."""
+        start = self.cfg.start_agl_m
+        if start is None or start <= self.cfg.alt_agl_m:
+            return self.cfg.alt_agl_m
+        return max(self.cfg.alt_agl_m, start - self.cfg.descent_m_s * max(t_s, 0.0))
+
+    def descended_s(self) -> float:
+        """Flight time at which the vehicle reaches sim.alt_agl_m (0 without a descent)."""
+        start = self.cfg.start_agl_m
+        return 0.0 if start is None else max(0.0, (start - self.cfg.alt_agl_m) / self.cfg.descent_m_s)
 
     def _route_vel_en(self, t_s: float, dt_s: float = 0.05) -> np.ndarray:
         a, b = self.traj.at(t_s - dt_s), self.traj.at(t_s + dt_s)

@@ -397,3 +397,32 @@ def test_a_resected_tilt_no_autopilot_could_be_that_wrong_about_is_not_believed(
     assert placed[0] is Reason.IMPLAUSIBLE and "not believed" in placed[1]
     assert nav.integrity_counts() == {"withheld: resection implausible": 1}
     assert not nav.attitude_trim.offset_rad.any()
+
+
+def test_a_track_continues_below_the_tile_height_and_a_lost_vehicle_there_gets_no_fix(world):
+    """Hand-over at 120 m, then a descent to 40 m where a 100 m tile no longer fits in the frame:
+    the track goes on by matching the map features around its prediction (counted), and every
+    fix stays within 3x its accuracy. A navigator that starts at 40 m has no track to continue:
+    no fix, and the reason says so."""
+    from skyfix.edge.navigator import Navigator
+    pack, emb, canvas = world
+    nav = Navigator(pack, emb, CAM, NavConfig(keypoints="sift", top_k=3, global_max_candidates=6))
+    low = []
+    for i in range(30):
+        t = 0.5 * i
+        agl = 120.0 if i < 6 else max(40.0, 120.0 - 10.0 * (i - 6))
+        pose = ViewPose(-150 + 5 * t, -150 + 5 * t, agl, 0.02 * math.sin(t), 0.02 * math.cos(t), math.radians(45))
+        img, _, _ = render_view(canvas, CAM, pose)
+        r = nav.step(Frame(img, int(t * 1e6), Telemetry(int(t * 1e6), pose.roll_rad, pose.pitch_rad,
+                                                          pose.yaw_rad + 0.02, agl * 1.03), f"f{i}"))
+        if r.fix is not None:
+            assert _err(pack, r.fix, pose) < 3 * r.fix.horiz_accuracy_m
+        if agl == 40.0:
+            low.append(r)
+    assert len(low) >= 10 and sum(r.fix is not None for r in low) >= 0.8 * len(low)
+    assert nav.integrity_counts()["close range: tracked without retrieval"] >= 10
+    fresh = Navigator(pack, emb, CAM, NavConfig(keypoints="sift", top_k=3, global_max_candidates=6))
+    pose = ViewPose(0.0, 0.0, 40.0, 0.0, 0.0, math.radians(45))
+    r = fresh.step(Frame(render_view(canvas, CAM, pose)[0], 10 ** 6,
+                         Telemetry(10 ** 6, 0.0, 0.0, pose.yaw_rad, 40.0), "low"))
+    assert r.fix is None and r.kind is Reason.CROP_OUTSIDE and "only a track continues" in r.detail

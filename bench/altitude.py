@@ -1,0 +1,50 @@
+"""Low altitude: a flight that hands over at 120 m and descends to its survey height (docs/simulator.md)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+
+def _after(track_csv: Path, from_s: float) -> list[dict]:
+    with open(track_csv) as f:
+        return [r for r in csv.DictReader(f) if float(r["t_s"]) >= from_s]
+
+
+def bench_altitude(pack_path: str, heights_m=(40.0, 60.0, 80.0, 120.0), start_agl_m: float = 120.0,
+                   length_m: float = 800.0, out: str = "out/bench/altitude") -> str:
+    """Fly the simulated drone along a straight leg from start_agl_m down to each height (3 m/s)
+    and score the messages from the moment it is there: availability, error median / p95 / max,
+    the worst error-to-accuracy ratio and the messages beyond 3x, and the frames refused as below
+    the tile's height (no track to continue)."""
+    import json
+
+    from skyfix.config import load_config
+    from skyfix.edge.models import model_for_pack
+    from skyfix.export.models import load_embedder
+    from skyfix.pack.tilepack import TilePack
+    from skyfix.sim.run import run_sim
+    from skyfix.sim.score import availability
+    embedder = load_embedder(model_for_pack(TilePack.open(pack_path), None), "drone", load_config().model)
+    rows = ["| survey height m | at height from s | availability there | error median / p95 / max m | "
+            "worst error / accuracy | beyond 3x | frames tracked without retrieval | frames below a tile, no track |",
+            "|---|---|---|---|---|---|---|---|"]
+    for h in heights_m:
+        cfg = load_config(overrides={"sim": {"route": "straight", "length_m": length_m, "alt_agl_m": h,
+                                             "start_agl_m": start_agl_m}})
+        folder = Path(out) / f"agl_{h:g}"
+        s = run_sim(pack_path, embedder, cfg, out_dir=str(folder), progress=False)
+        (folder / "summary.json").write_text(json.dumps(s, indent=2, default=str))
+        at_s = max(0.0, (start_agl_m - h) / cfg.sim.descent_m_s)
+        got = _after(folder / "track.csv", at_s)
+        err = np.array([float(r["error_m"]) for r in got])
+        ratio = err / np.array([float(r["horiz_accuracy_m"]) for r in got]) if len(got) else np.array([])
+        avail = availability(np.array([float(r["t_s"]) for r in got]), at_s, s["duration_s"])
+        close = s["integrity"].get("close range: tracked without retrieval", 0)
+        below = s["reasons"].get("crop outside frame", 0)
+        stats = (f"{np.median(err):.1f} / {np.percentile(err, 95):.1f} / {err.max():.1f} | {ratio.max():.2f} | "
+                 f"**{int((ratio > 3).sum())}**") if len(got) else "n/a | n/a | n/a"
+        rows.append(f"| {h:g} | {at_s:.0f} | {100 * avail:.1f} % | {stats} | {close} | {below} |")
+        print(rows[-1], flush=True)
+    return "\n".join(rows)
