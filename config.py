@@ -177,10 +177,11 @@ class NavConfig:
     # Below the height where a tile fits in the frame, a track continues by matching the map
     # features around its prediction (no retrieval); False: no fix there.
     close_range: bool = True
-    # A photo (`locate`) whose recorded heading gives no usable match is searched again with the
-    # heading left out; the image's heading is used, and said, only for a match this strong
-    # (twice min_inliers: a recorded heading is not overruled on a match near chance).
-    heading_override_min_inliers: int = 30
+    # A photo (`locate`) whose recorded heading gives no usable match is tried with it turned by
+    # 180, 90 and 270 deg and left out; the image's heading is used, and said, only for a match
+    # this strong (never below min_inliers): chance consensus at a wrong place reached at most 12
+    # inliers (`skyfix bench match`); raise it to make a recorded heading harder to overrule.
+    heading_override_min_inliers: int = 15
     # Share of a confirmed track's remaining match rotation taken into the heading correction per
     # strong match (HeadingCheck): trims a compass or EKF yaw error of a few degrees; 0 turns it off.
     heading_trim_gain: float = 0.25

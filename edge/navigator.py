@@ -359,7 +359,8 @@ class Navigator:
             tried = dataclasses.replace(frame, telemetry=dataclasses.replace(tel, yaw_rad=yaw))
             self.heading.reset()
             tries.append(self._locate_once(tried))
-        placed = [t for t in tries if t[0] is not None and t[0].match.inliers >= self.cfg.heading_override_min_inliers]
+        floor = max(self.cfg.heading_override_min_inliers, self.cfg.min_inliers)
+        placed = [t for t in tries if t[0] is not None and t[0].match.inliers >= floor]
         if not placed:
             return m, kind, detail  # the recorded heading stands: nothing strong says otherwise
         m2, _, detail2 = max(placed, key=lambda t: t[0].match.inliers)
