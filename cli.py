@@ -255,6 +255,7 @@ def cmd_crossview_check(args) -> int:
 # ---- onboard --------------------------------------------------------------------------------
 def _sim_overrides(args) -> dict:
     return {"route": args.route, "alt_agl_m": args.alt_agl_m, "start_agl_m": getattr(args, "start_agl_m", None),
+            "relief_m": getattr(args, "relief_m", None),
             "duration_s": args.duration_s,
             "length_m": args.length_m, "speed_m_s": args.speed_m_s, "seed": args.seed,
             "declination_deg": getattr(args, "declination_deg", None), "map_gap_s": getattr(args, "map_gap_s", None),
@@ -524,6 +525,9 @@ def _onboard_commands(sub) -> None:
     si.add_argument("--features-model", help="the learned matcher's ONNX folder (xfeat or dense; default: the one the pack records)")
     si.add_argument("--route", choices=["straight", "lawnmower", "waypoints"])
     si.add_argument("--alt-agl-m", type=_number(float, 20, 3000))
+    si.add_argument("--relief-m", type=_number(float, 0, 1000),
+                    help="simulated: render the frames over synthetic hills spanning about this much (skyfix "
+                    "still assumes flat ground)")
     si.add_argument("--start-agl-m", type=_number(float, 20, 3000),
                     help="simulated: start this high and descend to --alt-agl-m at sim.descent_m_s (3 m/s)")
     si.add_argument("--duration-s", type=_number(float, 1, 86400), help="flight time (default: the whole route)")

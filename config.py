@@ -291,6 +291,11 @@ class SimConfig:
     # survey or a landing approach); None: fly at alt_agl_m throughout.
     start_agl_m: Optional[float] = None
     descent_m_s: float = 3.0
+    # Relief under the flight: synthetic hills spanning about relief_m (0: flat ground), heights
+    # measured from the take-off point's ground (what the autopilot's relative altitude is above).
+    # The frames are rendered over it; skyfix, without a DEM, still assumes flat ground.
+    relief_m: float = 0.0
+    relief_wavelength_m: float = 400.0
     speed_m_s: float = 12.0
     camera_hz: float = 3.0
     attitude_noise_deg: float = 0.5  # telemetry noise on roll/pitch/yaw (1 sigma)

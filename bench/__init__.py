@@ -19,6 +19,7 @@ speed, and no test imports this package. One module per topic; `BENCHMARKS` name
   skyfix bench locate [--photos 30]          `skyfix locate` on simulated survey photos
   skyfix bench telemetry                     attitude error: telemetry at capture time vs at processing
   skyfix bench altitude --pack PACK           hand-over at 120 m, then 40, 60, 80, 120 m AGL
+  skyfix bench relief --pack PACK             flights over synthetic hills of 0, 50, 150 m (no DEM)
   skyfix bench towers --model default,imagenet,DIR   held-out retrieval of towers side by side
   skyfix bench orientation --checkpoint best.pt --model DIR --pack PACK --queries-from MAP
   skyfix bench index | build | onboard       index kinds on real embeddings, a large build, onboard memory
@@ -82,6 +83,7 @@ BENCHMARKS: dict[str, tuple[Callable, bool]] = {
                                                     index=a.index, cluster=a.cluster), False),
     "onboard": (lambda a: _fn("scale", "bench_onboard")(a.pack.split(","), a.model, a.features_model, a.frames), True),
     "altitude": (lambda a: _fn("altitude", "bench_altitude")(a.pack), True),
+    "relief": (lambda a: _fn("altitude", "bench_relief")(a.pack), True),
     "towers": (lambda a: _fn("retrieval", "bench_towers")(a.model.split(","), a.out), False),
     "orientation": (lambda a: _fn("retrieval", "bench_orientation")(a.checkpoint, a.model, a.pack, a.queries_from,
                                                                     a.views, a.east_min_m), False),

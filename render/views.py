@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Optional
 
 import cv2
 import numpy as np
 
-from skyfix.edge.camera import PinholeCamera, ground_of_pixel, image_from_ground
+from skyfix.edge.camera import BODY_FROM_CAM, PinholeCamera, ground_of_pixel, image_from_ground, world_from_body
 from skyfix.pack.canvas import MapCanvas
 
 if TYPE_CHECKING:
@@ -26,11 +26,15 @@ class ViewPose:
     yaw_rad: float
 
 
-def render_view(canvas: "MapCanvas | MapBlocks", cam: PinholeCamera, pose: ViewPose):
+def render_view(canvas: "MapCanvas | MapBlocks", cam: PinholeCamera, pose: ViewPose,
+                terrain: Optional[Callable] = None):
     """Render what the camera sees, from an in-memory canvas or a pack's map blocks (only the
     blocks under the view's footprint are read). Returns (image uint8 H x W x 3, valid_frac
     in 0..1, (east_m, north_m) of the ground point under the image centre: the view's true
-    position)."""
+    position). terrain: heights above the datum, f(east_m, north_m) -> m (arrays); the camera
+    is pose.agl_m above the datum, and each pixel's ray meets the relief (the map draped on it)."""
+    if terrain is not None:
+        return _render_over_relief(canvas, cam, pose, terrain)
     h_ig = image_from_ground(cam, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
                              pose.east_m, pose.north_m, pose.agl_m)
     if not isinstance(canvas, MapCanvas):
@@ -40,6 +44,56 @@ def render_view(canvas: "MapCanvas | MapBlocks", cam: PinholeCamera, pose: ViewP
     img = cv2.warpPerspective(canvas.image_rgb, h, size, flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
     val = cv2.warpPerspective(canvas.valid.astype(np.uint8), h, size, flags=cv2.INTER_NEAREST)
     return img, float(val.mean()), ground_of_pixel(h_ig, cam.cx_px, cam.cy_px)
+
+
+RELIEF_ITERATIONS = 8  # ray-relief intersection by fixed point: converges for slopes under the rays' own
+
+
+def _render_over_relief(canvas, cam: PinholeCamera, pose: ViewPose, terrain: Callable):
+    """render_view over relief: every pixel's ray is intersected with the terrain (fixed-point
+    iteration on the height), and the map is sampled where it lands (cv2.remap)."""
+    u, v = np.meshgrid(np.arange(cam.width_px, dtype=np.float64), np.arange(cam.height_px, dtype=np.float64))
+    # Every pixel centre, and last the principal point (the view's true position).
+    pixels = np.stack([np.append(u.ravel(), cam.cx_px), np.append(v.ravel(), cam.cy_px), np.ones(u.size + 1)])
+    rays_cam = np.linalg.solve(cam.K(), pixels)
+    ned = world_from_body(pose.roll_rad, pose.pitch_rad, pose.yaw_rad) @ BODY_FROM_CAM @ rays_cam
+    d_e, d_n, d_down = ned[1], ned[0], np.maximum(ned[2], 1e-6)  # rays above the horizon: far away
+    z = np.zeros(u.size + 1)
+    for _ in range(RELIEF_ITERATIONS):
+        t = (pose.agl_m - z) / d_down
+        east, north = pose.east_m + t * d_e, pose.north_m + t * d_n
+        z = np.minimum(terrain(east, north), pose.agl_m - 1.0)
+    if not isinstance(canvas, MapCanvas):
+        reach = 4 * pose.agl_m
+        e_in = np.clip(east, pose.east_m - reach, pose.east_m + reach)
+        n_in = np.clip(north, pose.north_m - reach, pose.north_m + reach)
+        cols, rows = canvas.px_from_en(np.array([e_in.min(), e_in.max()]), np.array([n_in.max(), n_in.min()]))
+        canvas = canvas.region_px(int(np.floor(rows.min())) - 2, int(np.ceil(rows.max())) + 3,
+                                  int(np.floor(cols.min())) - 2, int(np.ceil(cols.max())) + 3)
+    centre_en = (float(east[-1]), float(north[-1]))
+    cols, rows = canvas.px_from_en(east[:-1], north[:-1])
+    map_x = np.asarray(cols, np.float32).reshape(u.shape)
+    map_y = np.asarray(rows, np.float32).reshape(u.shape)
+    img = cv2.remap(canvas.image_rgb, map_x, map_y, cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+    val = cv2.remap(canvas.valid.astype(np.uint8), map_x, map_y, cv2.INTER_NEAREST, borderValue=0)
+    return img, float(val.mean()), centre_en
+
+
+def synthetic_terrain(relief_m: float, wavelength_m: float = 400.0, seed: int = 0) -> Callable:
+    """Smooth hills: heights above the datum (m) as f(east_m, north_m), a sum of three waves with
+    random directions and phases, scaled to span about relief_m peak to peak, 0 at (0, 0)."""
+    rng = np.random.default_rng(seed)
+    angles = rng.uniform(0, np.pi, 3)
+    phases = rng.uniform(0, 2 * np.pi, 3)
+    scales = wavelength_m * np.array([1.0, 0.7, 1.6])
+
+    def raw(east_m, north_m):
+        e, n = np.asarray(east_m, float), np.asarray(north_m, float)
+        return sum(np.sin(2 * np.pi * (e * np.cos(a) + n * np.sin(a)) / lam + ph)
+                   for a, ph, lam in zip(angles, phases, scales)) / 3.0
+
+    offset = float(raw(0.0, 0.0))
+    return lambda east_m, north_m: relief_m / 2 * (raw(east_m, north_m) - offset)
 
 
 def _footprint_region(blocks, h_ig: np.ndarray, cam: PinholeCamera, pose: ViewPose) -> MapCanvas:

@@ -10,16 +10,17 @@ from skyfix.config import SimConfig
 from skyfix.edge.camera import PinholeCamera
 from skyfix.sim.disturbances import apply_gain, distort, motion_blur
 from skyfix.sim.vehicle import VehicleModel
-from skyfix.render.views import ViewPose, photometric, render_view
+from skyfix.render.views import ViewPose, photometric, render_view, synthetic_terrain
 from skyfix.pack.canvas import MapCanvas
 
 
 def sensor_frame(canvas, cam: PinholeCamera, pose: ViewPose, vel_en_m_s: tuple, cfg: SimConfig,
-                 rng: np.random.Generator) -> np.ndarray:
+                 rng: np.random.Generator, terrain=None) -> np.ndarray:
     """The frame (H x W x 3 uint8) a camera with cam's lens records at `pose` moving at
     vel_en_m_s: the pinhole view, distorted by the lens, blurred over cfg.disturb.exposure_ms,
-    its gain jittered, then the photometric change of another date when cfg.photometric."""
-    img, _, _ = render_view(canvas, cam, pose)
+    its gain jittered, then the photometric change of another date when cfg.photometric.
+    terrain: the relief the map is draped on (render_view), None for flat ground."""
+    img, _, _ = render_view(canvas, cam, pose, terrain)
     img = distort(img, cam)
     d = cfg.disturb
     if d.exposure_ms > 0:
@@ -42,7 +43,13 @@ class SimCamera:
     def __init__(self, canvas: MapCanvas, cam: PinholeCamera, vehicle: VehicleModel, cfg: SimConfig):
         self.canvas, self.cam, self.vehicle, self.cfg = canvas, cam, vehicle, cfg
         self.rng = np.random.default_rng(cfg.seed)
+        self.terrain = None
+        if cfg.relief_m > 0:
+            hills = synthetic_terrain(cfg.relief_m, cfg.relief_wavelength_m, cfg.seed)
+            home_e, home_n, _ = vehicle.traj.at(0.0)
+            home_m = float(hills(home_e, home_n))  # heights from the take-off point's ground
+            self.terrain = lambda e, n: hills(e, n) - home_m
 
     def render(self, t_s: float) -> np.ndarray:
         return sensor_frame(self.canvas, self.cam, self.vehicle.pose(t_s), self.vehicle.velocity_en(t_s),
-                            self.cfg, self.rng)
+                            self.cfg, self.rng, self.terrain)

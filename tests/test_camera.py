@@ -68,3 +68,24 @@ def test_resection_places_the_camera_despite_a_wrong_attitude(textured_canvas):
     assert np.hypot(cp.east_m - pose.east_m, cp.north_m - pose.north_m) < 1.0
     assert cp.agl_m == pytest.approx(100.0, abs=1.5)
     assert resect(CAM, image_px_of_crop_px(m.crop_px[:5], h), m.ground_en_m[:5]) is None  # too few
+
+
+def test_a_view_over_relief_is_the_flat_view_where_the_relief_is_flat_and_bends_where_it_is_not(textured_canvas):
+    """Zero relief renders the flat view; a plateau h m high renders as the flat view from h m
+    lower; a slope moves the ground point under the image centre along it."""
+    from skyfix.render.views import synthetic_terrain
+    cam = PinholeCamera.from_hfov(320, 240, 70.0)
+    pose = ViewPose(5.0, -10.0, 120.0, 0.05, -0.03, 0.7)
+    flat, _, centre = render_view(textured_canvas, cam, pose)
+    zero, _, centre0 = render_view(textured_canvas, cam, pose, terrain=lambda e, n: np.zeros(np.shape(e)))
+    assert np.abs(flat.astype(int) - zero.astype(int)).mean() < 0.5 and np.allclose(centre, centre0, atol=0.05)
+    plateau, _, on_plateau = render_view(textured_canvas, cam, pose, terrain=lambda e, n: np.full(np.shape(e), 30.0))
+    lower, _, _ = render_view(textured_canvas, cam, ViewPose(5.0, -10.0, 90.0, 0.05, -0.03, 0.7))
+    assert np.abs(plateau.astype(int) - lower.astype(int)).mean() < 1.0
+    assert np.abs(plateau.astype(int) - flat.astype(int)).mean() > 10  # and it is not the flat view
+    # The tilted centre ray meets the plateau sooner: its offset from the nadir shrinks by 90/120.
+    nadir = np.array([5.0, -10.0])
+    assert np.allclose(np.array(on_plateau) - nadir, (np.array(centre) - nadir) * 90.0 / 120.0, atol=0.01)
+    hills = synthetic_terrain(50.0, seed=1)
+    assert hills(0.0, 0.0) == 0.0 and 30.0 < np.ptp(hills(*np.meshgrid(np.arange(-600, 600, 10.0),
+                                                                      np.arange(-600, 600, 10.0)))) < 60.0
