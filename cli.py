@@ -410,7 +410,7 @@ def _ground_commands(sub) -> None:
     tiles = sub.add_parser("tiles", formatter_class=_DefaultsOnce, help="ground station: TilePacks").add_subparsers(dest="tcmd", required=True)
     b = tiles.add_parser("build", formatter_class=_DefaultsOnce, help="orthophoto -> TilePack")
     b.add_argument("--ortho", required=True, nargs="+",
-                   help="GeoTIFF or GDAL .vrt (several GeoTIFFs of one CRS: one mosaic), XYZ folder "
+                   help="GeoTIFF (COG too), GDAL .vrt or .mbtiles (several GeoTIFFs of one CRS: one mosaic), XYZ folder "
                         "{z}/{x}/{y}.png, or an image with --source-gsd-m; read by windows, so any size. "
                         "An interrupted build resumes when run again with the same inputs")
     b.add_argument("--out", required=True, help="pack folder to write (atomically)")

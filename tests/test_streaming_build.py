@@ -216,3 +216,28 @@ def test_a_truncated_geotiff_is_a_clear_error(utm_geotiffs, tmp_path):
     bad.write_bytes(utm_geotiffs[0].read_bytes()[:60_000])  # the header and the first blocks only
     with pytest.raises(ImageError, match="cut.tif"):
         load_canvas(bad)
+
+
+def test_an_mbtiles_map_reads_as_the_geotiff_it_was_made_from(tmp_path, textured_canvas):
+    """MBTiles (GDAL's driver, EPSG:3857 tiles with alpha) is an --ortho input: the same pixels
+    as the GeoTIFF it was written from, valid where the tiles have data."""
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    from skyfix.tiles.ortho import read_source
+    img = np.transpose(textured_canvas.image_rgb[:512, :512], (2, 0, 1))
+    profile = dict(width=512, height=512, count=3, dtype="uint8", crs="EPSG:3857",
+                   transform=from_origin(-12010000.0, 4720000.0, 0.5971642834779395, 0.5971642834779395))
+    with rasterio.open(tmp_path / "map.tif", "w", driver="GTiff", **profile) as ds:
+        ds.write(img)
+    with rasterio.open(tmp_path / "map.mbtiles", "w", driver="MBTiles", TILE_FORMAT="PNG", **profile) as ds:
+        ds.write(img)
+    tif, mbt = read_source(tmp_path / "map.tif"), read_source(tmp_path / "map.mbtiles")
+    # MBTiles snaps to its zoom's tile grid: compare at the same map coordinates.
+    dx = round((tif.affine[2] - mbt.affine[2]) / tif.affine[0])
+    dy = round((mbt.affine[5] - tif.affine[5]) / tif.affine[0])
+    rgb_t, valid_t = tif.read(0, 512, 0, 512)
+    rgb_m, valid_m = mbt.read(dy, dy + 512, dx, dx + 512)
+    assert valid_t.all() and valid_m[8:-8, 8:-8].all()
+    diff = np.abs(rgb_t.astype(int) - rgb_m.astype(int))[8:-8, 8:-8]
+    assert diff.mean() < 3.0, diff.mean()

@@ -164,7 +164,8 @@ def _to_rgb(bands: np.ndarray, stretch: Optional[tuple] = None) -> np.ndarray:
 
 
 def read_geotiff(path: Path) -> RasterioSource:
-    """Open a GeoTIFF (or a GDAL .vrt) for windowed reads; ImageError if it cannot be read."""
+    """Open a GeoTIFF (a COG too), a GDAL .vrt or an MBTiles file (its highest zoom) for windowed
+    reads; ImageError if it cannot be read."""
     return RasterioSource(Path(path))
 
 
@@ -289,7 +290,8 @@ def read_local_image(path: Path, gsd_m: float) -> ArraySource:
     return ArraySource(img, valid, affine, None, path.name)
 
 
-GEOTIFF_SUFFIXES = (".tif", ".tiff", ".vrt")
+# Read through GDAL (rasterio) by windows: GeoTIFF and cloud-optimised GeoTIFF, VRT, MBTiles.
+GEOTIFF_SUFFIXES = (".tif", ".tiff", ".vrt", ".mbtiles")
 
 
 def read_source(path, gsd_m: Optional[float] = None, mosaic_dir: Optional[Path] = None,
@@ -328,7 +330,7 @@ def _open_source(path, gsd_m: Optional[float], mosaic_dir: Optional[Path]) -> So
         return read_local_image(path, gsd_m)
     if path.suffix.lower() in GEOTIFF_SUFFIXES:
         return read_geotiff(path)
-    raise ImageError(f"{path}: not a GeoTIFF, VRT or XYZ folder; for a plain image pass --source-gsd-m")
+    raise ImageError(f"{path}: not a GeoTIFF, VRT, MBTiles or XYZ folder; for a plain image pass --source-gsd-m")
 
 
 @dataclass
