@@ -29,6 +29,9 @@ def startup(cfg):
         raise ModelMismatch(f"model {cfg.nav.model} is {embedder.model_id} but pack {cfg.nav.pack} was "
                             f"built by {pack.model_id}: rebuild the pack with this model, or fly the model "
                             "that built it")
+    # Said at every start: the limit is measured and it is the dangerous kind (confident fixes).
+    log.warning("skyfix assumes flat ground at the take-off height (no DEM support yet): over hills its "
+                "fixes can be tens of metres off while claiming a few (docs/simulator.md, \"Relief\")")
     return pack, embedder, PinholeCamera.from_config(cfg.camera)
 
 

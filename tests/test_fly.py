@@ -46,7 +46,7 @@ def test_fly_refuses_other_model(small_pack, tmp_path, tiny_towers):
         run_fly(cfg)
 
 
-def test_fly_refuses_without_a_link(small_pack, tiny_onnx_dir, tmp_path):
+def test_fly_refuses_without_a_link_and_says_it_assumes_flat_ground(small_pack, tiny_onnx_dir, tmp_path, caplog):
     import cv2
     from skyfix.edge.fly import run_fly
     (tmp_path / "frames").mkdir()
@@ -58,6 +58,7 @@ def test_fly_refuses_without_a_link(small_pack, tiny_onnx_dir, tmp_path):
         "camera": {"width_px": 320, "height_px": 240}})
     with pytest.raises(SkyfixError, match="no HEARTBEAT"):
         run_fly(cfg, link_wait_s=0.5)
+    assert any("assumes flat ground" in m for m in caplog.messages)  # the measured limit, said at start
 
 
 def test_folder_source_reads_exif_and_survives_a_corrupt_file(tmp_path):
