@@ -156,29 +156,12 @@ def cmd_tiles_inspect(args) -> int:
 def cmd_export_onnx(args) -> int:
     from skyfix.export.onnx_export import export_onnx
     from skyfix.train.towers import build_towers, load_checkpoint
+    from skyfix.train.trainer import run_card
     cfg = _config(args, model={"lpn_parts": args.lpn_parts, "dim": args.dim})
     model = load_checkpoint(args.checkpoint) if args.checkpoint else build_towers(cfg.model)
-    out = export_onnx(model, args.out, card_extra=_training_card(args.checkpoint) if args.checkpoint else None)
+    out = export_onnx(model, args.out, card_extra=run_card(args.checkpoint) if args.checkpoint else None)
     print(f"wrote {out}; next: skyfix tiles build --ortho MAP --out PACK --model {out}")
     return 0
-
-
-def _training_card(checkpoint: str) -> dict:
-    """What the model card says about the run a checkpoint came from (its run.yaml and the last
-    validation in metrics.jsonl, when they are beside it)."""
-    import json
-
-    import yaml
-    folder = Path(checkpoint).parent
-    run = yaml.safe_load((folder / "run.yaml").read_text()) if (folder / "run.yaml").is_file() else {}
-    lines = (folder / "metrics.jsonl").read_text().splitlines() if (folder / "metrics.jsonl").is_file() else []
-    validation = [json.loads(x) for x in lines if '"val"' in x]
-    train_cfg = (run.get("config") or {}).get("train") or {}
-    return {"trained": {"command": run.get("command", ""), "git_commit": run.get("git_commit", ""),
-                        "checkpoint": Path(checkpoint).name, "split": run.get("split", {}),
-                        "steps": train_cfg.get("epochs", 0) * train_cfg.get("steps_per_epoch", 0),
-                        "batch_size": train_cfg.get("batch_size"), "loss": train_cfg.get("loss"),
-                        "last_validation": validation[-1] if validation else {}}}
 
 
 def cmd_export_precision(args) -> int:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from skyfix.bench.common import fmt, pack_drone_embedder
+
 
 def _after(track_csv: Path, from_s: float) -> list[dict]:
     with open(track_csv) as f:
@@ -21,12 +23,9 @@ def bench_altitude(pack_path: str, heights_m=(40.0, 60.0, 80.0, 120.0), start_ag
     import json
 
     from skyfix.config import load_config
-    from skyfix.edge.models import model_for_pack
-    from skyfix.export.models import load_embedder
-    from skyfix.pack.tilepack import TilePack
     from skyfix.sim.run import run_sim
     from skyfix.sim.score import availability
-    embedder = load_embedder(model_for_pack(TilePack.open(pack_path), None), "drone", load_config().model)
+    embedder = pack_drone_embedder(pack_path)
     rows = ["| survey height m | at height from s | availability there | error median / p95 / max m | "
             "worst error / accuracy | beyond 3x | frames tracked without retrieval | frames below a tile, no track |",
             "|---|---|---|---|---|---|---|---|"]
@@ -60,11 +59,8 @@ def bench_relief(pack_path: str, reliefs_m=(0.0, 50.0, 150.0), length_m: float =
 
     from skyfix.bench.integrity import _availability_from
     from skyfix.config import load_config
-    from skyfix.edge.models import model_for_pack
-    from skyfix.export.models import load_embedder
-    from skyfix.pack.tilepack import TilePack
     from skyfix.sim.run import run_sim
-    embedder = load_embedder(model_for_pack(TilePack.open(pack_path), None), "drone", load_config().model)
+    embedder = pack_drone_embedder(pack_path)
     rows = ["| relief m (hills, 400 m wavelength) | availability from first fix | error median / p95 / max m | "
             "worst error / accuracy | beyond 3x | messages | implausible / weak frames |",
             "|---|---|---|---|---|---|---|"]
@@ -74,7 +70,6 @@ def bench_relief(pack_path: str, reliefs_m=(0.0, 50.0, 150.0), length_m: float =
         s = run_sim(pack_path, embedder, cfg, out_dir=str(folder), progress=False)
         (folder / "summary.json").write_text(json.dumps(s, indent=2, default=str))
         e, cal = s["error_m"], s["calibration"]
-        fmt = lambda v, f="{:.1f}": "n/a" if v is None else f.format(v)  # noqa: E731
         avail = _availability_from(str(folder / "track.csv"), s.get("time_to_first_fix_s"), s["duration_s"])
         rows.append(f"| {relief:g} | {fmt(100 * avail)} % | "
                     f"{fmt(e['median'])} / {fmt(e['p95'])} / {fmt(e['max'])} | "

@@ -28,3 +28,17 @@ def _row(name: str, ms: np.ndarray, extra: str = "") -> str:
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def pack_drone_embedder(pack_path: str):
+    """The drone tower of the model a pack was built by (the flights of the benchmarks)."""
+    from skyfix.config import load_config
+    from skyfix.edge.models import model_for_pack
+    from skyfix.export.models import load_embedder
+    from skyfix.pack.tilepack import TilePack
+    return load_embedder(model_for_pack(TilePack.open(pack_path)), "drone", load_config().model)
+
+
+def fmt(value, spec: str = "{:.1f}") -> str:
+    """A table cell: the value formatted, or 'n/a' for None."""
+    return "n/a" if value is None else spec.format(value)

@@ -7,6 +7,8 @@ from typing import Optional
 
 import numpy as np
 
+from skyfix.bench.common import fmt, pack_drone_embedder
+
 
 def telemetry_lag_errors(lag_s: float, telemetry_hz: float = 20.0, duration_s: float = 120.0,
                          camera_hz: float = 3.0, alt_agl_m: float = 120.0, seed: int = 0) -> dict:
@@ -142,7 +144,6 @@ INTEGRITY_CONDITIONS = {
 
 def _integrity_row(name: str, s: dict, handover_availability: float) -> str:
     e, cal = s["error_m"], s["calibration"]
-    fmt = lambda v, f="{:.1f}": "n/a" if v is None else f.format(v)  # noqa: E731
     beyond, first_fix_s = cal.get("beyond_3x", 0), s.get("time_to_first_fix_s")
     autopilot = s.get("autopilot_error_m")
     extra = "" if autopilot is None else (f" | {fmt(autopilot['median'])} / {fmt(autopilot['max'])} | "
@@ -177,11 +178,8 @@ def bench_integrity(pack_path: str, length_m: float = 600.0, conditions: Optiona
     import json
 
     from skyfix.config import load_config
-    from skyfix.edge.models import model_for_pack
-    from skyfix.export.models import load_embedder
-    from skyfix.pack.tilepack import TilePack
     from skyfix.sim.run import run_sim
-    embedder = load_embedder(model_for_pack(TilePack.open(pack_path), None), "drone", load_config().model)
+    embedder = pack_drone_embedder(pack_path)
     rows = ["| condition | availability from first fix / hand-over | whole flight | error median / p95 / max m | "
             "worst error / accuracy | beyond 3x | messages | first fix s | attitude contradicted (frames) |"
             " autopilot error median / max m | EKF glitches | mission completed |",

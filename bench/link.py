@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from skyfix.bench.common import _rss_mb
+from skyfix.bench.common import _rss_mb, pack_drone_embedder
 
 
 def hostile_sender(n_datagrams: int, duration_s: float, n_sockets: int = 500, seed: int = 0):
@@ -62,12 +62,9 @@ def bench_attack(pack_path: str, n_datagrams: int = 20000, duration_s: float = 5
     """The same simulated flight twice, with and without a hostile sender on skyfix's port:
     fixes published, received by the autopilot, error, what the link refused, RSS (MB)."""
     from skyfix.config import load_config
-    from skyfix.edge.models import model_for_pack
-    from skyfix.export.models import load_embedder
-    from skyfix.pack.tilepack import TilePack
     from skyfix.sim.run import run_sim
     cfg = load_config(overrides={"sim": {"route": "straight", "duration_s": duration_s}})
-    embedder = load_embedder(model_for_pack(TilePack.open(pack_path), None), "drone", cfg.model)
+    embedder = pack_drone_embedder(pack_path)
     rows = [f"| {duration_s:g} s flight | hostile datagrams | published | availability | error median / max m | "
             "dropped from other senders | values refused | encode failures | RSS before / after MB |",
             "|---|---|---|---|---|---|---|---|---|"]

@@ -8,7 +8,7 @@ from typing import Optional
 
 import numpy as np
 
-from skyfix.bench.common import _rss_mb
+from skyfix.bench.common import _rss_mb, pack_drone_embedder
 from skyfix.sim.score import rss_floors_mb, rss_trend_mb_per_h
 
 
@@ -28,14 +28,12 @@ def bench_soak(pack_path: str, duration_s: float = 3600.0, sample_s: Optional[fl
     import threading
 
     from skyfix.config import load_config
-    from skyfix.edge.models import model_for_pack
-    from skyfix.export.models import load_embedder
     from skyfix.pack.tilepack import TilePack
     from skyfix.sim.run import fly, prepare_flight, summarise, write_outputs
     # Long enough for the whole duration: the rounded turns at the legs' ends are flown slower.
     cfg = load_config(overrides={"sim": {"route": "lawnmower", "duration_s": duration_s,
                                          "length_m": duration_s * 12.0 * 1.3 + 1000.0}})
-    embedder = load_embedder(model_for_pack(TilePack.open(pack_path), None), "drone", cfg.model)
+    embedder = pack_drone_embedder(pack_path)
     sample_s = sample_s or min(60.0, duration_s / 48)
     samples: list = []
 

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from skyfix.edge.embedders import TOWERS, open_embedder
+from skyfix.edge.embedders import open_embedder
 from skyfix.edge.features import default_model_dir
 from skyfix.errors import SkyfixError
 
@@ -68,8 +68,6 @@ def towers_path(spec: str | Path, model_cfg=None) -> Path:
 
 def open_towers(spec: str | Path, tower: str, model_cfg=None):
     """The Embedder of `tower` ('drone' or 'sat') of the model `spec` (see the module's table)."""
-    if tower not in TOWERS:
-        raise SkyfixError(f"tower must be one of {TOWERS}, got '{tower}'")
     return open_embedder(towers_path(spec, model_cfg), tower)
 
 

@@ -183,7 +183,7 @@ class HeadingCheck:
                  misses_to_search: int = 10, trim_gain: float = 0.0):
         self.max_rotation_deg, self.votes_needed, self.agree_deg = max_rotation_deg, votes_needed, agree_deg
         self.misses_to_search, self.trim_gain = misses_to_search, trim_gain
-        self.offset_rad, self.votes, self.misses = 0.0, [], 0
+        self.reset()
         self.corrections = 0  # times the image's votes turned the telemetry heading
 
     @property
@@ -449,7 +449,8 @@ class Navigator:
         # track goes on without retrieval: the map features around its prediction are matched
         # with the part of the refinement crop the frame covers. A lost vehicle there gets no fix.
         close_range = inside < 0.5
-        if close_range and (not self.cfg.close_range or self.gate.prior(t_s) is None):
+        window = self._prior_window(t_s) if close_range else None
+        if close_range and (not self.cfg.close_range or window is None):
             return Reason.CROP_OUTSIDE, (f"the frame covers {inside:.0%} of a {self.pack.tile_size_m:g} m tile "
                                          f"(height {pose.agl_m:.0f} m); below this only a track continues")
         # Heading in doubt (HeadingCheck): embed and refine as if it were unknown.
@@ -457,7 +458,7 @@ class Navigator:
         with _timed(timings, "embed"):
             vectors = None if close_range else self._embed(crop, trust_heading)
         with _timed(timings, "search"):
-            candidates = self._prior_window(t_s) if close_range else self._candidates(vectors, t_s)
+            candidates = [window] if close_range else self._candidates(vectors, t_s)
         with _timed(timings, "refine"):
             wide = rectify(image, self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
                            pose.agl_m, self.refine_size_m, self.refine_px)[0]
@@ -586,9 +587,9 @@ class Navigator:
         """[(east_m, north_m, match_radius_m)], most promising first: the predicted position and
         the best tiles in the prior window while tracking, the best tiles anywhere when lost."""
         half = self.pack.tile_size_m / 2
-        prior = self._prior_window(t_s)
-        if prior:
-            (e, n, radius), = prior
+        window = self._prior_window(t_s)
+        if window is not None:
+            e, n, radius = window
             _, ids = self.pack.search(vectors, self.cfg.top_k, near=(e, n, radius))
             cands, limit = [(e, n, radius)], self.cfg.top_k + 1
         else:
@@ -601,14 +602,14 @@ class Navigator:
                 cands.append((te, tn, half + 10.0))
         return cands[:limit]
 
-    def _prior_window(self, t_s: float) -> list[tuple]:
-        """[(east_m, north_m, radius_m)] around the track's prediction ([] without a track): the
+    def _prior_window(self, t_s: float) -> Optional[tuple]:
+        """(east_m, north_m, radius_m) around the track's prediction, None without a track: the
         radius is 3 sigma of the prediction plus 20 m, within nav.window_min_m..window_max_m."""
         prior = self.gate.prior(t_s)
         if prior is None:
-            return []
+            return None
         e, n, acc = prior
-        return [(e, n, float(np.clip(3 * acc + 20, self.cfg.window_min_m, self.cfg.window_max_m)))]
+        return e, n, float(np.clip(3 * acc + 20, self.cfg.window_min_m, self.cfg.window_max_m))
 
     def _refine(self, matcher: MapMatcher, described, crop_shape: tuple, candidates: list[tuple]):
         """(best Match, strongest match at another place) by inlier count; Nones when none.

@@ -38,7 +38,8 @@ def render_view(canvas: "MapCanvas | MapBlocks", cam: PinholeCamera, pose: ViewP
     h_ig = image_from_ground(cam, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
                              pose.east_m, pose.north_m, pose.agl_m)
     if not isinstance(canvas, MapCanvas):
-        canvas = _footprint_region(canvas, h_ig, cam, pose)
+        corners = np.array([ground_of_pixel(h_ig, u, v) for u in (0, cam.width_px) for v in (0, cam.height_px)])
+        canvas = _region_seen(canvas, corners[:, 0], corners[:, 1], pose)
     h = h_ig @ canvas.ground_from_px()  # canvas pixel -> image pixel
     size = (cam.width_px, cam.height_px)
     img = cv2.warpPerspective(canvas.image_rgb, h, size, flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
@@ -64,12 +65,7 @@ def _render_over_relief(canvas, cam: PinholeCamera, pose: ViewPose, terrain: Cal
         east, north = pose.east_m + t * d_e, pose.north_m + t * d_n
         z = np.minimum(terrain(east, north), pose.agl_m - 1.0)
     if not isinstance(canvas, MapCanvas):
-        reach = 4 * pose.agl_m
-        e_in = np.clip(east, pose.east_m - reach, pose.east_m + reach)
-        n_in = np.clip(north, pose.north_m - reach, pose.north_m + reach)
-        cols, rows = canvas.px_from_en(np.array([e_in.min(), e_in.max()]), np.array([n_in.max(), n_in.min()]))
-        canvas = canvas.region_px(int(np.floor(rows.min())) - 2, int(np.ceil(rows.max())) + 3,
-                                  int(np.floor(cols.min())) - 2, int(np.ceil(cols.max())) + 3)
+        canvas = _region_seen(canvas, east, north, pose)
     centre_en = (float(east[-1]), float(north[-1]))
     cols, rows = canvas.px_from_en(east[:-1], north[:-1])
     map_x = np.asarray(cols, np.float32).reshape(u.shape)
@@ -96,13 +92,13 @@ def synthetic_terrain(relief_m: float, wavelength_m: float = 400.0, seed: int = 
     return lambda east_m, north_m: relief_m / 2 * (raw(east_m, north_m) - offset)
 
 
-def _footprint_region(blocks, h_ig: np.ndarray, cam: PinholeCamera, pose: ViewPose) -> MapCanvas:
-    """The map around the ground the image's corners see (at most 4 x the height away, for
-    views near the horizon), as an in-memory canvas."""
-    corners = np.array([ground_of_pixel(h_ig, u, v) for u in (0, cam.width_px) for v in (0, cam.height_px)])
+def _region_seen(blocks, east_m: np.ndarray, north_m: np.ndarray, pose: ViewPose) -> MapCanvas:
+    """The map around the ground points a view sees (at most 4 x the height away, for views near
+    the horizon), as an in-memory canvas."""
     reach = 4 * pose.agl_m
-    corners = np.clip(corners, [pose.east_m - reach, pose.north_m - reach], [pose.east_m + reach, pose.north_m + reach])
-    cols, rows = blocks.px_from_en(corners[:, 0], corners[:, 1])
+    east = np.clip(east_m, pose.east_m - reach, pose.east_m + reach)
+    north = np.clip(north_m, pose.north_m - reach, pose.north_m + reach)
+    cols, rows = blocks.px_from_en(east, north)
     return blocks.region_px(int(np.floor(rows.min())) - 2, int(np.ceil(rows.max())) + 3,
                             int(np.floor(cols.min())) - 2, int(np.ceil(cols.max())) + 3)
 

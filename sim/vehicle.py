@@ -74,11 +74,6 @@ class VehicleModel:
             return self.cfg.alt_agl_m
         return max(self.cfg.alt_agl_m, start - self.cfg.descent_m_s * max(t_s, 0.0))
 
-    def descended_s(self) -> float:
-        """Flight time at which the vehicle reaches sim.alt_agl_m (0 without a descent)."""
-        start = self.cfg.start_agl_m
-        return 0.0 if start is None else max(0.0, (start - self.cfg.alt_agl_m) / self.cfg.descent_m_s)
-
     def _route_vel_en(self, t_s: float, dt_s: float = 0.05) -> np.ndarray:
         a, b = self.traj.at(t_s - dt_s), self.traj.at(t_s + dt_s)
         return np.array([b[0] - a[0], b[1] - a[1]]) / (2 * dt_s)

@@ -54,7 +54,9 @@ def _skyfix_imports(path: Path) -> set:
     import ast
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        if isinstance(node, ast.ImportFrom) and node.module == "skyfix" and node.level == 0:
+            names.update(f"skyfix.{a.name}" for a in node.names)  # from skyfix import bench
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
         elif isinstance(node, ast.Import):
             names.update(a.name for a in node.names)

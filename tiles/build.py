@@ -8,6 +8,7 @@ run again with the same inputs (`<out>.partial` holds the work so far).
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from skyfix.pack.canvas import MapCanvas, MapGrid
 from skyfix.pack.tilepack import SCHEMA_VERSION, TilePack, write_pack_files
 from skyfix.tiles import embed
 from skyfix.tiles.features import write_map_features
+
 
 def tile_grid(grid: MapGrid, tile_size_m: float, stride_m: float, max_nodata_frac: float = 0.02,
               coverage: Optional[tuple[np.ndarray, int]] = None) -> tuple[list[GeoTile], int]:
@@ -237,8 +239,6 @@ def add_features(pack_path: str | Path, extractor, per_mpx: int, progress: bool 
 
     The folder is written beside the old one and swapped in, then the manifest is replaced in
     one rename, so an interrupted run leaves the pack as it was. Returns the manifest entry."""
-    import os
-    import shutil
     pack = TilePack.open(pack_path)
     canvas = pack.map_blocks(cache_blocks=row_sweep_cache(int(pack.manifest["map"]["width_px"])))
     staging = pack.path / f".features-{extractor.name}.tmp"

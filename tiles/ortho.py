@@ -262,13 +262,20 @@ def imread_rgb(path: str | Path) -> np.ndarray:
 def imread_rgb_valid(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 RGB H x W x 3, bool valid H x W) of an image file: valid where its alpha channel
     (a transparent PNG, a tile server's empty tile) is not 0, everywhere without one."""
+    if Path(path).suffix.lower() in (".jpg", ".jpeg"):  # no alpha possible: decode once, as imread_rgb does
+        rgb = imread_rgb(path)
+        return rgb, np.ones(rgb.shape[:2], bool)
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageError(f"cannot decode image {path} (missing, corrupt or unsupported)")
-    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 4:
-        rgb = imread_rgb(path)
-        return rgb, np.ones(rgb.shape[:2], bool)
-    return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB), img[:, :, 3] > 0
+    if img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB), img[:, :, 3] > 0
+    if img.dtype == np.uint8 and img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB), np.ones(img.shape, bool)
+    if img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB), np.ones(img.shape[:2], bool)
+    rgb = imread_rgb(path)  # other depths: OpenCV's own conversion to 8-bit colour
+    return rgb, np.ones(rgb.shape[:2], bool)
 
 
 def read_image_px(path: str | Path, px: int, centre_square: bool = False) -> np.ndarray:

@@ -245,6 +245,21 @@ def run_info(cfg) -> dict:
             "host": platform.node()}
 
 
+def run_card(checkpoint: str | Path) -> dict:
+    """What the model card says about the run a checkpoint came from (its run.yaml and the last
+    validation in metrics.jsonl, when they are beside it)."""
+    folder = Path(checkpoint).parent
+    run = yaml.safe_load((folder / "run.yaml").read_text()) if (folder / "run.yaml").is_file() else {}
+    lines = (folder / "metrics.jsonl").read_text().splitlines() if (folder / "metrics.jsonl").is_file() else []
+    validation = [json.loads(x) for x in lines if '"val"' in x]
+    train_cfg = (run.get("config") or {}).get("train") or {}
+    return {"trained": {"command": run.get("command", ""), "git_commit": run.get("git_commit", ""),
+                        "checkpoint": Path(checkpoint).name, "split": run.get("split", {}),
+                        "steps": train_cfg.get("epochs", 0) * train_cfg.get("steps_per_epoch", 0),
+                        "batch_size": train_cfg.get("batch_size"), "loss": train_cfg.get("loss"),
+                        "last_validation": validation[-1] if validation else {}}}
+
+
 def validate(model, val_pairs, device: str, batch: int = 16) -> dict:
     """Drone -> satellite and satellite -> drone retrieval over held-out locations."""
     from skyfix.train.metrics import retrieval_metrics
