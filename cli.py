@@ -107,7 +107,7 @@ def cmd_tiles_build(args) -> int:
     cfg = _config(args, tiles={"tile_size_m": args.tile_size_m, "stride_m": args.stride_m,
                                "gsd_m": args.gsd_m, "index": args.index,
                                "imagery_date": args.imagery_date, "nodata": args.nodata,
-                               "imagery_licence": args.imagery_licence,
+                               "imagery_licence": args.imagery_licence, "dem": args.dem, "dem_gsd_m": args.dem_gsd_m,
                                "features": args.features.split(",") if args.features else None},
                   nav={"features_model": args.features_model})
     if "xfeat" in cfg.tiles.features:
@@ -130,6 +130,12 @@ def cmd_tiles_features(args) -> int:
     extractor = open_extractor(args.matcher, features_model_dir(args.matcher, args.features_model or cfg.nav.features_model))
     entry = add_features(args.pack, extractor, args.per_mpx or cfg.tiles.features_per_mpx, progress=not args.quiet)
     print(f"{args.pack}: {entry['count']} {args.matcher} keypoints ({entry['identity']})")
+    return 0
+
+
+def cmd_tiles_terrain(args) -> int:
+    from skyfix.tiles.terrain import add_terrain
+    add_terrain(args.pack, args.dem, args.gsd_m)
     return 0
 
 
@@ -411,6 +417,9 @@ def _ground_commands(sub) -> None:
     b.add_argument("--features-model", help="the learned matcher's ONNX folder (xfeat or dense; default: models/xfeat if there, else XFeat exported once into the cache; dense: the shipped one)")
     b.add_argument("--nodata", type=_number(int, 0, 255), help="map pixels whose three bands all equal this "
                    "value are no-data (GDAL masks, nodata, alpha and PNG alpha are always honoured)")
+    b.add_argument("--dem", help="ground heights (DEM or DSM: GeoTIFF/VRT in any CRS, metres) stored in the pack; "
+                   "without one skyfix assumes flat ground (add one later: skyfix tiles terrain)")
+    b.add_argument("--dem-gsd-m", type=_number(float, 0.5, 200), help="terrain cell size (default: the DEM's, at least 1 m)")
     b.add_argument("--imagery-date")
     b.add_argument("--imagery-licence")
     b.add_argument("--config")
@@ -425,6 +434,12 @@ def _ground_commands(sub) -> None:
     f.add_argument("--config")
     f.add_argument("-q", "--quiet", action="store_true")
     f.set_defaults(func=cmd_tiles_features)
+    tr = tiles.add_parser("terrain", formatter_class=_DefaultsOnce,
+                          help="add (or replace) a pack's ground heights from a DEM or DSM")
+    tr.add_argument("pack")
+    tr.add_argument("--dem", required=True, help="GeoTIFF/VRT of heights in metres, any CRS")
+    tr.add_argument("--gsd-m", type=_number(float, 0.5, 200), help="terrain cell size (default: the DEM's, at least 1 m)")
+    tr.set_defaults(func=cmd_tiles_terrain)
     i = tiles.add_parser("inspect", formatter_class=_DefaultsOnce, help="validate a pack and summarise it")
     i.add_argument("pack")
     i.set_defaults(func=cmd_tiles_inspect)

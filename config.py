@@ -57,6 +57,10 @@ class TilesConfig:
     # A learned extractor's model (xfeat, dense) is nav.features_model.
     features: list = field(default_factory=lambda: ["xfeat", "sift"])
     features_per_mpx: int = 8000     # map keypoints per megapixel
+    # Ground heights (a DEM or DSM raster GDAL reads, any CRS, metres) stored in the pack: onboard
+    # the height above the ground under the camera and camera resection use them. "": flat ground.
+    dem: str = ""
+    dem_gsd_m: Optional[float] = None  # terrain cell size; None: the DEM's own (at least 1 m)
 
 
 @dataclass

@@ -6,6 +6,7 @@ A pack is a folder:
   map/           the map imagery in blocks read on demand (pack/blocks.py)
   index.faiss    the FAISS index of tile embeddings (ids = tile_id)
   features/NAME/ the map's local features per extractor (tiles/features.py), memory-mapped onboard
+  terrain.npy    optional: ground heights from a DEM (pack/terrain.py), memory-mapped onboard
 This module needs numpy, OpenCV, PyYAML and faiss only (no rasterio, no torch).
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from skyfix.pack.blocks import BLOCK_PX, TABLE_FILE, MapBlocks
 from skyfix.pack.canvas import MapCanvas, MapGrid
 from skyfix.pack.map_features import MapFeatures, open_map_features, require_features
 from skyfix.pack.schema import DIGEST, NUMBER, check_shape
+from skyfix.pack.terrain import TERRAIN_FILE, Terrain, open_terrain
 
 SCHEMA_VERSION = 2  # 2: map imagery in blocks (was one map.png)
 METRIC = "inner_product"  # on L2-normalised vectors: cosine similarity
@@ -223,6 +225,7 @@ class TilePack:
         self.east_m, self.north_m = table[:, 3], table[:, 4]
         self.frame = LocalFrame(**manifest["local_frame"])
         self._canvas: Optional[MapCanvas] = None
+        self._terrain: Optional[Terrain] = None
         self.grid = TileGrid(self.east_m, self.north_m, float(manifest["grid"]["tile_size_m"]))
         self.vectors = None
         if VECTORS_FILE in manifest["files"]:
@@ -246,7 +249,8 @@ class TilePack:
         (`artifacts.digest_problem`); sizes always are."""
         path = Path(path)
         manifest = cls._read_manifest(path)
-        for name in PACK_FILES + ((VECTORS_FILE,) if VECTORS_FILE in manifest["files"] else ()):
+        optional = tuple(name for name in (VECTORS_FILE, TERRAIN_FILE) if name in manifest["files"])
+        for name in PACK_FILES + optional:
             cls._check_file(path, name, manifest["files"].get(name), full_check)
         if expect_model_id is not None and manifest["model_id"] != expect_model_id:
             raise ModelMismatch(
@@ -358,6 +362,16 @@ class TilePack:
         return self._canvas
 
     @property
+    def terrain(self) -> Optional[Terrain]:
+        """The ground heights the pack was built with (`tiles build --dem`), or None: flat ground."""
+        entry = self.manifest.get("terrain")
+        if entry and self._terrain is None:
+            if TERRAIN_FILE not in self.manifest["files"]:
+                raise PackError(f"pack {self.path}: the manifest has a terrain but no digest of {TERRAIN_FILE}")
+            self._terrain = open_terrain(self.path, entry, self.frame)
+        return self._terrain
+
+    @property
     def map_gsd_m(self) -> float:
         return float(self.manifest["map"]["gsd_m"])
 
@@ -415,6 +429,9 @@ def describe(pack: TilePack) -> str:
             f"{m['grid']['tile_px']} px; map {m['map']['width_px']} x {m['map']['height_px']} px at "
             f"{m['map']['gsd_m']:.3f} m/px\n"
             f"  tiles      {len(pack)}  (files verified: {', '.join(m['files'])})\n"
+            f"  terrain    " + (f"{t['width_px']} x {t['height_px']} cells of {t['gsd_m']:g} m, heights {t['min_m']:.0f}.."
+                               f"{t['max_m']:.0f} m ({t['source']})" if (t := m.get("terrain")) else
+                               "none: flat ground assumed (add: skyfix tiles terrain PACK --dem DEM)") + "\n"
             f"  features   " + (", ".join(f"{k}: {v['count']} keypoints ({v['identity']})"
                                   for k, v in (m.get("features") or {}).items()) or
                                 "none (add: skyfix tiles features PACK --matcher NAME)"))

@@ -147,6 +147,9 @@ def build_pack(ortho: "str | Path | Sequence", out: str | Path, cfg: SkyfixConfi
     t0, out, tc = time.perf_counter(), Path(out), cfg.tiles
     # Open the feature extractors first: a missing model fails before minutes of embedding.
     extractors = [open_extractor(name, cfg.nav.features_model or None) for name in tc.features]
+    if tc.dem:  # an unreadable DEM fails now, not after the embedding
+        from skyfix.tiles.terrain import DemSource
+        DemSource(Path(tc.dem)).close()
     staging = _staging(out, _build_key(ortho, source_gsd_m, cfg, embedder.model_id, extractors), log)
     try:
         n_tiles, dt_embed = _build_into(staging, out, ortho, cfg, embedder, extractors, model_source, source_gsd_m,
@@ -207,6 +210,9 @@ def _build_into(staging: Path, out: Path, ortho, cfg: SkyfixConfig, embedder, ex
                      model_source=model_source, features=features,
                      extra_files={"config.yaml": yaml.safe_dump(config_to_dict(cfg), sort_keys=False)})
     log(f"index {tc.index}: {time.perf_counter() - t2:.1f} s")
+    if tc.dem:
+        from skyfix.tiles.terrain import add_terrain
+        add_terrain(staging, tc.dem, tc.dem_gsd_m, log)
     shutil.rmtree(work)
     replace_directory(staging, out)
     return len(tiles), dt_embed

@@ -29,6 +29,9 @@ class SourceRaster:
     """An image with its pixel -> CRS affine, read by windows. crs None: a non-georeferenced
     image in local metres. Subclasses implement `_read(r0, r1, c0, c1)` inside the raster."""
 
+    pixel_shape: tuple = (3,)  # an RGB image; a DEM is () float32
+    dtype = np.uint8
+
     def __init__(self, height_px: int, width_px: int, affine: tuple, crs, name: str):
         self.height_px, self.width_px = int(height_px), int(width_px)
         self.affine = affine   # GDAL order (a, b, c, d, e, f)
@@ -45,13 +48,13 @@ class SourceRaster:
     def read(self, r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray]:
         """Pixels rows r0:r1, cols c0:c1 as (uint8 H x W x 3, bool valid H x W); the part
         outside the raster comes back black and not valid."""
-        rgb = np.zeros((r1 - r0, c1 - c0, 3), np.uint8)
+        rgb = np.zeros((r1 - r0, c1 - c0) + self.pixel_shape, self.dtype)
         valid = np.zeros((r1 - r0, c1 - c0), bool)
         a0, a1 = max(r0, 0), min(r1, self.height_px)
         b0, b1 = max(c0, 0), min(c1, self.width_px)
         if a0 < a1 and b0 < b1:
             img, val = self._read(a0, a1, b0, b1)
-            if self.nodata_value is not None:
+            if self.nodata_value is not None and img.ndim == 3:
                 val = val & ~np.all(img == self.nodata_value, axis=2)
             rgb[a0 - r0:a1 - r0, b0 - c0:b1 - c0] = img
             valid[a0 - r0:a1 - r0, b0 - c0:b1 - c0] = val
@@ -395,7 +398,8 @@ def _interp_matrix(n_out: int, samples: np.ndarray) -> np.ndarray:
 
 def warp_block(src: SourceRaster, layout: CanvasLayout, r0: int, r1: int, c0: int, c1: int):
     """Rows r0:r1, cols c0:c1 of the local grid resampled from `src` (bilinear; low-passed first
-    when the grid is coarser than the source). Returns (uint8 H x W x 3, bool valid H x W).
+    when the grid is coarser than the source). Returns (H x W x 3 uint8 for an image, H x W
+    float32 for a DEM; bool valid H x W).
 
     The CRS transform is evaluated on a lattice every WARP_GRID_PX pixels and interpolated
     between (projections are smooth at that scale), and only the source window under the block
@@ -414,7 +418,7 @@ def warp_block(src: SourceRaster, layout: CanvasLayout, r0: int, r1: int, c0: in
     x0, x1 = int(np.floor(map_x.min())) - pad, int(np.ceil(map_x.max())) + pad + 1
     y0, y1 = int(np.floor(map_y.min())) - pad, int(np.ceil(map_y.max())) + pad + 1
     if x1 <= 0 or y1 <= 0 or x0 >= src.width_px or y0 >= src.height_px:
-        return np.zeros((h, w, 3), np.uint8), np.zeros((h, w), bool)
+        return np.zeros((h, w) + src.pixel_shape, src.dtype), np.zeros((h, w), bool)
     # A block at the map's edge maps partly outside the raster: read no further than the pad beyond it.
     x0, y0 = max(x0, -pad), max(y0, -pad)
     x1, y1 = min(x1, src.width_px + pad), min(y1, src.height_px + pad)
