@@ -163,6 +163,12 @@ class NavConfig:
     # LEVIR-CD were biased by 2-4 map pixels (1-2 m) per scene; set it to the map's stated
     # absolute accuracy where that is larger.
     map_bias_m: float = 1.0
+    # Without terrain in the pack (flat ground assumed), the ground slope to allow for, 1 sigma:
+    # a slope looks to the image like a tilted camera and moves the fix by about height x
+    # tan(slope), the same way on consecutive frames, so it is added to the published accuracy
+    # like map_bias_m. 0 where the ground is known to be flat; a DEM (tiles build --dem) removes it.
+    ground_slope_deg: float = 2.0
+    use_terrain: bool = True         # use the pack's terrain (tiles build --dem) where it has one
     resect_camera: bool = True       # place the vehicle by camera resection (PnP), not the telemetry tilt
     # Share of the tilt the image still sees, per strong resected match, taken into the roll /
     # pitch correction of the telemetry (navigator.AttitudeTrim); 0 turns it off.

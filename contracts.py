@@ -36,6 +36,9 @@ class Telemetry:
     yaw_rad: Optional[float] = None
     alt_agl_m: Optional[float] = None
     alt_msl_m: Optional[float] = None
+    # True when alt_agl_m was measured to the ground (a rangefinder); False: the height over the
+    # take-off point (barometric), which over relief is not the height over the ground below.
+    agl_rangefinder: bool = False
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from skyfix.edge.filter import MotionFilter, FilterState
 from skyfix.edge.gallery import FrameGallery
 from skyfix.edge.gate import TrackGate
 from skyfix.edge.odometry import camera_motion, crop_pixels_in_frame, refine_shifts
-from skyfix.edge.pose import image_px_of_crop_px, resect
+from skyfix.edge.pose import MIN_POINTS as MIN_RESECT_POINTS, image_px_of_crop_px, resect
 from skyfix.edge.features import match_descriptors, open_extractor
 from skyfix.edge.refine import MATCH_RULES, Match, MapMatcher
 from skyfix.errors import ModelMismatch
@@ -99,6 +99,9 @@ class Placement:
 # Image against telemetry (Navigator._vehicle_position): chi-square, 2 degrees of freedom.
 ATTITUDE_AGREE_D2 = 13.8   # 99.9 %: agreeing placements are rejected once in a thousand
 ATTITUDE_DOUBT_S = 10.0    # after a disagreement, the telemetry tilt is trusted only to it this long
+DATUM_SAMPLES = 15         # resections whose median sets the take-off point's height above the terrain's datum
+DATUM_MIN_SAMPLES = 3
+POSITION_MEMORY_S = 60.0   # how long the last measured position says where the terrain is looked up
 
 
 @dataclass
@@ -108,7 +111,8 @@ class CropPose:
     roll_rad: float = 0.0
     pitch_rad: float = 0.0
     yaw_rad: float = 0.0
-    agl_m: Optional[float] = None
+    agl_m: Optional[float] = None  # height above the ground under the camera (the terrain's where known)
+    rel_m: Optional[float] = None  # the telemetry's height (over the take-off point, or a rangefinder's)
     attitude_known: bool = True
     heading_known: bool = True
     height_known: bool = True
@@ -292,6 +296,14 @@ class Navigator:
         self.attitude_doubt: Optional[tuple] = None  # (t_s, deg) of the last attitude disagreement
         self.gallery = FrameGallery(cfg.gallery_size, embedder.dim, embedder.model_id)
         self.last_agl: Optional[tuple] = None  # (t_s, agl_m)
+        # Terrain (tiles build --dem): ground heights under the camera and for resection. The
+        # camera's height above the terrain's datum is the telemetry's height over the take-off
+        # point plus the take-off point's datum height: nav.ground_alt_msl_m, then learned from
+        # resections on the terrain (their median: a barometer drifts, one resection can be wrong).
+        self.terrain = pack.terrain if cfg.use_terrain else None
+        self.datum_offsets: deque = deque(maxlen=DATUM_SAMPLES)
+        self.last_position: Optional[tuple] = None  # (t_s, east_m, north_m) of the last measurement
+        self.flat_bias_m = 0.0  # the flat-ground bias of the last measurement (nav.ground_slope_deg), per axis
         self.last_alt_msl_m = 0.0
         self.last_tile_id: Optional[int] = None
         # False: the map is not matched (the SIL's stretches of unmatchable ground); odometry runs.
@@ -395,8 +407,8 @@ class Navigator:
         manoeuvre_m = 0.5 * self.cfg.max_accel_m_s2 * max(age_s, 0.0) ** 2
         if manoeuvre_m > 0:
             fix = dataclasses.replace(fix, horiz_accuracy_m=fix.horiz_accuracy_m + manoeuvre_m)
-            if fix.horiz_accuracy_m > self.cfg.max_accuracy_m:
-                return None
+        if fix.horiz_accuracy_m > self.cfg.max_accuracy_m:  # the shared biases included
+            return None
         return fix, age_s
 
     def reason_counts(self) -> dict:
@@ -502,6 +514,7 @@ class Navigator:
             if note:
                 pose.notes.append(note)
         self.last_tile_id = self.pack.nearest_tile_id(best.east_m, best.north_m)
+        self.last_position = (t_s, east, north)
         return Measurement(t_s, east, north, sigma_m, pose.yaw_rad + placed.turn_rad, best, slot, pose.notes)
 
     # ---- stages -------------------------------------------------------------------------------
@@ -557,6 +570,7 @@ class Navigator:
             pose.heading_known = False
             pose.notes.append("heading missing: rotation searched")
         pose.agl_m, note = self._height(tel, t_s)
+        pose.rel_m = pose.agl_m
         if note:
             pose.height_known = False
             pose.notes.append(note)
@@ -564,7 +578,37 @@ class Navigator:
             self.last_alt_msl_m = self.cfg.ground_alt_msl_m + pose.agl_m
         elif tel is not None and _finite(tel.alt_msl_m):
             self.last_alt_msl_m = tel.alt_msl_m
+        if self.terrain is not None and pose.agl_m is not None and not (tel is not None and tel.agl_rangefinder):
+            pose.agl_m = self._agl_over_terrain(pose.agl_m, t_s, pose.notes)
         return pose
+
+    def datum_offset_m(self) -> Optional[float]:
+        """The take-off point's height above the terrain's datum (m): learned from resections
+        once there are DATUM_MIN_SAMPLES, else nav.ground_alt_msl_m, else None (not known yet)."""
+        if len(self.datum_offsets) >= DATUM_MIN_SAMPLES:
+            return float(np.median(self.datum_offsets))
+        return self.cfg.ground_alt_msl_m
+
+    def _agl_over_terrain(self, rel_m: float, t_s: float, notes: list) -> float:
+        """The height above the terrain under the camera, from the telemetry's height over the
+        take-off point: the camera's datum height (rel_m + datum_offset_m) minus the terrain at the
+        track's prediction, else the last measured position, else the terrain's median (a lost
+        vehicle: the match's scale and the resection measure the rest). rel_m unchanged while the
+        datum offset is not known, or when the result is not a plausible height."""
+        offset = self.datum_offset_m()
+        if offset is None:
+            return rel_m
+        where = self.gate.prior(t_s)
+        if where is None and self.last_position and 0 <= t_s - self.last_position[0] <= POSITION_MEMORY_S:
+            where = self.last_position[1:]
+        ground = self.terrain.height_at(*where[:2]) if where is not None else None
+        if ground is None:
+            ground = self.terrain.median_m
+        agl = rel_m + offset - ground
+        if not 5.0 <= agl <= 5000.0:
+            notes.append(f"terrain gives {agl:.0f} m above the ground: the telemetry's height used")
+            return rel_m
+        return agl
 
     def _height(self, tel: Optional[Telemetry], t_s: float) -> tuple:
         """(agl_m or None, note): the telemetry's height, else a recent one, else the fallback."""
@@ -715,7 +759,8 @@ class Navigator:
         fit_m = 2.0 * match.rms_px * self.gsd_m / math.sqrt(max(match.inliers, 1))
         floor_m = 2 * self.gsd_m
         tilt_en, tilt_var = self._tilt_placement(match, pose, offset_en, turn, fit_m, t_s)
-        cp = self._resect(match, pose) if cfg.resect_camera else None
+        cp, on_terrain = self._resect(match, pose, t_s) if cfg.resect_camera else (None, False)
+        self.flat_bias_m = 0.0 if on_terrain else self._flat_ground_bias_m(pose.agl_m * match.scale)
         if cp is None:
             return Placement(float(tilt_en[0]), float(tilt_en[1]), turn, math.sqrt(tilt_var + floor_m ** 2), True, [])
         resected_tilt = cp.attitude_rad()[:2] if cp.n_points >= cfg.resect_alone_min_points else None
@@ -793,25 +838,56 @@ class Navigator:
                   "recorded heading overruled by the image (locate)": self.heading_overrides}
         return {**self.integrity, **{k: v for k, v in events.items() if v}}
 
-    def _resect(self, match: Match, pose: CropPose):
-        """The camera pose from the match's inliers, or None (too few, or a height that
-        contradicts the telemetry's)."""
+    def _resect(self, match: Match, pose: CropPose, t_s: float):
+        """(camera pose from the match's inliers, or None (too few, or a height that contradicts
+        the telemetry's); whether the terrain's heights were used).
+
+        On terrain the points are 3-D (their heights from the pack's DEM) and the camera's height
+        above the datum, less the telemetry's height over the take-off point, is a sample of
+        the take-off point's datum height (datum_offset_m)."""
         if match.crop_px is None:
-            return None
+            return None, False
         h, _ = image_from_crop(self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad, pose.agl_m,
                                self.refine_size_m, self.refine_px)
-        cp = resect(self.camera, image_px_of_crop_px(match.crop_px, h), match.ground_en_m)
-        if cp is not None and abs(cp.agl_m / pose.agl_m - 1) > self.cfg.max_scale_error:
+        image_px = image_px_of_crop_px(match.crop_px, h)
+        heights = None
+        if self.terrain is not None:
+            heights = self.terrain.height_m(match.ground_en_m[:, 0], match.ground_en_m[:, 1])
+            known = np.isfinite(heights)
+            if known.sum() < max(MIN_RESECT_POINTS, 0.8 * len(heights)):  # off the DEM: flat ground
+                heights = None
+            else:
+                image_px, heights = image_px[known], heights[known]
+                match = dataclasses.replace(match, ground_en_m=match.ground_en_m[known])
+        cp = resect(self.camera, image_px, match.ground_en_m, heights)
+        if cp is None:
+            return None, False
+        agl_m = cp.up_m
+        if heights is not None:
+            ground = self.terrain.height_at(cp.east_m, cp.north_m)
+            agl_m = cp.up_m - (ground if ground is not None else float(np.median(heights)))
+            if pose.rel_m is not None and cp.n_points >= self.cfg.resect_alone_min_points:
+                learned = self.datum_offset_m() is not None
+                self.datum_offsets.append(cp.up_m - pose.rel_m)
+                if not learned:  # nothing to check the height against yet
+                    return cp, True
+        if abs(agl_m / pose.agl_m - 1) > self.cfg.max_scale_error:
             self.integrity["height disagrees with resection"] += 1
-            return None
-        return cp
+            return None, False
+        return cp, heights is not None
+
+    def _flat_ground_bias_m(self, agl_m: float) -> float:
+        """Per-axis 1-sigma error (m) of a placement that took the ground as flat: height x
+        tan(nav.ground_slope_deg)."""
+        return agl_m * math.tan(math.radians(self.cfg.ground_slope_deg))
 
     def accuracy_with_map_bias_m(self, drms_m: float) -> float:
-        """A published horizontal accuracy (DRMS, m): `drms_m` with the map's own bias added
-        (`nav.map_bias_m` per axis). That error is shared by consecutive map fixes (the map's
-        registration, buildings leaning and shadows cast differently than on the frames' date),
-        so the filter, which takes fixes as independent, averages it away; it is added here."""
-        return math.sqrt(drms_m ** 2 + 2 * self.cfg.map_bias_m ** 2)
+        """A published horizontal accuracy (DRMS, m): `drms_m` with the errors consecutive map
+        fixes share added, per axis: the map's own bias (`nav.map_bias_m`: its registration,
+        buildings leaning and shadows cast differently than on the frames' date) and, where the
+        last placement took the ground as flat, the slope allowed for (`nav.ground_slope_deg`).
+        The filter, which takes fixes as independent, would average them away; they are added here."""
+        return math.sqrt(drms_m ** 2 + 2 * self.cfg.map_bias_m ** 2 + 2 * self.flat_bias_m ** 2)
 
     def _fix_from_state(self, state: FilterState, t_capture_us: int, yaw_rad: Optional[float]) -> Fix:
         lat, lon, _ = self.pack.frame.to_lla(state.x[0], state.x[1])

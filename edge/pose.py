@@ -1,8 +1,13 @@
 """Camera resection: where the camera is, from the image alone.
 
-A match gives ground points (east_m, north_m, 0) for pixels of the frame. With the camera's
-intrinsics that fixes the camera's whole pose (PnP on a plane), so the vehicle's position no
-longer depends on the autopilot's attitude. That matters in the loop: the autopilot corrects
+A match gives ground points (east_m, north_m, up_m) for pixels of the frame: up_m from the
+pack's terrain, or 0 on flat ground. With the camera's intrinsics that fixes the camera's whole
+pose (PnP), so the vehicle's position no longer depends on the autopilot's attitude.
+
+Flat ground taken for sloped ground is what this cannot see: a plane tilted by the slope looks
+the same as a camera tilted by it, and the planar solution moves the camera sideways by about
+height x sin(slope) (21 m at 120 m over a 10 deg slope). With the terrain's heights the points
+are not coplanar and the pose is the true one. That matters in the loop: the autopilot corrects
 its attitude with skyfix's fixes, and a fix placed with that attitude (2 m per degree of tilt
 at 120 m) would feed its own error back into it.
 """
@@ -25,7 +30,7 @@ NOISE_FACTOR = 2.0  # matched points' errors are correlated: the fit's RMS under
 class CameraPose:
     east_m: float
     north_m: float
-    agl_m: float           # camera height above the matched ground plane
+    up_m: float            # camera height above z = 0 of the points (the ground plane, or the terrain's datum)
     rms_px: float          # reprojection RMS of the points used
     n_points: int
     cov_en_m2: np.ndarray  # 2 x 2 covariance of (east_m, north_m) from the fit (see resect)
@@ -42,25 +47,33 @@ def image_px_of_crop_px(crop_px: np.ndarray, h_image_from_crop: np.ndarray) -> n
 
 
 def resect(cam: PinholeCamera, image_px: np.ndarray, ground_en_m: np.ndarray,
-           guess_en_agl: Optional[tuple] = None) -> Optional[CameraPose]:
-    """Camera position from N >= 12 image pixels and their ground points (flat ground, z = 0).
+           ground_up_m: Optional[np.ndarray] = None) -> Optional[CameraPose]:
+    """Camera position from N >= 12 image pixels (N x 2) and their ground points (N x 2
+    east_m, north_m), at heights ground_up_m (N, m; None: flat ground, z = 0).
 
-    World frame: x east, y north, z up. guess_en_agl (east_m, north_m, agl_m) seeds the
-    iterative solver (the telemetry pose); without it a planar initialisation is used.
+    World frame: x east, y north, z up. Coplanar points are solved by IPPE (the plane's own
+    solver), points on relief by SQPnP (its global minimum); both refined by Levenberg-Marquardt.
     Returns None when the points do not determine a pose (too few, degenerate, behind)."""
     if len(image_px) < MIN_POINTS:
         return None
-    obj = np.column_stack([ground_en_m, np.zeros(len(ground_en_m))]).astype(np.float64)
+    up = np.zeros(len(ground_en_m)) if ground_up_m is None else np.asarray(ground_up_m, np.float64)
+    if not np.isfinite(up).all():
+        return None
+    obj = np.column_stack([ground_en_m, up]).astype(np.float64)
     origin = obj.mean(axis=0)  # keep the numbers small
     obj -= origin
     img = image_px.astype(np.float64)
-    ok, rvec, tvec = cv2.solvePnP(obj, img, cam.K(), None, flags=cv2.SOLVEPNP_IPPE)
+    planar = float(np.ptp(obj[:, 2])) < 1e-6
+    try:
+        ok, rvec, tvec = cv2.solvePnP(obj, img, cam.K(), None, flags=cv2.SOLVEPNP_IPPE if planar else cv2.SOLVEPNP_SQPNP)
+    except cv2.error:  # degenerate point sets
+        return None
     if not ok:
         return None
     rvec, tvec = cv2.solvePnPRefineLM(obj, img, cam.K(), None, rvec, tvec)
     rot = cv2.Rodrigues(rvec)[0]
     centre = -rot.T @ tvec.ravel()
-    if centre[2] <= 0:
+    if centre[2] <= float(obj[:, 2].max()):  # below the highest point it sees
         return None
     proj, jac = cv2.projectPoints(obj, rvec, tvec, cam.K(), None)
     proj = proj.reshape(-1, 2)
@@ -68,7 +81,7 @@ def resect(cam: PinholeCamera, image_px: np.ndarray, ground_en_m: np.ndarray,
     cov = _centre_covariance(jac[:, :6], np.concatenate([rvec.ravel(), tvec.ravel()]), rms, len(img))
     if cov is None:
         return None
-    return CameraPose(float(centre[0] + origin[0]), float(centre[1] + origin[1]), float(centre[2]), rms,
+    return CameraPose(float(centre[0] + origin[0]), float(centre[1] + origin[1]), float(centre[2] + origin[2]), rms,
                       len(img), cov, NED_FROM_ENU @ rot.T)
 
 

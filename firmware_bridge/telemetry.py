@@ -229,6 +229,7 @@ class TelemetryStore:
             if boot_s is None:
                 return Telemetry(t_boot_us=int(t_mono_s * 1e6))
             att = self.attitude.at(boot_s, max_age_s)
+            ranged = self.agl_range.at(boot_s, max_age_s)
             agl = next((v[0] for v in (s.at(boot_s, max_age_s) for s in
                                        (self.agl_range, self.agl_baro, self.agl_home)) if v), None)
             msl = self.alt_msl.at(boot_s, max_age_s)
@@ -236,7 +237,7 @@ class TelemetryStore:
         if yaw is not None:
             yaw = (yaw + math.pi) % (2 * math.pi) - math.pi
         return Telemetry(t_boot_us=int(boot_s * 1e6), roll_rad=roll, pitch_rad=pitch, yaw_rad=yaw,
-                         alt_agl_m=agl, alt_msl_m=msl[0] if msl else None)
+                         alt_agl_m=agl, alt_msl_m=msl[0] if msl else None, agl_rangefinder=ranged is not None)
 
     def unix_us(self, now_mono_s: float) -> int:
         """FC unix time (from SYSTEM_TIME) at a local monotonic time; the host clock if unknown."""

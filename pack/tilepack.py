@@ -432,6 +432,6 @@ def describe(pack: TilePack) -> str:
             f"  terrain    " + (f"{t['width_px']} x {t['height_px']} cells of {t['gsd_m']:g} m, heights {t['min_m']:.0f}.."
                                f"{t['max_m']:.0f} m ({t['source']})" if (t := m.get("terrain")) else
                                "none: flat ground assumed (add: skyfix tiles terrain PACK --dem DEM)") + "\n"
-            f"  features   " + (", ".join(f"{k}: {v['count']} keypoints ({v['identity']})"
+            "  features   " + (", ".join(f"{k}: {v['count']} keypoints ({v['identity']})"
                                   for k, v in (m.get("features") or {}).items()) or
                                 "none (add: skyfix tiles features PACK --matcher NAME)"))

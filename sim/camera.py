@@ -40,15 +40,22 @@ def sensor_frame(canvas, cam: PinholeCamera, pose: ViewPose, vel_en_m_s: tuple, 
 class SimCamera:
     """Renders the frame the drone's camera records at a sim time (true pose)."""
 
-    def __init__(self, canvas: MapCanvas, cam: PinholeCamera, vehicle: VehicleModel, cfg: SimConfig):
+    def __init__(self, canvas: MapCanvas, cam: PinholeCamera, vehicle: VehicleModel, cfg: SimConfig,
+                 ground=None):
+        """ground: the pack's terrain (pack/terrain.Terrain), rendered under the flight when
+        sim.relief_m is 0; synthetic hills (sim.relief_m > 0) take its place; neither: flat."""
         self.canvas, self.cam, self.vehicle, self.cfg = canvas, cam, vehicle, cfg
         self.rng = np.random.default_rng(cfg.seed)
         self.terrain = None
-        if cfg.relief_m > 0:
-            hills = synthetic_terrain(cfg.relief_m, cfg.relief_wavelength_m, cfg.seed)
+        heights = synthetic_terrain(cfg.relief_m, cfg.relief_wavelength_m, cfg.seed) if cfg.relief_m > 0 else None
+        if heights is None and ground is not None:
+            heights = ground.height_m
+        if heights is not None:
             home_e, home_n, _ = vehicle.traj.at(0.0)
-            home_m = float(hills(home_e, home_n))  # heights from the take-off point's ground
-            self.terrain = lambda e, n: hills(e, n) - home_m
+            home_m = float(heights(home_e, home_n))  # heights from the take-off point's ground
+            if not np.isfinite(home_m):
+                raise ValueError("the terrain has no height at the take-off point")
+            self.terrain = lambda e, n: np.nan_to_num(heights(e, n) - home_m)
 
     def render(self, t_s: float) -> np.ndarray:
         return sensor_frame(self.canvas, self.cam, self.vehicle.pose(t_s), self.vehicle.velocity_en(t_s),

@@ -62,7 +62,7 @@ def prepare_flight(pack: TilePack, embedder, cfg, frames_from: Optional[str] = N
     nav = Navigator(pack, embedder, cam, cfg.nav)
     startup_s = time.perf_counter() - t_start
     vehicle = VehicleModel(traj, cfg.sim)
-    return Flight(pack, nav, SimCamera(frames_canvas, cam, vehicle, cfg.sim), vehicle, traj,
+    return Flight(pack, nav, SimCamera(frames_canvas, cam, vehicle, cfg.sim, pack.terrain), vehicle, traj,
                   min(cfg.sim.duration_s or traj.duration_s, traj.duration_s), startup_s)
 
 

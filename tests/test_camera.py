@@ -66,8 +66,48 @@ def test_resection_places_the_camera_despite_a_wrong_attitude(textured_canvas):
     h, _ = image_from_crop(CAM, roll, pitch, yaw, agl, 100.0, 200)
     cp = resect(CAM, image_px_of_crop_px(m.crop_px, h), m.ground_en_m)
     assert np.hypot(cp.east_m - pose.east_m, cp.north_m - pose.north_m) < 1.0
-    assert cp.agl_m == pytest.approx(100.0, abs=1.5)
+    assert cp.up_m == pytest.approx(100.0, abs=1.5)
     assert resect(CAM, image_px_of_crop_px(m.crop_px[:5], h), m.ground_en_m[:5]) is None  # too few
+
+
+def _project(cam, pose, points_enu):
+    """Pixels (N x 2) of ENU points (N x 3) seen by a camera at pose (east, north, up_m)."""
+    from skyfix.edge.camera import BODY_FROM_CAM, world_from_body
+    world_from_cam = world_from_body(pose.roll_rad, pose.pitch_rad, pose.yaw_rad) @ BODY_FROM_CAM
+    rel = points_enu - np.array([pose.east_m, pose.north_m, pose.agl_m])
+    ned = np.column_stack([rel[:, 1], rel[:, 0], -rel[:, 2]])
+    cam_xyz = ned @ world_from_cam  # (world_from_cam.T @ ned.T).T
+    uvw = cam_xyz @ cam.K().T
+    return uvw[:, :2] / uvw[:, 2:]
+
+
+def test_resection_on_terrain_points_recovers_a_known_3d_pose_and_flat_resection_slides_down_the_slope():
+    """Ground points on a 12 deg slope with bumps, seen from a known pose 2,720 m above the
+    datum: PnP with their heights gives the pose to centimetres; the same points taken as flat
+    ground give the camera displaced along the slope by about height x sin(slope)."""
+    from skyfix.edge.pose import resect
+    rng = np.random.default_rng(3)
+    pose = ViewPose(40.0, -25.0, 2720.0, np.radians(2), np.radians(-3), np.radians(30))
+    e = pose.east_m + rng.uniform(-70, 70, 80)
+    n = pose.north_m + rng.uniform(-55, 55, 80)
+    up = 2600.0 + np.tan(np.radians(12)) * (e - pose.east_m) + 3 * np.sin(n / 9.0)
+    px = _project(CAM, pose, np.column_stack([e, n, up]))
+    inside = (px[:, 0] > 0) & (px[:, 0] < CAM.width_px) & (px[:, 1] > 0) & (px[:, 1] < CAM.height_px)
+    assert inside.sum() >= 30
+    px = px[inside] + rng.normal(0, 0.2, (inside.sum(), 2))
+    en = np.column_stack([e, n])[inside]
+    cp = resect(CAM, px, en, up[inside])
+    assert np.hypot(cp.east_m - pose.east_m, cp.north_m - pose.north_m) < 0.5
+    assert cp.up_m == pytest.approx(2720.0, abs=0.5)
+    roll, pitch, yaw = cp.attitude_rad()
+    assert np.degrees([roll, pitch]) == pytest.approx([2.0, -3.0], abs=0.3)
+    flat = resect(CAM, px, en)
+    height_m = 2720.0 - 2600.0
+    off_m = np.hypot(flat.east_m - pose.east_m, flat.north_m - pose.north_m)
+    assert off_m > 0.5 * height_m * np.sin(np.radians(12))
+    # The fit's own covariance does not see it (a confident wrong position): that is why, without
+    # terrain, the navigator adds the slope it allows for (nav.ground_slope_deg) to it.
+    assert off_m > 3 * np.sqrt(np.linalg.eigvalsh(flat.cov_en_m2).max())
 
 
 def test_a_view_over_relief_is_the_flat_view_where_the_relief_is_flat_and_bends_where_it_is_not(textured_canvas):

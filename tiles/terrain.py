@@ -118,3 +118,28 @@ def add_terrain(pack_dir: str | Path, dem_path: str | Path, gsd_m: Optional[floa
     log(f"terrain from {entry['source']}: {entry['width_px']} x {entry['height_px']} cells of {entry['gsd_m']:g} m, "
         f"heights {entry['min_m']:.0f}..{entry['max_m']:.0f} m (median {entry['median_m']:.0f})")
     return entry
+
+
+def write_dem(path: str | Path, frame: LocalFrame, bounds_en: tuple, heights_fn, cell_m: float = 5.0,
+              crs: str = "EPSG:4326") -> Path:
+    """Write heights_fn(east_m, north_m) -> m over the local box bounds_en (plus one cell) as a
+    one-band float32 GeoTIFF DEM in `crs` (EPSG:4326 or EPSG:3857), cells of about cell_m: the
+    simulator's synthetic relief as the DEM a user would give. Returns the path."""
+    rasterio = require("rasterio")
+    from rasterio.transform import from_bounds
+    from skyfix.tiles.ortho import _transform
+    e0, n0, e1, n1 = (bounds_en[0] - cell_m, bounds_en[1] - cell_m, bounds_en[2] + cell_m, bounds_en[3] + cell_m)
+    lat, lon, _ = frame.to_lla(np.array([e0, e1]), np.array([n0, n1]))
+    x, y = _transform(crs, "to", lon, lat)
+    width, height = int(np.ceil((e1 - e0) / cell_m)), int(np.ceil((n1 - n0) / cell_m))
+    transform = from_bounds(x[0], y[0], x[1], y[1], width, height)
+    cols, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    cx = transform.a * cols + transform.b * rows + transform.c
+    cy = transform.d * cols + transform.e * rows + transform.f
+    lon_c, lat_c = _transform(crs, "from", cx, cy)
+    east, north, _ = frame.to_enu(lat_c, lon_c)
+    z = np.asarray(heights_fn(east, north), np.float32)
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=1, dtype="float32", crs=crs,
+                       transform=transform, nodata=-9999.0) as ds:
+        ds.write(z, 1)
+    return Path(path)
