@@ -525,7 +525,8 @@ def _onboard_commands(sub) -> None:
     si.add_argument("--alt-agl-m", type=_number(float, 20, 3000))
     si.add_argument("--relief-m", type=_number(float, 0, 1000),
                     help="simulated: render the frames over synthetic hills spanning about this much (skyfix "
-                    "still assumes flat ground)")
+                    "uses the pack's terrain if it has one, else assumes flat ground); without it, a pack's own "
+                    "terrain is rendered")
     si.add_argument("--start-agl-m", type=_number(float, 20, 3000),
                     help="simulated: start this high and descend to --alt-agl-m at sim.descent_m_s (3 m/s)")
     si.add_argument("--duration-s", type=_number(float, 1, 86400), help="flight time (default: the whole route)")

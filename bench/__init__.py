@@ -19,7 +19,7 @@ speed, and no test imports this package. One module per topic; `BENCHMARKS` name
   skyfix bench locate [--photos 30]          `skyfix locate` on simulated survey photos
   skyfix bench telemetry                     attitude error: telemetry at capture time vs at processing
   skyfix bench altitude --pack PACK           hand-over at 120 m, then 40, 60, 80, 120 m AGL
-  skyfix bench relief --pack PACK             flights over synthetic hills of 0, 50, 150 m (no DEM)
+  skyfix bench relief --pack PACK             flights over synthetic hills of 0, 50, 150 m, with and without a DEM
   skyfix bench towers --model default,imagenet,DIR   held-out retrieval of towers side by side
   skyfix bench orientation --checkpoint best.pt --model DIR --pack PACK --queries-from MAP
   skyfix bench index | build | onboard       index kinds on real embeddings, a large build, onboard memory

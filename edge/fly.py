@@ -30,8 +30,14 @@ def startup(cfg):
                             f"built by {pack.model_id}: rebuild the pack with this model, or fly the model "
                             "that built it")
     # Said at every start: the limit is measured and it is the dangerous kind (confident fixes).
-    log.warning("skyfix assumes flat ground at the take-off height (no DEM support yet): over hills its "
-                "fixes can be tens of metres off while claiming a few (docs/simulator.md, \"Relief\")")
+    terrain = pack.terrain if cfg.nav.use_terrain else None
+    if terrain is not None:
+        log.info("terrain from %s: heights above the ground under the camera and resection use it", terrain.source)
+    else:
+        log.warning("no terrain in the pack: flat ground at the take-off height assumed, and slopes up to "
+                    "nav.ground_slope_deg (%.1f deg) allowed for in the accuracy; over steeper ground fixes can be "
+                    "tens of metres off while claiming a few. Add a DEM: skyfix tiles terrain PACK --dem DEM "
+                    "(docs/simulator.md, \"Relief\")", cfg.nav.ground_slope_deg)
     return pack, embedder, PinholeCamera.from_config(cfg.camera)
 
 

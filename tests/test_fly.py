@@ -58,7 +58,7 @@ def test_fly_refuses_without_a_link_and_says_it_assumes_flat_ground(small_pack, 
         "camera": {"width_px": 320, "height_px": 240}})
     with pytest.raises(SkyfixError, match="no HEARTBEAT"):
         run_fly(cfg, link_wait_s=0.5)
-    assert any("assumes flat ground" in m for m in caplog.messages)  # the measured limit, said at start
+    assert any("flat ground at the take-off height assumed" in m for m in caplog.messages)  # the measured limit, said at start
 
 
 def test_folder_source_reads_exif_and_survives_a_corrupt_file(tmp_path):
