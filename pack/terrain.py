@@ -47,8 +47,8 @@ class Terrain(MapGrid):
         return self.heights_m.shape[0]
 
     def height_m(self, east_m, north_m) -> np.ndarray:
-        """Bilinear ground heights (m) at local points (arrays of any shape; NaN outside the grid
-        or next to a no-data cell)."""
+        """Bilinear ground heights (m) at local points (arrays of any shape, or scalars; NaN
+        outside the grid or next to a no-data cell)."""
         col, row = self.px_from_en(east_m, north_m)
         col, row = np.atleast_1d(np.asarray(col, float)), np.atleast_1d(np.asarray(row, float))
         inside = (col >= 0) & (row >= 0) & (col <= self.width_px - 1) & (row <= self.height_px - 1)
@@ -59,11 +59,11 @@ class Terrain(MapGrid):
         h = self.heights_m
         z = ((h[r0, c0] * (1 - fc) + h[r0, c1] * fc) * (1 - fr) + (h[r1, c0] * (1 - fc) + h[r1, c1] * fc) * fr)
         z = np.where(inside, z, np.nan).astype(np.float64)
-        return z.reshape(np.shape(east_m)) if np.ndim(east_m) else z
+        return z.reshape(np.shape(east_m)) if np.ndim(east_m) else z[0]
 
     def height_at(self, east_m: float, north_m: float) -> Optional[float]:
         """The ground height (m) at one point, or None where the terrain does not say."""
-        z = float(self.height_m(np.array([east_m]), np.array([north_m]))[0])
+        z = float(self.height_m(east_m, north_m))
         return z if np.isfinite(z) else None
 
     def manifest_entry(self) -> dict:

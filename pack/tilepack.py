@@ -7,6 +7,8 @@ A pack is a folder:
   index.faiss    the FAISS index of tile embeddings (ids = tile_id)
   features/NAME/ the map's local features per extractor (tiles/features.py), memory-mapped onboard
   terrain.npy    optional: ground heights from a DEM (pack/terrain.py), memory-mapped onboard
+  levels/SIZE/   optional: finer tiles of the same map (tiles.csv, index.faiss), for frames taken
+                 too low for the main tiles to fit (take-off, landing, low inspection)
 This module needs numpy, OpenCV, PyYAML and faiss only (no rasterio, no torch).
 """
 from __future__ import annotations
@@ -38,6 +40,13 @@ VECTORS_FILE = "vectors.npy"  # packs with a compressed or graph index: exact ve
 RERANK_SHORTLIST = 200        # candidates the compact index proposes per query, re-ranked exactly
 RERANK_NPROBE = 128           # IVF lists probed when re-ranking (bench faiss: recall@10 0.95 at 1M)
 INDEX_KINDS = ("flat", "ivfpq", "hnsw")
+LEVELS_DIR = "levels"
+LEVEL_SHAPE = {"tile_size_m": NUMBER, "stride_m": NUMBER, "tile_px": int, "tiles": int}
+
+
+def level_dir(tile_size_m: float) -> str:
+    """The folder, inside a pack, of its level of tile_size_m tiles."""
+    return f"{LEVELS_DIR}/{tile_size_m:g}"
 
 
 # The manifest's shape: what TilePack.open relies on. A mapping is checked key by key; a type
@@ -163,6 +172,28 @@ def _enable_reconstruct(index) -> None:
         ivf.make_direct_map()
 
 
+def write_tile_set(folder: Path, tiles: list[GeoTile], vectors: np.ndarray, index_kind: str) -> tuple:
+    """Write tiles.csv, index.faiss (and vectors.npy for a compact index) of one tile set into
+    `folder`. Returns (the tile table as an N x 9 array, the file names written)."""
+    faiss = require("faiss")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if len(tiles) != len(vectors) or len(tiles) == 0:
+        raise PackError(f"{len(tiles)} tiles but {len(vectors)} vectors; nothing to pack")
+    folder.mkdir(parents=True, exist_ok=True)
+    table = np.array([[t.tile_id, t.lat_deg, t.lon_deg, t.east_m, t.north_m,
+                       t.east_m - t.size_m / 2, t.north_m - t.size_m / 2,
+                       t.east_m + t.size_m / 2, t.north_m + t.size_m / 2] for t in tiles])
+    np.savetxt(folder / "tiles.csv", table, delimiter=",", header=",".join(TILE_COLUMNS),
+               comments="", fmt=["%d", "%.8f", "%.8f"] + ["%.3f"] * 6)
+    faiss.write_index(make_index(index_kind, vectors), str(folder / "index.faiss"))
+    files = ["tiles.csv", "index.faiss"]
+    if index_kind != "flat":
+        # The exact vectors, for re-ranking what the compact index proposes (read by rows).
+        np.save(folder / VECTORS_FILE, vectors)
+        files.append(VECTORS_FILE)
+    return table, files
+
+
 def write_pack_files(folder: Path, grid: MapGrid, tiles: list[GeoTile], vectors: np.ndarray, *,
                      model_id: str, tile_px: int, stride_m: float, index_kind: str = "flat",
                      imagery: Optional[dict] = None, source: str = "", crs: str = "",
@@ -171,21 +202,8 @@ def write_pack_files(folder: Path, grid: MapGrid, tiles: list[GeoTile], vectors:
     """Write the tile table, the index and the manifest into `folder`, which already holds the
     map blocks (pack/blocks.py) and the map features (`features`: their manifest entries) of
     the map `grid` (MapCanvas or MapBlocks geometry)."""
-    faiss = require("faiss")
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if len(tiles) != len(vectors) or len(tiles) == 0:
-        raise PackError(f"{len(tiles)} tiles but {len(vectors)} vectors; nothing to pack")
-    table = np.array([[t.tile_id, t.lat_deg, t.lon_deg, t.east_m, t.north_m,
-                       t.east_m - t.size_m / 2, t.north_m - t.size_m / 2,
-                       t.east_m + t.size_m / 2, t.north_m + t.size_m / 2] for t in tiles])
-    np.savetxt(folder / "tiles.csv", table, delimiter=",", header=",".join(TILE_COLUMNS),
-               comments="", fmt=["%d", "%.8f", "%.8f"] + ["%.3f"] * 6)
-    faiss.write_index(make_index(index_kind, vectors), str(folder / "index.faiss"))
-    files = list(PACK_FILES)
-    if index_kind != "flat":
-        # The exact vectors, for re-ranking what the compact index proposes (read by rows).
-        np.save(folder / VECTORS_FILE, vectors)
-        files.append(VECTORS_FILE)
+    table, tile_files = write_tile_set(folder, tiles, vectors, index_kind)
+    files = [TABLE_FILE] + tile_files
     lat, lon = table[:, 1], table[:, 2]
     manifest = {
         "schema_version": SCHEMA_VERSION,
@@ -215,30 +233,123 @@ def write_pack_files(folder: Path, grid: MapGrid, tiles: list[GeoTile], vectors:
         (folder / name).write_text(text)
 
 
-class TilePack:
-    """An opened, validated TilePack. Use `TilePack.open(path)`."""
+class TileSet:
+    """Tiles of one size over the map and their FAISS index: the tile table, the geometry, and
+    search by vector (the whole region, or a window). A pack's main tiles are one; each finer
+    level (levels/SIZE/) is another."""
 
-    def __init__(self, path: Path, manifest: dict, table: np.ndarray, index):
-        self.path, self.manifest, self.index = path, manifest, index
-        self.table = table
+    def __init__(self, folder: Path, table: np.ndarray, index, dim: int, tile_size_m: float, exact_vectors: bool):
+        self.folder, self.table, self.index = folder, table, index
+        self._dim, self._tile_size_m = int(dim), float(tile_size_m)
         self.tile_ids = table[:, 0].astype(np.int64)
         self.east_m, self.north_m = table[:, 3], table[:, 4]
-        self.frame = LocalFrame(**manifest["local_frame"])
-        self._canvas: Optional[MapCanvas] = None
-        self._terrain: Optional[Terrain] = None
-        self.grid = TileGrid(self.east_m, self.north_m, float(manifest["grid"]["tile_size_m"]))
+        self.grid = TileGrid(self.east_m, self.north_m, self._tile_size_m)
         self.vectors = None
-        if VECTORS_FILE in manifest["files"]:
+        if exact_vectors:
             from skyfix.pack.map_features import NpyRows
-            self.vectors = NpyRows(path / VECTORS_FILE)
-            if self.vectors.shape != (len(self.tile_ids), int(manifest["dim"])):
-                raise PackError(f"pack {path}: {VECTORS_FILE} is {self.vectors.shape}, expected "
-                                f"{len(self.tile_ids)} x {manifest['dim']}")
+            self.vectors = NpyRows(folder / VECTORS_FILE)
+            if self.vectors.shape != (len(self.tile_ids), self._dim):
+                raise PackError(f"pack {folder}: {VECTORS_FILE} is {self.vectors.shape}, expected "
+                                f"{len(self.tile_ids)} x {self._dim}")
             ivf = _ivf_of(index)
             if ivf is not None:  # HNSW has no lists to probe
                 ivf.nprobe = RERANK_NPROBE
         else:
             _enable_reconstruct(index)
+
+    @staticmethod
+    def read(folder: Path, n: int, dim: int) -> tuple:
+        """Read tiles.csv and index.faiss of a tile set the manifest says holds n tiles of dim;
+        PackError when they are corrupt or disagree with it."""
+        try:
+            with warnings.catch_warnings():  # an empty table is reported below, as a PackError
+                warnings.simplefilter("ignore", UserWarning)
+                table = np.loadtxt(folder / "tiles.csv", delimiter=",", skiprows=1, ndmin=2)
+        except ValueError as exc:
+            raise PackError(f"pack {folder}: tiles.csv is corrupt ({exc})") from exc
+        faiss = require("faiss")
+        try:
+            index = faiss.read_index(str(folder / "index.faiss"))
+        except RuntimeError as exc:
+            raise PackError(f"pack {folder}: index.faiss is corrupt ({exc}); rebuild the pack") from exc
+        if table.shape != (n, len(TILE_COLUMNS)) or index.ntotal != n or index.d != dim:
+            raise PackError(f"pack {folder}: manifest says {n} tiles of dim {dim}, found "
+                            f"{table.shape[0]} rows and an index of {index.ntotal} x {index.d}")
+        return table, index
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def tile_size_m(self) -> float:
+        return self._tile_size_m
+
+    def __len__(self) -> int:
+        return len(self.tile_ids)
+
+    def tile(self, tile_id: int) -> GeoTile:
+        r = self.table[int(tile_id)]
+        return GeoTile(int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), self.tile_size_m)
+
+    def contains(self, east_m, north_m) -> np.ndarray:
+        """Boolean (points x tiles): which tiles contain each local point (east_m, north_m)."""
+        e, n = np.atleast_1d(east_m)[:, None], np.atleast_1d(north_m)[:, None]
+        t = self.table
+        return (e >= t[:, 5]) & (e <= t[:, 7]) & (n >= t[:, 6]) & (n <= t[:, 8])
+
+    # ---- search -------------------------------------------------------------------------------
+    def ids_within(self, east_m: float, north_m: float, radius_m: float) -> np.ndarray:
+        """Tile ids whose centre lies within radius_m of (east_m, north_m)."""
+        return self.tile_ids[self.grid.within(east_m, north_m, radius_m)]
+
+    def nearest_tile_id(self, east_m: float, north_m: float) -> int:
+        """The tile whose centre is nearest to (east_m, north_m)."""
+        return int(self.tile_ids[np.argmin((self.east_m - east_m) ** 2 + (self.north_m - north_m) ** 2)])
+
+    def search(self, vectors: np.ndarray, k: int, near: Optional[tuple] = None):
+        """Top-k tiles for float32 N x D query vectors.
+
+        near: (east_m, north_m, radius_m) restricts the search to tiles within the radius
+        (`window_search`); None searches the whole region. Returns (scores N x k, tile_ids N x k); slots
+        with no tile (fewer than k in the window) have id -1 and score -inf.
+        """
+        q = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
+        if q.shape[1] != self.dim:
+            raise ModelMismatch(f"query dim {q.shape[1]} != pack dim {self.dim}")
+        k = int(min(k, len(self)))
+        rows = self.vectors.take if self.vectors is not None else None
+        if near is not None:
+            scores, ids = window_search(self.index, self.ids_within(*near), q, k, rows)
+        elif rows is None:
+            scores, ids = self.index.search(q, k)
+        else:  # the compact index proposes, the exact vectors decide
+            shortlist = self.index.search(q, max(RERANK_SHORTLIST, k))[1]
+            parts = [window_search(self.index, np.unique(c[c >= 0]), row[None], k, rows) for row, c in zip(q, shortlist)]
+            scores, ids = np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
+        scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+        return scores, ids
+
+
+class TilePack(TileSet):
+    """An opened, validated TilePack. Use `TilePack.open(path)`."""
+
+    def __init__(self, path: Path, manifest: dict, table: np.ndarray, index):
+        dim = int(manifest["dim"])
+        super().__init__(path, table, index, dim, float(manifest["grid"]["tile_size_m"]),
+                         VECTORS_FILE in manifest["files"])
+        self.path, self.manifest = path, manifest
+        self.frame = LocalFrame(**manifest["local_frame"])
+        self._canvas: Optional[MapCanvas] = None
+        self._terrain: Optional[Terrain] = None
+        # Finer tiles of the same map, largest first (`skyfix tiles level`).
+        self.levels: list[TileSet] = []
+        for entry in sorted(manifest.get("levels") or [], key=lambda e: -float(e.get("tile_size_m", 0))):
+            check_shape(entry, LEVEL_SHAPE, f"{path}/manifest.yaml levels")
+            folder = path / level_dir(float(entry["tile_size_m"]))
+            self.levels.append(TileSet(folder, *TileSet.read(folder, int(entry["tiles"]), dim), dim,
+                                       float(entry["tile_size_m"]), f"{level_dir(float(entry['tile_size_m']))}/{VECTORS_FILE}"
+                                       in manifest["files"]))
 
     # ---- opening and validation -------------------------------------------------------------
     @classmethod
@@ -249,9 +360,8 @@ class TilePack:
         (`artifacts.digest_problem`); sizes always are."""
         path = Path(path)
         manifest = cls._read_manifest(path)
-        optional = tuple(name for name in (VECTORS_FILE, TERRAIN_FILE) if name in manifest["files"])
-        for name in PACK_FILES + optional:
-            cls._check_file(path, name, manifest["files"].get(name), full_check)
+        for name, digest in manifest["files"].items():  # the main tiles, and vectors, terrain and levels where present
+            cls._check_file(path, name, digest, full_check)
         if expect_model_id is not None and manifest["model_id"] != expect_model_id:
             raise ModelMismatch(
                 f"pack {path} was embedded by model {manifest['model_id']}, but the model in use is "
@@ -261,22 +371,7 @@ class TilePack:
             raise ModelMismatch(f"pack {path} has dim {manifest['dim']}, the model gives {expect_dim}")
         if manifest.get("metric") != METRIC:
             raise PackError(f"pack {path}: metric {manifest.get('metric')!r}, expected {METRIC!r}")
-        try:
-            with warnings.catch_warnings():  # an empty table is reported below, as a PackError
-                warnings.simplefilter("ignore", UserWarning)
-                table = np.loadtxt(path / "tiles.csv", delimiter=",", skiprows=1, ndmin=2)
-        except ValueError as exc:
-            raise PackError(f"pack {path}: tiles.csv is corrupt ({exc})") from exc
-        faiss = require("faiss")
-        try:
-            index = faiss.read_index(str(path / "index.faiss"))
-        except RuntimeError as exc:
-            raise PackError(f"pack {path}: index.faiss is corrupt ({exc}); rebuild the pack") from exc
-        n = manifest["counts"]["tiles"]
-        if table.shape != (n, len(TILE_COLUMNS)) or index.ntotal != n or index.d != manifest["dim"]:
-            raise PackError(f"pack {path}: manifest says {n} tiles of dim {manifest['dim']}, found "
-                            f"{table.shape[0]} rows and an index of {index.ntotal} x {index.d}")
-        return cls(path, manifest, table, index)
+        return cls(path, manifest, *TileSet.read(path, int(manifest["counts"]["tiles"]), int(manifest["dim"])))
 
     @staticmethod
     def _read_manifest(path: Path) -> dict:
@@ -323,29 +418,8 @@ class TilePack:
         return self.manifest["model_id"]
 
     @property
-    def dim(self) -> int:
-        return int(self.manifest["dim"])
-
-    @property
-    def tile_size_m(self) -> float:
-        return float(self.manifest["grid"]["tile_size_m"])
-
-    @property
     def tile_px(self) -> int:
         return int(self.manifest["grid"]["tile_px"])
-
-    def __len__(self) -> int:
-        return len(self.tile_ids)
-
-    def tile(self, tile_id: int) -> GeoTile:
-        r = self.table[int(tile_id)]
-        return GeoTile(int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), self.tile_size_m)
-
-    def contains(self, east_m, north_m) -> np.ndarray:
-        """Boolean (points x tiles): which tiles contain each local point (east_m, north_m)."""
-        e, n = np.atleast_1d(east_m)[:, None], np.atleast_1d(north_m)[:, None]
-        t = self.table
-        return (e >= t[:, 5]) & (e <= t[:, 7]) & (n >= t[:, 6]) & (n <= t[:, 8])
 
     def map_blocks(self, cache_blocks: int = 16) -> MapBlocks:
         """The pack's map imagery, read block by block on demand (onboard: memory and start-up
@@ -380,38 +454,6 @@ class TilePack:
         command that adds them, when the pack has none or they come from another extractor."""
         return open_map_features(self.path, require_features(self.path, self.manifest, name, identity), name,
                                  full_check)
-
-    # ---- search -------------------------------------------------------------------------------
-    def ids_within(self, east_m: float, north_m: float, radius_m: float) -> np.ndarray:
-        """Tile ids whose centre lies within radius_m of (east_m, north_m)."""
-        return self.tile_ids[self.grid.within(east_m, north_m, radius_m)]
-
-    def nearest_tile_id(self, east_m: float, north_m: float) -> int:
-        """The tile whose centre is nearest to (east_m, north_m)."""
-        return int(self.tile_ids[np.argmin((self.east_m - east_m) ** 2 + (self.north_m - north_m) ** 2)])
-
-    def search(self, vectors: np.ndarray, k: int, near: Optional[tuple] = None):
-        """Top-k tiles for float32 N x D query vectors.
-
-        near: (east_m, north_m, radius_m) restricts the search to tiles within the radius
-        (`window_search`); None searches the whole region. Returns (scores N x k, tile_ids N x k); slots
-        with no tile (fewer than k in the window) have id -1 and score -inf.
-        """
-        q = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
-        if q.shape[1] != self.dim:
-            raise ModelMismatch(f"query dim {q.shape[1]} != pack dim {self.dim}")
-        k = int(min(k, len(self)))
-        rows = self.vectors.take if self.vectors is not None else None
-        if near is not None:
-            scores, ids = window_search(self.index, self.ids_within(*near), q, k, rows)
-        elif rows is None:
-            scores, ids = self.index.search(q, k)
-        else:  # the compact index proposes, the exact vectors decide
-            shortlist = self.index.search(q, max(RERANK_SHORTLIST, k))[1]
-            parts = [window_search(self.index, np.unique(c[c >= 0]), row[None], k, rows) for row, c in zip(q, shortlist)]
-            scores, ids = np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
-        scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
-        return scores, ids
 
 
 def describe(pack: TilePack) -> str:
