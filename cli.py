@@ -108,6 +108,7 @@ def cmd_tiles_build(args) -> int:
                                "gsd_m": args.gsd_m, "index": args.index,
                                "imagery_date": args.imagery_date, "nodata": args.nodata,
                                "imagery_licence": args.imagery_licence, "dem": args.dem, "dem_gsd_m": args.dem_gsd_m,
+                               "levels_m": [float(v) for v in args.levels_m.split(",")] if args.levels_m else None,
                                "features": args.features.split(",") if args.features else None},
                   nav={"features_model": args.features_model})
     if "xfeat" in cfg.tiles.features:
@@ -130,6 +131,20 @@ def cmd_tiles_features(args) -> int:
     extractor = open_extractor(args.matcher, features_model_dir(args.matcher, args.features_model or cfg.nav.features_model))
     entry = add_features(args.pack, extractor, args.per_mpx or cfg.tiles.features_per_mpx, progress=not args.quiet)
     print(f"{args.pack}: {entry['count']} {args.matcher} keypoints ({entry['identity']})")
+    return 0
+
+
+def cmd_tiles_level(args) -> int:
+    from skyfix.edge.models import open_towers
+    from skyfix.pack.tilepack import TilePack
+    from skyfix.tiles.build import add_level
+    cfg = _config(args)
+    pack = TilePack.open(args.pack)
+    model = args.model or pack.manifest.get("model_source") or "default"
+    stride_m = args.stride_m or args.tile_size_m * pack.manifest["grid"]["stride_m"] / pack.tile_size_m
+    entry = add_level(args.pack, args.tile_size_m, stride_m, open_towers(model, "sat"), cfg.tiles.batch_size,
+                      cfg.tiles.max_nodata_frac, progress=not args.quiet)
+    print(f"{args.pack}: level of {entry['tiles']} tiles of {entry['tile_size_m']:g} m")
     return 0
 
 
@@ -420,6 +435,8 @@ def _ground_commands(sub) -> None:
     b.add_argument("--dem", help="ground heights (DEM or DSM: GeoTIFF/VRT in any CRS, metres) stored in the pack; "
                    "without one skyfix assumes flat ground (add one later: skyfix tiles terrain)")
     b.add_argument("--dem-gsd-m", type=_number(float, 0.5, 200), help="terrain cell size (default: the DEM's, at least 1 m)")
+    b.add_argument("--levels-m", help="comma-separated finer tile sizes stored beside --tile-size-m (e.g. 40): "
+                   "fixes from lower heights (take-off, landing)")
     b.add_argument("--imagery-date")
     b.add_argument("--imagery-licence")
     b.add_argument("--config")
@@ -434,6 +451,15 @@ def _ground_commands(sub) -> None:
     f.add_argument("--config")
     f.add_argument("-q", "--quiet", action="store_true")
     f.set_defaults(func=cmd_tiles_features)
+    lv = tiles.add_parser("level", formatter_class=_DefaultsOnce,
+                          help="add (or replace) a level of finer tiles: fixes from lower heights")
+    lv.add_argument("pack")
+    lv.add_argument("--tile-size-m", required=True, type=_number(float, 10, 2000))
+    lv.add_argument("--stride-m", type=_number(float, 1, 2000), help="default: the pack's stride, scaled to the tile")
+    lv.add_argument("--model", help="the pack's satellite tower (default: the model the pack records)")
+    lv.add_argument("--config")
+    lv.add_argument("-q", "--quiet", action="store_true")
+    lv.set_defaults(func=cmd_tiles_level)
     tr = tiles.add_parser("terrain", formatter_class=_DefaultsOnce,
                           help="add (or replace) a pack's ground heights from a DEM or DSM")
     tr.add_argument("pack")

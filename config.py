@@ -61,6 +61,9 @@ class TilesConfig:
     # the height above the ground under the camera and camera resection use them. "": flat ground.
     dem: str = ""
     dem_gsd_m: Optional[float] = None  # terrain cell size; None: the DEM's own (at least 1 m)
+    # Finer tile sizes stored beside tile_size_m (each every stride_m scaled alike): a frame too
+    # low for the main tiles to fit (take-off, landing) is searched among these.
+    levels_m: list = field(default_factory=list)
 
 
 @dataclass

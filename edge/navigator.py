@@ -457,9 +457,13 @@ class Navigator:
             image = self.undistort(frame.image_rgb)
             crop, inside, offset_en = rectify(image, self.camera, pose.roll_rad, pose.pitch_rad,
                                               pose.yaw_rad, pose.agl_m, self.pack.tile_size_m, self.crop_px)
-        # Below the height where a tile fits in the frame (take-off, landing, low inspection) a
-        # track goes on without retrieval: the map features around its prediction are matched
-        # with the part of the refinement crop the frame covers. A lost vehicle there gets no fix.
+        # Below the height where a tile fits in the frame (take-off, landing, low inspection) the
+        # pack's finer levels are searched (`skyfix tiles level`); below the finest, a track goes
+        # on without retrieval: the map features around its prediction are matched with the part
+        # of the refinement crop the frame covers. A lost vehicle there gets no fix.
+        tiles = self.pack
+        if inside < 0.5:
+            tiles, crop, inside = self._finer_level(image, pose, crop, inside)
         close_range = inside < 0.5
         window = self._prior_window(t_s) if close_range else None
         if close_range and (not self.cfg.close_range or window is None):
@@ -470,14 +474,16 @@ class Navigator:
         with _timed(timings, "embed"):
             vectors = None if close_range else self._embed(crop, trust_heading)
         with _timed(timings, "search"):
-            candidates = [window] if close_range else self._candidates(vectors, t_s)
+            candidates = [window] if close_range else self._candidates(vectors, t_s, tiles)
         with _timed(timings, "refine"):
             wide = rectify(image, self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
                            pose.agl_m, self.refine_size_m, self.refine_px)[0]
             matcher = self.matcher if trust_heading else self.rotation_matcher
             described = matcher.describe(wide, trust_heading)
             best, runner_up = self._refine(matcher, described, wide.shape, candidates)
-        slot = None if close_range else self.gallery.add(vectors[0], frame.t_capture_us, frame.source_id, None)
+        slot = self.gallery.add(vectors[0], frame.t_capture_us, frame.source_id, None) if tiles is self.pack else None
+        if tiles is not self.pack:
+            self.integrity[f"searched the {tiles.tile_size_m:g} m tiles (below the main tiles' height)"] += 1
         if close_range:
             self.integrity["close range: tracked without retrieval"] += 1
             pose.notes.append(f"close range: tracked without retrieval ({inside:.0%} of a tile in view)")
@@ -627,21 +633,35 @@ class Navigator:
         crops = [crop] if heading_known else [np.ascontiguousarray(np.rot90(crop, r)) for r in range(4)]
         return self.embedder.embed(np.stack(crops))
 
-    def _candidates(self, vectors: np.ndarray, t_s: float) -> list[tuple]:
+    def _finer_level(self, image: np.ndarray, pose: CropPose, crop: np.ndarray, inside: float) -> tuple:
+        """(tile set, crop, covered fraction) of the largest of the pack's finer levels whose
+        tile the frame covers at least half of; the main tiles' (pack, crop, inside) if none."""
+        for level in self.pack.levels:
+            level_crop, level_inside, _ = rectify(image, self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
+                                                  pose.agl_m, level.tile_size_m,
+                                                  int(round(level.tile_size_m / self.gsd_m)))
+            if level_inside >= 0.5:
+                pose.notes.append(f"searched the {level.tile_size_m:g} m tiles (height {pose.agl_m:.0f} m)")
+                return level, level_crop, level_inside
+        return self.pack, crop, inside
+
+    def _candidates(self, vectors: np.ndarray, t_s: float, tiles=None) -> list[tuple]:
         """[(east_m, north_m, match_radius_m)], most promising first: the predicted position and
-        the best tiles in the prior window while tracking, the best tiles anywhere when lost."""
-        half = self.pack.tile_size_m / 2
+        the best tiles in the prior window while tracking, the best tiles anywhere when lost.
+        tiles: the tile set searched (the pack's main tiles, or a finer level)."""
+        tiles = tiles or self.pack
+        half = tiles.tile_size_m / 2
         window = self._prior_window(t_s)
         if window is not None:
             e, n, radius = window
-            _, ids = self.pack.search(vectors, self.cfg.top_k, near=(e, n, radius))
+            _, ids = tiles.search(vectors, self.cfg.top_k, near=(e, n, radius))
             cands, limit = [(e, n, radius)], self.cfg.top_k + 1
         else:
-            scores, ids = self.pack.search(vectors, self.cfg.global_max_candidates)
+            scores, ids = tiles.search(vectors, self.cfg.global_max_candidates)
             ids = ids.ravel()[np.argsort(-scores.ravel(), kind="stable")]
             cands, limit = [], self.cfg.global_max_candidates
         for tid in dict.fromkeys(int(i) for i in ids.ravel() if i >= 0):
-            te, tn = float(self.pack.east_m[tid]), float(self.pack.north_m[tid])
+            te, tn = float(tiles.east_m[tid]), float(tiles.north_m[tid])
             if all(math.hypot(te - ce, tn - cn) > half for ce, cn, _ in cands):
                 cands.append((te, tn, half + 10.0))
         return cands[:limit]

@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from skyfix.artifacts import atomic_directory, replace_directory
+from skyfix.artifacts import atomic_directory, file_digest, replace_directory
 from skyfix.config import SkyfixConfig, config_to_dict
 from skyfix.contracts import GeoTile
 from skyfix.errors import PackError
@@ -213,6 +213,9 @@ def _build_into(staging: Path, out: Path, ortho, cfg: SkyfixConfig, embedder, ex
     if tc.dem:
         from skyfix.tiles.terrain import add_terrain
         add_terrain(staging, tc.dem, tc.dem_gsd_m, log)
+    for size_m in tc.levels_m:
+        add_level(staging, float(size_m), float(size_m) * tc.stride_m / tc.tile_size_m, embedder, tc.batch_size,
+                  tc.max_nodata_frac, tc.index if tc.index == "flat" else "hnsw", progress, log)
     shutil.rmtree(work)
     replace_directory(staging, out)
     return len(tiles), dt_embed
@@ -263,6 +266,63 @@ def add_features(pack_path: str | Path, extractor, per_mpx: int, progress: bool 
         shutil.rmtree(staging, ignore_errors=True)
     manifest = dict(pack.manifest)
     manifest["features"] = {**(manifest.get("features") or {}), extractor.name: entry}
+    tmp = pack.path / ".manifest.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    os.replace(tmp, pack.path / "manifest.yaml")
+    return entry
+
+
+def map_coverage(blocks: MapBlocks) -> np.ndarray:
+    """The valid fraction of a pack's map per COVERAGE_PX cell, read block by block (what the
+    build keeps while it writes the blocks, for a pack already built)."""
+    cover = np.zeros((-(-blocks.height_px // COVERAGE_PX), -(-blocks.width_px // COVERAGE_PX)), np.float32)
+    bp = blocks.block_px
+    for r in range(-(-blocks.height_px // bp)):
+        for c in range(-(-blocks.width_px // bp)):
+            _, valid = blocks.read_px(r * bp, min((r + 1) * bp, blocks.height_px), c * bp,
+                                      min((c + 1) * bp, blocks.width_px))
+            _cover(cover, r, c, valid)
+    return cover
+
+
+def add_level(pack_path: str | Path, tile_size_m: float, stride_m: float, embedder, batch_size: int = 16,
+              max_nodata_frac: float = 0.02, index_kind: str = "flat", progress: bool = True, log=print) -> dict:
+    """Add (or replace) a level of finer tiles to a pack: tile_size_m tiles every stride_m over
+    the same map, embedded by the pack's own satellite tower (`embedder`), in levels/SIZE/. The
+    onboard loop searches them when the frame is too low for the main tiles to fit (take-off,
+    landing, low inspection). The files are written under a temporary name and renamed into
+    place, then the manifest is replaced in one rename. Returns the manifest entry."""
+    from skyfix.errors import ModelMismatch
+    from skyfix.pack.tilepack import level_dir, write_tile_set
+    pack = TilePack.open(pack_path)
+    if embedder.model_id != pack.model_id:
+        raise ModelMismatch(f"pack {pack.path} was embedded by {pack.model_id}, the model given is "
+                            f"{embedder.model_id}: a level must be embedded by the pack's own model")
+    if not 10.0 <= tile_size_m < pack.tile_size_m:
+        raise PackError(f"a level's tiles must be at least 10 m and smaller than the pack's {pack.tile_size_m:g} m; "
+                        f"got {tile_size_m:g} m")
+    blocks = pack.map_blocks(cache_blocks=row_sweep_cache(int(pack.manifest["map"]["width_px"])))
+    tiles, skipped = tile_grid(blocks, tile_size_m, stride_m, max_nodata_frac, (map_coverage(blocks), COVERAGE_PX))
+    log(f"level of {tile_size_m:g} m tiles every {stride_m:g} m: {len(tiles)} tiles ({skipped} skipped: no-data)")
+    vectors = embed.embed_tiles(blocks, tiles, embedder, batch_size, progress)
+    name = level_dir(tile_size_m)
+    final = pack.path / name
+    staging = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    _, files = write_tile_set(staging, tiles, vectors, index_kind)
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    entry = {"tile_size_m": float(tile_size_m), "stride_m": float(stride_m), "tile_px": int(embedder.input_px),
+             "tiles": len(tiles), "index": index_kind}
+    manifest = dict(pack.manifest)
+    manifest["levels"] = sorted([e for e in manifest.get("levels") or [] if float(e["tile_size_m"]) != tile_size_m]
+                                + [entry], key=lambda e: -float(e["tile_size_m"]))
+    kept = {k: v for k, v in manifest["files"].items() if not k.startswith(name + "/")}
+    manifest["files"] = {**kept, **{f"{name}/{f}": file_digest(final / f) for f in files}}
     tmp = pack.path / ".manifest.yaml.tmp"
     tmp.write_text(yaml.safe_dump(manifest, sort_keys=False))
     os.replace(tmp, pack.path / "manifest.yaml")
