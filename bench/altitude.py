@@ -49,6 +49,38 @@ def bench_altitude(pack_path: str, heights_m=(40.0, 60.0, 80.0, 120.0), start_ag
     return "\n".join(rows)
 
 
+def bench_low_start(pack_paths: list, heights_m=(40.0, 60.0), length_m: float = 600.0,
+                    out: str = "out/bench/lowstart") -> str:
+    """A vehicle lost from the start at each height (no hand-over from higher up: a take-off, a
+    GPS lost low), per pack: availability, error, the worst error-to-accuracy ratio and the
+    messages beyond 3x, time to the first fix, the frames searched on a finer level and those
+    refused as below every tile."""
+    import json
+
+    from skyfix.config import load_config
+    from skyfix.sim.run import run_sim
+    rows = ["| pack | levels | height m | time to first fix s | availability | error median / p95 / max m | "
+            "worst error / accuracy | beyond 3x | frames on a finer level | frames below every tile |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for pack_path in pack_paths:
+        from skyfix.pack.tilepack import TilePack
+        levels = ", ".join(f"{lv.tile_size_m:g} m" for lv in TilePack.open(pack_path).levels) or "none"
+        embedder = pack_drone_embedder(pack_path)
+        for h in heights_m:
+            cfg = load_config(overrides={"sim": {"route": "straight", "length_m": length_m, "alt_agl_m": h}})
+            folder = Path(out) / Path(pack_path).name / f"agl_{h:g}"
+            s = run_sim(pack_path, embedder, cfg, out_dir=str(folder), progress=False)
+            (folder / "summary.json").write_text(json.dumps(s, indent=2, default=str))
+            e, cal = s["error_m"], s["calibration"]
+            finer = sum(v for k, v in s["integrity"].items() if k.startswith("searched the"))
+            rows.append(f"| {Path(pack_path).name} | {levels} | {h:g} | {fmt(s.get('time_to_first_fix_s'))} | "
+                        f"{fmt(100 * s.get('availability', 0.0))} % | {fmt(e.get('median'))} / {fmt(e.get('p95'))} / "
+                        f"{fmt(e.get('max'))} | {fmt(cal.get('worst_error_over_accuracy'), '{:.2f}')} | "
+                        f"**{cal.get('beyond_3x', 0)}** | {finer} | {s['reasons'].get('crop outside frame', 0)} |")
+            print(rows[-1], flush=True)
+    return "\n".join(rows)
+
+
 def bench_relief(pack_path: str, reliefs_m=(0.0, 50.0, 150.0), length_m: float = 800.0,
                  out: str = "out/bench/relief") -> str:
     """Fly the simulated drone at 120 m over synthetic hills spanning each relief, once with the
