@@ -117,7 +117,8 @@ def cmd_tiles_build(args) -> int:
     # The pack records its model ('default', 'imagenet' or an absolute path), so eval/sim find it
     # from any folder.
     model_source = str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model)
-    build_pack(args.ortho if len(args.ortho) > 1 else args.ortho[0], args.out, cfg, embedder, model_source=model_source,
+    ortho = _map_input(args, cfg)
+    build_pack(ortho, args.out, cfg, embedder, model_source=model_source,
                source_gsd_m=args.source_gsd_m, progress=not args.quiet, cluster=args.cluster)
     print(f"next: skyfix tiles inspect {args.out}")
     return 0
@@ -132,6 +133,23 @@ def cmd_tiles_features(args) -> int:
     entry = add_features(args.pack, extractor, args.per_mpx or cfg.tiles.features_per_mpx, progress=not args.quiet)
     print(f"{args.pack}: {entry['count']} {args.matcher} keypoints ({entry['identity']})")
     return 0
+
+
+def _map_input(args, cfg):
+    """What `tiles build` reads: the --ortho path(s), or a tile server's GDAL description written
+    for --xyz/--wms over --bbox (its tiles cached under the skyfix cache, tiles/)."""
+    if bool(args.ortho) == bool(args.xyz or args.wms):
+        raise SkyfixError("give the map as --ortho, or as --xyz/--wms with --bbox (one of them)")
+    if args.ortho:
+        return args.ortho if len(args.ortho) > 1 else args.ortho[0]
+    from skyfix.edge.models import cache_dir
+    from skyfix.tiles.servers import describe_server
+    if not args.bbox:
+        raise SkyfixError("--xyz/--wms need --bbox W,S,E,N (degrees)")
+    kind, template = ("xyz", args.xyz) if args.xyz else ("wms", args.wms)
+    cfg.tiles.imagery_source = cfg.tiles.imagery_source or template.split("?")[0]
+    return describe_server(kind, template, args.bbox, args.zoom, cache_dir() / "tiles", args.key_file,
+                           args.layer or "", args.gsd_m, cfg.tiles.server_connections)
 
 
 def cmd_tiles_level(args) -> int:
@@ -413,10 +431,17 @@ def _ground_commands(sub) -> None:
 
     tiles = sub.add_parser("tiles", formatter_class=_DefaultsOnce, help="ground station: TilePacks").add_subparsers(dest="tcmd", required=True)
     b = tiles.add_parser("build", formatter_class=_DefaultsOnce, help="orthophoto -> TilePack")
-    b.add_argument("--ortho", required=True, nargs="+",
+    b.add_argument("--ortho", nargs="+",
                    help="GeoTIFF (COG too), GDAL .vrt or .mbtiles (several GeoTIFFs of one CRS: one mosaic), XYZ folder "
                         "{z}/{x}/{y}.png, or an image with --source-gsd-m; read by windows, so any size. "
                         "An interrupted build resumes when run again with the same inputs")
+    b.add_argument("--xyz", help="a tile server's URL template instead of --ortho: https://HOST/{z}/{x}/{y}.png "
+                   "({key} is filled from $SKYFIX_TILE_KEY or --key-file); with --bbox and --zoom")
+    b.add_argument("--wms", help="a WMS GetMap URL instead of --ortho; with --bbox, --layer and --gsd-m")
+    b.add_argument("--bbox", help="the area W,S,E,N in degrees (with --xyz/--wms)")
+    b.add_argument("--zoom", type=_number(int, 0, 23), help="the XYZ zoom level to read (with --xyz)")
+    b.add_argument("--layer", help="the WMS layer (with --wms)")
+    b.add_argument("--key-file", help="a file whose first line is the provider's key (else $SKYFIX_TILE_KEY)")
     b.add_argument("--out", required=True, help="pack folder to write (atomically)")
     b.add_argument("--tile-size-m", type=_number(float, 10, 2000))
     b.add_argument("--stride-m", type=_number(float, 1, 2000))

@@ -61,6 +61,11 @@ class TilesConfig:
     # the height above the ground under the camera and camera resection use them. "": flat ground.
     dem: str = ""
     dem_gsd_m: Optional[float] = None  # terrain cell size; None: the DEM's own (at least 1 m)
+    # Tile servers (--xyz, --wms): GDAL fetches at most server_connections tiles at once, and the
+    # build at most server_tiles_per_s new tiles a second (cached tiles are free). Keep both within
+    # the provider's terms.
+    server_connections: int = 2
+    server_tiles_per_s: float = 8.0
     # Finer tile sizes stored beside tile_size_m (each every stride_m scaled alike): a frame too
     # low for the main tiles to fit (take-off, landing) is searched among these.
     levels_m: list = field(default_factory=list)

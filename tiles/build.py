@@ -170,7 +170,7 @@ def _build_into(staging: Path, out: Path, ortho, cfg: SkyfixConfig, embedder, ex
     from skyfix.tiles.ortho import canvas_layout, read_source
     tc = cfg.tiles
     work = staging / ".build"
-    src = read_source(ortho, source_gsd_m, mosaic_dir=work, nodata=tc.nodata)
+    src = read_source(ortho, source_gsd_m, mosaic_dir=work, nodata=tc.nodata, tiles_per_s=tc.server_tiles_per_s)
     try:
         layout = canvas_layout(src, tc.gsd_m)
         log(f"map {src.name}: {layout.width_m:.0f} x {layout.height_m:.0f} m at {layout.gsd_m:.3f} m/px "

@@ -305,7 +305,7 @@ GEOTIFF_SUFFIXES = (".tif", ".tiff", ".vrt", ".mbtiles")
 
 
 def read_source(path, gsd_m: Optional[float] = None, mosaic_dir: Optional[Path] = None,
-                nodata: Optional[int] = None) -> SourceRaster:
+                nodata: Optional[int] = None, tiles_per_s: float = 8.0) -> SourceRaster:
     """Open an orthophoto: a folder is XYZ tiles, .tif/.tiff/.vrt is read by windows through
     rasterio; with `gsd_m`, any image (PNG, JPEG) is read as a local, north-up,
     non-georeferenced map. A list of several GeoTIFFs is one mosaic (a VRT written into
@@ -313,6 +313,8 @@ def read_source(path, gsd_m: Optional[float] = None, mosaic_dir: Optional[Path] 
     alpha bands, a PNG's alpha, an untagged fourth band of only 0 and 255, and `nodata` (0-255:
     pixels whose three bands all equal it)."""
     src = _open_source(path, gsd_m, mosaic_dir)
+    if hasattr(src, "tiles_per_s"):  # a tile server: its fetch rate
+        src.tiles_per_s = float(tiles_per_s)
     if nodata is not None:
         if not 0 <= nodata <= 255:
             raise ImageError(f"--nodata must be 0-255 (the map's 8-bit value), got {nodata}")
@@ -340,7 +342,11 @@ def _open_source(path, gsd_m: Optional[float], mosaic_dir: Optional[Path]) -> So
         return read_local_image(path, gsd_m)
     if path.suffix.lower() in GEOTIFF_SUFFIXES:
         return read_geotiff(path)
-    raise ImageError(f"{path}: not a GeoTIFF, VRT, MBTiles or XYZ folder; for a plain image pass --source-gsd-m")
+    if path.suffix.lower() == ".xml":  # a tile server's GDAL description (tiles/servers.py)
+        from skyfix.tiles.servers import ServerSource
+        return ServerSource(path)
+    raise ImageError(f"{path}: not a GeoTIFF, VRT, MBTiles, tile server description or XYZ folder; for a plain "
+                     "image pass --source-gsd-m")
 
 
 @dataclass
