@@ -82,7 +82,7 @@ def bench_low_start(pack_paths: list, heights_m=(40.0, 60.0), length_m: float = 
 
 
 def bench_relief(pack_path: str, reliefs_m=(0.0, 50.0, 150.0), length_m: float = 800.0,
-                 out: str = "out/bench/relief") -> str:
+                 out: str = "out/bench/relief", dem=(False, True)) -> str:
     """Fly the simulated drone at 120 m over synthetic hills spanning each relief, once with the
     pack as it is (flat ground assumed, nav.ground_slope_deg allowed for) and once with the hills
     given as a DEM (written as a GeoTIFF in EPSG:4326 and added to a copy of the pack, as a user
@@ -102,7 +102,7 @@ def bench_relief(pack_path: str, reliefs_m=(0.0, 50.0, 150.0), length_m: float =
             "accuracy median m | worst error / accuracy | beyond 3x | messages | implausible / weak frames |",
             "|---|---|---|---|---|---|---|---|---|"]
     for relief in reliefs_m:
-        for with_dem in (False, True):
+        for with_dem in dem:
             cfg = load_config(overrides={"sim": {"route": "straight", "length_m": length_m, "relief_m": relief}})
             folder = Path(out) / f"relief_{relief:g}{'_dem' if with_dem else ''}"
             flown = pack_path

@@ -1,4 +1,5 @@
-"""Pinhole camera geometry over flat ground: render views from a map and rectify frames to it.
+"""Pinhole camera geometry: render views from a map and rectify frames to it, over flat ground
+(homographies) or over the pack's terrain (per-pixel maps).
 
 The body attitude is aerospace roll/pitch/yaw (ZYX) in NED, yaw from north, clockwise. The camera
 looks down along body z with the image top towards the nose. Ground points are always
@@ -8,6 +9,7 @@ looks down along body z with the image top towards the nose. Ground points are a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import cv2
 import numpy as np
@@ -128,3 +130,62 @@ def rectify(image_rgb: np.ndarray, cam: PinholeCamera, roll_rad: float, pitch_ra
     inside = cv2.warpPerspective(np.ones(image_rgb.shape[:2], np.uint8), h, (out_px, out_px),
                                  flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0)
     return crop, float(inside.mean()), (centre_e, centre_n)
+
+
+@dataclass(frozen=True)
+class CropMap:
+    """How a rectified crop was made: crop pixel -> frame pixel. Over flat ground a homography
+    (`h`); over terrain, the frame pixel of every crop pixel (`map_x`, `map_y`, out_px x out_px)."""
+
+    h: Optional[np.ndarray] = None
+    map_x: Optional[np.ndarray] = None
+    map_y: Optional[np.ndarray] = None
+
+    def frame_px(self, crop_px: np.ndarray) -> np.ndarray:
+        """Crop pixels (N x 2, col, row; fractional) -> frame pixels (N x 2)."""
+        xy = np.asarray(crop_px, np.float64).reshape(-1, 2)
+        if self.h is not None:
+            return cv2.perspectiveTransform(xy.reshape(-1, 1, 2), self.h).reshape(-1, 2)
+        n = self.map_x.shape[0]
+        c = np.clip(xy[:, 0], 0, n - 1.000001)
+        r = np.clip(xy[:, 1], 0, n - 1.000001)
+        c0, r0 = np.floor(c).astype(int), np.floor(r).astype(int)
+        fc, fr = c - c0, r - r0
+
+        def sample(m):
+            return ((m[r0, c0] * (1 - fc) + m[r0, c0 + 1] * fc) * (1 - fr)
+                    + (m[r0 + 1, c0] * (1 - fc) + m[r0 + 1, c0 + 1] * fc) * fr)
+        return np.column_stack([sample(self.map_x), sample(self.map_y)])
+
+
+def rectify_mapped(image_rgb: np.ndarray, cam: PinholeCamera, roll_rad: float, pitch_rad: float,
+                   yaw_rad: float, agl_m: float, size_m: float, out_px: int,
+                   depth_m: Optional[Callable] = None):
+    """`rectify`, and how: returns (crop, inside_frac, (east_m, north_m) of the crop centre
+    relative to the nadir, CropMap). depth_m: f(east_m, north_m relative to the camera, arrays)
+    -> the ground's depth below the camera (m; the terrain's heights), None for a plane agl_m
+    below. Over terrain every crop pixel is the ground point it shows (a true orthophoto of the
+    frame, as the map is), so the crop is a similarity of the map however steep the relief."""
+    h, (centre_e, centre_n) = image_from_crop(cam, roll_rad, pitch_rad, yaw_rad, agl_m, size_m, out_px)
+    if depth_m is None:
+        crop, inside, offset = rectify(image_rgb, cam, roll_rad, pitch_rad, yaw_rad, agl_m, size_m, out_px)
+        return crop, inside, offset, CropMap(h=h)
+    g = ground_from_crop(centre_e, centre_n, size_m, out_px)
+    idx = np.arange(out_px, dtype=np.float64)
+    east = g[0, 0] * idx[None, :] + g[0, 2] + 0 * idx[:, None]
+    north = g[1, 1] * idx[:, None] + g[1, 2] + 0 * idx[None, :]
+    down = np.asarray(depth_m(east, north), np.float64)
+    down = np.where(np.isfinite(down) & (down > 1.0), down, agl_m)  # off the terrain: the plane
+    r_cw = (world_from_body(roll_rad, pitch_rad, yaw_rad) @ BODY_FROM_CAM).T
+    ned = np.stack([north, east, down], axis=-1) @ r_cw.T
+    z = np.maximum(ned[..., 2], 1e-6)
+    map_x = (cam.fx_px * ned[..., 0] / z + cam.cx_px).astype(np.float32)
+    map_y = (cam.fy_px * ned[..., 1] / z + cam.cy_px).astype(np.float32)
+    src = image_rgb
+    shrink = (size_m / out_px) / (agl_m / cam.fx_px)
+    if shrink > 1.5:  # the crop is coarser than the frame: low-pass first against aliasing
+        src = cv2.GaussianBlur(src, (0, 0), 0.5 * shrink)
+    crop = cv2.remap(src, map_x, map_y, cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+    seen = (map_x >= 0) & (map_y >= 0) & (map_x <= cam.width_px - 1) & (map_y <= cam.height_px - 1) & (ned[..., 2] > 0)
+    crop[~seen] = 0
+    return crop, float(seen.mean()), (centre_e, centre_n), CropMap(map_x=map_x, map_y=map_y)

@@ -26,12 +26,13 @@ import numpy as np
 
 from skyfix.config import NavConfig
 from skyfix.contracts import Fix, FixResult, Frame, Reason, Telemetry
-from skyfix.edge.camera import BODY_FROM_CAM, PinholeCamera, Undistorter, image_from_crop, rectify, world_from_body
+from skyfix.edge.camera import (BODY_FROM_CAM, CropMap, PinholeCamera, Undistorter, rectify, rectify_mapped,
+                                world_from_body)
 from skyfix.edge.filter import MotionFilter, FilterState
 from skyfix.edge.gallery import FrameGallery
 from skyfix.edge.gate import TrackGate
-from skyfix.edge.odometry import camera_motion, crop_pixels_in_frame, refine_shifts
-from skyfix.edge.pose import MIN_POINTS as MIN_RESECT_POINTS, image_px_of_crop_px, resect
+from skyfix.edge.odometry import camera_motion, refine_shifts
+from skyfix.edge.pose import MIN_POINTS as MIN_RESECT_POINTS, resect
 from skyfix.edge.features import match_descriptors, open_extractor
 from skyfix.edge.refine import MATCH_RULES, Match, MapMatcher
 from skyfix.errors import ModelMismatch
@@ -113,6 +114,7 @@ class CropPose:
     yaw_rad: float = 0.0
     agl_m: Optional[float] = None  # height above the ground under the camera (the terrain's where known)
     rel_m: Optional[float] = None  # the telemetry's height (over the take-off point, or a rangefinder's)
+    agl_on_terrain: bool = False   # agl_m is over the terrain under the camera (DEM or rangefinder)
     attitude_known: bool = True
     heading_known: bool = True
     height_known: bool = True
@@ -476,12 +478,15 @@ class Navigator:
         with _timed(timings, "search"):
             candidates = [window] if close_range else self._candidates(vectors, t_s, tiles)
         with _timed(timings, "refine"):
-            wide = rectify(image, self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
-                           pose.agl_m, self.refine_size_m, self.refine_px)[0]
+            wide, _, _, wide_map = rectify_mapped(image, self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
+                                                  pose.agl_m, self.refine_size_m, self.refine_px,
+                                                  self._ground_depth(pose, t_s))
             matcher = self.matcher if trust_heading else self.rotation_matcher
             described = matcher.describe(wide, trust_heading)
             best, runner_up = self._refine(matcher, described, wide.shape, candidates)
-        slot = self.gallery.add(vectors[0], frame.t_capture_us, frame.source_id, None) if tiles is self.pack else None
+        slot = None
+        if tiles is self.pack and not close_range:  # the gallery holds frames of the main tiles' size
+            slot = self.gallery.add(vectors[0], frame.t_capture_us, frame.source_id, None)
         if tiles is not self.pack:
             self.integrity[f"searched the {tiles.tile_size_m:g} m tiles (below the main tiles' height)"] += 1
         if close_range:
@@ -492,12 +497,12 @@ class Navigator:
             if note:
                 pose.notes.append(note)
         rejected = self._reject_match(best, runner_up, pose)
-        placed = None if rejected else self._vehicle_position(best, pose, offset_en, t_s)
+        placed = None if rejected else self._vehicle_position(best, pose, offset_en, t_s, wide_map)
         # The telemetry's attitude is used below only where the image did not contradict it.
         attitude_trusted = not isinstance(placed, Placement) or placed.attitude_agrees
         with _timed(timings, "odometry"):
             turn_rad = placed.turn_rad if isinstance(placed, Placement) else None
-            self._odometry(described, wide, pose, t_s, trust_heading and attitude_trusted, turn_rad)
+            self._odometry(described, wide, wide_map, pose, t_s, trust_heading and attitude_trusted, turn_rad)
             if self.cfg.tilt_acceleration and trust_heading and pose.attitude_known and attitude_trusted:
                 self.gate.offer_attitude(t_s, pose.roll_rad, pose.pitch_rad, pose.yaw_rad)
         if rejected:
@@ -584,9 +589,35 @@ class Navigator:
             self.last_alt_msl_m = self.cfg.ground_alt_msl_m + pose.agl_m
         elif tel is not None and _finite(tel.alt_msl_m):
             self.last_alt_msl_m = tel.alt_msl_m
-        if self.terrain is not None and pose.agl_m is not None and not (tel is not None and tel.agl_rangefinder):
-            pose.agl_m = self._agl_over_terrain(pose.agl_m, t_s, pose.notes)
+        if self.terrain is not None and pose.agl_m is not None:
+            if tel is not None and tel.agl_rangefinder:
+                pose.agl_on_terrain = True
+            else:
+                pose.agl_m, pose.agl_on_terrain = self._agl_over_terrain(pose.agl_m, t_s, pose.notes)
         return pose
+
+    def _where(self, t_s: float) -> Optional[tuple]:
+        """(east_m, north_m) the vehicle is believed at: the track's prediction, else the last
+        measured position within POSITION_MEMORY_S, else None."""
+        prior = self.gate.prior(t_s)
+        if prior is not None:
+            return prior[0], prior[1]
+        if self.last_position and 0 <= t_s - self.last_position[0] <= POSITION_MEMORY_S:
+            return self.last_position[1], self.last_position[2]
+        return None
+
+    def _ground_depth(self, pose: CropPose, t_s: float):
+        """f(east_m, north_m relative to the camera) -> the ground's depth below it (m), from the
+        terrain around where the vehicle is believed (`_where`), for rectifying the refinement crop
+        over the relief; None without terrain, a position or a height on it (flat rectification)."""
+        if self.terrain is None or not pose.agl_on_terrain:
+            return None
+        where = self._where(self.last_capture_s if self.last_capture_s is not None else 0.0)
+        ground = self.terrain.height_at(*where) if where is not None else None
+        if ground is None:
+            return None
+        camera_up_m, (e0, n0) = ground + pose.agl_m, where
+        return lambda de, dn: camera_up_m - self.terrain.height_m(e0 + de, n0 + dn)
 
     def datum_offset_m(self) -> Optional[float]:
         """The take-off point's height above the terrain's datum (m): learned from resections
@@ -595,26 +626,24 @@ class Navigator:
             return float(np.median(self.datum_offsets))
         return self.cfg.ground_alt_msl_m
 
-    def _agl_over_terrain(self, rel_m: float, t_s: float, notes: list) -> float:
-        """The height above the terrain under the camera, from the telemetry's height over the
-        take-off point: the camera's datum height (rel_m + datum_offset_m) minus the terrain at the
-        track's prediction, else the last measured position, else the terrain's median (a lost
-        vehicle: the match's scale and the resection measure the rest). rel_m unchanged while the
-        datum offset is not known, or when the result is not a plausible height."""
+    def _agl_over_terrain(self, rel_m: float, t_s: float, notes: list) -> tuple:
+        """(height above the terrain under the camera m, whether it is): from the telemetry's
+        height over the take-off point, the camera's datum height (rel_m + datum_offset_m) minus
+        the terrain where the vehicle is believed (`_where`), else minus the terrain's median (a
+        lost vehicle: the match's scale and the resection measure the rest; not on the terrain).
+        rel_m unchanged while the datum offset is not known, or when the result is not a
+        plausible height."""
         offset = self.datum_offset_m()
         if offset is None:
-            return rel_m
-        where = self.gate.prior(t_s)
-        if where is None and self.last_position and 0 <= t_s - self.last_position[0] <= POSITION_MEMORY_S:
-            where = self.last_position[1:]
-        ground = self.terrain.height_at(*where[:2]) if where is not None else None
-        if ground is None:
-            ground = self.terrain.median_m
-        agl = rel_m + offset - ground
+            return rel_m, False
+        where = self._where(t_s)
+        ground = self.terrain.height_at(*where) if where is not None else None
+        on_terrain = ground is not None
+        agl = rel_m + offset - (ground if on_terrain else self.terrain.median_m)
         if not 5.0 <= agl <= 5000.0:
             notes.append(f"terrain gives {agl:.0f} m above the ground: the telemetry's height used")
-            return rel_m
-        return agl
+            return rel_m, False
+        return agl, on_terrain
 
     def _height(self, tel: Optional[Telemetry], t_s: float) -> tuple:
         """(agl_m or None, note): the telemetry's height, else a recent one, else the fallback."""
@@ -696,8 +725,8 @@ class Navigator:
                > self.pack.tile_size_m / 4]
         return best, (far[0] if far else None)
 
-    def _odometry(self, described, crop_rgb: np.ndarray, pose: CropPose, t_s: float, heading_trusted: bool,
-                  turn_rad: Optional[float] = None) -> None:
+    def _odometry(self, described, crop_rgb: np.ndarray, crop_map: CropMap, pose: CropPose, t_s: float,
+                  heading_trusted: bool, turn_rad: Optional[float] = None) -> None:
         """Offer the vehicle's velocity since the previous frame to the track. The crops'
         features (already computed for the map match) are matched, taken back to raw frame
         pixels, and the frame-to-frame homography gives the camera's displacement
@@ -708,23 +737,20 @@ class Navigator:
         if not usable:
             self._odometry_prev = None
             return
-        frame_from_crop, _ = image_from_crop(self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad, pose.agl_m,
-                                             self.refine_size_m, self.refine_px)
         world_from_cam = world_from_body(pose.roll_rad, pose.pitch_rad, pose.yaw_rad) @ BODY_FROM_CAM
         prev = self._odometry_prev
         grey = cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2GRAY)
-        self._odometry_prev = (described, grey, frame_from_crop, world_from_cam, pose.agl_m, t_s)
+        self._odometry_prev = (described, grey, crop_map, world_from_cam, pose.agl_m, t_s)
         if prev is None:
             return
-        prev_features, prev_grey, prev_frame_from_crop, prev_world_from_cam, prev_agl_m, prev_t = prev
+        prev_features, prev_grey, prev_crop_map, prev_world_from_cam, prev_agl_m, prev_t = prev
         dt = t_s - prev_t
         if not 0 < dt <= self.gate.odometry_gap_s:
             return
         ex = self.matcher.extractor
         iq, it = match_descriptors(described.desc, prev_features.desc, ex.binary, *MATCH_RULES[ex.name])
         cur_px = refine_shifts(prev_grey, grey, prev_features.xy_px[it], described.xy_px[iq])
-        motion = camera_motion(crop_pixels_in_frame(prev_features.xy_px[it], prev_frame_from_crop),
-                               crop_pixels_in_frame(cur_px, frame_from_crop), self.camera,
+        motion = camera_motion(prev_crop_map.frame_px(prev_features.xy_px[it]), crop_map.frame_px(cur_px), self.camera,
                                prev_agl_m, prev_world_from_cam, min_inliers=self.cfg.min_inliers)
         if motion is None:
             return
@@ -761,7 +787,7 @@ class Navigator:
             return Reason.IMPLAUSIBLE, f"scale {best.scale:.2f} against the known height"
         return None
 
-    def _vehicle_position(self, match: Match, pose: CropPose, offset_en: tuple, t_s: float):
+    def _vehicle_position(self, match: Match, pose: CropPose, offset_en: tuple, t_s: float, crop_map: CropMap):
         """Where the vehicle is: a Placement, or (Reason, detail) when it cannot be placed with
         confidence.
 
@@ -778,8 +804,8 @@ class Navigator:
         turn = math.radians(match.rotation_deg)  # the crop turns on the map by minus the yaw error
         fit_m = 2.0 * match.rms_px * self.gsd_m / math.sqrt(max(match.inliers, 1))
         floor_m = 2 * self.gsd_m
-        tilt_en, tilt_var = self._tilt_placement(match, pose, offset_en, turn, fit_m, t_s)
-        cp, on_terrain = self._resect(match, pose, t_s) if cfg.resect_camera else (None, False)
+        tilt_en, tilt_var = self._tilt_placement(match, pose, offset_en, turn, fit_m, t_s, crop_map.h is None)
+        cp, on_terrain = self._resect(match, pose, crop_map) if cfg.resect_camera else (None, False)
         self.flat_bias_m = 0.0 if on_terrain else self._flat_ground_bias_m(pose.agl_m * match.scale)
         if cp is None:
             return Placement(float(tilt_en[0]), float(tilt_en[1]), turn, math.sqrt(tilt_var + floor_m ** 2), True, [])
@@ -797,9 +823,10 @@ class Navigator:
         return self._attitude_disagrees(cp, resect_cov, pose, float(np.hypot(*diff)), turn, floor_m, t_s)
 
     def _tilt_placement(self, match: Match, pose: CropPose, offset_en: tuple, turn: float, fit_m: float,
-                        t_s: float) -> tuple:
+                        t_s: float, orthorectified: bool = False) -> tuple:
         """((east_m, north_m), variance m^2 per axis) of the vehicle placed by the telemetry's
-        tilt: the match centre minus the crop's offset from the nadir."""
+        tilt: the match centre minus the crop's offset from the nadir. orthorectified: the crop
+        was rectified over the terrain (no relief left in it)."""
         # Height self-calibration: the match's scale is the true height over the assumed one,
         # and the crop's offset from the nadir grows with the height (agl * tan(off-nadir
         # angle)). With a 25 deg tilted camera and a telemetry height 13 % low, the uncorrected
@@ -815,7 +842,21 @@ class Navigator:
         if self.attitude_doubt is not None and t_s - self.attitude_doubt[0] <= ATTITUDE_DOUBT_S:
             tilt_deg = max(tilt_deg, self.attitude_doubt[1])
         agl_m = pose.agl_m * match.scale
-        return tilt_en, (agl_m * math.tan(math.radians(tilt_deg))) ** 2 + fit_m ** 2 + height_var
+        relief_var = self._relief_sigma_m(match, agl_m) ** 2 if self.terrain is not None and not orthorectified else 0.0
+        return tilt_en, (agl_m * math.tan(math.radians(tilt_deg))) ** 2 + fit_m ** 2 + height_var + relief_var
+
+    def _relief_sigma_m(self, match: Match, agl_m: float) -> float:
+        """How far relief can move the crop centre a similarity places (m, 1 sigma) when the crop
+        was rectified as a plane (no position yet to orthorectify it over the terrain): the spread
+        of the terrain's heights over the refinement crop, seen at the crop edge's off-nadir
+        angle. A hillside in such a crop is a perspective view, not a similarity of the map, and
+        the fit's centre slides with it."""
+        half_m = self.refine_size_m / 2
+        grid = np.linspace(-half_m, half_m, 7)
+        east, north = np.meshgrid(match.east_m + grid, match.north_m + grid)
+        heights = self.terrain.height_m(east, north)
+        heights = heights[np.isfinite(heights)]
+        return float(np.std(heights)) * half_m / max(agl_m, 1.0) if heights.size >= 2 else 0.0
 
     def _attitude_disagrees(self, cp, resect_cov: np.ndarray, pose: CropPose, apart_m: float, turn: float,
                             floor_m: float, t_s: float):
@@ -858,7 +899,7 @@ class Navigator:
                   "recorded heading overruled by the image (locate)": self.heading_overrides}
         return {**self.integrity, **{k: v for k, v in events.items() if v}}
 
-    def _resect(self, match: Match, pose: CropPose, t_s: float):
+    def _resect(self, match: Match, pose: CropPose, crop_map: CropMap):
         """(camera pose from the match's inliers, or None (too few, or a height that contradicts
         the telemetry's); whether the terrain's heights were used).
 
@@ -867,9 +908,7 @@ class Navigator:
         the take-off point's datum height (datum_offset_m)."""
         if match.crop_px is None:
             return None, False
-        h, _ = image_from_crop(self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad, pose.agl_m,
-                               self.refine_size_m, self.refine_px)
-        image_px = image_px_of_crop_px(match.crop_px, h)
+        image_px = crop_map.frame_px(match.crop_px)
         heights = None
         if self.terrain is not None:
             heights = self.terrain.height_m(match.ground_en_m[:, 0], match.ground_en_m[:, 1])

@@ -349,7 +349,13 @@ def _placed_with_roll_error(nav, roll_error_deg, n_points, noise_m):
     truth = ViewPose(10.0, -5.0, AGL_M, 0.02, 0.03, 0.8)
     tel = dataclasses.replace(truth, roll_rad=truth.roll_rad + math.radians(roll_error_deg))
     match, pose, offset_en = _match_seen_with(truth, tel, n_points, noise_m)
-    return nav._vehicle_position(match, pose, offset_en, 1.0), truth, match, pose, offset_en
+    return nav._vehicle_position(match, pose, offset_en, 1.0, _crop_map(pose)), truth, match, pose, offset_en
+
+
+def _crop_map(pose):
+    """The CropMap of the flat 150 m, 300 px crop _match_seen_with made for this CropPose."""
+    from skyfix.edge.camera import CropMap, image_from_crop
+    return CropMap(h=image_from_crop(CAM, pose.roll_rad, pose.pitch_rad, pose.yaw_rad, pose.agl_m, 150.0, 300)[0])
 
 
 def test_a_wrong_autopilot_attitude_is_caught_by_the_image_and_the_fix_stays_honest(nav, monkeypatch):
@@ -366,7 +372,7 @@ def test_a_wrong_autopilot_attitude_is_caught_by_the_image_and_the_fix_stays_hon
 
     monkeypatch.setattr(navigator, "ATTITUDE_AGREE_D2", math.inf)
     nav.attitude_doubt = None
-    fused = nav._vehicle_position(match, pose, offset_en, 1.0)
+    fused = nav._vehicle_position(match, pose, offset_en, 1.0, _crop_map(pose))
     assert math.hypot(fused.east_m - truth.east_m, fused.north_m - truth.north_m) > 3 * fused.sigma_m
 
 

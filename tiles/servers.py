@@ -214,4 +214,4 @@ def server_name(service_xml: Path) -> str:
     """The server's URL without its query string (which may hold a key), from a description."""
     import re
     m = re.search(r"<ServerUrl>(.*?)</ServerUrl>", service_xml.read_text(), re.S)
-    return (m.group(1) if m else service_xml.name).split("?")[0]
+    return (m.group(1) if m else service_xml.name).split("?")[0].replace("${", "{")
