@@ -329,6 +329,19 @@ def cmd_demo(args) -> int:
     return run_demo(args.ortho, args.out, args.duration_s, args.source_gsd_m)
 
 
+def cmd_replay(args) -> int:
+    from skyfix.edge.models import model_for_pack
+    from skyfix.pack.tilepack import TilePack
+    from skyfix.replay.run import format_report, run_replay
+    cfg = _config(args, nav={"keypoints": args.matcher})
+    cfg.nav.model = str(model_for_pack(TilePack.open(args.pack), args.model))
+    report = run_replay(args.video, args.log, args.pack, cfg, args.out, args.video_start, args.time_offset_s,
+                        args.every, progress=not args.quiet)
+    print(format_report(report))
+    print(f"wrote {args.out}/fixes.csv, fixes.geojson, track.png, report.json")
+    return 0
+
+
 def cmd_locate(args) -> int:
     import numpy as np
 
@@ -549,7 +562,23 @@ def _export_commands(sub) -> None:
 
 
 def _onboard_commands(sub) -> None:
-    """`locate`, `sim`, `demo`, `fly`, `query`: positions from images, simulated or real."""
+    """`replay`, `locate`, `sim`, `demo`, `fly`, `query`: positions from images, simulated or real."""
+    rp = sub.add_parser("replay", formatter_class=_DefaultsOnce,
+                        help="a recorded flight (video + the autopilot's .tlog or .bin) through skyfix, scored "
+                             "against the log's GPS")
+    rp.add_argument("--video", required=True, help="the camera's video (MP4, AVI, MKV: what OpenCV reads)")
+    rp.add_argument("--log", required=True, help="the ground station's .tlog or the flight controller's DataFlash .bin")
+    rp.add_argument("--pack", required=True)
+    rp.add_argument("--out", required=True, help="folder for fixes.csv, fixes.geojson, track.png, report.json")
+    rp.add_argument("--video-start", help="UTC time of the video's first frame, ISO 8601 (default: the log's start)")
+    rp.add_argument("--time-offset-s", type=float, default=0.0, help="added to every frame's time (the estimate "
+                    "the replay prints)")
+    rp.add_argument("--every", type=_number(int, 1, 1000), default=1, help="replay every N-th frame")
+    rp.add_argument("--model", help="default: the model recorded in the pack")
+    rp.add_argument("--matcher", choices=list(EXTRACTORS))
+    rp.add_argument("--config", help="camera intrinsics (camera.*) and nav settings")
+    rp.add_argument("-q", "--quiet", action="store_true")
+    rp.set_defaults(func=cmd_replay)
     lc = sub.add_parser("locate", formatter_class=_DefaultsOnce,
                         help="positions of photos over a pack, offline (no autopilot): CSV or GeoJSON and a picture")
     lc.add_argument("photos", nargs="+", help="image files or folders")

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import math
 import socket
+import struct
 import threading
 import time
+from pathlib import Path
+from typing import Optional
 
 from skyfix.errors import require
 from skyfix.firmware_bridge.messages import mavlink_module
@@ -36,7 +39,10 @@ class SimAutopilot:
     """
 
     def __init__(self, vehicle: VehicleModel, t0_mono_s: float, frame: LocalFrame,
-                 telemetry_hz: float = 20.0):
+                 telemetry_hz: float = 20.0, tlog: Optional[Path] = None):
+        """tlog: record what is sent, as a ground station's telemetry log, plus the true
+        position as the log's GPS (GPS_RAW_INT, in the file only: skyfix is never sent it), for
+        `skyfix replay`."""
         mavutil = require("pymavlink.mavutil")
         self.vehicle, self.t0, self.frame, self.hz = vehicle, t0_mono_s, frame, telemetry_hz
         port = free_udp_port()
@@ -47,6 +53,15 @@ class SimAutopilot:
         self.silent_s = (math.inf, math.inf)  # fault injection: no traffic in [from, until) flight time
         self._stop = threading.Event()
         self._threads = []
+        self.tlog = open(tlog, "wb") if tlog else None
+        self._tlog_lock = threading.Lock()
+        if self.tlog:
+            send = self.conn.mav.send
+
+            def send_and_log(msg, force_mavlink1=False):
+                send(msg, force_mavlink1=force_mavlink1)
+                self._log(msg)
+            self.conn.mav.send = send_and_log
 
     # ---- the Vehicle interface ------------------------------------------------------------------
     def start(self) -> "SimAutopilot":
@@ -61,6 +76,13 @@ class SimAutopilot:
         for th in self._threads:
             th.join(timeout=2.0)
         self.conn.close()
+        if self.tlog:
+            self.tlog.close()
+
+    def _log(self, msg) -> None:
+        """One record of a .tlog: the UNIX time in microseconds (big-endian) and the packet."""
+        with self._tlog_lock:
+            self.tlog.write(struct.pack(">Q", int(time.time() * 1e6)) + msg.get_msgbuf())
 
     def true_pose(self, t_s: float) -> ViewPose:
         return self.vehicle.pose(t_s)
@@ -96,6 +118,13 @@ class SimAutopilot:
         msl = self.vehicle.cfg.ground_alt_msl_m + agl
         mav.global_position_int_send(boot_ms, 0, 0, int(msl * 1e3), int(agl * 1e3), 0, 0, 0, 65535)
         mav.altitude_send(int(boot_s * 1e6), msl, msl, msl, agl, float("nan"), float("nan"))
+        if self.tlog:  # the log's GPS: the true position, for scoring a replay
+            pose = self.vehicle.pose(t_s)
+            lat, lon, _ = self.frame.to_lla(pose.east_m, pose.north_m)
+            gps = mav.gps_raw_int_encode(int(time.time() * 1e6), 3, int(round(lat * 1e7)), int(round(lon * 1e7)),
+                                         int(msl * 1e3), 80, 120, 0, 0, 12)
+            gps.pack(mav)
+            self._log(gps)
         if with_slow:  # 1 Hz
             mav.heartbeat_send(m.MAV_TYPE_QUADROTOR, m.MAV_AUTOPILOT_ARDUPILOTMEGA, 0, 0,
                                m.MAV_STATE_ACTIVE)

@@ -42,6 +42,7 @@ class Flight:
     traj: Trajectory
     duration_s: float
     startup_s: float
+    t0_unix_s: float = 0.0  # take-off on the UNIX clock (set when it flies)
 
 
 def prepare_flight(pack: TilePack, embedder, cfg, frames_from: Optional[str] = None,
@@ -67,12 +68,14 @@ def prepare_flight(pack: TilePack, embedder, cfg, frames_from: Optional[str] = N
 
 
 def fly(flight: Flight, cfg, link_drop: Optional[tuple] = None, progress: bool = True,
-        interference=None):
+        interference=None, tlog: Optional[Path] = None):
     """Fly in real time. Returns (frame records, scored fixes the vehicle received, link stats).
     interference: a function called with skyfix's MAVLink connection string once the link is
-    up, returning a function that stops it (e.g. a hostile sender, `skyfix bench attack`)."""
+    up, returning a function that stops it (e.g. a hostile sender, `skyfix bench attack`).
+    tlog: record the autopilot's side as a telemetry log (`SimAutopilot`)."""
     t0 = time.monotonic()
-    vehicle = SimAutopilot(flight.vehicle, t0, flight.pack.frame).start()
+    flight.t0_unix_s = time.time()
+    vehicle = SimAutopilot(flight.vehicle, t0, flight.pack.frame, tlog=tlog).start()
     if link_drop:
         vehicle.drop_link(*link_drop)
     bridge = MavlinkBridge.from_config(cfg.bridge, vehicle.skyfix_connection).start()
@@ -185,13 +188,40 @@ def write_outputs(flight: Flight, received: list, summary: dict, out_dir: Path) 
 
 def run_sim(pack_path: str | Path, embedder, cfg, frames_from: Optional[str] = None,
             source_gsd_m: Optional[float] = None, out_dir: str | Path = "out/sim",
-            link_drop: Optional[tuple] = None, progress: bool = True, interference=None) -> dict:
+            link_drop: Optional[tuple] = None, progress: bool = True, interference=None,
+            record: bool = False) -> dict:
     """Fly cfg.sim's route in real time with skyfix in the loop (drone tower `embedder`);
-    returns the summary and writes track.csv, track.png, summary.json and gallery.npz."""
+    returns the summary and writes track.csv, track.png, summary.json and gallery.npz.
+    record: also write the flight as a user would have it, flight.tlog (the autopilot's
+    telemetry and GPS) and flight.mp4 (the camera at sim.camera_hz), for `skyfix replay`."""
     pack = TilePack.open(pack_path, expect_model_id=embedder.model_id)
     flight = prepare_flight(pack, embedder, cfg, frames_from, source_gsd_m)
-    frames, received, link = fly(flight, cfg, link_drop, progress, interference)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frames, received, link = fly(flight, cfg, link_drop, progress, interference,
+                                 tlog=out_dir / "flight.tlog" if record else None)
     summary = summarise(flight, frames, received, link, cfg)
     summary["frames_from"] = str(frames_from or "pack map")
-    write_outputs(flight, received, summary, Path(out_dir))
+    if record:
+        summary["recording"] = record_video(flight, out_dir / "flight.mp4", cfg.sim.camera_hz)
+    write_outputs(flight, received, summary, out_dir)
     return summary
+
+
+def record_video(flight: Flight, path: Path, fps: float) -> dict:
+    """The flight's camera as a video at fps (frames rendered at exact times, as a camera
+    records them); returns {video, log, video_start_utc} for the summary."""
+    import datetime as dt
+
+    import cv2
+    cam = flight.camera.cam
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (cam.width_px, cam.height_px))
+    if not writer.isOpened():
+        raise SkyfixError(f"OpenCV cannot write the video {path}")
+    try:
+        for t in np.arange(0.0, flight.duration_s, 1.0 / fps):
+            writer.write(cv2.cvtColor(flight.camera.render(float(t)), cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    start = dt.datetime.fromtimestamp(flight.t0_unix_s, dt.timezone.utc).isoformat(timespec="microseconds")
+    return {"video": str(path), "log": str(path.with_suffix(".tlog")), "video_start_utc": start}

@@ -77,7 +77,7 @@ def test_onboard_code_never_reaches_offboard_rooms_even_inside_functions(package
 # room and the rooms below it, never one above, at module level or inside a function.
 RANKS = {"geo": 0, "config": 0, "errors": 0, "contracts": 0, "artifacts": 0,
          "firmware_bridge": 1, "pack": 2, "edge": 3, "render": 4, "tiles": 5, "sim": 5,
-         "train": 6, "export": 7, "doctor": 8, "demo": 8, "bench": 9, "cli": 10, "__init__": 10}
+         "train": 6, "replay": 6, "export": 7, "doctor": 8, "demo": 8, "bench": 9, "cli": 10, "__init__": 10}
 
 
 def _room(relative: Path) -> str:
