@@ -310,7 +310,7 @@ def cmd_sim(args) -> int:
         print(format_sitl_summary(summary))
         return _write_json(summary, args.json, args.out)
     summary = run_sim(args.pack, embedder, cfg, frames_from=args.frames_from or args.ortho,
-                      source_gsd_m=args.source_gsd_m, out_dir=args.out, progress=not args.quiet)
+                      source_gsd_m=args.source_gsd_m, out_dir=args.out, progress=not args.quiet, record=args.record)
     print(format_summary(summary))
     return _write_json(summary, args.json, args.out)
 
@@ -607,6 +607,8 @@ def _onboard_commands(sub) -> None:
                     help="simulated: render the frames over synthetic hills spanning about this much (skyfix "
                     "uses the pack's terrain if it has one, else assumes flat ground); without it, a pack's own "
                     "terrain is rendered")
+    si.add_argument("--record", action="store_true", help="also write the flight as a user records one: flight.tlog "
+                    "(telemetry and GPS) and flight.mp4 (the camera), for `skyfix replay`")
     si.add_argument("--start-agl-m", type=_number(float, 20, 3000),
                     help="simulated: start this high and descend to --alt-agl-m at sim.descent_m_s (3 m/s)")
     si.add_argument("--duration-s", type=_number(float, 1, 86400), help="flight time (default: the whole route)")

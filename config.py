@@ -103,6 +103,10 @@ class EvalConfig:
     photometric: bool = True
     east_min_m: Optional[float] = None  # held-out evaluation: only views centred east of this
     seed: int = 0
+    # The retrieval density position (edge/coarse.py, seed 003): its error beside the top-1
+    # tile's, for each k of the top-k tiles; kernels of density_sigma_m (None: half a tile).
+    density_k: list = field(default_factory=lambda: [5, 10, 20])
+    density_sigma_m: Optional[float] = None
 
 
 @dataclass

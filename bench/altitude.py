@@ -82,7 +82,7 @@ def bench_low_start(pack_paths: list, heights_m=(40.0, 60.0), length_m: float = 
 
 
 def bench_relief(pack_path: str, reliefs_m=(0.0, 50.0, 150.0), length_m: float = 800.0,
-                 out: str = "out/bench/relief", dem=(False, True)) -> str:
+                 out: str = "out/bench/relief", with_dem_runs=(False, True)) -> str:
     """Fly the simulated drone at 120 m over synthetic hills spanning each relief, once with the
     pack as it is (flat ground assumed, nav.ground_slope_deg allowed for) and once with the hills
     given as a DEM (written as a GeoTIFF in EPSG:4326 and added to a copy of the pack, as a user
@@ -102,7 +102,7 @@ def bench_relief(pack_path: str, reliefs_m=(0.0, 50.0, 150.0), length_m: float =
             "accuracy median m | worst error / accuracy | beyond 3x | messages | implausible / weak frames |",
             "|---|---|---|---|---|---|---|---|---|"]
     for relief in reliefs_m:
-        for with_dem in dem:
+        for with_dem in with_dem_runs:
             cfg = load_config(overrides={"sim": {"route": "straight", "length_m": length_m, "relief_m": relief}})
             folder = Path(out) / f"relief_{relief:g}{'_dem' if with_dem else ''}"
             flown = pack_path
@@ -112,9 +112,9 @@ def bench_relief(pack_path: str, reliefs_m=(0.0, 50.0, 150.0), length_m: float =
                 shutil.copytree(pack_path, flown)
                 pack = TilePack.open(flown)
                 hills = synthetic_terrain(relief, cfg.sim.relief_wavelength_m, cfg.sim.seed)
-                dem = write_dem(folder / "dem.tif", pack.frame, tuple(pack.manifest["region"]["bounds_en_m"]),
-                                lambda e, n: cfg.sim.ground_alt_msl_m + hills(e, n))
-                add_terrain(flown, dem, log=lambda _: None)
+                dem_path = write_dem(folder / "dem.tif", pack.frame, tuple(pack.manifest["region"]["bounds_en_m"]),
+                                     lambda e, n: cfg.sim.ground_alt_msl_m + hills(e, n))
+                add_terrain(flown, dem_path, log=lambda _: None)
             s = run_sim(flown, embedder, cfg, out_dir=str(folder), progress=False)
             (folder / "summary.json").write_text(json.dumps(s, indent=2, default=str))
             e, cal = s["error_m"], s["calibration"]

@@ -30,3 +30,20 @@ def test_queries_without_positive_are_left_out_and_counted():
 
 def test_average_precision_of_empty_is_nan():
     assert np.isnan(average_precision(np.array([], int)))
+
+
+def test_anmrr_and_precision_at_k_on_a_hand_worked_example():
+    """Three queries over six gallery items ranked 0..5 by score. A: ground truth at ranks 1 and
+    4 (1-based); B: at 2, 3 and 6; C: at 5 only. GTM = 3.
+    A: K = min(8, 6) = 6, AVR = 2.5, MRR = 2.5 - 0.5 - 1 = 1, NMRR = 1 / (7.5 - 1.5) = 1/6.
+    B: K = 6, AVR = 11/3, MRR = 11/3 - 2 = 5/3, NMRR = (5/3) / (7.5 - 2) = 10/33.
+    C: K = min(4, 6) = 4, rank 5 > K counts 1.25 K = 5, MRR = 5 - 1 = 4, NMRR = 4 / (5 - 1) = 1.
+    P@1 = (1 + 0 + 0) / 3; P@5 = (2/5 + 2/5 + 1/5) / 3."""
+    S = np.tile(np.arange(6, 0, -1, dtype=float), (3, 1))
+    P = np.array([[1, 0, 0, 1, 0, 0], [0, 1, 1, 0, 0, 1], [0, 0, 0, 0, 1, 0]], bool)
+    m = retrieval_metrics(S, P)
+    assert m["anmrr"] == pytest.approx((1 / 6 + 10 / 33 + 1.0) / 3)
+    assert m["p1"] == pytest.approx(1 / 3) and m["p5"] == pytest.approx(1 / 3)
+    assert m["p10"] == pytest.approx((2 + 3 + 1) / 10 / 3)
+    perfect = retrieval_metrics(S[:1], np.array([[1, 1, 0, 0, 0, 0]], bool))
+    assert perfect["anmrr"] == pytest.approx(0.0) and perfect["p1"] == 1.0

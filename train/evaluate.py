@@ -7,6 +7,7 @@ ranked against every tile of the pack. numpy/OpenCV/faiss only; the embedders br
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -112,6 +113,7 @@ def evaluate(pack: TilePack, drone_embedder, query_canvas: MapCanvas, cam_cfg: C
     top1 = np.argmax(S, axis=1)
     err = np.hypot(pack.east_m[top1] - qs.east_m, pack.north_m[top1] - qs.north_m)
     return {
+        "density_error_m": density_errors(pack, S, qs, cfg),
         "drone_to_sat": d2s,
         "sat_to_drone": s2d,
         "error_m": {"median": float(np.median(err)), "p90": float(np.percentile(err, 90)),
@@ -123,6 +125,21 @@ def evaluate(pack: TilePack, drone_embedder, query_canvas: MapCanvas, cam_cfg: C
         "seconds": round(time.perf_counter() - t0, 1),
         "_internal": {"S": S, "P": P, "queries": qs},
     }
+
+
+def density_errors(pack: TilePack, S: np.ndarray, qs, cfg: EvalConfig) -> dict:
+    """{k: {median, p90}} metre error of the retrieval density peak (edge/coarse.py) of each
+    query's top-k tiles, for k in cfg.density_k."""
+    from skyfix.edge.coarse import density_position
+    sigma_m = cfg.density_sigma_m or pack.tile_size_m / 2
+    out = {}
+    for k in cfg.density_k:
+        top = np.argsort(-S, axis=1, kind="stable")[:, :k]
+        err = np.array([math.hypot(c.east_m - e, c.north_m - n) for c, e, n in
+                        ((density_position(pack.east_m[ids], pack.north_m[ids], S[q, ids], sigma_m), qs.east_m[q],
+                          qs.north_m[q]) for q, ids in enumerate(top))])
+        out[str(k)] = {"median": float(np.median(err)), "p90": float(np.percentile(err, 90))}
+    return out
 
 
 def run_eval(pack: TilePack, drone_embedder, queries_from: str | Path, cfg, source_gsd_m: Optional[float] = None,
@@ -170,11 +187,14 @@ def format_table(result: dict) -> str:
     d, s, e = result["drone_to_sat"], result["sat_to_drone"], result["error_m"]
     lines = [f"model {result['model_id']}, heading {result['heading']}, {result['n_queries']} views, "
              f"{result['n_tiles']} tiles",
-             "direction       R@1    R@5    R@10   R@1%   AP",
-             f"drone -> sat  {d['r1']:6.3f} {d['r5']:6.3f} {d['r10']:6.3f} {d['r1pct']:6.3f} {d['ap']:6.3f}",
-             f"sat -> drone  {s['r1']:6.3f} {s['r5']:6.3f} {s['r10']:6.3f} {s['r1pct']:6.3f} {s['ap']:6.3f}"
+             "direction       R@1    R@5    R@10   R@1%   AP     P@1    P@5    P@10   ANMRR",
+             *(f"{name}  " + " ".join(f"{m[key]:6.3f}" for key in ("r1", "r5", "r10", "r1pct", "ap", "p1", "p5", "p10",
+                                                                     "anmrr"))
+               for name, m in (("drone -> sat", d), ("sat -> drone", s))),
              f"   ({s['n_queries']} tiles seen by a view)",
-             f"top-1 tile centre error: median {e['median']:.1f} m, p90 {e['p90']:.1f} m"]
+             f"top-1 tile centre error: median {e['median']:.1f} m, p90 {e['p90']:.1f} m",
+             *(f"density peak of the top {k}: median {v['median']:.1f} m, p90 {v['p90']:.1f} m"
+               for k, v in result.get("density_error_m", {}).items())]
     return "\n".join(lines)
 
 
