@@ -181,6 +181,9 @@ class NavConfig:
     # like map_bias_m. 0 where the ground is known to be flat; a DEM (tiles build --dem) removes it.
     ground_slope_deg: float = 2.0
     use_terrain: bool = True         # use the pack's terrain (tiles build --dem) where it has one
+    # Lost: look first where the retrieved tiles agree (the density peak of the global search's
+    # candidates, edge/coarse.py), then at each candidate tile. Never published as a fix.
+    coarse_first: bool = True
     resect_camera: bool = True       # place the vehicle by camera resection (PnP), not the telemetry tilt
     # Share of the tilt the image still sees, per strong resected match, taken into the roll /
     # pitch correction of the telemetry (navigator.AttitudeTrim); 0 turns it off.

@@ -320,6 +320,7 @@ class Navigator:
         self.last_capture_s: Optional[float] = None
         self.too_slow = False  # set once when frames take too long for a track to be confirmed
         self.heading_overrides = 0  # photos (locate) placed with the image's heading, not the recorded one
+        self.coarse: Optional[tuple] = None  # (t_s, CoarsePosition) of the last global search (a lost vehicle)
         # Refinement sees more ground than the embedding: matches grow with the area, and the
         # frame's footprint at flying height is larger than a tile (masked where it is not).
         self.refine_size_m = pack.tile_size_m * cfg.refine_crop_scale
@@ -396,7 +397,7 @@ class Navigator:
             return None, Reason.ERROR, f"{type(exc).__name__}: {exc}"
         if isinstance(m, Measurement):
             return m, Reason.OK, "; ".join(m.notes)
-        return None, m[0], m[1]
+        return None, m[0], self._with_coarse(m[1], frame.t_capture_us / 1e6)
 
     def estimate_at(self, now_s: float) -> Optional[tuple]:
         """(Fix propagated to now_s, age of the newest accepted measurement in s), or None when
@@ -425,13 +426,14 @@ class Navigator:
     # ---- the step: a short list of timed stages -----------------------------------------------
     def _step(self, frame: Frame, timings: dict):
         m = self._measure(frame, timings)
+        t_s = frame.t_capture_us / 1e6
         if not isinstance(m, Measurement):
-            return (None, *m)
+            return None, m[0], self._with_coarse(m[1], t_s)
         with _timed(timings, "filter"):
             verdict = self.gate.offer(m.t_s, m.east_m, m.north_m, m.sigma_m)
         notes = "; ".join(m.notes)
         if verdict.state is None:
-            return None, verdict.kind, "; ".join(x for x in (verdict.detail, notes) if x)
+            return None, verdict.kind, self._with_coarse("; ".join(x for x in (verdict.detail, notes) if x), t_s)
         fix = self._fix_from_state(verdict.state, frame.t_capture_us, m.yaw_rad)
         if m.gallery_slot is not None:
             self.gallery.attach_fix(m.gallery_slot, fix.lat_deg, fix.lon_deg)
@@ -662,6 +664,29 @@ class Navigator:
         crops = [crop] if heading_known else [np.ascontiguousarray(np.rot90(crop, r)) for r in range(4)]
         return self.embedder.embed(np.stack(crops))
 
+    def _with_coarse(self, detail: str, t_s: float) -> str:
+        """detail, with this frame's coarse position when a global search made one."""
+        if self.coarse is None or self.coarse[0] != t_s:
+            return detail
+        c = self.coarse[1]
+        lat, lon, _ = self.pack.frame.to_lla(c.east_m, c.north_m)
+        said = (f"retrieval's coarse position (not a fix): {float(lat):.6f}, {float(lon):.6f} +- {c.spread_m:.0f} m "
+                f"(density of {c.k} tiles)")
+        return "; ".join(x for x in (detail, said) if x)
+
+    def _coarse_position(self, tiles, scores: np.ndarray, ids: np.ndarray, t_s: float) -> tuple:
+        """(t_s, CoarsePosition) of a lost vehicle: the density peak of the best-scoring tiles
+        (seed 003's k-NN kernel density, kernels of half a tile): where the retrieved places
+        agree, not the single best. A guess that orders the search, said, never a fix."""
+        from skyfix.edge.coarse import density_position
+        best = {}
+        for tid, sc in zip(ids.tolist(), scores.tolist()):
+            if tid >= 0 and tid not in best:  # rows of several rotations: each tile's best score
+                best[tid] = sc
+        tid = np.array(list(best), np.int64)
+        return t_s, density_position(tiles.east_m[tid], tiles.north_m[tid], np.array(list(best.values())),
+                                     tiles.tile_size_m / 2)
+
     def _finer_level(self, image: np.ndarray, pose: CropPose, crop: np.ndarray, inside: float) -> tuple:
         """(tile set, crop, covered fraction) of the largest of the pack's finer levels whose
         tile the frame covers at least half of; the main tiles' (pack, crop, inside) if none."""
@@ -687,8 +712,12 @@ class Navigator:
             cands, limit = [(e, n, radius)], self.cfg.top_k + 1
         else:
             scores, ids = tiles.search(vectors, self.cfg.global_max_candidates)
-            ids = ids.ravel()[np.argsort(-scores.ravel(), kind="stable")]
+            order = np.argsort(-scores.ravel(), kind="stable")
+            scores, ids = scores.ravel()[order], ids.ravel()[order]
             cands, limit = [], self.cfg.global_max_candidates
+            if self.cfg.coarse_first:  # the retrieval density peak is looked at first (never published)
+                self.coarse = self._coarse_position(tiles, scores, ids, t_s)
+                cands.append((self.coarse[1].east_m, self.coarse[1].north_m, half + 10.0))
         for tid in dict.fromkeys(int(i) for i in ids.ravel() if i >= 0):
             te, tn = float(tiles.east_m[tid]), float(tiles.north_m[tid])
             if all(math.hypot(te - ce, tn - cn) > half for ce, cn, _ in cands):
@@ -764,6 +793,13 @@ class Navigator:
         # this sigma's median 0.31 m/s, 72 % of errors within 1 sigma, 95 % within 2).
         raw_gsd_m = prev_agl_m / self.camera.fx_px
         sigma_m = 2.0 * rms_px * raw_gsd_m / math.sqrt(inliers) + ODOMETRY_FLOOR_PX * raw_gsd_m
+        # The frame-to-frame homography takes the ground in view as a plane; over relief its scale
+        # is that of whatever depth the matched points sit at: up to about three standard
+        # deviations of the heights in view off the height (over hills of 150 m with a DEM,
+        # unweighted odometry put 37 of 549 messages beyond 3x, one deviation 7 of 642).
+        where = self._where(t_s) if self.terrain is not None else None
+        if where is not None:
+            sigma_m += math.hypot(de, dn) * 3.0 * self._terrain_spread_m(*where) / max(prev_agl_m, 1.0)
         self.gate.offer_velocity(t_s, de / dt, dn / dt, sigma_m / dt, math.hypot(de, dn), interval_s=dt)
 
     def _reject_match(self, best: Optional[Match], runner_up: Optional[Match], pose: CropPose):
@@ -851,12 +887,17 @@ class Navigator:
         of the terrain's heights over the refinement crop, seen at the crop edge's off-nadir
         angle. A hillside in such a crop is a perspective view, not a similarity of the map, and
         the fit's centre slides with it."""
+        return self._terrain_spread_m(match.east_m, match.north_m) * (self.refine_size_m / 2) / max(agl_m, 1.0)
+
+    def _terrain_spread_m(self, east_m: float, north_m: float) -> float:
+        """The standard deviation of the terrain's heights (m) over the refinement crop's square
+        around (east_m, north_m); 0 where the terrain does not say."""
         half_m = self.refine_size_m / 2
         grid = np.linspace(-half_m, half_m, 7)
-        east, north = np.meshgrid(match.east_m + grid, match.north_m + grid)
+        east, north = np.meshgrid(east_m + grid, north_m + grid)
         heights = self.terrain.height_m(east, north)
         heights = heights[np.isfinite(heights)]
-        return float(np.std(heights)) * half_m / max(agl_m, 1.0) if heights.size >= 2 else 0.0
+        return float(np.std(heights)) if heights.size >= 2 else 0.0
 
     def _attitude_disagrees(self, cp, resect_cov: np.ndarray, pose: CropPose, apart_m: float, turn: float,
                             floor_m: float, t_s: float):
