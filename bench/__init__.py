@@ -22,6 +22,7 @@ speed, and no test imports this package. One module per topic; `BENCHMARKS` name
   skyfix bench relief --pack PACK             flights over synthetic hills of 0, 50, 150 m, with and without a DEM
   skyfix bench lowstart --pack A,B           a vehicle lost at 40 and 60 m, per pack (with and without finer levels)
   skyfix bench replay --pack PACK            a recorded simulator flight replayed from its video and .tlog
+  skyfix bench lost --pack PACK              time to first fix of a lost vehicle, with and without the density position first
   skyfix bench towers --model default,imagenet,DIR   held-out retrieval of towers side by side
   skyfix bench orientation --checkpoint best.pt --model DIR --pack PACK --queries-from MAP
   skyfix bench index | build | onboard       index kinds on real embeddings, a large build, onboard memory
@@ -88,6 +89,7 @@ BENCHMARKS: dict[str, tuple[Callable, bool]] = {
     "relief": (lambda a: _fn("altitude", "bench_relief")(a.pack), True),
     "lowstart": (lambda a: _fn("altitude", "bench_low_start")(a.pack.split(",")), True),
     "replay": (lambda a: _fn("replay", "bench_replay")(a.pack), True),
+    "lost": (lambda a: _fn("retrieval", "bench_lost")(a.pack), True),
     "towers": (lambda a: _fn("retrieval", "bench_towers")(a.model.split(","), a.out), False),
     "orientation": (lambda a: _fn("retrieval", "bench_orientation")(a.checkpoint, a.model, a.pack, a.queries_from,
                                                                     a.views, a.east_min_m), False),

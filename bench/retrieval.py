@@ -174,3 +174,23 @@ def bench_towers(models: list, out: str = "out/bench") -> str:
             "| SUES-200 scene A, real drone photos ranking their satellite image first | "
             + " | ".join(f["sues"] for f in figures) + " |"]
     return "\n".join(rows)
+
+
+def bench_lost(pack_path: str, seeds=(0, 1, 2, 3), duration_s: float = 25.0, out: str = "out/bench/lost") -> str:
+    """A vehicle lost from the start (no prior), flown with and without the retrieval density
+    position searched first (nav.coarse_first): the time to the first published fix and the
+    first fix's error, per seed (each seed a different route start and noise)."""
+    from skyfix.bench.common import fmt, pack_drone_embedder
+    from skyfix.config import load_config
+    from skyfix.sim.run import run_sim
+    embedder = pack_drone_embedder(pack_path)
+    rows = ["| seed | coarse position first | time to first fix s | error median m | beyond 3x |", "|---|---|---|---|---|"]
+    for seed in seeds:
+        for first in (False, True):
+            cfg = load_config(overrides={"sim": {"duration_s": duration_s, "route": "lawnmower", "seed": seed},
+                                         "nav": {"coarse_first": first}})
+            s = run_sim(pack_path, embedder, cfg, out_dir=str(Path(out) / f"seed{seed}_{first}"), progress=False)
+            rows.append(f"| {seed} | {'yes' if first else 'no'} | {fmt(s.get('time_to_first_fix_s'))} | "
+                        f"{fmt(s['error_m']['median'])} | **{s['calibration'].get('beyond_3x', 0)}** |")
+            print(rows[-1], flush=True)
+    return "\n".join(rows)

@@ -203,3 +203,60 @@ def test_boxes_and_templates_are_checked(tmp_path):
         describe_server("xyz", "http://h/{z}/{x}.png", "8,47,8.01,47.01", 18, tmp_path)
     with pytest.raises(ImageError, match="needs --zoom"):
         describe_server("xyz", "http://h/{z}/{x}/{y}.png", "8,47,8.01,47.01", None, tmp_path)
+
+
+def test_a_wms_layer_is_read_over_the_box(png_tiles, tmp_path):
+    """A WMS on 127.0.0.1 answering GetMap from the generated tiles (EPSG:3857): the source GDAL
+    reads over the box is the tiles' image at the asked resolution, fetched with the layer asked."""
+    pytest.importorskip("rasterio")
+    from urllib.parse import parse_qs
+
+    from skyfix.tiles.ortho import read_source
+    from skyfix.tiles.servers import describe_server
+    folder, bbox = png_tiles
+    x0, y0 = 52508, 100195
+    stitched = np.vstack([np.hstack([cv2.imread(str(folder / str(ZOOM) / str(x0 + i) / f"{y0 + j}.png"))
+                                     for i in range(4)]) for j in range(4)])
+    left, _, _, top = geo.xyz_tile_bounds_mercator(ZOOM, x0, y0)
+    _, bottom, right, _ = geo.xyz_tile_bounds_mercator(ZOOM, x0 + 3, y0 + 3)
+    px_m = (right - left) / 1024
+    asked = []
+
+    class Wms(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the http.server API)
+            q = {k.upper(): v[0] for k, v in parse_qs(self.path.partition("?")[2]).items()}
+            asked.append(q)
+            w, h = int(q["WIDTH"]), int(q["HEIGHT"])
+            bx0, by0, bx1, by1 = (float(v) for v in q["BBOX"].split(","))
+            # GetMap: the box's pixels from the stitched tiles (an affine warp in Mercator metres).
+            sx, sy = (bx1 - bx0) / w / px_m, (by1 - by0) / h / px_m
+            m = np.array([[sx, 0, (bx0 - left) / px_m + 0.5 * sx - 0.5], [0, sy, (top - by1) / px_m + 0.5 * sy - 0.5]])
+            img = cv2.warpAffine(stitched, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+            data = cv2.imencode(".png", img)[1].tobytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Wms)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        service = describe_server("wms", f"http://127.0.0.1:{httpd.server_address[1]}/wms?", bbox, None,
+                                  tmp_path / "cache", layer="ortho", gsd_m=0.5)
+        src = read_source(service, tiles_per_s=1000.0)
+        rgb, valid = src.read(0, src.height_px, 0, src.width_px)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert asked and all(q["LAYERS"] == "ortho" and q["SRS"] == "EPSG:3857" and q["REQUEST"] == "GetMap" for q in asked)
+    assert valid.all() and rgb.shape[0] > 500
+    # The same ground in the stitched tiles, resampled to the source's grid.
+    a = src.affine
+    cols = ((a[2] + (np.arange(src.width_px) + 0.5) * a[0]) - left) / px_m - 0.5
+    rows = (top - (a[5] + (np.arange(src.height_px) + 0.5) * a[4])) / px_m - 0.5
+    expect = cv2.remap(stitched, *np.meshgrid(cols.astype(np.float32), rows.astype(np.float32)), cv2.INTER_LINEAR)
+    diff = np.abs(rgb.astype(int) - cv2.cvtColor(expect, cv2.COLOR_BGR2RGB)).mean()
+    assert diff < 6.0, diff

@@ -78,18 +78,25 @@ class ArraySource(SourceRaster):
         return self.image_rgb[r0:r1, c0:c1], self.valid[r0:r1, c0:c1]
 
 
+def open_raster(path: Path, what: str, without_crs: str):
+    """A raster opened through GDAL (rasterio) that has a CRS; ImageError naming `what` when it
+    cannot be read, `without_crs` when it has no CRS."""
+    rasterio = require("rasterio")
+    try:
+        ds = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise ImageError(f"cannot read {what} {path}: {exc}") from exc
+    if ds.crs is None:
+        ds.close()
+        raise ImageError(without_crs)
+    return ds
+
+
 class RasterioSource(SourceRaster):
     """A GeoTIFF or GDAL VRT, kept open and read by windows (only the window is decoded)."""
 
     def __init__(self, path: Path):
-        rasterio = require("rasterio")
-        try:
-            self.ds = rasterio.open(path)
-        except rasterio.errors.RasterioIOError as exc:
-            raise ImageError(f"cannot read GeoTIFF {path}: {exc}") from exc
-        if self.ds.crs is None:
-            self.ds.close()
-            raise ImageError(f"{path} has no CRS; pass --source-gsd-m to use it as a local image")
+        self.ds = open_raster(path, "GeoTIFF", f"{path} has no CRS; pass --source-gsd-m to use it as a local image")
         super().__init__(self.ds.height, self.ds.width, tuple(self.ds.transform)[:6], self.ds.crs, path.name)
         self.alpha_band = self._untagged_alpha()
         self.stretch = None

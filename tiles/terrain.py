@@ -18,7 +18,7 @@ from skyfix.artifacts import file_digest
 from skyfix.errors import ImageError, require
 from skyfix.geo import LocalFrame
 from skyfix.pack.terrain import TERRAIN_FILE, Terrain
-from skyfix.tiles.ortho import CanvasLayout, SourceRaster, _native_ground_gsd_m, warp_block
+from skyfix.tiles.ortho import CanvasLayout, SourceRaster, _native_ground_gsd_m, open_raster, warp_block
 
 HEIGHT_RANGE_M = (-500.0, 9000.0)  # any ground on Earth, in metres: outside it, not a DEM in metres
 TERRAIN_BLOCK_PX = 1024
@@ -31,14 +31,7 @@ class DemSource(SourceRaster):
     dtype = np.float32
 
     def __init__(self, path: Path):
-        rasterio = require("rasterio")
-        try:
-            self.ds = rasterio.open(path)
-        except rasterio.errors.RasterioIOError as exc:
-            raise ImageError(f"cannot read DEM {path}: {exc}") from exc
-        if self.ds.crs is None:
-            self.ds.close()
-            raise ImageError(f"DEM {path} has no CRS: skyfix cannot place its heights")
+        self.ds = open_raster(path, "DEM", f"DEM {path} has no CRS: skyfix cannot place its heights")
         super().__init__(self.ds.height, self.ds.width, tuple(self.ds.transform)[:6], self.ds.crs, path.name)
 
     def _read(self, r0, r1, c0, c1):
