@@ -19,7 +19,7 @@ def bench_replay(pack_path: str, duration_s: float = 60.0, offsets_s=(0.0, 0.5, 
     live = run_sim(pack_path, pack_drone_embedder(pack_path), cfg, out_dir=str(Path(out) / "live"), progress=False,
                    record=True)
     rec = live["recording"]
-    rows = ["| run | offset added s | fixes | availability | error median / p95 / max m | beyond 3x | offset estimated s |",
+    rows = ["| run | offset added s | fixes | availability | error median / p95 / max m | beyond 3x | --time-offset-s the replay suggests |",
             "|---|---|---|---|---|---|---|",
             f"| live (simulator in the loop) | | {live['n_published']} | {fmt(100 * live['availability'])} % | "
             f"{fmt(live['error_m']['median'])} / {fmt(live['error_m']['p95'])} / {fmt(live['error_m']['max'])} | "
