@@ -335,8 +335,10 @@ def cmd_replay(args) -> int:
     from skyfix.replay.run import format_report, run_replay
     cfg = _config(args, nav={"keypoints": args.matcher})
     cfg.nav.model = str(model_for_pack(TilePack.open(args.pack), args.model))
+    if bool(args.video) == bool(args.photos):
+        raise SkyfixError("give the camera as --video or as --photos (one of them)")
     report = run_replay(args.video, args.log, args.pack, cfg, args.out, args.video_start, args.time_offset_s,
-                        args.every, progress=not args.quiet)
+                        args.every, progress=not args.quiet, photos=args.photos)
     print(format_report(report))
     print(f"wrote {args.out}/fixes.csv, fixes.geojson, track.png, report.json")
     return 0
@@ -566,7 +568,9 @@ def _onboard_commands(sub) -> None:
     rp = sub.add_parser("replay", formatter_class=_DefaultsOnce,
                         help="a recorded flight (video + the autopilot's .tlog or .bin) through skyfix, scored "
                              "against the log's GPS")
-    rp.add_argument("--video", required=True, help="the camera's video (MP4, AVI, MKV: what OpenCV reads)")
+    rp.add_argument("--video", help="the camera's video (MP4, AVI, MKV: what OpenCV reads)")
+    rp.add_argument("--photos", help="instead of --video: a folder of photos timed by their EXIF capture time "
+                    "(read as UTC; --time-offset-s for a camera set to local time)")
     rp.add_argument("--log", required=True, help="the ground station's .tlog or the flight controller's DataFlash .bin")
     rp.add_argument("--pack", required=True)
     rp.add_argument("--out", required=True, help="folder for fixes.csv, fixes.geojson, track.png, report.json")

@@ -66,6 +66,34 @@ def video_frames(path: Path, start_utc_s: float, every: int = 1) -> Iterator[Rep
         cap.release()
 
 
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+
+
+def photo_frames(folder: Path, time_offset_s: float) -> tuple:
+    """(ReplayFrame iterator in capture order, first UTC s, last UTC s, notes) of the photos of a
+    folder timed by their EXIF DateTimeOriginal (+ SubSecTimeOriginal), read as UTC, plus
+    time_offset_s (a camera clock set to local time: the zone's offset, negated). Photos without
+    an EXIF time are left out and counted."""
+    from skyfix.edge.sources import read_exif
+    from skyfix.tiles.ortho import imread_rgb
+    timed, untimed = [], 0
+    for p in sorted(q for q in folder.iterdir() if q.suffix.lower() in PHOTO_SUFFIXES):
+        try:
+            t = read_exif(p)["time_utc"]
+        except OSError:
+            t = None
+        if t is None:
+            untimed += 1
+            continue
+        timed.append((t.replace(tzinfo=dt.timezone.utc).timestamp() + time_offset_s, p))
+    if not timed:
+        raise SkyfixError(f"{folder}: no photo with an EXIF capture time (DateTimeOriginal)")
+    timed.sort()
+    notes = [f"{untimed} photos without an EXIF capture time left out"] if untimed else []
+    frames = (ReplayFrame(imread_rgb(p), t, p.name) for t, p in timed)
+    return frames, timed[0][0], timed[-1][0], notes
+
+
 def video_seconds(path: Path) -> float:
     """The video's length (s) from its frame count and rate."""
     cap = cv2.VideoCapture(str(path))
@@ -220,29 +248,40 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def run_replay(video: str, log_path: str, pack_path: str, cfg, out_dir: str, video_start: Optional[str] = None,
-               time_offset_s: float = 0.0, every: int = 1, progress: bool = True) -> dict:
+def run_replay(video: Optional[str], log_path: str, pack_path: str, cfg, out_dir: str,
+               video_start: Optional[str] = None, time_offset_s: float = 0.0, every: int = 1, progress: bool = True,
+               photos: Optional[str] = None) -> dict:
     """`skyfix replay`: read the log, place the video on its clock (video_start, else the log's
-    first attitude; plus time_offset_s), check they overlap, replay and score. The camera's
-    intrinsics come from cfg.camera; its image size from the video."""
+    first attitude; plus time_offset_s) or the photos by their EXIF times, check they overlap the
+    log, replay and score. The camera's intrinsics come from cfg.camera; its image size from the
+    video or the first photo."""
     import dataclasses
     log = read_log(log_path)
-    video = Path(video)
-    if not video.is_file():
-        raise SkyfixError(f"video not found: {video}")
-    start = (parse_utc(video_start) if video_start else log.span_s[0]) + time_offset_s
-    notes = [] if video_start else ["no --video-start: the video is taken to start with the log"]
-    notes += check_overlap(log, start, video_seconds(video))
-    cap = cv2.VideoCapture(str(video))
-    size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
-    cap.release()
+    if photos:
+        folder = Path(photos)
+        if not folder.is_dir():
+            raise SkyfixError(f"photo folder not found: {folder}")
+        frames, first, last, notes = photo_frames(folder, time_offset_s)
+        notes += check_overlap(log, first, last - first)
+        size = tuple(reversed(next(photo_frames(folder, 0.0)[0]).image_rgb.shape[:2]))
+    else:
+        video = Path(video or "")
+        if not video.is_file():
+            raise SkyfixError(f"video not found: {video}")
+        start = (parse_utc(video_start) if video_start else log.span_s[0]) + time_offset_s
+        notes = [] if video_start else ["no --video-start: the video is taken to start with the log"]
+        notes += check_overlap(log, start, video_seconds(video))
+        cap = cv2.VideoCapture(str(video))
+        size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        cap.release()
+        frames = video_frames(video, start, every)
     if size != (cfg.camera.width_px, cfg.camera.height_px):
-        notes.append(f"camera size taken from the video: {size[0]} x {size[1]} (the config's intrinsics scaled "
+        notes.append(f"camera size taken from the images: {size[0]} x {size[1]} (the config's intrinsics fit it "
                      "only if they are a field of view)")
         cfg.camera = dataclasses.replace(cfg.camera, width_px=size[0], height_px=size[1])
     if log.partial_end:
         notes.append("the log ends inside a message: it was cut (a truncated file); its last record was skipped")
-    report = replay(pack_path, video_frames(video, start, every), log, cfg, Path(out_dir), notes, progress)
+    report = replay(pack_path, frames, log, cfg, Path(out_dir), notes, progress)
     report["time_offset_s"] = time_offset_s
     (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=2, default=str))
     return report

@@ -135,3 +135,36 @@ def test_a_dataflash_log_reads_as_the_same_flight(recorded, tmp_path):
         a, b = tlog.telemetry_at(ti), binlog.telemetry_at(ti)
         assert (b.roll_rad, b.pitch_rad, b.alt_agl_m) == pytest.approx((a.roll_rad, a.pitch_rad, a.alt_agl_m), abs=2e-3)
         assert binlog.gps_at(ti) == pytest.approx(tlog.gps_at(ti), abs=2e-7)
+
+
+def test_photos_timed_by_their_exif_replay_against_the_log(recorded, colorado_pack, tmp_path):
+    """Every 4th frame of the recorded video saved as a JPEG whose EXIF DateTimeOriginal and
+    SubSecTimeOriginal are its capture time (UTC): replayed against the .tlog, they are placed
+    as the video's frames are; a photo without a time is left out and said."""
+    from PIL import Image
+    summary, folder, _ = recorded
+    start = dt.datetime.fromisoformat(summary["recording"]["video_start_utc"])
+    cap = cv2.VideoCapture(str(folder / "flight.mp4"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    i = 0
+    while True:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        t_ms = cap.get(cv2.CAP_PROP_POS_MSEC)  # after the read: this frame's time stamp
+        if i % 4 == 0:
+            when = (start + dt.timedelta(milliseconds=t_ms)).replace(tzinfo=None)
+            exif = Image.Exif()
+            exif.get_ifd(0x8769).update({36867: when.strftime("%Y:%m:%d %H:%M:%S"),
+                                         37521: f"{when.microsecond // 1000:03d}"})
+            Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).save(photos / f"p{i:04d}.jpg", exif=exif, quality=95)
+        i += 1
+    cap.release()
+    Image.fromarray(np.zeros((480, 640, 3), np.uint8)).save(photos / "zz_untimed.jpg")
+    from skyfix.config import load_config
+    from skyfix.replay.run import run_replay
+    r = run_replay(None, str(folder / "flight.tlog"), str(colorado_pack), load_config(overrides={"nav": {"model": recorded[2]}}),
+                   str(tmp_path / "out"), progress=False, photos=str(photos))
+    assert r["n_published"] >= 5 and r["error_m"]["median"] < 3.0 and r["calibration"]["beyond_3x"] == 0
+    assert any("1 photos without an EXIF capture time" in n for n in r["notes"])
