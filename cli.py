@@ -138,15 +138,15 @@ def cmd_tiles_features(args) -> int:
 def _map_input(args, cfg):
     """What `tiles build` reads: the --ortho path(s), or a tile server's GDAL description written
     for --xyz/--wms over --bbox (its tiles cached under the skyfix cache, tiles/)."""
-    if bool(args.ortho) == bool(args.xyz or args.wms):
-        raise SkyfixError("give the map as --ortho, or as --xyz/--wms with --bbox (one of them)")
+    if bool(args.ortho) == bool(args.xyz or args.wms or args.wmts):
+        raise SkyfixError("give the map as --ortho, or as --xyz/--wms/--wmts with --bbox (one of them)")
     if args.ortho:
         return args.ortho if len(args.ortho) > 1 else args.ortho[0]
     from skyfix.edge.models import cache_dir
     from skyfix.tiles.servers import describe_server
     if not args.bbox:
-        raise SkyfixError("--xyz/--wms need --bbox W,S,E,N (degrees)")
-    kind, template = ("xyz", args.xyz) if args.xyz else ("wms", args.wms)
+        raise SkyfixError("--xyz/--wms/--wmts need --bbox W,S,E,N (degrees)")
+    kind, template = next((k, v) for k, v in (("xyz", args.xyz), ("wms", args.wms), ("wmts", args.wmts)) if v)
     cfg.tiles.imagery_source = cfg.tiles.imagery_source or template.split("?")[0]
     return describe_server(kind, template, args.bbox, args.zoom, cache_dir() / "tiles", args.key_file,
                            args.layer or "", args.gsd_m, cfg.tiles.server_connections)
@@ -453,9 +453,11 @@ def _ground_commands(sub) -> None:
     b.add_argument("--xyz", help="a tile server's URL template instead of --ortho: https://HOST/{z}/{x}/{y}.png "
                    "({key} is filled from $SKYFIX_TILE_KEY or --key-file); with --bbox and --zoom")
     b.add_argument("--wms", help="a WMS GetMap URL instead of --ortho; with --bbox, --layer and --gsd-m")
-    b.add_argument("--bbox", help="the area W,S,E,N in degrees (with --xyz/--wms)")
+    b.add_argument("--wmts", help="a WMTS GetCapabilities URL instead of --ortho; with --bbox and --layer (a Web "
+                   "Mercator tile matrix set, its finest level)")
+    b.add_argument("--bbox", help="the area W,S,E,N in degrees (with --xyz/--wms/--wmts)")
     b.add_argument("--zoom", type=_number(int, 0, 23), help="the XYZ zoom level to read (with --xyz)")
-    b.add_argument("--layer", help="the WMS layer (with --wms)")
+    b.add_argument("--layer", help="the WMS or WMTS layer (with --wms, --wmts)")
     b.add_argument("--key-file", help="a file whose first line is the provider's key (else $SKYFIX_TILE_KEY)")
     b.add_argument("--out", required=True, help="pack folder to write (atomically)")
     b.add_argument("--tile-size-m", type=_number(float, 10, 2000))

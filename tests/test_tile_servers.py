@@ -24,6 +24,7 @@ class TileServer:
 
     def __init__(self, root: Path):
         self.root, self.fail, self.stall_s, self.key, self.requests = root, set(), 0.0, None, []
+        self.capabilities = None  # a WMTS GetCapabilities document served at /wmts
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -37,11 +38,14 @@ class TileServer:
                 if server.key is not None and query != f"key={server.key}":
                     return self.send_error(403, "bad key")
                 file = server.root / path.lstrip("/")
-                if not file.is_file():
+                if path == "/wmts" and server.capabilities:
+                    data, kind = server.capabilities.encode(), "application/xml"
+                elif file.is_file():
+                    data, kind = file.read_bytes(), "image/png"
+                else:
                     return self.send_error(404)
-                data = file.read_bytes()
                 self.send_response(200)
-                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Type", kind)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 try:
@@ -252,11 +256,71 @@ def test_a_wms_layer_is_read_over_the_box(png_tiles, tmp_path):
         httpd.shutdown()
         httpd.server_close()
     assert asked and all(q["LAYERS"] == "ortho" and q["SRS"] == "EPSG:3857" and q["REQUEST"] == "GetMap" for q in asked)
-    assert valid.all() and rgb.shape[0] > 500
-    # The same ground in the stitched tiles, resampled to the source's grid.
+    assert valid.all() and rgb.shape[0] > 500 and _covers_the_box(src, bbox, slack_m=2.0)
+    assert _mean_difference_from_tiles(src, rgb, stitched, left, top, px_m) < 6.0
+
+
+def _covers_the_box(src, bbox: str, slack_m: float) -> bool:
+    """The source's Mercator extent is the box's, within slack_m."""
+    w, s_, e, n = (float(v) for v in bbox.split(","))
+    xs, ys = geo.lonlat_to_mercator(np.array([w, e]), np.array([s_, n]))
+    a = src.affine
+    got = (a[2], a[5] + src.height_px * a[4], a[2] + src.width_px * a[0], a[5])
+    return bool(np.allclose(got, (xs[0], ys[0], xs[1], ys[1]), atol=slack_m))
+
+
+def _mean_difference_from_tiles(src, rgb, stitched_bgr, left, top, px_m) -> float:
+    """Mean absolute difference between what a source read and the same ground in the stitched
+    tiles (Mercator origin left, top; px_m metres per tile pixel), resampled to its grid."""
     a = src.affine
     cols = ((a[2] + (np.arange(src.width_px) + 0.5) * a[0]) - left) / px_m - 0.5
     rows = (top - (a[5] + (np.arange(src.height_px) + 0.5) * a[4])) / px_m - 0.5
-    expect = cv2.remap(stitched, *np.meshgrid(cols.astype(np.float32), rows.astype(np.float32)), cv2.INTER_LINEAR)
-    diff = np.abs(rgb.astype(int) - cv2.cvtColor(expect, cv2.COLOR_BGR2RGB)).mean()
-    assert diff < 6.0, diff
+    expect = cv2.remap(stitched_bgr, *np.meshgrid(cols.astype(np.float32), rows.astype(np.float32)), cv2.INTER_LINEAR)
+    return float(np.abs(rgb.astype(int) - cv2.cvtColor(expect, cv2.COLOR_BGR2RGB)).mean())
+
+
+WMTS_CAPABILITIES = """<?xml version="1.0" encoding="UTF-8"?>
+<Capabilities xmlns="http://www.opengis.net/wmts/1.0" xmlns:ows="http://www.opengis.net/ows/1.1" version="1.0.0">
+ <Contents>
+  <Layer>
+   <ows:Identifier>ortho</ows:Identifier>
+   <Style isDefault="true"><ows:Identifier>default</ows:Identifier></Style>
+   <Format>image/png</Format>
+   <TileMatrixSetLink><TileMatrixSet>GoogleMapsCompatible</TileMatrixSet></TileMatrixSetLink>
+   <ResourceURL format="image/png" resourceType="tile" template="{base}/{{TileMatrix}}/{{TileCol}}/{{TileRow}}.png"/>
+  </Layer>
+  <TileMatrixSet>
+   <ows:Identifier>GoogleMapsCompatible</ows:Identifier>
+   <ows:SupportedCRS>urn:ogc:def:crs:EPSG::3857</ows:SupportedCRS>
+   <TileMatrix>
+    <ows:Identifier>18</ows:Identifier>
+    <ScaleDenominator>{scale!r}</ScaleDenominator>
+    <TopLeftCorner>-20037508.342789244 20037508.342789244</TopLeftCorner>
+    <TileWidth>256</TileWidth><TileHeight>256</TileHeight>
+    <MatrixWidth>262144</MatrixWidth><MatrixHeight>262144</MatrixHeight>
+   </TileMatrix>
+  </TileMatrixSet>
+ </Contents>
+</Capabilities>
+"""
+
+
+def test_a_wmts_layer_is_read_over_the_box(server, png_tiles, tmp_path):
+    """A WMTS on 127.0.0.1 (GetCapabilities, RESTful tiles of the Web Mercator set at zoom 18):
+    GDAL's WMTS driver reads the box from its tiles, as they are."""
+    pytest.importorskip("rasterio")
+    from skyfix.tiles.ortho import read_source
+    from skyfix.tiles.servers import describe_server
+    folder, bbox = png_tiles
+    base = server.url.split("/{z}")[0]
+    server.capabilities = WMTS_CAPABILITIES.format(base=base, scale=559082264.0287178 / 2 ** ZOOM)
+    service = describe_server("wmts", f"{base}/wmts", bbox, None, tmp_path / "cache", layer="ortho")
+    src = read_source(service, tiles_per_s=1000.0)
+    rgb, valid = src.read(0, src.height_px, 0, src.width_px)
+    x0, y0 = 52508, 100195
+    stitched = np.vstack([np.hstack([cv2.imread(str(folder / str(ZOOM) / str(x0 + i) / f"{y0 + j}.png"))
+                                     for i in range(4)]) for j in range(4)])
+    left, _, _, top = geo.xyz_tile_bounds_mercator(ZOOM, x0, y0)
+    assert "/wmts" in server.requests and any(r.startswith(f"/{ZOOM}/") for r in server.requests)
+    assert valid.mean() > 0.95 and rgb.shape[0] > 500 and _covers_the_box(src, bbox, slack_m=2 * src.affine[0])
+    assert _mean_difference_from_tiles(src, rgb, stitched, left, top, src.affine[0]) < 3.0

@@ -1,5 +1,5 @@
-"""Maps from tile servers: an XYZ/TMS template or a WMS, over a box, read through GDAL's own WMS
-driver (rasterio) with its disk cache.
+"""Maps from tile servers: an XYZ/TMS template, a WMS or a WMTS, over a box, read through GDAL's
+own WMS and WMTS drivers (rasterio) with their disk cache.
 
 skyfix writes a GDAL service description (an XML file GDAL opens like a GeoTIFF) whose data
 window is the box, and the build reads it by windows like any raster. GDAL fetches the tiles
@@ -90,8 +90,8 @@ def xyz_service_xml(url_template: str, bbox: tuple, zoom: int, cache_dir: Path, 
     return f"""<GDAL_WMS>
   <Service name="TMS"><ServerUrl>{escape(url)}</ServerUrl></Service>
   <DataWindow>
-    <UpperLeftX>{left!r}</UpperLeftX><UpperLeftY>{top!r}</UpperLeftY>
-    <LowerRightX>{right!r}</LowerRightX><LowerRightY>{bottom!r}</LowerRightY>
+    <UpperLeftX>{float(left)!r}</UpperLeftX><UpperLeftY>{float(top)!r}</UpperLeftY>
+    <LowerRightX>{float(right)!r}</LowerRightX><LowerRightY>{float(bottom)!r}</LowerRightY>
     <SizeX>{(x1 - x0 + 1) * TILE_PX}</SizeX><SizeY>{(y1 - y0 + 1) * TILE_PX}</SizeY>
     <TileLevel>{zoom}</TileLevel><TileX>{x0}</TileX><TileY>{y0}</TileY><YOrigin>top</YOrigin>
   </DataWindow>
@@ -119,8 +119,8 @@ def wms_service_xml(url: str, layer: str, bbox: tuple, gsd_m: float, cache_dir: 
   <Service name="WMS"><Version>1.1.1</Version><ServerUrl>{escape(url)}</ServerUrl>
     <SRS>EPSG:3857</SRS><ImageFormat>{escape(image_format)}</ImageFormat><Layers>{escape(layer)}</Layers></Service>
   <DataWindow>
-    <UpperLeftX>{xs[0]!r}</UpperLeftX><UpperLeftY>{ys[1]!r}</UpperLeftY>
-    <LowerRightX>{xs[1]!r}</LowerRightX><LowerRightY>{ys[0]!r}</LowerRightY>
+    <UpperLeftX>{float(xs[0])!r}</UpperLeftX><UpperLeftY>{float(ys[1])!r}</UpperLeftY>
+    <LowerRightX>{float(xs[1])!r}</LowerRightX><LowerRightY>{float(ys[0])!r}</LowerRightY>
     <SizeX>{size_x}</SizeX><SizeY>{size_y}</SizeY>
   </DataWindow>
   <Projection>EPSG:3857</Projection>
@@ -130,6 +130,29 @@ def wms_service_xml(url: str, layer: str, bbox: tuple, gsd_m: float, cache_dir: 
   <MaxConnections>{int(max_connections)}</MaxConnections>
   <Cache><Path>{escape(str(cache_dir))}</Path></Cache>
 </GDAL_WMS>
+"""
+
+
+def wmts_service_xml(capabilities_url: str, layer: str, bbox: tuple, cache_dir: Path, matrix_set: str = "",
+                     tile_matrix: str = "") -> str:
+    """A GDAL WMTS service description of a layer of a WMTS (its GetCapabilities URL) over the
+    box, in a Web Mercator tile matrix set (`matrix_set`, default the first GDAL finds), at its
+    finest tile matrix or `tile_matrix`."""
+    w, s, e, n = bbox
+    xs, ys = geo.lonlat_to_mercator(np.array([w, e]), np.array([s, n]))
+    optional = "".join(f"<{tag}>{escape(value)}</{tag}>" for tag, value in
+                       (("TileMatrixSet", matrix_set), ("TileMatrix", tile_matrix)) if value)
+    return f"""<GDAL_WMTS>
+  <GetCapabilitiesUrl>{escape(capabilities_url)}</GetCapabilitiesUrl>
+  <Layer>{escape(layer)}</Layer>{optional}
+  <DataWindow>
+    <UpperLeftX>{float(xs[0])!r}</UpperLeftX><UpperLeftY>{float(ys[1])!r}</UpperLeftY>
+    <LowerRightX>{float(xs[1])!r}</LowerRightX><LowerRightY>{float(ys[0])!r}</LowerRightY>
+  </DataWindow>
+  <BandsCount>4</BandsCount>
+  <ZeroBlockHttpCodes>204,404</ZeroBlockHttpCodes>
+  <Cache><Path>{escape(str(cache_dir))}</Path></Cache>
+</GDAL_WMTS>
 """
 
 
@@ -184,8 +207,9 @@ class ServerSource(RasterioSource):
 def describe_server(kind: str, template: str, bbox_text: str, zoom: Optional[int], cache_root: Path,
                     key_file: Optional[str] = None, layer: str = "", gsd_m: Optional[float] = None,
                     max_connections: int = 2) -> Path:
-    """Write the GDAL service description of an XYZ template (kind 'xyz', needs zoom) or a WMS
-    (kind 'wms', needs layer and gsd_m) over the box 'W,S,E,N', with its tile cache, under
+    """Write the GDAL service description of an XYZ template (kind 'xyz', needs zoom), a WMS
+    (kind 'wms', needs layer and gsd_m) or a WMTS (kind 'wmts': its GetCapabilities URL, needs
+    layer) over the box 'W,S,E,N', with its tile cache, under
     cache_root; returns its path, which `skyfix tiles build` reads like a GeoTIFF (read_source).
     The file holds the key where the template asks for one: it is written readable by its owner
     only."""
@@ -203,6 +227,10 @@ def describe_server(kind: str, template: str, bbox_text: str, zoom: Optional[int
         if not layer or not gsd_m:
             raise ImageError("--wms needs --layer and --gsd-m")
         xml = wms_service_xml(url, layer, bbox, gsd_m, folder / "cache", max_connections=max_connections)
+    elif kind == "wmts":
+        if not layer:
+            raise ImageError("--wmts needs --layer")
+        xml = wmts_service_xml(url, layer, bbox, folder / "cache")
     else:
         raise ImageError(f"unknown tile service kind {kind!r}")
     path = service_file(xml, folder)
@@ -213,5 +241,6 @@ def describe_server(kind: str, template: str, bbox_text: str, zoom: Optional[int
 def server_name(service_xml: Path) -> str:
     """The server's URL without its query string (which may hold a key), from a description."""
     import re
-    m = re.search(r"<ServerUrl>(.*?)</ServerUrl>", service_xml.read_text(), re.S)
+    m = re.search(r"<(?:ServerUrl|GetCapabilitiesUrl)>(.*?)</(?:ServerUrl|GetCapabilitiesUrl)>", service_xml.read_text(),
+                  re.S)
     return (m.group(1) if m else service_xml.name).split("?")[0].replace("${", "{")
