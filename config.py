@@ -68,7 +68,7 @@ class TilesConfig:
     server_tiles_per_s: float = 8.0
     # Finer tile sizes stored beside tile_size_m (each every stride_m scaled alike): a frame too
     # low for the main tiles to fit (take-off, landing) is searched among these.
-    levels_m: list = field(default_factory=list)
+    levels_m: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -105,7 +105,7 @@ class EvalConfig:
     seed: int = 0
     # The retrieval density position (edge/coarse.py, seed 003): its error beside the top-1
     # tile's, for each k of the top-k tiles; kernels of density_sigma_m (None: half a tile).
-    density_k: list = field(default_factory=lambda: [5, 10, 20])
+    density_k: list[float] = field(default_factory=lambda: [5, 10, 20])
     density_sigma_m: Optional[float] = None
 
 

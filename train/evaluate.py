@@ -133,7 +133,7 @@ def density_errors(pack: TilePack, S: np.ndarray, qs, cfg: EvalConfig) -> dict:
     from skyfix.edge.coarse import density_position
     sigma_m = cfg.density_sigma_m or pack.tile_size_m / 2
     out = {}
-    for k in cfg.density_k:
+    for k in (int(v) for v in cfg.density_k):
         top = np.argsort(-S, axis=1, kind="stable")[:, :k]
         err = np.array([math.hypot(c.east_m - e, c.north_m - n) for c, e, n in
                         ((density_position(pack.east_m[ids], pack.north_m[ids], S[q, ids], sigma_m), qs.east_m[q],
