@@ -81,7 +81,7 @@ def open_terrain(pack_dir: Path, entry: dict, frame: LocalFrame) -> Terrain:
     does not match it."""
     check_shape(entry, TERRAIN_SHAPE, f"{pack_dir}/manifest.yaml terrain")
     try:
-        heights = np.load(pack_dir / TERRAIN_FILE, mmap_mode="r")
+        heights = np.load(pack_dir / TERRAIN_FILE, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise PackError(f"pack {pack_dir}: {TERRAIN_FILE} cannot be read ({exc}); add it again with "
                         "`skyfix tiles terrain PACK --dem DEM`") from exc
