@@ -234,6 +234,9 @@ class BridgeConfig:
 
     connection: str = "udpin:0.0.0.0:14550"
     protocol: str = "ardupilot"      # ardupilot (GPS_INPUT) | px4 (GLOBAL_POSITION_SENSOR)
+    # PX4: GLOBAL_POSITION_SENSOR.id. EKF2 fuses only an id one of its EKF2_AGPn_ID names, set
+    # before ekf2 starts (0 is none: with id 0, EKF2 ignores every message).
+    px4_sensor_id: int = 1
     rate_hz: float = 10.0
     # Stop publishing when the newest accepted measurement is older than this. Set by the
     # autopilot, not by the CPU: below ArduPilot's 4 s GPS timeout (with a margin), so that a real

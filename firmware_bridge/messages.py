@@ -88,8 +88,9 @@ def gps_input(mav, fix: Fix, unix_us: int, vert_accuracy_m: float, fix_type: int
 
 def global_position_sensor(mav, fix: Fix, time_usec: int, processing_time_us: int,
                            vert_accuracy_m: float, target_system: int = 1, target_component: int = 1,
-                           sensor_id: int = 0):
-    """GLOBAL_POSITION_SENSOR (296) for PX4, source VISION (map matching)."""
+                           sensor_id: int = 1):
+    """GLOBAL_POSITION_SENSOR (296) for PX4, source VISION (map matching); sensor_id is what
+    EKF2_AGPn_ID must name."""
     m = mavlink_module()
     check_fix(fix)
     return mav.global_position_sensor_encode(

@@ -29,7 +29,7 @@ class FixPublisher:
     def __init__(self, bridge, estimate: Callable[[float], Optional[tuple]], protocol: str = "ardupilot",
                  rate_hz: float = 10.0, max_age_s: float = 1.5, vert_accuracy_m: float = 5.0,
                  on_sent: Optional[Callable[[Fix, float], None]] = None, send_velocity: bool = False,
-                 send_heading: bool = False, max_speed_accuracy_m_s: float = 1.0):
+                 send_heading: bool = False, max_speed_accuracy_m_s: float = 1.0, px4_sensor_id: int = 1):
         if protocol not in PROTOCOLS:
             raise SkyfixError(f"protocol must be one of {PROTOCOLS}, got '{protocol}'")
         if not 0 < rate_hz <= 50:
@@ -39,6 +39,9 @@ class FixPublisher:
         self.on_sent = on_sent  # e.g. a simulator scoring what was sent against the truth
         self.send_velocity, self.send_heading = send_velocity, send_heading
         self.max_speed_accuracy_m_s = max_speed_accuracy_m_s
+        if not 1 <= px4_sensor_id <= 255:
+            raise SkyfixError(f"bridge.px4_sensor_id must be 1-255 (EKF2_AGPn_ID), got {px4_sensor_id}")
+        self.px4_sensor_id = px4_sensor_id
         self.sent = 0
         self.withheld = 0
         self.withheld_speed = 0  # of withheld: a velocity claim the autopilot could not use
@@ -54,7 +57,7 @@ class FixPublisher:
         processing_us = int(now_mono_s * 1e6) - fix.t_capture_us
         return messages.global_position_sensor(
             mav, fix, unix_us, processing_us, self.vert_accuracy_m,
-            self.bridge.target_system, self.bridge.target_component)
+            self.bridge.target_system, self.bridge.target_component, self.px4_sensor_id)
 
     def publish_once(self, now_mono_s: float) -> bool:
         est = self.estimate(now_mono_s)
@@ -90,7 +93,7 @@ class FixPublisher:
         """From a BridgeConfig (protocol, rate, age limit, accuracy, velocity and heading)."""
         return cls(bridge, estimate, cfg.protocol, cfg.rate_hz, cfg.max_fix_age_s, cfg.vert_accuracy_m,
                    send_velocity=cfg.send_velocity, send_heading=cfg.send_heading,
-                   max_speed_accuracy_m_s=cfg.max_speed_accuracy_m_s, **kwargs)
+                   max_speed_accuracy_m_s=cfg.max_speed_accuracy_m_s, px4_sensor_id=cfg.px4_sensor_id, **kwargs)
 
     def _loop(self) -> None:
         period = 1.0 / self.rate_hz
