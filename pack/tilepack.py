@@ -471,7 +471,9 @@ def describe(pack: TilePack) -> str:
             f"{m['grid']['tile_px']} px; map {m['map']['width_px']} x {m['map']['height_px']} px at "
             f"{m['map']['gsd_m']:.3f} m/px\n"
             f"  tiles      {len(pack)}  (files verified: {', '.join(m['files'])})\n"
-            f"  terrain    " + (f"{t['width_px']} x {t['height_px']} cells of {t['gsd_m']:g} m, heights {t['min_m']:.0f}.."
+            "  levels     " + (", ".join(f"{lv['tiles']} tiles of {lv['tile_size_m']:g} m" for lv in m.get("levels") or [])
+                                or "none (add: skyfix tiles level PACK --tile-size-m 40)") + "\n"
+            "  terrain    " + (f"{t['width_px']} x {t['height_px']} cells of {t['gsd_m']:g} m, heights {t['min_m']:.0f}.."
                                f"{t['max_m']:.0f} m ({t['source']})" if (t := m.get("terrain")) else
                                "none: flat ground assumed (add: skyfix tiles terrain PACK --dem DEM)") + "\n"
             "  features   " + (", ".join(f"{k}: {v['count']} keypoints ({v['identity']})"
