@@ -115,7 +115,9 @@ def test_bridge_and_publisher_over_loopback_udp():
         assert bridge.link_ok()
         for _ in range(3):
             _vehicle_send(fc, 2000)
-        assert wait_until(lambda: (bridge.telemetry.clock.last_boot_s or 0) >= 2.0)
+        # The batch's messages are read one by one: wait for its height too, not only its clock.
+        assert wait_until(lambda: (bridge.telemetry.clock.last_boot_s or 0) >= 2.0
+                          and bridge.telemetry.at(time.monotonic(), max_age_s=1.0).alt_agl_m is not None)
         tel = bridge.telemetry.at(time.monotonic(), max_age_s=1.0)
         assert tel.yaw_rad == pytest.approx(1.2) and tel.alt_agl_m == pytest.approx(120.0)
         last_accept["t"] = time.monotonic()  # the measurement is fresh when publishing starts
