@@ -19,6 +19,7 @@ def bench_replay(pack_path: str, duration_s: float = 60.0, offsets_s=(0.0, 0.5, 
     live = run_sim(pack_path, pack_drone_embedder(pack_path), cfg, out_dir=str(Path(out) / "live"), progress=False,
                    record=True)
     rec = live["recording"]
+    cfg = load_config(overrides={"nav": {"model": _pack_model(pack_path)}})
     rows = ["| run | offset added s | fixes | availability | error median / p95 / max m | beyond 3x | --time-offset-s the replay suggests |",
             "|---|---|---|---|---|---|---|",
             f"| live (simulator in the loop) | | {live['n_published']} | {fmt(100 * live['availability'])} % | "
@@ -26,7 +27,6 @@ def bench_replay(pack_path: str, duration_s: float = 60.0, offsets_s=(0.0, 0.5, 
             f"**{live['calibration'].get('beyond_3x', 0)}** | |"]
     print(rows[-1], flush=True)
     for off in offsets_s:
-        cfg = load_config(overrides={"nav": {"model": str(_pack_model(pack_path))}})
         r = run_replay(rec["video"], rec["log"], pack_path, cfg, str(Path(out) / f"replay_{off:+g}"),
                        rec["video_start_utc"], off, progress=False)
         est = r.get("time_offset_estimate_s")

@@ -119,17 +119,7 @@ def rectify(image_rgb: np.ndarray, cam: PinholeCamera, roll_rad: float, pitch_ra
     wrong height scales it). Returns (crop uint8 out_px x out_px x 3, inside_frac: share of the
     crop the frame covers, (east_m, north_m) of the crop centre relative to the camera's nadir).
     """
-    h, (centre_e, centre_n) = image_from_crop(cam, roll_rad, pitch_rad, yaw_rad, agl_m, size_m, out_px)
-    src = image_rgb
-    ground_per_px = agl_m / cam.fx_px
-    shrink = (size_m / out_px) / ground_per_px
-    if shrink > 1.5:  # the crop is coarser than the frame: low-pass first against aliasing
-        src = cv2.GaussianBlur(src, (0, 0), 0.5 * shrink)
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    crop = cv2.warpPerspective(src, h, (out_px, out_px), flags=flags, borderValue=(0, 0, 0))
-    inside = cv2.warpPerspective(np.ones(image_rgb.shape[:2], np.uint8), h, (out_px, out_px),
-                                 flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0)
-    return crop, float(inside.mean()), (centre_e, centre_n)
+    return rectify_mapped(image_rgb, cam, roll_rad, pitch_rad, yaw_rad, agl_m, size_m, out_px)[:3]
 
 
 @dataclass(frozen=True)
@@ -167,13 +157,19 @@ def rectify_mapped(image_rgb: np.ndarray, cam: PinholeCamera, roll_rad: float, p
     below. Over terrain every crop pixel is the ground point it shows (a true orthophoto of the
     frame, as the map is), so the crop is a similarity of the map however steep the relief."""
     h, (centre_e, centre_n) = image_from_crop(cam, roll_rad, pitch_rad, yaw_rad, agl_m, size_m, out_px)
+    src = image_rgb
+    shrink = (size_m / out_px) / (agl_m / cam.fx_px)
+    if shrink > 1.5:  # the crop is coarser than the frame: low-pass first against aliasing
+        src = cv2.GaussianBlur(src, (0, 0), 0.5 * shrink)
     if depth_m is None:
-        crop, inside, offset = rectify(image_rgb, cam, roll_rad, pitch_rad, yaw_rad, agl_m, size_m, out_px)
-        return crop, inside, offset, CropMap(h=h)
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        crop = cv2.warpPerspective(src, h, (out_px, out_px), flags=flags, borderValue=(0, 0, 0))
+        inside = cv2.warpPerspective(np.ones(image_rgb.shape[:2], np.uint8), h, (out_px, out_px),
+                                     flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0)
+        return crop, float(inside.mean()), (centre_e, centre_n), CropMap(h=h)
     g = ground_from_crop(centre_e, centre_n, size_m, out_px)
     idx = np.arange(out_px, dtype=np.float64)
-    east = g[0, 0] * idx[None, :] + g[0, 2] + 0 * idx[:, None]
-    north = g[1, 1] * idx[:, None] + g[1, 2] + 0 * idx[None, :]
+    east, north = np.meshgrid(g[0, 0] * idx + g[0, 2], g[1, 1] * idx + g[1, 2])
     down = np.asarray(depth_m(east, north), np.float64)
     down = np.where(np.isfinite(down) & (down > 1.0), down, agl_m)  # off the terrain: the plane
     r_cw = (world_from_body(roll_rad, pitch_rad, yaw_rad) @ BODY_FROM_CAM).T
@@ -181,10 +177,6 @@ def rectify_mapped(image_rgb: np.ndarray, cam: PinholeCamera, roll_rad: float, p
     z = np.maximum(ned[..., 2], 1e-6)
     map_x = (cam.fx_px * ned[..., 0] / z + cam.cx_px).astype(np.float32)
     map_y = (cam.fy_px * ned[..., 1] / z + cam.cy_px).astype(np.float32)
-    src = image_rgb
-    shrink = (size_m / out_px) / (agl_m / cam.fx_px)
-    if shrink > 1.5:  # the crop is coarser than the frame: low-pass first against aliasing
-        src = cv2.GaussianBlur(src, (0, 0), 0.5 * shrink)
     crop = cv2.remap(src, map_x, map_y, cv2.INTER_LINEAR, borderValue=(0, 0, 0))
     seen = (map_x >= 0) & (map_y >= 0) & (map_x <= cam.width_px - 1) & (map_y <= cam.height_px - 1) & (ned[..., 2] > 0)
     crop[~seen] = 0

@@ -115,6 +115,7 @@ class CropPose:
     agl_m: Optional[float] = None  # height above the ground under the camera (the terrain's where known)
     rel_m: Optional[float] = None  # the telemetry's height (over the take-off point, or a rangefinder's)
     agl_on_terrain: bool = False   # agl_m is over the terrain under the camera (DEM or rangefinder)
+    ground: Optional[tuple] = None  # (east_m, north_m, height m) of the terrain where the vehicle is believed
     attitude_known: bool = True
     heading_known: bool = True
     height_known: bool = True
@@ -482,7 +483,7 @@ class Navigator:
         with _timed(timings, "refine"):
             wide, _, _, wide_map = rectify_mapped(image, self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
                                                   pose.agl_m, self.refine_size_m, self.refine_px,
-                                                  self._ground_depth(pose, t_s))
+                                                  self._ground_depth(pose))
             matcher = self.matcher if trust_heading else self.rotation_matcher
             described = matcher.describe(wide, trust_heading)
             best, runner_up = self._refine(matcher, described, wide.shape, candidates)
@@ -592,10 +593,13 @@ class Navigator:
         elif tel is not None and _finite(tel.alt_msl_m):
             self.last_alt_msl_m = tel.alt_msl_m
         if self.terrain is not None and pose.agl_m is not None:
+            where = self._where(t_s)
+            height = self.terrain.height_at(*where) if where is not None else None
+            pose.ground = None if height is None else (*where, height)
             if tel is not None and tel.agl_rangefinder:
                 pose.agl_on_terrain = True
             else:
-                pose.agl_m, pose.agl_on_terrain = self._agl_over_terrain(pose.agl_m, t_s, pose.notes)
+                pose.agl_m, pose.agl_on_terrain = self._agl_over_terrain(pose.agl_m, pose.ground, pose.notes)
         return pose
 
     def _where(self, t_s: float) -> Optional[tuple]:
@@ -608,17 +612,15 @@ class Navigator:
             return self.last_position[1], self.last_position[2]
         return None
 
-    def _ground_depth(self, pose: CropPose, t_s: float):
+    def _ground_depth(self, pose: CropPose):
         """f(east_m, north_m relative to the camera) -> the ground's depth below it (m), from the
-        terrain around where the vehicle is believed (`_where`), for rectifying the refinement crop
-        over the relief; None without terrain, a position or a height on it (flat rectification)."""
-        if self.terrain is None or not pose.agl_on_terrain:
+        terrain around where the vehicle is believed (`pose.ground`), for rectifying the
+        refinement crop over the relief; None without terrain, a position or a height on it
+        (flat rectification)."""
+        if pose.ground is None or not pose.agl_on_terrain:
             return None
-        where = self._where(self.last_capture_s if self.last_capture_s is not None else 0.0)
-        ground = self.terrain.height_at(*where) if where is not None else None
-        if ground is None:
-            return None
-        camera_up_m, (e0, n0) = ground + pose.agl_m, where
+        e0, n0, height_m = pose.ground
+        camera_up_m = height_m + pose.agl_m
         return lambda de, dn: camera_up_m - self.terrain.height_m(e0 + de, n0 + dn)
 
     def datum_offset_m(self) -> Optional[float]:
@@ -628,20 +630,18 @@ class Navigator:
             return float(np.median(self.datum_offsets))
         return self.cfg.ground_alt_msl_m
 
-    def _agl_over_terrain(self, rel_m: float, t_s: float, notes: list) -> tuple:
+    def _agl_over_terrain(self, rel_m: float, ground: Optional[tuple], notes: list) -> tuple:
         """(height above the terrain under the camera m, whether it is): from the telemetry's
         height over the take-off point, the camera's datum height (rel_m + datum_offset_m) minus
-        the terrain where the vehicle is believed (`_where`), else minus the terrain's median (a
-        lost vehicle: the match's scale and the resection measure the rest; not on the terrain).
-        rel_m unchanged while the datum offset is not known, or when the result is not a
-        plausible height."""
+        the terrain where the vehicle is believed (`ground`: east, north, height), else minus the
+        terrain's median (a lost vehicle: the match's scale and the resection measure the rest;
+        not on the terrain). rel_m unchanged while the datum offset is not known, or when the
+        result is not a plausible height."""
         offset = self.datum_offset_m()
         if offset is None:
             return rel_m, False
-        where = self._where(t_s)
-        ground = self.terrain.height_at(*where) if where is not None else None
         on_terrain = ground is not None
-        agl = rel_m + offset - (ground if on_terrain else self.terrain.median_m)
+        agl = rel_m + offset - (ground[2] if on_terrain else self.terrain.median_m)
         if not 5.0 <= agl <= 5000.0:
             notes.append(f"terrain gives {agl:.0f} m above the ground: the telemetry's height used")
             return rel_m, False
@@ -797,9 +797,8 @@ class Navigator:
         # is that of whatever depth the matched points sit at: up to about three standard
         # deviations of the heights in view off the height (over hills of 150 m with a DEM,
         # unweighted odometry put 37 of 549 messages beyond 3x, one deviation 7 of 642).
-        where = self._where(t_s) if self.terrain is not None else None
-        if where is not None:
-            sigma_m += math.hypot(de, dn) * 3.0 * self._terrain_spread_m(*where) / max(prev_agl_m, 1.0)
+        if pose.ground is not None:
+            sigma_m += math.hypot(de, dn) * 3.0 * self._terrain_spread_m(*pose.ground[:2]) / max(prev_agl_m, 1.0)
         self.gate.offer_velocity(t_s, de / dt, dn / dt, sigma_m / dt, math.hypot(de, dn), interval_s=dt)
 
     def _reject_match(self, best: Optional[Match], runner_up: Optional[Match], pose: CropPose):

@@ -139,8 +139,3 @@ def _parabola_peak(before: np.ndarray, peak: np.ndarray, after: np.ndarray) -> n
     with np.errstate(invalid="ignore", divide="ignore"):
         off = np.where(denom < 0, 0.5 * (before - after) / denom, 0.0)
     return np.clip(np.nan_to_num(off), -0.5, 0.5)
-
-
-def crop_pixels_in_frame(xy_crop_px: np.ndarray, frame_from_crop: np.ndarray) -> np.ndarray:
-    """Crop pixels (N x 2) -> the raw frame pixels they were rectified from (N x 2)."""
-    return cv2.perspectiveTransform(xy_crop_px.reshape(-1, 1, 2).astype(np.float64), frame_from_crop).reshape(-1, 2)

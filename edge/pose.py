@@ -19,7 +19,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from skyfix.edge.camera import BODY_FROM_CAM, PinholeCamera
+from skyfix.edge.camera import BODY_FROM_CAM, CropMap, PinholeCamera
 
 MIN_POINTS = 12
 NED_FROM_ENU = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
@@ -43,7 +43,7 @@ class CameraPose:
 
 def image_px_of_crop_px(crop_px: np.ndarray, h_image_from_crop: np.ndarray) -> np.ndarray:
     """N x 2 crop pixels -> N x 2 frame pixels through the rectification homography."""
-    return cv2.perspectiveTransform(crop_px.reshape(-1, 1, 2).astype(np.float64), h_image_from_crop).reshape(-1, 2)
+    return CropMap(h=h_image_from_crop).frame_px(crop_px)
 
 
 def resect(cam: PinholeCamera, image_px: np.ndarray, ground_en_m: np.ndarray,

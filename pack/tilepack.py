@@ -14,6 +14,7 @@ This module needs numpy, OpenCV, PyYAML and faiss only (no rasterio, no torch).
 from __future__ import annotations
 
 import datetime as dt
+import os
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -231,6 +232,13 @@ def write_pack_files(folder: Path, grid: MapGrid, tiles: list[GeoTile], vectors:
     (folder / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     for name, text in (extra_files or {}).items():
         (folder / name).write_text(text)
+
+
+def replace_manifest(pack_dir: Path, manifest: dict) -> None:
+    """Write a pack's manifest in one rename (a reader sees the old one or the new one)."""
+    tmp = Path(pack_dir) / ".manifest.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    os.replace(tmp, Path(pack_dir) / "manifest.yaml")
 
 
 class TileSet:

@@ -97,9 +97,8 @@ def read_log(path: str | Path) -> FlightLog:
         raise LogError(f"cannot read {path.name}: {exc}") from exc
     rows: dict = {k: [] for k in ("att", "height", "gps", "range")}
     bad, last = 0, None
-    reader = _read_tlog if suffix == ".tlog" else _read_bin
     try:
-        bad, last = reader(conn, rows)
+        bad, last = _read_tlog(conn, rows) if suffix == ".tlog" else _read_bin(conn, rows, path.name)
     finally:
         conn.close()
     log = _assemble(path, rows, suffix)
@@ -131,7 +130,7 @@ def _read_tlog(conn, rows: dict) -> tuple:
             rows["range"].append((t, msg.current_distance / 100.0))
 
 
-def _read_bin(conn, rows: dict) -> tuple:
+def _read_bin(conn, rows: dict, name: str) -> tuple:
     """DataFlash: ATT (deg), POS.RelHomeAlt or CTUN.Alt, GPS (Lat, Lng, Status, GWk, GMS),
     RFND.Dist; times TimeUS since boot, tied to UTC by the GPS week and milliseconds."""
     bad, last, boot_to_utc = 0, None, []
@@ -163,8 +162,7 @@ def _read_bin(conn, rows: dict) -> tuple:
         elif kind == "RFND" and getattr(msg, "Dist", 0) > 0:
             rows["range"].append((t, float(msg.Dist)))
     if not boot_to_utc:
-        raise LogError(f"{conn.path if hasattr(conn, 'path') else 'the log'}: no GPS time in the DataFlash log: "
-                       "its boot clock cannot be tied to the video's time")
+        raise LogError(f"{name}: no GPS time in the DataFlash log: its boot clock cannot be tied to the video's time")
     shift = float(np.median(boot_to_utc))
     for key in rows:
         rows[key] = [(r[0] + shift, *r[1:]) for r in rows[key]]

@@ -219,8 +219,7 @@ def test_a_wms_layer_is_read_over_the_box(png_tiles, tmp_path):
     from skyfix.tiles.servers import describe_server
     folder, bbox = png_tiles
     x0, y0 = 52508, 100195
-    stitched = np.vstack([np.hstack([cv2.imread(str(folder / str(ZOOM) / str(x0 + i) / f"{y0 + j}.png"))
-                                     for i in range(4)]) for j in range(4)])
+    stitched = _stitched(folder, x0, y0)
     left, _, _, top = geo.xyz_tile_bounds_mercator(ZOOM, x0, y0)
     _, bottom, right, _ = geo.xyz_tile_bounds_mercator(ZOOM, x0 + 3, y0 + 3)
     px_m = (right - left) / 1024
@@ -267,6 +266,12 @@ def _covers_the_box(src, bbox: str, slack_m: float) -> bool:
     a = src.affine
     got = (a[2], a[5] + src.height_px * a[4], a[2] + src.width_px * a[0], a[5])
     return bool(np.allclose(got, (xs[0], ys[0], xs[1], ys[1]), atol=slack_m))
+
+
+def _stitched(folder, x0: int, y0: int) -> np.ndarray:
+    """The 4 x 4 generated tiles from (x0, y0) as one BGR image."""
+    return np.vstack([np.hstack([cv2.imread(str(folder / str(ZOOM) / str(x0 + i) / f"{y0 + j}.png"))
+                                 for i in range(4)]) for j in range(4)])
 
 
 def _mean_difference_from_tiles(src, rgb, stitched_bgr, left, top, px_m) -> float:
@@ -318,8 +323,7 @@ def test_a_wmts_layer_is_read_over_the_box(server, png_tiles, tmp_path):
     src = read_source(service, tiles_per_s=1000.0)
     rgb, valid = src.read(0, src.height_px, 0, src.width_px)
     x0, y0 = 52508, 100195
-    stitched = np.vstack([np.hstack([cv2.imread(str(folder / str(ZOOM) / str(x0 + i) / f"{y0 + j}.png"))
-                                     for i in range(4)]) for j in range(4)])
+    stitched = _stitched(folder, x0, y0)
     left, _, _, top = geo.xyz_tile_bounds_mercator(ZOOM, x0, y0)
     assert "/wmts" in server.requests and any(r.startswith(f"/{ZOOM}/") for r in server.requests)
     assert valid.mean() > 0.95 and rgb.shape[0] > 500 and _covers_the_box(src, bbox, slack_m=2 * src.affine[0])

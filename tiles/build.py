@@ -8,7 +8,6 @@ run again with the same inputs (`<out>.partial` holds the work so far).
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from skyfix.errors import PackError
 from skyfix.pack.blocks import (BLOCK_PX, COVERAGE_PX, MapBlocks, block_path, decode_block, row_sweep_cache,
                                  table_row, write_block, write_canvas_blocks, write_table)
 from skyfix.pack.canvas import MapCanvas, MapGrid
-from skyfix.pack.tilepack import SCHEMA_VERSION, TilePack, write_pack_files
+from skyfix.pack.tilepack import SCHEMA_VERSION, TilePack, replace_manifest, write_pack_files
 from skyfix.tiles import embed
 from skyfix.tiles.features import write_map_features
 
@@ -266,9 +265,7 @@ def add_features(pack_path: str | Path, extractor, per_mpx: int, progress: bool 
         shutil.rmtree(staging, ignore_errors=True)
     manifest = dict(pack.manifest)
     manifest["features"] = {**(manifest.get("features") or {}), extractor.name: entry}
-    tmp = pack.path / ".manifest.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(manifest, sort_keys=False))
-    os.replace(tmp, pack.path / "manifest.yaml")
+    replace_manifest(pack.path, manifest)
     return entry
 
 
@@ -323,7 +320,5 @@ def add_level(pack_path: str | Path, tile_size_m: float, stride_m: float, embedd
                                 + [entry], key=lambda e: -float(e["tile_size_m"]))
     kept = {k: v for k, v in manifest["files"].items() if not k.startswith(name + "/")}
     manifest["files"] = {**kept, **{f"{name}/{f}": file_digest(final / f) for f in files}}
-    tmp = pack.path / ".manifest.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(manifest, sort_keys=False))
-    os.replace(tmp, pack.path / "manifest.yaml")
+    replace_manifest(pack.path, manifest)
     return entry

@@ -12,7 +12,6 @@ from typing import Optional
 
 import cv2
 import numpy as np
-import yaml
 
 from skyfix.artifacts import file_digest
 from skyfix.errors import ImageError, require
@@ -91,7 +90,7 @@ def add_terrain(pack_dir: str | Path, dem_path: str | Path, gsd_m: Optional[floa
     """Resample a DEM over a pack's map and add (or replace) it as the pack's terrain. Everything
     is computed and written under temporary names first; the heights and then the manifest are
     renamed into place at the end. Returns the manifest entry."""
-    from skyfix.pack.tilepack import TilePack
+    from skyfix.pack.tilepack import TilePack, replace_manifest
     pack = TilePack.open(pack_dir)
     terrain = terrain_heights(dem_path, pack.frame, tuple(pack.manifest["region"]["bounds_en_m"]), gsd_m)
     entry = terrain.manifest_entry()
@@ -102,9 +101,7 @@ def add_terrain(pack_dir: str | Path, dem_path: str | Path, gsd_m: Optional[floa
     manifest = dict(pack.manifest)
     manifest["terrain"] = entry
     manifest["files"] = {**manifest["files"], TERRAIN_FILE: file_digest(pack.path / TERRAIN_FILE)}
-    tmp = pack.path / ".manifest.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(manifest, sort_keys=False))
-    os.replace(tmp, pack.path / "manifest.yaml")
+    replace_manifest(pack.path, manifest)
     if entry["valid_frac"] < 0.999:
         log(f"warning: the DEM covers {100 * entry['valid_frac']:.1f} % of the map; where it does not, skyfix "
             "assumes flat ground")
