@@ -105,7 +105,7 @@ def cmd_tiles_build(args) -> int:
     from skyfix.export.models import features_model_dir, load_embedder
     from skyfix.tiles.build import build_pack
     cfg = _config(args, tiles={"tile_size_m": args.tile_size_m, "stride_m": args.stride_m,
-                               "gsd_m": args.gsd_m, "index": args.index,
+                               "gsd_m": args.gsd_m, "index": args.index, "hash_head": args.hash_head,
                                "imagery_date": args.imagery_date, "nodata": args.nodata,
                                "imagery_licence": args.imagery_licence, "dem": args.dem, "dem_gsd_m": args.dem_gsd_m,
                                "levels_m": [float(v) for v in args.levels_m.split(",")] if args.levels_m else None,
@@ -199,6 +199,11 @@ def cmd_export_onnx(args) -> int:
     cfg = _config(args, model={"lpn_parts": args.lpn_parts, "dim": args.dim})
     model = load_checkpoint(args.checkpoint) if args.checkpoint else build_towers(cfg.model)
     out = export_onnx(model, args.out, card_extra=run_card(args.checkpoint) if args.checkpoint else None)
+    if args.checkpoint:
+        from skyfix.train.hashing import export_hash_head
+        head = export_hash_head(args.checkpoint, out)
+        if head is not None:
+            print(f"wrote {out}/hash.npz: the {head.bits}-bit hash head trained with the towers (--index binary)")
     print(f"wrote {out}; next: skyfix tiles build --ortho MAP --out PACK --model {out}")
     return 0
 
@@ -410,6 +415,17 @@ def cmd_train_features(args) -> int:
     return 0
 
 
+def cmd_train_hash(args) -> int:
+    from skyfix.config import train_config
+    from skyfix.train.hashing import train_hash_heads
+    cli = {key: getattr(args, key) for key in ("ortho", "drone_from", "source_gsd_m", "seed")}
+    cfg = train_config(args.preset, args.config, cli)
+    (head,), _ = train_hash_heads(cfg, args.model, [args.bits], args.pairs, args.steps, seed=cfg.train.seed)
+    out = head.save(args.out or Path(args.model) / "hash.npz")
+    print(f"wrote {out}; next: skyfix tiles build --index binary --model {args.model} --hash-head {out} ...")
+    return 0
+
+
 def cmd_train(args) -> int:
     from skyfix.config import train_config
     from skyfix.train.trainer import init_distributed, train
@@ -464,7 +480,10 @@ def _ground_commands(sub) -> None:
     b.add_argument("--stride-m", type=_number(float, 1, 2000))
     b.add_argument("--gsd-m", type=_number(float, 0.01, 50), help="map resolution (default: the orthophoto's)")
     b.add_argument("--source-gsd-m", type=_number(float, 0.01, 50), help="read a non-georeferenced image at this GSD")
-    b.add_argument("--index", choices=["flat", "ivfpq", "hnsw"])
+    b.add_argument("--index", choices=["flat", "ivfpq", "hnsw", "binary"],
+                   help="binary: Hamming search of learned codes (needs a hash head), re-ranked exactly")
+    b.add_argument("--hash-head", help="with --index binary: the head's .npz (default: MODEL/hash.npz, "
+                   "from `skyfix train hash`)")
     b.add_argument("--cluster", help="embed on Dask: local:N (N worker processes here) or tcp://SCHEDULER:8786 "
                                      "(workers must see the model and the output folder's parent at the same paths)")
     b.add_argument("--model", default="default", help="model dir from `export onnx`, .pt, 'default' (the towers shipped "
@@ -717,6 +736,21 @@ def _workstation_commands(sub) -> None:
     tr.add_argument("--config")
     tr.set_defaults(func=cmd_train)
 
+    th = sub.add_parser("train-hash", formatter_class=_DefaultsOnce,
+                        help="fit a hash head (learned binary codes) on a model's frozen towers, for --index binary")
+    th.add_argument("--model", required=True, help="model dir from `export onnx` (or 'imagenet')")
+    th.add_argument("--bits", type=_number(int, 8, 4096), default=128, help="code length, a multiple of 8")
+    th.add_argument("--pairs", type=_number(int, 2, 10 ** 7), default=4000, help="training pairs to embed")
+    th.add_argument("--steps", type=_number(int, 1, 10 ** 7), default=1500)
+    th.add_argument("--preset", choices=sorted(TRAIN_PRESETS))
+    th.add_argument("--ortho", help="map the training pairs are cut from (else the config's train.ortho/scenes)")
+    th.add_argument("--drone-from", help="second date of the same area for the drone views")
+    th.add_argument("--source-gsd-m", type=_number(float, 0.01, 50))
+    th.add_argument("--seed", type=_number(int, 0, 2147483647))
+    th.add_argument("--config")
+    th.add_argument("--out", help="default: MODEL/hash.npz")
+    th.set_defaults(func=cmd_train_hash)
+
     tf = sub.add_parser("train-features", formatter_class=_DefaultsOnce,
                         help="train skyfix's own dense local features (the `dense` matcher) and export them to ONNX")
     tf.add_argument("--recipe", default="train/recipes/dense_features.yaml", help="training pairs and settings")
@@ -747,6 +781,8 @@ def _bench_command(sub) -> None:
     bn.add_argument("--pack", help="faiss: pack to time searches on; onboard: packs, comma-separated")
     bn.add_argument("--calib", help="precision: packs or orthophotos the views come from, comma-separated "
                                     "(default: OUT/colorado,OUT/levir_1)")
+    bn.add_argument("--kinds", help="index: comma-separated index kinds (flat, hnsw, ivfpq, binary, hashB: a "
+                    "learned B-bit head, randB: the same untrained); default all")
     bn.add_argument("--n-synthetic", type=_number(int, 1000, 100000000), default=1_000_000)
     bn.add_argument("--views", type=_number(int, 1, 100000), default=200)
     bn.add_argument("--photos", type=_number(int, 1, 10000), default=30, help="locate: simulated photos per map")

@@ -47,7 +47,10 @@ class TilesConfig:
     # No-data by hand (0-255): map pixels whose three bands all equal it. GDAL's masks, nodata
     # values and alpha bands, PNG alpha and an untagged all-0-or-255 fourth band are always honoured.
     nodata: Optional[int] = None
-    index: str = "flat"              # flat (exact inner product) | ivfpq | hnsw
+    index: str = "flat"              # flat (exact inner product) | ivfpq | hnsw | binary
+    # binary: Hamming search of a learned hash head's codes, re-ranked by the exact vectors.
+    # The head: this .npz, or "" for the model folder's hash.npz (`skyfix train hash`).
+    hash_head: str = ""
     batch_size: int = 16
     imagery_source: str = ""
     imagery_date: str = ""
@@ -363,6 +366,8 @@ class TrainConfig:
     loss: str = "infonce"            # infonce | soft_triplet | mhnw
     lpn_instance_weight: float = 0.0 # > 0 adds the LPN per-part classifier loss (needs model.lpn_parts)
     orientation_weight: float = 0.0  # > 0 adds a heading regression head (train with heading: unknown)
+    hash_bits: int = 0               # > 0 trains a hash head of this many bits with the towers (--index binary)
+    hash_weight: float = 1.0         # its loss's weight (train/hashing.py:hash_loss)
     batch_size: int = 16             # locations per batch (pairs)
     grad_cache_chunk: int = 0        # > 0: two-pass big batch, forward this many images at a time
     hard_fraction: float = 0.5       # share of batch slots filled with nearby locations

@@ -53,6 +53,8 @@ def _integrity(args) -> str:
 
 def _index(args) -> str:
     from skyfix.bench.scale import bench_distractors, bench_index, bench_ivf_sweep
+    if args.kinds:  # the index table alone, of these kinds
+        return bench_index(args.model, args.out, n_large=args.n_synthetic, kinds=tuple(args.kinds.split(",")))
     return "\n\n".join([bench_index(args.model, args.out, n_large=args.n_synthetic),
                         bench_distractors(args.model, args.out, args.views, n_matched=args.n_synthetic),
                         bench_ivf_sweep(args.out, args.n_synthetic)])

@@ -304,9 +304,54 @@ def _reranked_search(index, xb: np.ndarray, shortlist: int):
     return search
 
 
-def _index_rows(name: str, xb: np.ndarray, q: np.ndarray, kinds: tuple) -> list:
-    """Build each index kind over xb; recall@10 against exact search, latency, memory, build time."""
+HASH_TRAIN_SCENES = ([{"ortho": str(SHARED / "colorado_z18" / "mosaic_epsg3857.tif"), "split": "area"}]
+                     + [{"ortho": str(SHARED / "levircd" / "A" / f"test_{i}.png"), "source_gsd_m": 0.5,
+                         "drone_from": str(SHARED / "levircd" / "B" / f"test_{i}.png"), "split": "train"}
+                        for i in range(1, 6)])
+
+
+def hash_pairs(out: str, model: str, pairs: int = 6000, seed: int = 0) -> tuple:
+    """Training pairs for the bench's hash heads, embedded once and cached in OUT: drone views and
+    tiles of the shared maps (Colorado's west two thirds, LEVIR-CD 1-5 date A tiles with date B
+    drone views; other renders than the bench's queries). (drone N x D, sat N x D, labels N)."""
+    from skyfix.config import train_config
+    from skyfix.export.models import load_embedder
+    from skyfix.train.hashing import embed_pairs
+    from skyfix.train.trainer import build_datasets
+    path = Path(out) / f"hash_pairs_{pairs}.npz"
+    if not path.is_file():
+        cfg = train_config(None, None, {"scenes": HASH_TRAIN_SCENES, "seed": seed})
+        train_pairs, _, _ = build_datasets(cfg)
+        d, s, y = embed_pairs(train_pairs, *(load_embedder(model, t, cfg.model) for t in ("drone", "sat")),
+                              pairs, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, drone=d, sat=s, labels=y)
+    with np.load(path, allow_pickle=False) as z:
+        return z["drone"], z["sat"], z["labels"]
+
+
+def hash_heads(out: str, model: str, bits_list, pairs: int = 6000, seed: int = 0) -> dict:
+    """Hash heads for the index bench, {bits: HashProjection}: fitted as `skyfix train-hash`
+    fits them, on `hash_pairs`; with bits < 0 the same head untrained (random rotation,
+    thresholds at the mean)."""
+    from skyfix.train.hashing import HashHead, fit_hash_head
+    d, s, y = hash_pairs(out, model, pairs, seed)
+    heads = {}
+    for bits in bits_list:
+        if bits > 0:
+            heads[bits] = fit_hash_head(d, s, y, bits, seed=seed, log=print).projection()
+        else:
+            head = HashHead(d.shape[1], -bits)
+            head.init_from(np.concatenate([d, s]), seed)
+            heads[bits] = head.projection()
+    return heads
+
+
+def _index_rows(name: str, xb: np.ndarray, q: np.ndarray, kinds: tuple, heads: dict | None = None) -> list:
+    """Build each index kind over xb; recall@10 against exact search, latency, memory, build time.
+    Kinds hashB / randB: a binary index of the learned / untrained B-bit head in `heads`."""
     import faiss
+    from skyfix.pack.hashing import HashIndex
     from skyfix.pack.tilepack import make_index
     exact = make_index("flat", xb).search(q, 10)[1]
     rows, it = [], iter(range(10 ** 9))
@@ -317,18 +362,24 @@ def _index_rows(name: str, xb: np.ndarray, q: np.ndarray, kinds: tuple) -> list:
             index = faiss.index_factory(xb.shape[1], "LSHrt")
             index.train(xb)
             index.add(xb)
+        elif kind.startswith(("hash", "rand")):
+            bits = int(kind[4:])
+            index = HashIndex.build(heads[bits if kind.startswith("hash") else -bits], xb)
         else:
             index = make_index(kind, xb)
         build_s = time.perf_counter() - t0
-        mem_mb = len(faiss.serialize_index(index)) / 2 ** 20
+        mem_mb = (len(faiss.serialize_index_binary(index.binary)) if isinstance(index, HashIndex)
+                  else len(faiss.serialize_index(index))) / 2 ** 20
         variants = [("", lambda qv: index.search(qv, 10)[1])]
         if kind == "ivfpq":
             inner = faiss.extract_index_ivf(index)
             variants = [("nprobe 32", lambda qv: (setattr(inner, "nprobe", 32), index.search(qv, 10)[1])[1]),
                         ("nprobe 128, top 200 re-ranked", lambda qv: (setattr(inner, "nprobe", 128),
                                                                       _reranked_search(index, xb, 200)(qv))[1])]
-        if kind == "binary":
+        if kind == "binary" or kind.startswith(("hash", "rand")):
             variants.append(("top 200 re-ranked", _reranked_search(index, xb, 200)))
+        if kind.startswith("hash") and len(xb) > 200_000:
+            variants.append(("top 1000 re-ranked", _reranked_search(index, xb, 1000)))
         for label, search in variants:
             got = search(q)
             recall = np.mean([len(set(np.asarray(a).tolist()) & set(b.tolist())) / 10 for a, b in zip(got, exact)])
@@ -349,17 +400,20 @@ def _cached_real(path: Path, n: int, model: str, tower: str, seed: int) -> tuple
 
 
 def bench_index(model: str = "models/imagenet", out: str = "out/bench", n_real: int = 100_000,
-                n_large: int = 1_000_000, queries: int = 500, kinds=("flat", "hnsw", "ivfpq", "binary")) -> str:
+                n_large: int = 1_000_000, queries: int = 500,
+                kinds=("flat", "hnsw", "ivfpq", "binary", "rand128", "hash64", "hash128", "hash256")) -> str:
     """Index recall/latency/memory/build time on real tile embeddings (n_real, cached in OUT) and
     on a million drawn with their covariance; queries are drone-tower embeddings of real views."""
     xb, _ = _cached_real(Path(out) / f"real_embeddings_{n_real}.npz", n_real, model, "sat", 0)
     q, _ = _cached_real(Path(out) / f"real_queries_{queries}.npz", queries, model, "drone", 1)
+    bits = [int(k[4:]) * (1 if k.startswith("hash") else -1) for k in kinds if k.startswith(("hash", "rand"))]
+    heads = hash_heads(out, model, bits) if bits else {}
     rows = ["| embeddings | vectors | index | recall@10 vs exact | p50 ms | p95 ms | index MB | build s |",
             "|---|---|---|---|---|---|---|---|"]
-    rows += _index_rows("real tiles", xb, q, kinds)
+    rows += _index_rows("real tiles", xb, q, kinds, heads)
     if n_large:
         rows += _index_rows("covariance-matched", _matched_gaussian(xb, n_large, seed=2), q,
-                            tuple(k for k in kinds if k != "hnsw" or n_large <= 200_000))
+                            tuple(k for k in kinds if k != "hnsw" or n_large <= 200_000), heads)
     return "\n".join(rows)
 
 

@@ -4,7 +4,8 @@ A pack is a folder:
   manifest.yaml  schema version, region, grid, model_id, dim, metric, imagery, counts, file digests
   tiles.csv      tile_id, lat_deg, lon_deg, east_m, north_m, east_min_m, north_min_m, east_max_m, north_max_m
   map/           the map imagery in blocks read on demand (pack/blocks.py)
-  index.faiss    the FAISS index of tile embeddings (ids = tile_id)
+  index.faiss    the FAISS index of tile embeddings (ids = tile_id); with `binary`, a Hamming
+                 index of learned codes, whose hash head is hash.npz beside it (pack/hashing.py)
   features/NAME/ the map's local features per extractor (tiles/features.py), memory-mapped onboard
   terrain.npy    optional: ground heights from a DEM (pack/terrain.py), memory-mapped onboard
   levels/SIZE/   optional: finer tiles of the same map (tiles.csv, index.faiss), for frames taken
@@ -28,6 +29,7 @@ from skyfix.errors import ModelMismatch, PackError, require
 from skyfix.geo import LocalFrame
 from skyfix.pack.blocks import BLOCK_PX, TABLE_FILE, MapBlocks
 from skyfix.pack.canvas import MapCanvas, MapGrid
+from skyfix.pack.hashing import HASH_FILE, HashIndex, HashProjection
 from skyfix.pack.map_features import MapFeatures, open_map_features, require_features
 from skyfix.pack.schema import DIGEST, NUMBER, check_shape
 from skyfix.pack.terrain import TERRAIN_FILE, Terrain, open_terrain
@@ -40,7 +42,7 @@ PACK_FILES = ("tiles.csv", TABLE_FILE, "index.faiss")
 VECTORS_FILE = "vectors.npy"  # packs with a compressed or graph index: exact vectors for re-ranking
 RERANK_SHORTLIST = 200        # candidates the compact index proposes per query, re-ranked exactly
 RERANK_NPROBE = 128           # IVF lists probed when re-ranking (bench faiss: recall@10 0.95 at 1M)
-INDEX_KINDS = ("flat", "ivfpq", "hnsw")
+INDEX_KINDS = ("flat", "ivfpq", "hnsw", "binary")
 LEVELS_DIR = "levels"
 LEVEL_SHAPE = {"tile_size_m": NUMBER, "stride_m": NUMBER, "tile_px": int, "tiles": int}
 
@@ -62,14 +64,20 @@ MANIFEST_SHAPE = {
 }
 
 
-def make_index(kind: str, vectors: np.ndarray, seed: int = 0):
+def make_index(kind: str, vectors: np.ndarray, seed: int = 0, projection: Optional[HashProjection] = None):
     """Build a FAISS inner-product index over float32 N x D unit vectors.
 
     flat: exact. ivfpq: OPQ + inverted lists + product quantisation, 64 bytes per vector (large
     regions; needs N >= 10k to train). hnsw: graph index, uncompressed, fast on large regions.
+    binary: Hamming search of the codes of a learned hash head (`projection`), bits/8 bytes a vector.
     """
     faiss = require("faiss")
     n, d = vectors.shape
+    if kind == "binary":
+        if projection is None:
+            raise PackError("a binary index needs a trained hash head (skyfix train hash; "
+                            "tiles build --hash-head)")
+        return HashIndex.build(projection, vectors)
     if kind == "flat":
         index = faiss.IndexFlatIP(d)
     elif kind == "hnsw":
@@ -157,8 +165,10 @@ def _vectors_of(index, ids: np.ndarray) -> np.ndarray:
 
 
 def _ivf_of(index):
-    """The IVF part of an index (inside OPQ), or None for flat and HNSW indexes."""
+    """The IVF part of an index (inside OPQ), or None for flat, HNSW and binary indexes."""
     faiss = require("faiss")
+    if isinstance(index, HashIndex):
+        return None
     try:
         return faiss.extract_index_ivf(index)
     except RuntimeError:
@@ -173,9 +183,11 @@ def _enable_reconstruct(index) -> None:
         ivf.make_direct_map()
 
 
-def write_tile_set(folder: Path, tiles: list[GeoTile], vectors: np.ndarray, index_kind: str) -> tuple:
-    """Write tiles.csv, index.faiss (and vectors.npy for a compact index) of one tile set into
-    `folder`. Returns (the tile table as an N x 9 array, the file names written)."""
+def write_tile_set(folder: Path, tiles: list[GeoTile], vectors: np.ndarray, index_kind: str,
+                   projection: Optional[HashProjection] = None) -> tuple:
+    """Write tiles.csv, index.faiss (and vectors.npy for a compact index, hash.npz for a binary
+    one) of one tile set into `folder`. Returns (the tile table as an N x 9 array, the file names
+    written)."""
     faiss = require("faiss")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if len(tiles) != len(vectors) or len(tiles) == 0:
@@ -186,8 +198,12 @@ def write_tile_set(folder: Path, tiles: list[GeoTile], vectors: np.ndarray, inde
                        t.east_m + t.size_m / 2, t.north_m + t.size_m / 2] for t in tiles])
     np.savetxt(folder / "tiles.csv", table, delimiter=",", header=",".join(TILE_COLUMNS),
                comments="", fmt=["%d", "%.8f", "%.8f"] + ["%.3f"] * 6)
-    faiss.write_index(make_index(index_kind, vectors), str(folder / "index.faiss"))
-    files = ["tiles.csv", "index.faiss"]
+    index = make_index(index_kind, vectors, projection=projection)
+    if isinstance(index, HashIndex):
+        files = ["tiles.csv"] + index.write(folder)
+    else:
+        faiss.write_index(index, str(folder / "index.faiss"))
+        files = ["tiles.csv", "index.faiss"]
     if index_kind != "flat":
         # The exact vectors, for re-ranking what the compact index proposes (read by rows).
         np.save(folder / VECTORS_FILE, vectors)
@@ -199,11 +215,12 @@ def write_pack_files(folder: Path, grid: MapGrid, tiles: list[GeoTile], vectors:
                      model_id: str, tile_px: int, stride_m: float, index_kind: str = "flat",
                      imagery: Optional[dict] = None, source: str = "", crs: str = "",
                      model_source: str = "", extra_files: Optional[dict] = None,
-                     features: Optional[dict] = None, block_px: int = BLOCK_PX) -> None:
+                     features: Optional[dict] = None, block_px: int = BLOCK_PX,
+                     projection: Optional[HashProjection] = None) -> None:
     """Write the tile table, the index and the manifest into `folder`, which already holds the
     map blocks (pack/blocks.py) and the map features (`features`: their manifest entries) of
     the map `grid` (MapCanvas or MapBlocks geometry)."""
-    table, tile_files = write_tile_set(folder, tiles, vectors, index_kind)
+    table, tile_files = write_tile_set(folder, tiles, vectors, index_kind, projection)
     files = [TABLE_FILE] + tile_files
     lat, lon = table[:, 1], table[:, 2]
     manifest = {
@@ -277,7 +294,8 @@ class TileSet:
             raise PackError(f"pack {folder}: tiles.csv is corrupt ({exc})") from exc
         faiss = require("faiss")
         try:
-            index = faiss.read_index(str(folder / "index.faiss"))
+            index = (HashIndex.read(folder) if (folder / HASH_FILE).is_file()
+                     else faiss.read_index(str(folder / "index.faiss")))
         except RuntimeError as exc:
             raise PackError(f"pack {folder}: index.faiss is corrupt ({exc}); rebuild the pack") from exc
         if table.shape != (n, len(TILE_COLUMNS)) or index.ntotal != n or index.d != dim:

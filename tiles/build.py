@@ -20,7 +20,7 @@ from tqdm import tqdm
 from skyfix.artifacts import atomic_directory, file_digest, replace_directory
 from skyfix.config import SkyfixConfig, config_to_dict
 from skyfix.contracts import GeoTile
-from skyfix.errors import PackError
+from skyfix.errors import ModelMismatch, PackError
 from skyfix.pack.blocks import (BLOCK_PX, COVERAGE_PX, MapBlocks, block_path, decode_block, row_sweep_cache,
                                  table_row, write_block, write_canvas_blocks, write_table)
 from skyfix.pack.canvas import MapCanvas, MapGrid
@@ -149,10 +149,11 @@ def build_pack(ortho: "str | Path | Sequence", out: str | Path, cfg: SkyfixConfi
     if tc.dem:  # an unreadable DEM fails now, not after the embedding
         from skyfix.tiles.terrain import DemSource
         DemSource(Path(tc.dem)).close()
+    projection = hash_head(tc, model_source, embedder) if tc.index == "binary" else None
     staging = _staging(out, _build_key(ortho, source_gsd_m, cfg, embedder.model_id, extractors), log)
     try:
         n_tiles, dt_embed = _build_into(staging, out, ortho, cfg, embedder, extractors, model_source, source_gsd_m,
-                                        progress, log, cluster)
+                                        progress, log, cluster, projection)
     except BaseException:  # Ctrl-C included: the finished blocks and chunks stay for the next run
         log(f"build stopped; the work so far is kept in {staging}: run the same command again to resume")
         raise
@@ -162,8 +163,25 @@ def build_pack(ortho: "str | Path | Sequence", out: str | Path, cfg: SkyfixConfi
     return out
 
 
+def hash_head(tc, model_source: str, embedder):
+    """The hash head a binary index codes tiles with: tiles.hash_head, else the model folder's
+    hash.npz; refused when it was trained on another model or takes another embedding size."""
+    from skyfix.pack.hashing import HASH_FILE, HashProjection
+    path = Path(tc.hash_head) if tc.hash_head else Path(model_source or ".") / HASH_FILE
+    if not path.is_file():
+        raise PackError(f"--index binary needs a hash head: {path} not found (train one with "
+                        f"`skyfix train hash --model {model_source or 'MODEL'}`, or give --hash-head)")
+    projection = HashProjection.load(path)
+    if projection.model_id and projection.model_id != embedder.model_id:
+        raise ModelMismatch(f"hash head {path} was trained on model {projection.model_id}, the tiles are "
+                            f"embedded by {embedder.model_id}")
+    if projection.dim != embedder.dim:
+        raise ModelMismatch(f"hash head {path} takes {projection.dim}-d embeddings, the model gives {embedder.dim}")
+    return projection
+
+
 def _build_into(staging: Path, out: Path, ortho, cfg: SkyfixConfig, embedder, extractors, model_source: str,
-                source_gsd_m, progress: bool, log, cluster) -> tuple[int, float]:
+                source_gsd_m, progress: bool, log, cluster, projection=None) -> tuple[int, float]:
     """The build's stages in the staging folder, each skipping what an interrupted run finished;
     the finished pack replaces `out`. Returns (tiles, seconds spent embedding)."""
     from skyfix.tiles.ortho import canvas_layout, read_source
@@ -206,7 +224,7 @@ def _build_into(staging: Path, out: Path, ortho, cfg: SkyfixConfig, embedder, ex
     write_pack_files(staging, blocks, tiles, vectors, model_id=embedder.model_id, tile_px=embedder.input_px,
                      stride_m=tc.stride_m, index_kind=tc.index, imagery=imagery, source=source,
                      crs=str(src.crs) if src.crs is not None else "local (not georeferenced)",
-                     model_source=model_source, features=features,
+                     model_source=model_source, features=features, projection=projection,
                      extra_files={"config.yaml": yaml.safe_dump(config_to_dict(cfg), sort_keys=False)})
     log(f"index {tc.index}: {time.perf_counter() - t2:.1f} s")
     if tc.dem:
@@ -224,7 +242,8 @@ def write_pack(out_dir: str | Path, canvas: MapCanvas, tiles: list[GeoTile], vec
                *, model_id: str, tile_px: int, stride_m: float, index_kind: str = "flat",
                imagery: Optional[dict] = None, source: str = "", crs: str = "",
                model_source: str = "", extra_files: Optional[dict] = None,
-               extractors: tuple = (), features_per_mpx: int = 8000, progress: bool = False) -> Path:
+               extractors: tuple = (), features_per_mpx: int = 8000, progress: bool = False,
+               projection=None) -> Path:
     """Write a TilePack of an in-memory canvas atomically (built in a temporary folder, then
     renamed). Returns out_dir. (`skyfix tiles build` streams large maps through
     `write_pack_files` instead.)
@@ -232,13 +251,15 @@ def write_pack(out_dir: str | Path, canvas: MapCanvas, tiles: list[GeoTile], vec
     vectors: float32 N x D unit vectors, row i embeds tiles[i] (tile_id == i).
     extra_files: {name: text} written beside the manifest (e.g. the resolved config).
     extractors: local-feature extractors (edge.features) whose map features the pack carries.
+    projection: the hash head (pack.hashing.HashProjection) of a binary index.
     """
     with atomic_directory(out_dir) as tmp:
         write_canvas_blocks(tmp, canvas)
         features = {ex.name: write_map_features(tmp, canvas, ex, features_per_mpx, progress) for ex in extractors}
         write_pack_files(tmp, canvas, tiles, vectors, model_id=model_id, tile_px=tile_px, stride_m=stride_m,
                          index_kind=index_kind, imagery=imagery, source=source, crs=crs,
-                         model_source=model_source, extra_files=extra_files, features=features)
+                         model_source=model_source, extra_files=extra_files, features=features,
+                         projection=projection)
     return Path(out_dir)
 
 
@@ -289,7 +310,6 @@ def add_level(pack_path: str | Path, tile_size_m: float, stride_m: float, embedd
     onboard loop searches them when the frame is too low for the main tiles to fit (take-off,
     landing, low inspection). The files are written under a temporary name and renamed into
     place, then the manifest is replaced in one rename. Returns the manifest entry."""
-    from skyfix.errors import ModelMismatch
     from skyfix.pack.tilepack import level_dir, write_tile_set
     pack = TilePack.open(pack_path)
     if embedder.model_id != pack.model_id:

@@ -86,13 +86,17 @@ class TrainState:
             from skyfix.train.towers import OrientationHead
             pooled = model.drone.proj.in_features
             self.orient = OrientationHead(pooled).to(device)
+        self.hash = None
+        if cfg.hash_bits > 0:
+            from skyfix.train.hashing import HashHead
+            self.hash = HashHead(model.cfg.dim, cfg.hash_bits).to(device)
         self.towers = _Towers(model, self.parts, self.orient)
         self.world = _rank_world()[1]
         if self.world > 1:
             # find_unused_parameters: the backbone's ImageNet classifier takes no part.
             self.towers = torch.nn.parallel.DistributedDataParallel(self.towers, find_unused_parameters=True)
         params = list(model.parameters()) + list(self.loss.parameters())
-        for extra in (self.parts, self.orient):
+        for extra in (self.parts, self.orient, self.hash):
             if extra is not None:
                 params += list(extra.parameters())
         self.params = params
@@ -117,7 +121,13 @@ class TrainState:
         """What each rank back-propagates: world x the global contrastive loss (its graph reaches
         only the local embeddings; DDP's average then gives the global gradient) plus the local
         head losses (DDP's average of local means is the global mean)."""
-        loss = self.world * self.loss(gather_with_grad(drone_emb), gather_with_grad(sat_emb))
+        all_drone, all_sat = gather_with_grad(drone_emb), gather_with_grad(sat_emb)
+        loss = self.world * self.loss(all_drone, all_sat)
+        if self.hash is not None and labels is not None:
+            from skyfix.train.hashing import hash_loss
+            all_labels = gather_with_grad(labels)
+            loss = loss + self.world * self.cfg.hash_weight * hash_loss(
+                self.hash(all_drone), self.hash(all_sat), all_labels, all_drone, all_sat)
         if self.parts is not None:
             loss = loss + self.cfg.lpn_instance_weight * 0.5 * (
                 self.parts(drone_feats, labels) + self.parts(sat_feats, labels))
@@ -127,9 +137,11 @@ class TrainState:
         return loss
 
     def _fix_loss_gradients(self) -> None:
-        """The temperature is outside DDP and saw world x the global loss: divide it back."""
+        """The temperature and the hash head are outside DDP and saw world x the global loss
+        (the same on every rank): divide it back."""
         if self.world > 1:
-            for p in self.loss.parameters():
+            outside = list(self.loss.parameters()) + (list(self.hash.parameters()) if self.hash else [])
+            for p in outside:
                 if p.grad is not None:
                     p.grad /= self.world
 
@@ -158,7 +170,7 @@ class TrainState:
         autocast = torch.autocast("cuda", enabled=self.scaler.is_enabled())
         rotations = rotations.to(self.device) if rotations is not None else None
         if self.cfg.grad_cache_chunk > 0 and self.parts is None and self.orient is None:
-            loss = self._grad_cache_step(drone_u8, sat_u8, autocast)
+            loss = self._grad_cache_step(drone_u8, sat_u8, autocast, labels)
         else:
             with autocast:
                 d, dfeat, s, sfeat = self._forward(drone_u8, sat_u8)
@@ -167,7 +179,7 @@ class TrainState:
         self._fix_loss_gradients()
         return float(loss.detach()) / self.world
 
-    def _grad_cache_step(self, drone_u8, sat_u8, autocast):
+    def _grad_cache_step(self, drone_u8, sat_u8, autocast, labels=None):
         chunk = self.cfg.grad_cache_chunk
         starts = list(range(0, len(drone_u8), chunk))
         outs_d, outs_s, states = [], [], []
@@ -180,7 +192,7 @@ class TrainState:
             outs_s.append(s.float())
         emb_d = torch.cat(outs_d).requires_grad_(True)
         emb_s = torch.cat(outs_s).requires_grad_(True)
-        loss = self._objective(emb_d, emb_s)
+        loss = self._objective(emb_d, emb_s, labels=labels)
         self.scaler.scale(loss).backward()
         for k, i in enumerate(starts):
             torch.set_rng_state(states[k])
@@ -198,6 +210,7 @@ class TrainState:
         return {"model_cfg": dataclasses.asdict(self.model.cfg), "state_dict": self.model.state_dict(),
                 "loss": self.loss.state_dict(), "parts": self.parts.state_dict() if self.parts else {},
                 "orient": self.orient.state_dict() if self.orient else {},
+                "hash": self.hash.state_dict() if self.hash else {},
                 "opt": self.opt.state_dict(), "sched": self.sched.state_dict(), "step": self.step_count,
                 "total_steps": self.total_steps, "torch_rng": torch.get_rng_state()}
 
@@ -219,6 +232,8 @@ class TrainState:
             self.parts.load_state_dict(blob["parts"])
         if self.orient is not None:
             self.orient.load_state_dict(blob["orient"])
+        if self.hash is not None:
+            self.hash.load_state_dict(blob["hash"])
         self.opt.load_state_dict(blob["opt"])
         self.sched.load_state_dict(blob["sched"])
         self.step_count, self.total_steps = int(blob["step"]), int(blob["total_steps"])
@@ -379,7 +394,8 @@ def _end_epoch(model, state, val, device: str, out: Path, epoch: int, best: floa
     if r1 > best:
         save_checkpoint(model, out / "best.pt", extra={
             "epoch": epoch + 1, "val_r1": r1, "model_id": compute_model_id(model),
-            "orientation_head": state.orient.state_dict() if state.orient else {}})
+            "orientation_head": state.orient.state_dict() if state.orient else {},
+            "hash_head": state.hash.state_dict() if state.hash else {}})
     return max(r1, best)
 
 
