@@ -308,6 +308,11 @@ def cmd_sim(args) -> int:
         from skyfix.sim.sitl import read_parm_file
         cfg.sim.sitl_params = {**cfg.sim.sitl_params, **read_parm_file(args.sitl_params)}
     embedder = load_embedder(model_for_pack(TilePack.open(args.pack), args.model), "drone", cfg.model)
+    if args.vehicle == "px4-sitl":
+        from skyfix.sim.px4_flight import format_px4_summary, run_px4
+        summary = run_px4(args.pack, embedder, cfg, out_dir=args.out, progress=not args.quiet)
+        print(format_px4_summary(summary))
+        return _write_json(summary, args.json, args.out)
     if args.vehicle == "ardupilot-sitl":
         from skyfix.sim.sitl_flight import format_sitl_summary, run_sitl
         summary = run_sitl(args.pack, embedder, cfg, out_dir=args.out, fault_after_s=args.fault_after_s,
@@ -641,7 +646,7 @@ def _onboard_commands(sub) -> None:
     si.add_argument("--speed-m-s", type=_number(float, 0.5, 60))
     si.add_argument("--seed", type=_number(int, 0, 2147483647))
     si.add_argument("--protocol", choices=["ardupilot", "px4"])
-    si.add_argument("--vehicle", choices=["simulated", "ardupilot-sitl"], default="simulated",
+    si.add_argument("--vehicle", choices=["simulated", "ardupilot-sitl", "px4-sitl"], default="simulated",
                     help="the autopilot in the loop: skyfix's own simulation, or ArduCopter SITL")
     si.add_argument("--declination-deg", type=_number(float, -180, 180),
                     help="ardupilot-sitl: magnetic declination to set on the autopilot (east positive)")

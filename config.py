@@ -348,6 +348,8 @@ class SimConfig:
     # ArduPilot SITL: further parameters (NAME: value) set at boot, e.g. SIM_WIND_SPD, SIM_WIND_DIR,
     # SIM_WIND_TURB (wind also comes from disturb.wind_*); they override skyfix's own.
     sitl_params: dict = field(default_factory=dict)
+    # px4-sitl: further PX4 parameters ({NAME: value}, set at boot), e.g. EKF2_AGP0_DELAY.
+    px4_params: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -91,10 +91,7 @@ class Px4Sitl:
             if self._conn.wait_heartbeat(timeout=self.boot_timeout_s) is None:
                 raise SkyfixError(f"PX4 SITL sent no HEARTBEAT within {self.boot_timeout_s:.0f} s "
                                   f"(its log: {self.workdir / 'px4.log'})")
-            m = self._conn.mav
-            m.command_long_send(self._conn.target_system, self._conn.target_component,
-                                mavutil.mavlink.MAV_CMD_SET_MESSAGE_INTERVAL, 0,
-                                mavutil.mavlink.MAVLINK_MSG_ID_HIL_STATE_QUATERNION, 100000, 0, 0, 0, 0, 0)
+            self.request_interval(mavutil.mavlink.MAVLINK_MSG_ID_HIL_STATE_QUATERNION, 10.0)
             self._thread = threading.Thread(target=self._read, daemon=True, name="px4-gcs")
             self._thread.start()
         except BaseException:
@@ -104,17 +101,27 @@ class Px4Sitl:
 
     def _read(self) -> None:
         while not self._stop.is_set():
-            msg = self._conn.recv_match(type=["HIL_STATE_QUATERNION", "GLOBAL_POSITION_INT", "STATUSTEXT"],
-                                        blocking=True, timeout=0.2)
-            if msg is None:
-                continue
-            kind = msg.get_type()
-            if kind == "HIL_STATE_QUATERNION":
-                self._truth = (msg.lat * 1e-7, msg.lon * 1e-7, msg.alt * 1e-3, time.monotonic())
-            elif kind == "GLOBAL_POSITION_INT" and (msg.lat or msg.lon):
-                self._estimate = (msg.lat * 1e-7, msg.lon * 1e-7, msg.alt * 1e-3, time.monotonic())
-            elif kind == "STATUSTEXT":
-                self.statustext.append(msg.text)
+            try:
+                msg = self._conn.recv_match(blocking=True, timeout=0.2)
+            except Exception:  # the process went away: whoever waits on it notices
+                return
+            if msg is not None:
+                self._take(msg, time.monotonic())
+
+    def _take(self, msg, now: float) -> None:
+        """One message of the GCS link (subclasses read more of them)."""
+        kind = msg.get_type()
+        if kind == "HIL_STATE_QUATERNION":
+            self._truth = (msg.lat * 1e-7, msg.lon * 1e-7, msg.alt * 1e-3, now)
+        elif kind == "GLOBAL_POSITION_INT" and (msg.lat or msg.lon):
+            self._estimate = (msg.lat * 1e-7, msg.lon * 1e-7, msg.alt * 1e-3, now)
+        elif kind == "STATUSTEXT":
+            self.statustext.append(msg.text)
+
+    def request_interval(self, msg_id: int, rate_hz: float) -> None:
+        """MAV_CMD_SET_MESSAGE_INTERVAL on the GCS link."""
+        self._conn.mav.command_long_send(self._conn.target_system, self._conn.target_component,
+                                         511, 0, msg_id, 1e6 / rate_hz, 0, 0, 0, 0, 0)
 
     def truth(self) -> Optional[tuple]:
         """(lat_deg, lon_deg, alt_msl_m, local monotonic s of reception) of SIH, or None."""

@@ -1,0 +1,415 @@
+"""`skyfix sim --vehicle px4-sitl`: a mission flown by a real PX4 (SITL, SIH quadrotor) whose
+EKF2 has skyfix's GLOBAL_POSITION_SENSOR as its only global position.
+
+    take-off: Altitude mode (ALTCTL; needs no horizontal position) with the sticks sent as
+              MANUAL_CONTROL, climbing to the hand-over height; skyfix acquires and publishes;
+              EKF2 takes the fixes as its auxiliary global position (GPS off)
+    mission:  Hold mode (AUTO.LOITER, a position mode) and MAV_CMD_DO_REPOSITION targets along
+              the route, back over the take-off point
+    landing:  Altitude mode descent over the take-off point (below the hand-over height the
+              fixes stop, as on the ArduPilot flight), the land detector disarms on the ground
+
+Frames are rendered from the map at SIH's true pose (HIL_STATE_QUATERNION on the ground-station
+link); skyfix's bridge talks to PX4 on its onboard link, as a companion computer does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from skyfix.edge.camera import PinholeCamera
+from skyfix.edge.navigator import Navigator
+from skyfix.errors import require
+from skyfix.firmware_bridge.link import MavlinkBridge
+from skyfix.firmware_bridge.publisher import FixPublisher
+from skyfix.geo import LocalFrame
+from skyfix.pack.tilepack import TilePack
+from skyfix.render.views import ViewPose
+from skyfix.sim.px4 import ONBOARD_CONNECTION, Px4Sitl
+from skyfix.sim.score import score, velocity_lines
+from skyfix.sim.sitl import Sample
+from skyfix.sim.sitl_flight import _camera_loop, _terminate_cleanly, leg_timeout_s, mission_waypoints, write_sitl_outputs
+
+# PX4 custom modes (main, sub) as MAV_CMD_DO_SET_MODE takes them and HEARTBEAT reports them.
+PX4_MODES = {"ALTCTL": (2, 0), "POSCTL": (3, 0), "AUTO.LOITER": (4, 3), "AUTO.LAND": (4, 6)}
+ESTIMATOR_POS_HORIZ_ABS = 16   # ESTIMATOR_STATUS.flags: a valid absolute horizontal position
+LANDED_ON_GROUND = 1           # EXTENDED_SYS_STATE.landed_state
+
+
+def px4_mode_name(custom_mode: int) -> str:
+    """HEARTBEAT.custom_mode of PX4 as a name of PX4_MODES (else 'main.sub')."""
+    main, sub = (custom_mode >> 16) & 0xFF, (custom_mode >> 24) & 0xFF
+    for name, (m, s) in PX4_MODES.items():
+        if m == main and (s == sub or s == 0 and main != 4):
+            return name
+    return f"{main}.{sub}"
+
+
+def flight_params(sim_cfg) -> dict:
+    """PX4 parameters of the simulated flight: SIH's wind (north/east components of the steady
+    wind, m/s; SIH has no gusts)."""
+    d = sim_cfg.disturb
+    # wind_from_deg is where the wind comes from: it blows towards the opposite bearing.
+    to = math.radians(d.wind_from_deg + 180.0)
+    return {"SIH_WIND_N": round(d.wind_m_s * math.cos(to), 3), "SIH_WIND_E": round(d.wind_m_s * math.sin(to), 3)}
+
+
+class Px4Vehicle(Px4Sitl):
+    """The vehicle interface of the flight (as sim.sitl.SitlVehicle) for PX4 SITL: the truth from
+    HIL_STATE_QUATERNION, EKF2's estimate from GLOBAL_POSITION_INT, its horizontal position test
+    ratio (ESTIMATOR_STATUS.pos_horiz_ratio: above 1 the measurement is rejected), the mode from
+    HEARTBEAT, the landed state from EXTENDED_SYS_STATE."""
+
+    STREAMS_HZ = {"HIL_STATE_QUATERNION": 50, "GLOBAL_POSITION_INT": 10, "ESTIMATOR_STATUS": 5,
+                  "EXTENDED_SYS_STATE": 2, "ALTITUDE": 10}
+
+    def __init__(self, frame: LocalFrame, home_alt_msl_m: float, home_en: tuple, params: Optional[dict] = None):
+        lat, lon, _ = frame.to_lla(*home_en)
+        super().__init__(params, home=(lat, lon, home_alt_msl_m))
+        self.frame, self.home_alt_msl_m, self.home_en = frame, home_alt_msl_m, home_en
+        self.t0_mono_s = time.monotonic()
+        self.samples: deque = deque(maxlen=40_000)
+        self.statustexts: list[tuple] = []     # (t_mono_s, severity, text)
+        self.modes: list[tuple] = []           # (t_mono_s, mode name) at each change
+        self.sent_fixes: list[dict] = []
+        self.test_ratios: list[tuple] = []     # (t_mono_s, ESTIMATOR_STATUS.pos_horiz_ratio, flags)
+        self._state: dict = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> "Px4Vehicle":
+        super().__enter__()
+        mavlink = require("pymavlink.mavutil").mavlink
+        for name, hz in self.STREAMS_HZ.items():
+            self.request_interval(getattr(mavlink, f"MAVLINK_MSG_ID_{name}"), hz)
+        return self
+
+    @property
+    def conn(self):
+        return self._conn
+
+    def _take(self, msg, now: float) -> None:
+        super()._take(msg, now)
+        kind = msg.get_type()
+        with self._lock:
+            if kind == "HIL_STATE_QUATERNION":
+                self._state[kind] = msg
+                self._sample(now)
+            elif kind == "HEARTBEAT" and msg.get_srcComponent() == 1 and msg.autopilot == 12:  # PX4
+                self._state[kind] = msg
+                mode = px4_mode_name(msg.custom_mode)
+                if not self.modes or self.modes[-1][1] != mode:
+                    self.modes.append((now, mode))
+            elif kind == "ESTIMATOR_STATUS":
+                self.test_ratios.append((now, float(msg.pos_horiz_ratio), int(msg.flags)))
+            elif kind in ("GLOBAL_POSITION_INT", "EXTENDED_SYS_STATE", "ALTITUDE", "COMMAND_ACK"):
+                self._state[kind] = msg
+            elif kind == "STATUSTEXT":
+                self.statustexts.append((now, msg.severity, msg.text))
+
+    def _sample(self, now: float) -> None:
+        st, est = self._state["HIL_STATE_QUATERNION"], self.estimate()
+        te, tn, _ = self.frame.to_enu(st.lat * 1e-7, st.lon * 1e-7)
+        ee = en = None
+        if est is not None and now - est[3] < 1.0:
+            ee, en, _ = self.frame.to_enu(est[0], est[1])
+        self.samples.append(Sample(now, float(te), float(tn), None if ee is None else float(ee),
+                                   None if en is None else float(en), 0))
+
+    def latest(self, kind: str):
+        with self._lock:
+            return self._state.get(kind)
+
+    def true_pose(self, t_s: float = None) -> Optional[ViewPose]:
+        """The latest true pose of SIH (real time: t_s is not used), or None before the first."""
+        st = self.latest("HIL_STATE_QUATERNION")
+        if st is None:
+            return None
+        from pymavlink.quaternion import Quaternion
+        roll, pitch, yaw = Quaternion(list(st.attitude_quaternion)).euler
+        e, n, _ = self.frame.to_enu(st.lat * 1e-7, st.lon * 1e-7)
+        return ViewPose(float(e), float(n), st.alt * 1e-3 - self.home_alt_msl_m, float(roll), float(pitch), float(yaw))
+
+    def received(self) -> list[dict]:
+        return list(self.sent_fixes)
+
+    def record_fix(self, fix, t_mono_s: float) -> None:
+        """Called by the publisher for every GLOBAL_POSITION_SENSOR sent: scored against the truth."""
+        from skyfix.sim.score import scored_fix
+        pose = self.true_pose()
+        if pose is not None:
+            self.sent_fixes.append(scored_fix(self.frame, t_mono_s - self.t0_mono_s, "GLOBAL_POSITION_SENSOR",
+                                              fix.lat_deg, fix.lon_deg, fix.horiz_accuracy_m, pose, None))
+
+
+class Px4Pilot:
+    """What a ground station does over PX4's GCS link: modes, arming, the sticks (MANUAL_CONTROL,
+    sent continuously: PX4 takes a MAVLink joystick as its manual control), reposition targets,
+    landing. Each step waits for its result with a timeout and says what happened."""
+
+    def __init__(self, vehicle: Px4Vehicle):
+        self.v = vehicle
+        self.events: list[tuple] = []
+        self.throttle = 0.5               # stick, 0..1 (0.5: hold the altitude in ALTCTL)
+        self._stop = threading.Event()
+        self._sticks = threading.Thread(target=self._send_sticks, daemon=True, name="px4-sticks")
+        self._sticks.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sticks.join(timeout=1.0)
+
+    def _send_sticks(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.v.conn.mav.manual_control_send(1, 0, 0, int(1000 * self.throttle), 0, 0)
+            except OSError:
+                return
+            time.sleep(0.05)
+
+    def note(self, text: str) -> None:
+        self.events.append((time.monotonic(), text))
+
+    def mode(self) -> Optional[str]:
+        return self.v.modes[-1][1] if self.v.modes else None
+
+    def set_mode(self, mode: str, timeout_s: float = 10.0) -> bool:
+        main, sub = PX4_MODES[mode]
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            self.v.conn.mav.command_long_send(1, 1, 176, 0, 1, main, sub, 0, 0, 0, 0)  # DO_SET_MODE, custom
+            time.sleep(0.5)
+            if self.mode() == mode:
+                self.note(f"mode {mode}")
+                return True
+        self.note(f"mode {mode} refused: {self._last_texts()}")
+        return False
+
+    def _last_texts(self, n: int = 3) -> str:
+        return "; ".join(t for _, _, t in self.v.statustexts[-n:])
+
+    def armed(self) -> bool:
+        hb = self.v.latest("HEARTBEAT")
+        return bool(hb is not None and hb.base_mode & 128)
+
+    def arm(self, mode: str, timeout_s: float = 90.0) -> bool:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if self.mode() != mode:
+                self.set_mode(mode)
+            self.v.conn.mav.command_long_send(1, 1, 400, 0, 1, 0, 0, 0, 0, 0, 0)  # ARM_DISARM
+            time.sleep(1.0)
+            if self.armed():
+                self.note("armed")
+                return True
+        self.note(f"arming refused: {self._last_texts()}")
+        return False
+
+    def height_m(self) -> Optional[float]:
+        """PX4's own height over the take-off point (ALTITUDE.altitude_relative: baro, no GPS)."""
+        alt = self.v.latest("ALTITUDE")
+        return None if alt is None or not math.isfinite(alt.altitude_relative) else float(alt.altitude_relative)
+
+    def climb_to(self, agl_m: float, timeout_s: float = 120.0) -> bool:
+        end = time.monotonic() + timeout_s
+        self.throttle = 1.0
+        while time.monotonic() < end:
+            time.sleep(0.2)
+            if (self.height_m() or 0.0) >= agl_m - 3.0:
+                self.throttle = 0.5
+                self.note(f"at {self.height_m():.0f} m: holding")
+                return True
+        self.throttle = 0.5
+        self.note("climb timed out")
+        return False
+
+    def wait_for_position(self, timeout_s: float) -> bool:
+        """Until EKF2 reports an absolute horizontal position (it took skyfix's fixes)."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            st = self.v.test_ratios[-1] if self.v.test_ratios else None
+            if st is not None and st[2] & ESTIMATOR_POS_HORIZ_ABS and self.v.estimate() is not None:
+                self.note("EKF2 has a global position from skyfix")
+                return True
+            time.sleep(0.5)
+        self.note("EKF2 never took skyfix's position")
+        return False
+
+    def goto(self, east_m: float, north_m: float, agl_m: float, speed_m_s: float, timeout_s: float,
+             within_m: float = 5.0, stall_s: float = 60.0) -> bool:
+        """MAV_CMD_DO_REPOSITION (Hold mode flies there); True once the truth is within within_m."""
+        lat, lon, _ = self.v.frame.to_lla(east_m, north_m)
+        alt_msl = self.v.home_alt_msl_m + agl_m
+        end = time.monotonic() + timeout_s
+        best_m, best_t, last_cmd = math.inf, time.monotonic(), 0.0
+        while time.monotonic() < end:
+            if time.monotonic() - best_t > stall_s:
+                self.note(f"no progress towards ({east_m:.0f}, {north_m:.0f}) for {stall_s:.0f} s")
+                return False
+            if not self.armed():
+                self.note("disarmed during the mission")
+                return False
+            if time.monotonic() - last_cmd > 3.0 or self.mode() != "AUTO.LOITER":
+                # COMMAND_INT: lat/lon as integers (a float parameter rounds them to about 0.5 m).
+                self.v.conn.mav.command_int_send(1, 1, 0, 192, 0, 0, speed_m_s, 1, 0, math.nan,
+                                                 int(lat * 1e7), int(lon * 1e7), alt_msl)
+                last_cmd = time.monotonic()
+            time.sleep(0.5)
+            pose = self.v.true_pose()
+            dist_m = math.inf if pose is None else math.hypot(pose.east_m - east_m, pose.north_m - north_m)
+            if dist_m <= within_m:
+                self.note(f"reached ({east_m:.0f}, {north_m:.0f})")
+                return True
+            if dist_m < best_m - 5.0:
+                best_m, best_t = dist_m, time.monotonic()
+        self.note(f"did not reach ({east_m:.0f}, {north_m:.0f})")
+        return False
+
+    def descend_and_land(self, timeout_s: float = 180.0) -> bool:
+        """Altitude mode descent (no position needed), as the ArduPilot flight's ALT_HOLD one;
+        PX4's land detector disarms on the ground."""
+        self.throttle = 0.5
+        if not self.set_mode("ALTCTL"):
+            return False
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if not self.armed():
+                self.throttle = 0.5
+                self.note("landed (Altitude mode descent) and disarmed")
+                return True
+            h = self.height_m() or 0.0
+            self.throttle = 0.0 if h < 15.0 else 0.15  # full descent rate high up, gentler below
+            ext = self.v.latest("EXTENDED_SYS_STATE")
+            if ext is not None and ext.landed_state == LANDED_ON_GROUND:
+                self.v.conn.mav.command_long_send(1, 1, 400, 0, 0, 0, 0, 0, 0, 0, 0)  # disarm
+            time.sleep(0.2)
+        self.note("descent timed out")
+        return False
+
+
+def _fly_mission(pilot: Px4Pilot, waypoints: list, agl_m: float, speed_m_s: float, result: dict,
+                 wind_m_s: float) -> None:
+    """The pilot's script (its own thread); fills `result`."""
+    result["mission_completed"] = False
+    if not (pilot.arm("ALTCTL") and pilot.climb_to(agl_m)):
+        return
+    if not pilot.wait_for_position(timeout_s=120.0):
+        pilot.descend_and_land()
+        return
+    result["handover_t_mono_s"] = time.monotonic()
+    if not pilot.set_mode("AUTO.LOITER"):
+        pilot.descend_and_land()
+        return
+    prev, reached = None, True
+    for e, n in waypoints:
+        from_en = None if not pilot.v.samples or pilot.v.samples[-1].est_east_m is None else \
+            (pilot.v.samples[-1].est_east_m, pilot.v.samples[-1].est_north_m)
+        reached &= pilot.goto(e, n, agl_m, speed_m_s, leg_timeout_s(from_en, prev, (e, n), speed_m_s, wind_m_s))
+        if not pilot.armed():
+            return
+        prev = (e, n)
+    result["land_t_mono_s"] = time.monotonic()
+    result["mission_completed"] = bool(pilot.descend_and_land() and reached)
+
+
+def rejected_spans_s(test_ratios: list, start_s: float, end_s: float) -> list:
+    """Spans (seconds) in which EKF2's horizontal position test ratio stayed above 1 (each
+    measurement rejected), between start_s and end_s (monotonic)."""
+    spans, since = [], None
+    for t, ratio, _ in test_ratios:
+        if not start_s <= t <= end_s:
+            continue
+        if ratio > 1.0 and since is None:
+            since = t
+        elif ratio <= 1.0 and since is not None:
+            spans.append(t - since)
+            since = None
+    if since is not None:
+        spans.append(end_s - since)
+    return spans
+
+
+def run_px4(pack_path: str | Path, embedder, cfg, out_dir: str | Path = "out/px4", progress: bool = True) -> dict:
+    """Fly the mission with PX4 SITL on skyfix's fixes alone; returns the summary and writes
+    track.csv, track.png and summary.json into out_dir."""
+    pack = TilePack.open(pack_path, expect_model_id=embedder.model_id)
+    e0, n0, e1, n1 = pack.map_blocks().bounds_en()
+    home_en = ((e0 + e1) / 2, (n0 + n1) / 2)
+    home_alt = cfg.sim.ground_alt_msl_m
+    cam = PinholeCamera.from_config(cfg.camera)
+    nav = Navigator(pack, embedder, cam, dataclasses.replace(cfg.nav, ground_alt_msl_m=home_alt))
+    bridge_cfg = dataclasses.replace(cfg.bridge, protocol="px4", connection=ONBOARD_CONNECTION)
+    _terminate_cleanly()
+    result: dict = {}
+    telemetry_errors: list = []
+    with Px4Vehicle(pack.frame, home_alt, home_en, {**flight_params(cfg.sim), **cfg.sim.px4_params}) as vehicle:
+        bridge = MavlinkBridge.from_config(bridge_cfg).start()
+        publisher = pilot = None
+        try:
+            publisher = FixPublisher.from_config(bridge, nav.estimate_at, bridge_cfg, on_sent=vehicle.record_fix).start()
+            pilot = Px4Pilot(vehicle)
+            script = threading.Thread(target=_fly_mission, daemon=True, args=(
+                pilot, mission_waypoints(pack, cfg, home_en), cfg.sim.alt_agl_m, cfg.sim.speed_m_s, result,
+                cfg.sim.disturb.wind_m_s))
+            script.start()
+            kinds = _camera_loop(nav, vehicle, bridge, pack, cam, cfg, script, progress, telemetry_errors)
+        finally:
+            if pilot is not None:
+                pilot.close()
+            if publisher is not None:
+                publisher.close()
+            bridge.close()
+    summary = summarise_px4(vehicle, pilot, result, nav, kinds, bridge)
+    summary["telemetry_error"] = telemetry_errors
+    write_sitl_outputs(pack, vehicle, summary, Path(out_dir))
+    return summary
+
+
+def summarise_px4(vehicle: Px4Vehicle, pilot: Px4Pilot, result: dict, nav: Navigator, kinds: list, bridge) -> dict:
+    """The `--json` summary, as the ArduPilot flight's, with EKF2's rejections for its glitches."""
+    t0 = vehicle.t0_mono_s
+    start, end = result.get("handover_t_mono_s"), result.get("land_t_mono_s")
+    flying = [s for s in vehicle.samples if start is not None and start <= s.t_mono_s <= (end or math.inf)
+              and s.est_east_m is not None]
+    err = np.array([math.hypot(s.est_east_m - s.true_east_m, s.est_north_m - s.true_north_m) for s in flying])
+    spans = rejected_spans_s(vehicle.test_ratios, start or math.inf, end or time.monotonic())
+    texts = [(round(t - t0, 1), text) for t, _, text in vehicle.statustexts]
+    duration_s = (vehicle.samples[-1].t_mono_s - t0) if vehicle.samples else 0.0
+    summary = score(vehicle.received(), duration_s)
+    summary.update({
+        "vehicle": "px4-sitl",
+        "autopilot_error_m": ({"median": float(np.median(err)), "p95": float(np.percentile(err, 95)),
+                               "max": float(err.max())} if len(err) else {"median": None, "p95": None, "max": None}),
+        "ekf2_rejections": {"spans": len(spans), "longest_s": round(max(spans), 2) if spans else 0.0,
+                            "total_s": round(sum(spans), 2)},
+        "failsafes": [f"{t} s: {text}" for t, text in texts if "failsafe" in text.lower()],
+        "mission_completed": bool(result.get("mission_completed")),
+        "handover_s": None if start is None else round(start - t0, 1),
+        "mission_s": None if start is None or end is None else round(end - start, 1),
+        "modes": [(round(t - t0, 1), m) for t, m in vehicle.modes],
+        "pilot": [(round(t - t0, 1), e) for t, e in (pilot.events if pilot else [])],
+        "statustext": texts[-60:],
+        "n_frames": len(kinds), "reasons": nav.reason_counts(), "integrity": nav.integrity_counts(),
+        "latency_ms": nav.timing_summary(),
+        "link": {"stream_requests": bridge.stream_requests if bridge else 0},
+    })
+    return summary
+
+
+def format_px4_summary(s: dict) -> str:
+    fmt = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
+    a, e, r = s["autopilot_error_m"], s["error_m"], s["ekf2_rejections"]
+    return "\n".join([
+        f"PX4 SITL on skyfix alone: mission {'completed' if s['mission_completed'] else 'NOT completed'}; "
+        f"hand-over at {fmt(s['handover_s'])} s, mission {fmt(s['mission_s'])} s",
+        f"EKF2's estimate vs truth: median {fmt(a['median'])} m, p95 {fmt(a['p95'])} m, max {fmt(a['max'])} m",
+        f"skyfix's GLOBAL_POSITION_SENSOR vs truth: median {fmt(e['median'])} m, p95 {fmt(e['p95'])} m, "
+        f"max {fmt(e['max'])} m; {s['n_published']} sent",
+        f"EKF2 rejected the position {r['spans']} times, longest {r['longest_s']} s; failsafes {s['failsafes'] or 'none'}",
+        f"modes {s['modes']}"] + velocity_lines(s))
