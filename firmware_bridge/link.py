@@ -366,7 +366,8 @@ class MavlinkBridge:
             self._stream_warned.update(late)
             log.warning("the autopilot does not stream %s on '%s' although asked: set its stream "
                         "rates for this port (ArduPilot: MAVn_EXTRA1 / MAVn_POSITION / MAVn_EXTRA3, "
-                        "SRn_* on older firmware)", ", ".join(late), self.connection)
+                        "SRn_* on older firmware; PX4 sends GLOBAL_POSITION_INT only once EKF2 has a "
+                        "global position, ALTITUDE gives the height until then)", ", ".join(late), self.connection)
         return missing
 
     def send(self, build) -> bool:

@@ -81,6 +81,7 @@ class Px4Vehicle(Px4Sitl):
         self.sent_fixes: list[dict] = []
         self.test_ratios: list[tuple] = []     # (t_mono_s, ESTIMATOR_STATUS.pos_horiz_ratio, flags)
         self._state: dict = {}
+        self._truth_en: deque = deque(maxlen=100)   # (PX4 time s, east_m, north_m) of the last 2 s
         self._lock = threading.Lock()
 
     def __enter__(self) -> "Px4Vehicle":
@@ -100,7 +101,12 @@ class Px4Vehicle(Px4Sitl):
         with self._lock:
             if kind == "HIL_STATE_QUATERNION":
                 self._state[kind] = msg
-                self._sample(now)
+                self._truth_en.append((msg.time_usec * 1e-6, *self.frame.to_enu(msg.lat * 1e-7, msg.lon * 1e-7)[:2]))
+                if self.estimate() is None or now - self.estimate()[3] > 1.0:
+                    self._sample(now, None)
+            elif kind == "GLOBAL_POSITION_INT" and (msg.lat or msg.lon):
+                self._state[kind] = msg
+                self._sample(now, msg)
             elif kind == "HEARTBEAT" and msg.get_srcComponent() == 1 and msg.autopilot == 12:  # PX4
                 self._state[kind] = msg
                 mode = px4_mode_name(msg.custom_mode)
@@ -108,17 +114,26 @@ class Px4Vehicle(Px4Sitl):
                     self.modes.append((now, mode))
             elif kind == "ESTIMATOR_STATUS":
                 self.test_ratios.append((now, float(msg.pos_horiz_ratio), int(msg.flags)))
-            elif kind in ("GLOBAL_POSITION_INT", "EXTENDED_SYS_STATE", "ALTITUDE", "COMMAND_ACK"):
+            elif kind in ("EXTENDED_SYS_STATE", "ALTITUDE"):
                 self._state[kind] = msg
             elif kind == "STATUSTEXT":
                 self.statustexts.append((now, msg.severity, msg.text))
 
-    def _sample(self, now: float) -> None:
-        st, est = self._state["HIL_STATE_QUATERNION"], self.estimate()
-        te, tn, _ = self.frame.to_enu(st.lat * 1e-7, st.lon * 1e-7)
+    def _sample(self, now: float, gpi) -> None:
+        """A sample of the truth alone, or of EKF2's estimate (GLOBAL_POSITION_INT) against the
+        truth at the estimate's own time (both stamped by PX4's clock: a moving vehicle is not
+        scored on the link's delay or the two streams' phase)."""
+        if not self._truth_en:
+            return
+        t_s, te, tn = self._truth_en[-1]
         ee = en = None
-        if est is not None and now - est[3] < 1.0:
-            ee, en, _ = self.frame.to_enu(est[0], est[1])
+        if gpi is not None:
+            ee, en, _ = self.frame.to_enu(gpi.lat * 1e-7, gpi.lon * 1e-7)
+            times = np.array([x[0] for x in self._truth_en])
+            at_s = gpi.time_boot_ms * 1e-3
+            if times[0] <= at_s <= times[-1]:
+                te = float(np.interp(at_s, times, [x[1] for x in self._truth_en]))
+                tn = float(np.interp(at_s, times, [x[2] for x in self._truth_en]))
         self.samples.append(Sample(now, float(te), float(tn), None if ee is None else float(ee),
                                    None if en is None else float(en), 0))
 
@@ -284,7 +299,7 @@ class Px4Pilot:
                 self.note("landed (Altitude mode descent) and disarmed")
                 return True
             h = self.height_m() or 0.0
-            self.throttle = 0.0 if h < 15.0 else 0.15  # full descent rate high up, gentler below
+            self.throttle = 0.0 if h > 15.0 else 0.25  # full descent rate high up, gentler below
             ext = self.v.latest("EXTENDED_SYS_STATE")
             if ext is not None and ext.landed_state == LANDED_ON_GROUND:
                 self.v.conn.mav.command_long_send(1, 1, 400, 0, 0, 0, 0, 0, 0, 0, 0)  # disarm
