@@ -205,6 +205,10 @@ class NavConfig:
     # Below the height where a tile fits in the frame, a track continues by matching the map
     # features around its prediction (no retrieval); False: no fix there.
     close_range: bool = True
+    # ... down to where the frame's ground footprint spans this many map pixels across: below
+    # it too few map keypoints remain (a PX4 SITL descent gave a message 3.1x off its accuracy
+    # at about 12 m over a 0.46 m/px map, 37 px across).
+    close_range_min_map_px: float = 64.0
     # A photo (`locate`) whose recorded heading gives no usable match is tried with it turned by
     # 180, 90 and 270 deg and left out; the image's heading is used, and said, only for a match
     # this strong (never below min_inliers): chance consensus at a wrong place reached at most 12

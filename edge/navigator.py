@@ -474,6 +474,12 @@ class Navigator:
         if close_range and (not self.cfg.close_range or window is None):
             return Reason.CROP_OUTSIDE, (f"the frame covers {inside:.0%} of a {self.pack.tile_size_m:g} m tile "
                                          f"(height {pose.agl_m:.0f} m); below this only a track continues")
+        # The footprint's side (the covered share of the tile's area, as a square) in map pixels.
+        across_px = math.sqrt(inside) * self.pack.tile_size_m / self.pack.map_gsd_m
+        if close_range and across_px < self.cfg.close_range_min_map_px:
+            return Reason.CROP_OUTSIDE, (f"the frame sees {across_px:.0f} map pixels across (height "
+                                         f"{pose.agl_m:.0f} m), under nav.close_range_min_map_px = "
+                                         f"{self.cfg.close_range_min_map_px:g}: too few to track on")
         # Heading in doubt (HeadingCheck): embed and refine as if it were unknown.
         trust_heading = pose.heading_known and not self.heading.search
         with _timed(timings, "embed"):

@@ -34,8 +34,8 @@ from skyfix.pack.tilepack import TilePack
 from skyfix.render.views import ViewPose
 from skyfix.sim.px4 import ONBOARD_CONNECTION, Px4Sitl
 from skyfix.sim.score import score, velocity_lines
-from skyfix.sim.sitl import Sample
-from skyfix.sim.sitl_flight import _camera_loop, _terminate_cleanly, leg_timeout_s, mission_waypoints, write_sitl_outputs
+from skyfix.sim.sitl import Sample, fly_leg
+from skyfix.sim.sitl_flight import _camera_loop, _terminate_cleanly, fly_mission, mission_waypoints, write_sitl_outputs
 
 # PX4 custom modes (main, sub) as MAV_CMD_DO_SET_MODE takes them and HEARTBEAT reports them.
 PX4_MODES = {"ALTCTL": (2, 0), "POSCTL": (3, 0), "AUTO.LOITER": (4, 3), "AUTO.LAND": (4, 6)}
@@ -168,8 +168,10 @@ class Px4Pilot:
     sent continuously: PX4 takes a MAVLink joystick as its manual control), reposition targets,
     landing. Each step waits for its result with a timeout and says what happened."""
 
-    def __init__(self, vehicle: Px4Vehicle):
-        self.v = vehicle
+    CLIMB_MODE, MISSION_MODE = "ALTCTL", "AUTO.LOITER"
+
+    def __init__(self, vehicle: Px4Vehicle, speed_m_s: float = 12.0):
+        self.v, self.speed_m_s = vehicle, speed_m_s
         self.events: list[tuple] = []
         self.throttle = 0.5               # stick, 0..1 (0.5: hold the altitude in ALTCTL)
         self._stop = threading.Event()
@@ -190,6 +192,15 @@ class Px4Pilot:
 
     def note(self, text: str) -> None:
         self.events.append((time.monotonic(), text))
+
+    def prepare(self) -> bool:
+        return True  # EKF2 sets its origin from the first auxiliary global position it fuses
+
+    def after_handover(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.descend_and_land()
 
     def mode(self) -> Optional[str]:
         return self.v.modes[-1][1] if self.v.modes else None
@@ -256,35 +267,30 @@ class Px4Pilot:
         self.note("EKF2 never took skyfix's position")
         return False
 
-    def goto(self, east_m: float, north_m: float, agl_m: float, speed_m_s: float, timeout_s: float,
-             within_m: float = 5.0, stall_s: float = 60.0) -> bool:
-        """MAV_CMD_DO_REPOSITION (Hold mode flies there); True once the truth is within within_m."""
+    def goto(self, east_m: float, north_m: float, agl_m: float, timeout_s: float, within_m: float = 5.0,
+             stall_s: float = 60.0) -> bool:
+        """MAV_CMD_DO_REPOSITION at the mission speed (Hold mode flies there; `fly_leg`)."""
         lat, lon, _ = self.v.frame.to_lla(east_m, north_m)
         alt_msl = self.v.home_alt_msl_m + agl_m
-        end = time.monotonic() + timeout_s
-        best_m, best_t, last_cmd = math.inf, time.monotonic(), 0.0
-        while time.monotonic() < end:
-            if time.monotonic() - best_t > stall_s:
-                self.note(f"no progress towards ({east_m:.0f}, {north_m:.0f}) for {stall_s:.0f} s")
-                return False
-            if not self.armed():
-                self.note("disarmed during the mission")
-                return False
-            if time.monotonic() - last_cmd > 3.0 or self.mode() != "AUTO.LOITER":
+        last_cmd = [0.0]
+
+        def step() -> bool:
+            if time.monotonic() - last_cmd[0] > 3.0 or self.mode() != "AUTO.LOITER":
                 # COMMAND_INT: lat/lon as integers (a float parameter rounds them to about 0.5 m).
-                self.v.conn.mav.command_int_send(1, 1, 0, 192, 0, 0, speed_m_s, 1, 0, math.nan,
+                self.v.conn.mav.command_int_send(1, 1, 0, 192, 0, 0, self.speed_m_s, 1, 0, math.nan,
                                                  int(lat * 1e7), int(lon * 1e7), alt_msl)
-                last_cmd = time.monotonic()
+                last_cmd[0] = time.monotonic()
             time.sleep(0.5)
-            pose = self.v.true_pose()
-            dist_m = math.inf if pose is None else math.hypot(pose.east_m - east_m, pose.north_m - north_m)
-            if dist_m <= within_m:
-                self.note(f"reached ({east_m:.0f}, {north_m:.0f})")
-                return True
-            if dist_m < best_m - 5.0:
-                best_m, best_t = dist_m, time.monotonic()
-        self.note(f"did not reach ({east_m:.0f}, {north_m:.0f})")
-        return False
+            return True
+        return fly_leg(self, east_m, north_m, step, timeout_s, within_m, stall_s)
+
+    def estimated_en(self) -> Optional[tuple]:
+        """(east_m, north_m) of EKF2's global position, or None before it has one."""
+        est = self.v.estimate()
+        if est is None:
+            return None
+        e, n, _ = self.v.frame.to_enu(est[0], est[1])
+        return float(e), float(n)
 
     def descend_and_land(self, timeout_s: float = 180.0) -> bool:
         """Altitude mode descent (no position needed), as the ArduPilot flight's ALT_HOLD one;
@@ -306,31 +312,6 @@ class Px4Pilot:
             time.sleep(0.2)
         self.note("descent timed out")
         return False
-
-
-def _fly_mission(pilot: Px4Pilot, waypoints: list, agl_m: float, speed_m_s: float, result: dict,
-                 wind_m_s: float) -> None:
-    """The pilot's script (its own thread); fills `result`."""
-    result["mission_completed"] = False
-    if not (pilot.arm("ALTCTL") and pilot.climb_to(agl_m)):
-        return
-    if not pilot.wait_for_position(timeout_s=120.0):
-        pilot.descend_and_land()
-        return
-    result["handover_t_mono_s"] = time.monotonic()
-    if not pilot.set_mode("AUTO.LOITER"):
-        pilot.descend_and_land()
-        return
-    prev, reached = None, True
-    for e, n in waypoints:
-        from_en = None if not pilot.v.samples or pilot.v.samples[-1].est_east_m is None else \
-            (pilot.v.samples[-1].est_east_m, pilot.v.samples[-1].est_north_m)
-        reached &= pilot.goto(e, n, agl_m, speed_m_s, leg_timeout_s(from_en, prev, (e, n), speed_m_s, wind_m_s))
-        if not pilot.armed():
-            return
-        prev = (e, n)
-    result["land_t_mono_s"] = time.monotonic()
-    result["mission_completed"] = bool(pilot.descend_and_land() and reached)
 
 
 def rejected_spans_s(test_ratios: list, start_s: float, end_s: float) -> list:
@@ -368,10 +349,10 @@ def run_px4(pack_path: str | Path, embedder, cfg, out_dir: str | Path = "out/px4
         publisher = pilot = None
         try:
             publisher = FixPublisher.from_config(bridge, nav.estimate_at, bridge_cfg, on_sent=vehicle.record_fix).start()
-            pilot = Px4Pilot(vehicle)
-            script = threading.Thread(target=_fly_mission, daemon=True, args=(
+            pilot = Px4Pilot(vehicle, cfg.sim.speed_m_s)
+            script = threading.Thread(target=fly_mission, daemon=True, args=(
                 pilot, mission_waypoints(pack, cfg, home_en), cfg.sim.alt_agl_m, cfg.sim.speed_m_s, result,
-                cfg.sim.disturb.wind_m_s))
+                None, cfg.sim.disturb.wind_m_s))
             script.start()
             kinds = _camera_loop(nav, vehicle, bridge, pack, cam, cfg, script, progress, telemetry_errors)
         finally:

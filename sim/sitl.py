@@ -286,9 +286,20 @@ class SitlPilot:
     """Commands over the control link: modes, arming, the non-GPS climb, GUIDED targets, landing.
     Each step waits for its result with a timeout and says what happened."""
 
+    CLIMB_MODE, MISSION_MODE = "ALT_HOLD", "GUIDED"
+
     def __init__(self, vehicle: SitlVehicle):
         self.v = vehicle
         self.events: list[tuple] = []  # (t_mono_s, text)
+
+    def prepare(self) -> bool:
+        return self.set_origin()
+
+    def after_handover(self) -> None:
+        self.throttle(0)  # hand the throttle back; GUIDED flies the targets
+
+    def abort(self) -> None:
+        self.land()
 
     def note(self, text: str) -> None:
         self.events.append((time.monotonic(), text))
@@ -390,18 +401,10 @@ class SitlPilot:
 
     def goto(self, east_m: float, north_m: float, agl_m: float, timeout_s: float, within_m: float = 5.0,
              stall_s: float = 60.0) -> bool:
-        """GUIDED target; True once the truth is within within_m of it, False at timeout_s or
-        when the vehicle has come no closer by 5 m for stall_s (outside a failsafe)."""
+        """GUIDED target (`fly_leg`)."""
         lat, lon, _ = self.v.frame.to_lla(east_m, north_m)
-        end = time.monotonic() + timeout_s
-        best_m, best_t = math.inf, time.monotonic()
-        while time.monotonic() < end:
-            if time.monotonic() - best_t > stall_s:
-                self.note(f"no progress towards ({east_m:.0f}, {north_m:.0f}) for {stall_s:.0f} s")
-                return False
-            if not self.armed():
-                self.note("disarmed during the mission")
-                return False
+
+        def step() -> bool:
             if self.v.modes and self.v.modes[-1][1] != "GUIDED":
                 # A failsafe took over (e.g. LAND on lost position). An operator resumes the
                 # mission once the autopilot accepts GUIDED again (its position is back).
@@ -409,20 +412,12 @@ class SitlPilot:
                 time.sleep(1.0)
                 if self.v.modes[-1][1] == "GUIDED":
                     self.note("GUIDED again after the failsafe")
-                best_t = time.monotonic()  # a failsafe is not a stall
-                continue
+                return False
             self.v.conn.mav.set_position_target_global_int_send(
                 0, 1, 1, 6, 0b110111111000, int(lat * 1e7), int(lon * 1e7), agl_m, 0, 0, 0, 0, 0, 0, 0, 0)
             time.sleep(0.5)
-            pose = self.v.true_pose()
-            dist_m = math.inf if pose is None else math.hypot(pose.east_m - east_m, pose.north_m - north_m)
-            if dist_m <= within_m:
-                self.note(f"reached ({east_m:.0f}, {north_m:.0f})")
-                return True
-            if dist_m < best_m - 5.0:
-                best_m, best_t = dist_m, time.monotonic()
-        self.note(f"did not reach ({east_m:.0f}, {north_m:.0f})")
-        return False
+            return True
+        return fly_leg(self, east_m, north_m, step, timeout_s, within_m, stall_s)
 
     def descend_and_land(self, timeout_s: float = 180.0) -> bool:
         """The way down mirrors the way up: below the hand-over height skyfix has no fix (the
@@ -459,3 +454,32 @@ class SitlPilot:
             time.sleep(0.5)
         self.note("landing timed out")
         return False
+
+
+def fly_leg(pilot, east_m: float, north_m: float, step, timeout_s: float, within_m: float = 5.0,
+            stall_s: float = 60.0) -> bool:
+    """A leg to (east_m, north_m), for either autopilot's pilot: `step()` commands the target
+    and waits a moment; it returns False while something else (a failsafe) has the vehicle,
+    which is not counted as a stall. True once the truth is within within_m of the target;
+    False at timeout_s, when disarmed, or when the vehicle came no closer by 5 m for stall_s."""
+    end = time.monotonic() + timeout_s
+    best_m, best_t = math.inf, time.monotonic()
+    while time.monotonic() < end:
+        if time.monotonic() - best_t > stall_s:
+            pilot.note(f"no progress towards ({east_m:.0f}, {north_m:.0f}) for {stall_s:.0f} s")
+            return False
+        if not pilot.armed():
+            pilot.note("disarmed during the mission")
+            return False
+        if not step():
+            best_t = time.monotonic()
+            continue
+        pose = pilot.v.true_pose()
+        dist_m = math.inf if pose is None else math.hypot(pose.east_m - east_m, pose.north_m - north_m)
+        if dist_m <= within_m:
+            pilot.note(f"reached ({east_m:.0f}, {north_m:.0f})")
+            return True
+        if dist_m < best_m - 5.0:
+            best_m, best_t = dist_m, time.monotonic()
+    pilot.note(f"did not reach ({east_m:.0f}, {north_m:.0f})")
+    return False

@@ -54,20 +54,23 @@ def leg_timeout_s(from_en: Optional[tuple], prev_target_en: Optional[tuple], to_
     return math.hypot(to_en[0] - start[0], to_en[1] - start[1]) / ground_m_s * 2.5 + 30.0
 
 
-def _fly_mission(pilot: SitlPilot, waypoints: list, agl_m: float, speed_m_s: float, result: dict,
-                 fault: Optional[dict], wind_m_s: float = 0.0) -> None:
-    """The pilot's script (runs in its own thread); fills `result`."""
+def fly_mission(pilot, waypoints: list, agl_m: float, speed_m_s: float, result: dict,
+                fault: Optional[dict], wind_m_s: float = 0.0) -> None:
+    """The pilot's script (runs in its own thread), for either autopilot's pilot (SitlPilot,
+    sim.px4_flight.Px4Pilot): arm and climb in its CLIMB_MODE (no position needed), wait for
+    the estimator to take skyfix's position, fly the waypoints in its MISSION_MODE, land.
+    Fills `result`."""
     result["mission_completed"] = False
-    if not (pilot.set_origin() and pilot.arm("ALT_HOLD") and pilot.climb_to(agl_m)):
+    if not (pilot.prepare() and pilot.arm(pilot.CLIMB_MODE) and pilot.climb_to(agl_m)):
         return
     if not pilot.wait_for_position(timeout_s=120.0):
-        pilot.land()
+        pilot.abort()
         return
     result["handover_t_mono_s"] = time.monotonic()
-    if not pilot.set_mode("GUIDED"):
-        pilot.land()
+    if not pilot.set_mode(pilot.MISSION_MODE):
+        pilot.abort()
         return
-    pilot.throttle(0)  # hand the throttle back; GUIDED flies the targets
+    pilot.after_handover()
     prev_target = None
     reached = True
     for e, n in waypoints:
@@ -174,7 +177,7 @@ def run_sitl(pack_path: str | Path, embedder, cfg, out_dir: str | Path = "out/si
                                              on_sent=vehicle.record_fix).start()
         pilot = SitlPilot(vehicle)
         waypoints = mission_waypoints(pack, cfg, home_en)
-        script = threading.Thread(target=_fly_mission, args=(pilot, waypoints, cfg.sim.alt_agl_m,
+        script = threading.Thread(target=fly_mission, args=(pilot, waypoints, cfg.sim.alt_agl_m,
                                                              cfg.sim.speed_m_s, result, fault,
                                                              cfg.sim.disturb.wind_m_s + cfg.sim.disturb.gust_m_s),
                                   daemon=True)

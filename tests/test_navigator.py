@@ -430,6 +430,11 @@ def test_a_track_continues_below_the_tile_height_and_a_lost_vehicle_there_gets_n
             low.append(r)
     assert len(low) >= 10 and sum(r.fix is not None for r in low) >= 0.8 * len(low)
     assert nav.integrity_counts()["close range: tracked without retrieval"] >= 10
+    # Lower still the footprint spans fewer map pixels than nav.close_range_min_map_px: no fix.
+    pose = ViewPose(-150 + 5 * 15.0, -150 + 5 * 15.0, 12.0, 0.0, 0.0, math.radians(45))
+    r = nav.step(Frame(render_view(canvas, CAM, pose)[0], int(15.0 * 1e6),
+                       Telemetry(int(15.0 * 1e6), 0.0, 0.0, pose.yaw_rad, 12.0), "f-low"))
+    assert r.fix is None and "map pixels across" in r.detail, r.detail
     fresh = Navigator(pack, emb, CAM, NavConfig(keypoints="sift", top_k=3, global_max_candidates=6))
     pose = ViewPose(0.0, 0.0, 40.0, 0.0, 0.0, math.radians(45))
     r = fresh.step(Frame(render_view(canvas, CAM, pose)[0], 10 ** 6,
