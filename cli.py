@@ -425,7 +425,8 @@ def cmd_train_hash(args) -> int:
     from skyfix.train.hashing import train_hash_heads
     cli = {key: getattr(args, key) for key in ("ortho", "drone_from", "source_gsd_m", "seed")}
     cfg = train_config(args.preset, args.config, cli)
-    (head,), _ = train_hash_heads(cfg, args.model, [args.bits], args.pairs, args.steps, seed=cfg.train.seed)
+    towers = _both_towers(args, cfg)
+    (head,), _ = train_hash_heads(cfg, *towers, [args.bits], args.pairs, args.steps, seed=cfg.train.seed)
     out = head.save(args.out or Path(args.model) / "hash.npz")
     print(f"wrote {out}; next: skyfix tiles build --index binary --model {args.model} --hash-head {out} ...")
     return 0

@@ -153,16 +153,15 @@ def code_recall_at_10(projection: HashProjection, database: np.ndarray, queries:
     return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(cand[:, :10].tolist(), exact.tolist())]))
 
 
-def train_hash_heads(full_cfg, model: str, bits_list, pairs: int = 4000, steps: int = 1500, seed: int = 0,
+def train_hash_heads(full_cfg, drone, sat, bits_list, pairs: int = 4000, steps: int = 1500, seed: int = 0,
                      log=print, progress: bool = True) -> tuple[list, dict]:
-    """`skyfix train-hash`: heads of each size in bits_list fitted on `model`'s frozen towers
-    with pairs of the training config's areas (`train.ortho` / `train.scenes`, as `skyfix train`),
-    and checked on its validation areas. Returns (HashProjections, validation report: per bits,
-    drone -> tile recall@10 against exact search, Hamming top 10 and top 200 re-ranked)."""
-    from skyfix.export.models import load_embedder
+    """`skyfix train-hash`: heads of each size in bits_list fitted on a model's frozen towers
+    (`drone`, `sat`: its embedders) with pairs of the training config's areas (`train.ortho` /
+    `train.scenes`, as `skyfix train`), and checked on its validation areas. Returns
+    (HashProjections, validation report: per bits, drone -> tile recall@10 against exact
+    search, Hamming top 10 and top 200 re-ranked)."""
     from skyfix.train.trainer import build_datasets
     train_pairs, val_pairs, info = build_datasets(full_cfg)
-    drone, sat = (load_embedder(model, tower, full_cfg.model) for tower in ("drone", "sat"))
     log(f"train-hash: {info['train']}; validation: {info['val']}")
     d, s, y = embed_pairs(train_pairs, drone, sat, pairs, seed, progress)
     vd, vs, _ = embed_pairs(val_pairs, drone, sat, min(pairs, max(500, len(val_pairs))), seed + 1, progress)
