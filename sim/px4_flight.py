@@ -64,8 +64,9 @@ def flight_params(sim_cfg) -> dict:
 class Px4Vehicle(Px4Sitl):
     """The vehicle interface of the flight (as sim.sitl.SitlVehicle) for PX4 SITL: the truth from
     HIL_STATE_QUATERNION, EKF2's estimate from GLOBAL_POSITION_INT, its horizontal position test
-    ratio (ESTIMATOR_STATUS.pos_horiz_ratio: above 1 the measurement is rejected), the mode from
-    HEARTBEAT, the landed state from EXTENDED_SYS_STATE."""
+    ratio (ESTIMATOR_STATUS.pos_horiz_ratio: EKF2's filtered test ratio of its horizontal position
+    sources, the auxiliary global position among them; above 1, measurements are being rejected),
+    the mode from HEARTBEAT, the landed state from EXTENDED_SYS_STATE."""
 
     STREAMS_HZ = {"HIL_STATE_QUATERNION": 50, "GLOBAL_POSITION_INT": 10, "ESTIMATOR_STATUS": 5,
                   "EXTENDED_SYS_STATE": 2, "ALTITUDE": 10}
@@ -375,6 +376,8 @@ def summarise_px4(vehicle: Px4Vehicle, pilot: Px4Pilot, result: dict, nav: Navig
               and s.est_east_m is not None]
     err = np.array([math.hypot(s.est_east_m - s.true_east_m, s.est_north_m - s.true_north_m) for s in flying])
     spans = rejected_spans_s(vehicle.test_ratios, start or math.inf, end or time.monotonic())
+    ratios = [round(r, 3) for t, r, _ in vehicle.test_ratios
+              if start is not None and start <= t <= (end or math.inf) and math.isfinite(r)]
     texts = [(round(t - t0, 1), text) for t, _, text in vehicle.statustexts]
     duration_s = (vehicle.samples[-1].t_mono_s - t0) if vehicle.samples else 0.0
     summary = score(vehicle.received(), duration_s)
@@ -383,7 +386,7 @@ def summarise_px4(vehicle: Px4Vehicle, pilot: Px4Pilot, result: dict, nav: Navig
         "autopilot_error_m": ({"median": float(np.median(err)), "p95": float(np.percentile(err, 95)),
                                "max": float(err.max())} if len(err) else {"median": None, "p95": None, "max": None}),
         "ekf2_rejections": {"spans": len(spans), "longest_s": round(max(spans), 2) if spans else 0.0,
-                            "total_s": round(sum(spans), 2)},
+                            "total_s": round(sum(spans), 2), "max_test_ratio": max(ratios, default=None)},
         "failsafes": [f"{t} s: {text}" for t, text in texts if "failsafe" in text.lower()],
         "mission_completed": bool(result.get("mission_completed")),
         "handover_s": None if start is None else round(start - t0, 1),
