@@ -34,7 +34,7 @@ from skyfix.pack.tilepack import TilePack
 from skyfix.render.views import ViewPose
 from skyfix.sim.px4 import ONBOARD_CONNECTION, Px4Sitl
 from skyfix.sim.score import score, velocity_lines
-from skyfix.sim.sitl import Sample, fly_leg
+from skyfix.sim.sitl import Sample, fly_leg, wait_until
 from skyfix.sim.sitl_flight import _camera_loop, _terminate_cleanly, fly_mission, mission_waypoints, write_sitl_outputs
 
 # PX4 custom modes (main, sub) as MAV_CMD_DO_SET_MODE takes them and HEARTBEAT reports them.
@@ -258,15 +258,11 @@ class Px4Pilot:
 
     def wait_for_position(self, timeout_s: float) -> bool:
         """Until EKF2 reports an absolute horizontal position (it took skyfix's fixes)."""
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
+        def has_position() -> bool:
             st = self.v.test_ratios[-1] if self.v.test_ratios else None
-            if st is not None and st[2] & ESTIMATOR_POS_HORIZ_ABS and self.v.estimate() is not None:
-                self.note("EKF2 has a global position from skyfix")
-                return True
-            time.sleep(0.5)
-        self.note("EKF2 never took skyfix's position")
-        return False
+            return bool(st is not None and st[2] & ESTIMATOR_POS_HORIZ_ABS and self.v.estimate() is not None)
+        return wait_until(self, has_position, timeout_s, "EKF2 has a global position from skyfix",
+                          "EKF2 never took skyfix's position")
 
     def goto(self, east_m: float, north_m: float, agl_m: float, timeout_s: float, within_m: float = 5.0,
              stall_s: float = 60.0) -> bool:

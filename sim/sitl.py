@@ -387,17 +387,13 @@ class SitlPilot:
 
     def wait_for_position(self, timeout_s: float) -> bool:
         """Until the EKF reports an absolute horizontal position (it took skyfix's fixes)."""
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
+        def has_position() -> bool:
             self.throttle(1500)  # keep holding the climb's altitude in ALT_HOLD
             ekf, gpi = self.v.latest("EKF_STATUS_REPORT"), self.v.latest("GLOBAL_POSITION_INT")
-            if (ekf is not None and ekf.flags & EKF_POS_HORIZ_ABS and not ekf.flags & EKF_CONST_POS_MODE
-                    and gpi is not None and (gpi.lat or gpi.lon)):
-                self.note("EKF has an absolute position from skyfix")
-                return True
-            time.sleep(0.5)
-        self.note("EKF never took skyfix's position")
-        return False
+            return bool(ekf is not None and ekf.flags & EKF_POS_HORIZ_ABS and not ekf.flags & EKF_CONST_POS_MODE
+                        and gpi is not None and (gpi.lat or gpi.lon))
+        return wait_until(self, has_position, timeout_s, "EKF has an absolute position from skyfix",
+                          "EKF never took skyfix's position")
 
     def goto(self, east_m: float, north_m: float, agl_m: float, timeout_s: float, within_m: float = 5.0,
              stall_s: float = 60.0) -> bool:
@@ -482,4 +478,17 @@ def fly_leg(pilot, east_m: float, north_m: float, step, timeout_s: float, within
         if dist_m < best_m - 5.0:
             best_m, best_t = dist_m, time.monotonic()
     pilot.note(f"did not reach ({east_m:.0f}, {north_m:.0f})")
+    return False
+
+
+def wait_until(pilot, condition, timeout_s: float, reached: str, failed: str, period_s: float = 0.5) -> bool:
+    """Poll condition() every period_s until it holds (True, noted `reached`) or timeout_s passes
+    (False, noted `failed`)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if condition():
+            pilot.note(reached)
+            return True
+        time.sleep(period_s)
+    pilot.note(failed)
     return False
