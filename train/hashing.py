@@ -143,11 +143,9 @@ def code_recall_at_10(projection: HashProjection, database: np.ndarray, queries:
                       shortlist: Optional[int] = None) -> float:
     """Recall@10 against exact float search of the Hamming top 10 (or of its top `shortlist`
     re-ranked by the float vectors): float32 M x D database, Q x D queries."""
-    faiss = require("faiss")
+    from skyfix.pack.hashing import HashIndex
     exact = np.argsort(-(queries @ database.T), axis=1)[:, :10]
-    index = faiss.IndexBinaryFlat(projection.bits)
-    index.add(projection.codes(database))
-    cand = index.search(projection.codes(queries), shortlist or 10)[1]
+    cand = HashIndex.build(projection, database).search(queries, shortlist or 10)[1]
     if shortlist:
         cand = np.stack([c[np.argsort(-(database[c] @ q))[:10]] for q, c in zip(queries, cand)])
     return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(cand[:, :10].tolist(), exact.tolist())]))
