@@ -108,6 +108,8 @@ def cmd_tiles_build(args) -> int:
                                "gsd_m": args.gsd_m, "index": args.index, "hash_head": args.hash_head,
                                "imagery_date": args.imagery_date, "nodata": args.nodata,
                                "imagery_licence": args.imagery_licence, "dem": args.dem, "dem_gsd_m": args.dem_gsd_m,
+                               "dem_xyz": args.dem_xyz, "dem_zoom": args.dem_zoom, "dem_encoding": args.dem_encoding,
+                               "dem_accuracy_m": args.dem_accuracy_m, "map_accuracy_m": args.map_accuracy_m,
                                "levels_m": [float(v) for v in args.levels_m.split(",")] if args.levels_m else None,
                                "features": args.features.split(",") if args.features else None},
                   nav={"features_model": args.features_model})
@@ -167,8 +169,37 @@ def cmd_tiles_level(args) -> int:
 
 
 def cmd_tiles_terrain(args) -> int:
-    from skyfix.tiles.terrain import add_terrain
-    add_terrain(args.pack, args.dem, args.gsd_m)
+    from skyfix.tiles.terrain import DemInput, add_terrain
+    cfg = _config(args, tiles={"dem": args.dem, "dem_xyz": args.dem_xyz, "dem_zoom": args.dem_zoom,
+                               "dem_encoding": args.dem_encoding, "dem_accuracy_m": args.dem_accuracy_m})
+    dem = DemInput.from_config(cfg.tiles, args.key_file)
+    if dem is None:
+        raise SkyfixError("give the heights: --dem DEM.tif [MORE.tif ...] or --dem-xyz URL_TEMPLATE")
+    add_terrain(args.pack, dem, args.gsd_m)
+    return 0
+
+
+def _terrain_options(p) -> None:
+    """The terrain options of `tiles build` and `tiles terrain`."""
+    p.add_argument("--dem", nargs="+", help="ground heights (DEM or DSM: GeoTIFF/VRT in any CRS, metres; several for a "
+                   "region spanning DEM tiles) stored in the pack; without terrain skyfix assumes flat ground")
+    p.add_argument("--dem-xyz", help="or a terrain tile server's URL template https://HOST/{z}/{x}/{y}.png (Terrarium "
+                   "or Mapbox terrain-RGB), fetched over the pack's map and cached like imagery")
+    p.add_argument("--dem-zoom", type=_number(int, 0, 18), help="the terrain tiles' zoom (default 14, about 7 m cells)")
+    p.add_argument("--dem-encoding", choices=["terrarium", "mapbox"], help="how the tiles' RGB encodes the height "
+                   "(default: from the URL)")
+    p.add_argument("--dem-accuracy-m", type=_number(float, 0, 500),
+                   help="the heights' vertical error, m 1-sigma (default: 1 for DEM files, 3 for terrain servers, said "
+                        "as assumed); its effect on position enters every fix's accuracy")
+
+
+def cmd_tiles_accuracy(args) -> int:
+    from skyfix.pack.tilepack import TilePack, describe
+    from skyfix.tiles.build import record_accuracy
+    if args.map_accuracy_m is None and args.dem_accuracy_m is None:
+        raise SkyfixError("give --map-accuracy-m and/or --dem-accuracy-m")
+    record_accuracy(args.pack, args.map_accuracy_m, args.dem_accuracy_m)
+    print(describe(TilePack.open(args.pack)))
     return 0
 
 
@@ -499,9 +530,11 @@ def _ground_commands(sub) -> None:
     b.add_argument("--features-model", help="the learned matcher's ONNX folder (xfeat or dense; default: models/xfeat if there, else XFeat exported once into the cache; dense: the shipped one)")
     b.add_argument("--nodata", type=_number(int, 0, 255), help="map pixels whose three bands all equal this "
                    "value are no-data (GDAL masks, nodata, alpha and PNG alpha are always honoured)")
-    b.add_argument("--dem", help="ground heights (DEM or DSM: GeoTIFF/VRT in any CRS, metres) stored in the pack; "
-                   "without one skyfix assumes flat ground (add one later: skyfix tiles terrain)")
+    _terrain_options(b)
     b.add_argument("--dem-gsd-m", type=_number(float, 0.5, 200), help="terrain cell size (default: the DEM's, at least 1 m)")
+    b.add_argument("--map-accuracy-m", type=_number(float, 0, 500),
+                   help="the map's absolute horizontal error, m 1-sigma per axis (its provider's figure; default: "
+                        "nav.map_bias_m at flight); added to every fix's accuracy")
     b.add_argument("--levels-m", help="comma-separated finer tile sizes stored beside --tile-size-m (e.g. 40): "
                    "fixes from lower heights (take-off, landing)")
     b.add_argument("--imagery-date")
@@ -530,9 +563,17 @@ def _ground_commands(sub) -> None:
     tr = tiles.add_parser("terrain", formatter_class=_DefaultsOnce,
                           help="add (or replace) a pack's ground heights from a DEM or DSM")
     tr.add_argument("pack")
-    tr.add_argument("--dem", required=True, help="GeoTIFF/VRT of heights in metres, any CRS")
+    _terrain_options(tr)
+    tr.add_argument("--key-file", help="a file whose first line is the terrain server's key (else $SKYFIX_TILE_KEY)")
     tr.add_argument("--gsd-m", type=_number(float, 0.5, 200), help="terrain cell size (default: the DEM's, at least 1 m)")
+    tr.add_argument("--config")
     tr.set_defaults(func=cmd_tiles_terrain)
+    ac = tiles.add_parser("accuracy", formatter_class=_DefaultsOnce,
+                          help="record the map's stated horizontal accuracy and/or its terrain's vertical accuracy")
+    ac.add_argument("pack")
+    ac.add_argument("--map-accuracy-m", type=_number(float, 0, 500), help="m, 1 sigma per axis")
+    ac.add_argument("--dem-accuracy-m", type=_number(float, 0, 500), help="m, 1 sigma")
+    ac.set_defaults(func=cmd_tiles_accuracy)
     i = tiles.add_parser("inspect", formatter_class=_DefaultsOnce, help="validate a pack and summarise it")
     i.add_argument("pack")
     i.set_defaults(func=cmd_tiles_inspect)

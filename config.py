@@ -60,10 +60,21 @@ class TilesConfig:
     # A learned extractor's model (xfeat, dense) is nav.features_model.
     features: list = field(default_factory=lambda: ["xfeat", "sift"])
     features_per_mpx: int = 8000     # map keypoints per megapixel
-    # Ground heights (a DEM or DSM raster GDAL reads, any CRS, metres) stored in the pack: onboard
-    # the height above the ground under the camera and camera resection use them. "": flat ground.
-    dem: str = ""
+    # Ground heights stored in the pack: onboard the height above the ground under the camera and
+    # camera resection use them. Either DEM or DSM rasters GDAL reads (any CRS, metres; several
+    # for a region spanning DEM tiles), or a terrain tile server's XYZ template (Terrarium or
+    # Mapbox terrain-RGB PNG; dem_encoding "" tells it from the URL). Neither: flat ground.
+    dem: list = field(default_factory=list)
+    dem_xyz: str = ""
+    dem_zoom: int = 14
+    dem_encoding: str = ""
     dem_gsd_m: Optional[float] = None  # terrain cell size; None: the DEM's own (at least 1 m)
+    # The heights' vertical error (m, 1 sigma, relative over a camera footprint) and the map's own
+    # absolute horizontal error (m, 1 sigma per axis), recorded in the pack; they enter every
+    # published accuracy. None: the DEM's is assumed by its kind (tiles/terrain.py) and the map's
+    # is nav.map_bias_m, both said at build and by `tiles inspect`.
+    dem_accuracy_m: Optional[float] = None
+    map_accuracy_m: Optional[float] = None
     # Tile servers (--xyz, --wms): GDAL fetches at most server_connections tiles at once, and the
     # build at most server_tiles_per_s new tiles a second (cached tiles are free). Keep both within
     # the provider's terms.
@@ -174,9 +185,10 @@ class NavConfig:
     attitude_sigma_deg: float = 1.0  # telemetry attitude error, enters the measurement accuracy
     # The map fixes' error that consecutive fixes share, 1 sigma per axis (m): the map's own
     # registration, and buildings and shadows that sit differently on the frames' date. Added
-    # to the published accuracy (the filter cannot average it away). Cross-date map matches on
-    # LEVIR-CD were biased by 2-4 map pixels (1-2 m) per scene; set it to the map's stated
-    # absolute accuracy where that is larger.
+    # to the published accuracy (the filter cannot average it away). A pack that states its map's
+    # accuracy (`tiles build --map-accuracy-m`, `tiles accuracy`) is taken at its word; this is
+    # the figure for packs that state none. Cross-date map matches on LEVIR-CD were biased by 2-4
+    # map pixels (1-2 m) per scene.
     map_bias_m: float = 1.0
     # Without terrain in the pack (flat ground assumed), the ground slope to allow for, 1 sigma:
     # a slope looks to the image like a tilted camera and moves the fix by about height x

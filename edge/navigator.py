@@ -95,6 +95,7 @@ class Placement:
     attitude_agrees: bool
     notes: list
     resected_tilt_rad: Optional[tuple] = None  # (roll, pitch) from resection with enough points
+    on_terrain: bool = False  # resected from points whose heights the pack's terrain gives
 
 
 # Image against telemetry (Navigator._vehicle_position): chi-square, 2 degrees of freedom.
@@ -233,32 +234,70 @@ class HeadingCheck:
 
 TILT_TRIM_STEP_DEG = 1.0   # the largest roll/pitch trim one frame may make
 TILT_TRIM_MAX_DEG = 20.0   # the largest roll/pitch correction ever held
+TILT_TRIM_WINDOW = 6       # resected tilts a trim is judged on
+TILT_TRIM_MIN_DEG = 0.5    # a mean disagreement under this is taken as the resection's own noise
+# The trimmed crop must match better: this many times the inliers (and 2 more), or as many (within
+# TILT_TRIM_SAME) with a reprojection error this much smaller (near the end of a trim the inliers
+# saturate, while a crop still a degree or two off stays a slight keystone of the map).
+TILT_TRIM_BETTER = 1.05
+TILT_TRIM_SAME = 0.97
+TILT_TRIM_SHARPER = 0.9
 
 
 class AttitudeTrim:
-    """Roll and pitch corrections to the telemetry, learned from camera resection: each strong
-    match with enough points to resect moves them by `gain` of what the image still sees (at
-    most TILT_TRIM_STEP_DEG a frame). The autopilot's attitude estimate drifts in wind (10 deg of
-    roll in ArduCopter SITL) and a camera is never mounted exactly level; a crop rectified with
-    a wrong tilt is not a similarity of the map, so fewer points match and those that do sit in
-    a band of it, and the resected position drifts by metres (3-4 m at 10 deg over the Colorado
-    map). Trimmed, the crop is rectified as the image says the camera was tilted. A match the
-    confirmed track does not agree with never trims (the caller's rule)."""
+    """Roll and pitch corrections to the telemetry, learned from camera resection. The
+    autopilot's attitude estimate drifts in wind (10 deg of roll in ArduCopter SITL) and a camera
+    is never mounted exactly level; a crop rectified with a wrong tilt is not a similarity of the
+    map, so fewer points match and those that do sit in a band of it, and the resected position
+    drifts by metres (3-4 m at 10 deg over the Colorado map). Trimmed, the crop is rectified as
+    the image says the camera was tilted.
 
-    def __init__(self, gain: float):
+    The trim must not move the fix where the image's tilt is not a tilt: resection over
+    buildings, trees and shadows taken as flat ground (a cross-date map: structure leaning
+    differently on each date) reads a tilt that changes as they pass. So a trim is only proposed
+    when the last TILT_TRIM_WINDOW resected tilts (the caller gives only those from points whose
+    heights the pack's terrain knows, of matches the confirmed track agrees with) disagree with
+    the telemetry consistently: their mean beyond TILT_TRIM_MIN_DEG and beyond three standard
+    errors of their own spread. The caller then checks that the proposed correction improves the
+    match it was learned from before `apply`ing a step of `gain` of it (at most
+    TILT_TRIM_STEP_DEG a frame)."""
+
+    def __init__(self, gain: float, window: int = TILT_TRIM_WINDOW):
         self.gain = gain
         self.offset_rad = np.zeros(2)
+        self.residuals: deque = deque(maxlen=window)  # (roll, pitch) the image saw beyond the trimmed telemetry, rad
+        self.refused = 0  # proposals whose correction did not improve the match
 
-    def update(self, roll_rad: float, pitch_rad: float, resected_roll_rad: float, resected_pitch_rad: float) -> str:
-        """Take one frame's resected tilt against the (trimmed) tilt it was cropped with; a note
-        when the correction has passed a whole degree."""
-        if self.gain <= 0:
-            return ""
+    def observe(self, roll_rad: float, pitch_rad: float, resected_roll_rad: float, resected_pitch_rad: float) -> None:
+        """Take one frame's resected tilt against the (trimmed) tilt it was cropped with."""
+        if self.gain > 0:
+            self.residuals.append(np.array([resected_roll_rad - roll_rad, resected_pitch_rad - pitch_rad]))
+
+    def proposal(self) -> Optional[np.ndarray]:
+        """(roll, pitch) correction (rad) the window supports, per axis where it is consistent;
+        None while the window is not full or nothing in it stands out from its noise."""
+        if self.gain <= 0 or len(self.residuals) < self.residuals.maxlen:
+            return None
+        r = np.array(self.residuals)
+        mean = r.mean(axis=0)
+        stderr = r.std(axis=0, ddof=1) / math.sqrt(len(r))
+        consistent = np.abs(mean) > np.maximum(3 * stderr, math.radians(TILT_TRIM_MIN_DEG))
+        return np.where(consistent, mean, 0.0) if consistent.any() else None
+
+    def refuse(self) -> None:
+        """The proposed correction did not improve the match: forget the window's evidence."""
+        self.residuals.clear()
+        self.refused += 1
+
+    def apply(self, correction_rad: np.ndarray) -> str:
+        """Move the trim by `gain` of an approved correction (at most TILT_TRIM_STEP_DEG); the
+        window's residuals shrink by the step (later crops are rectified with it). A note when
+        the trim has passed a whole degree."""
         before = np.degrees(np.abs(self.offset_rad)).astype(int)
-        step = np.clip(self.gain * np.array([resected_roll_rad - roll_rad, resected_pitch_rad - pitch_rad]),
-                       -math.radians(TILT_TRIM_STEP_DEG), math.radians(TILT_TRIM_STEP_DEG))
+        step = np.clip(self.gain * correction_rad, -math.radians(TILT_TRIM_STEP_DEG), math.radians(TILT_TRIM_STEP_DEG))
         limit = math.radians(TILT_TRIM_MAX_DEG)
         self.offset_rad = np.clip(self.offset_rad + step, -limit, limit)
+        self.residuals = deque((r - step for r in self.residuals), maxlen=self.residuals.maxlen)
         roll_deg, pitch_deg = np.degrees(self.offset_rad)
         if (np.degrees(np.abs(self.offset_rad)).astype(int) > before).any():
             return f"telemetry tilt trimmed by roll {roll_deg:+.1f} / pitch {pitch_deg:+.1f} deg (image)"
@@ -306,7 +345,12 @@ class Navigator:
         self.terrain = pack.terrain if cfg.use_terrain else None
         self.datum_offsets: deque = deque(maxlen=DATUM_SAMPLES)
         self.last_position: Optional[tuple] = None  # (t_s, east_m, north_m) of the last measurement
-        self.flat_bias_m = 0.0  # the flat-ground bias of the last measurement (nav.ground_slope_deg), per axis
+        # The errors consecutive fixes share, 1 sigma per axis (m): the map's own (as the pack
+        # states it, else nav.map_bias_m), and the ground's under the last measurement (the
+        # terrain's vertical error, or the slope allowed for over ground taken as flat).
+        stated = pack.map_accuracy_m
+        self.map_bias_m = cfg.map_bias_m if stated is None else stated
+        self.ground_bias_m = 0.0
         self.last_alt_msl_m = 0.0
         self.last_tile_id: Optional[int] = None
         # False: the map is not matched (the SIL's stretches of unmatchable ground); odometry runs.
@@ -528,9 +572,9 @@ class Navigator:
         if pose.heading_known and agrees and attitude_trusted and confirmed:
             # Only a match the track agrees with trims the heading: one in doubt must not turn it.
             self.heading.trim(best.rotation_deg)
-        if pose.attitude_known and placed.resected_tilt_rad and best.inliers >= self.cfg.min_inliers \
-                and (agrees or not confirmed):
-            note = self.attitude_trim.update(pose.roll_rad, pose.pitch_rad, *placed.resected_tilt_rad)
+        if pose.attitude_known and placed.resected_tilt_rad and placed.on_terrain \
+                and best.inliers >= self.cfg.min_inliers and (agrees or not confirmed):
+            note = self._trim_attitude(image, pose, best, placed.resected_tilt_rad)
             if note:
                 pose.notes.append(note)
         self.last_tile_id = self.pack.nearest_tile_id(best.east_m, best.north_m)
@@ -538,6 +582,39 @@ class Navigator:
         return Measurement(t_s, east, north, sigma_m, pose.yaw_rad + placed.turn_rad, best, slot, pose.notes)
 
     # ---- stages -------------------------------------------------------------------------------
+    def _trim_attitude(self, image: np.ndarray, pose: CropPose, best: Match, resected_tilt_rad: tuple) -> str:
+        """Give the tilt trim one resected tilt (from known heights, a match the track agrees
+        with); when it proposes a correction, take a step of it only if the frame's refinement
+        crop, rectified with the correction, matches the map better than as it was (AttitudeTrim:
+        an image that only seems tilted does not improve)."""
+        trim = self.attitude_trim
+        trim.observe(pose.roll_rad, pose.pitch_rad, *resected_tilt_rad)
+        correction = trim.proposal()
+        if correction is None:
+            return ""
+        now = self._match_near(image, pose, best, (0.0, 0.0))
+        trimmed = self._match_near(image, pose, best, correction)
+        more = trimmed[0] >= max(TILT_TRIM_BETTER * now[0], now[0] + 2)
+        sharper = trimmed[0] >= TILT_TRIM_SAME * now[0] and trimmed[1] <= TILT_TRIM_SHARPER * now[1]
+        if not (more or sharper):
+            trim.refuse()
+            self.integrity["tilt trim refused: the image did not match better"] += 1
+            return ""
+        return trim.apply(correction)
+
+    def _match_near(self, image: np.ndarray, pose: CropPose, best: Match, tilt_rad) -> tuple:
+        """(inliers, reprojection RMS px) of the frame's refinement crop, rectified with the
+        pose's tilt plus tilt_rad (roll, pitch), matched against the map around `best`;
+        (0, inf) when nothing matches."""
+        wide = rectify_mapped(image, self.camera, pose.roll_rad + tilt_rad[0], pose.pitch_rad + tilt_rad[1],
+                              pose.yaw_rad, pose.agl_m, self.refine_size_m, self.refine_px, self._ground_depth(pose))[0]
+        described = self.matcher.describe(wide, True)
+        half_m = self.refine_size_m * 0.75 + 10.0
+        matches = self.matcher.match_window(described, (wide.shape[1], wide.shape[0]), self.gsd_m,
+                                            (best.east_m, best.north_m), half_m)
+        top = max(matches, key=lambda m: m.inliers, default=None)
+        return (0, math.inf) if top is None else (top.inliers, top.rms_px)
+
     def _check_speed(self, frame_s: float) -> None:
         """Say once, clearly, when this machine cannot confirm a track: confirming needs
         confirm_measurements frames within lost_after_s."""
@@ -847,7 +924,7 @@ class Navigator:
         floor_m = 2 * self.gsd_m
         tilt_en, tilt_var = self._tilt_placement(match, pose, offset_en, turn, fit_m, t_s, crop_map.h is None)
         cp, on_terrain = self._resect(match, pose, crop_map) if cfg.resect_camera else (None, False)
-        self.flat_bias_m = 0.0 if on_terrain else self._flat_ground_bias_m(pose.agl_m * match.scale)
+        self.ground_bias_m = self._ground_bias_m(pose.agl_m * match.scale, on_terrain)
         if cp is None:
             return Placement(float(tilt_en[0]), float(tilt_en[1]), turn, math.sqrt(tilt_var + floor_m ** 2), True, [])
         resected_tilt = cp.attitude_rad()[:2] if cp.n_points >= cfg.resect_alone_min_points else None
@@ -860,8 +937,9 @@ class Navigator:
             cov = np.linalg.inv(resect_info + np.eye(2) / tilt_var)
             en = cov @ (resect_info @ resect_en + tilt_en / tilt_var)
             sigma_m = math.sqrt(float(np.linalg.eigvalsh(cov).max()) + floor_m ** 2)
-            return Placement(float(en[0]), float(en[1]), turn, sigma_m, True, [], resected_tilt)
-        return self._attitude_disagrees(cp, resect_cov, pose, float(np.hypot(*diff)), turn, floor_m, t_s)
+            return Placement(float(en[0]), float(en[1]), turn, sigma_m, True, [], resected_tilt, on_terrain)
+        placed = self._attitude_disagrees(cp, resect_cov, pose, float(np.hypot(*diff)), turn, floor_m, t_s)
+        return dataclasses.replace(placed, on_terrain=on_terrain) if isinstance(placed, Placement) else placed
 
     def _tilt_placement(self, match: Match, pose: CropPose, offset_en: tuple, turn: float, fit_m: float,
                         t_s: float, orthorectified: bool = False) -> tuple:
@@ -981,18 +1059,23 @@ class Navigator:
             return None, False
         return cp, heights is not None
 
-    def _flat_ground_bias_m(self, agl_m: float) -> float:
-        """Per-axis 1-sigma error (m) of a placement that took the ground as flat: height x
-        tan(nav.ground_slope_deg)."""
+    def _ground_bias_m(self, agl_m: float, on_terrain: bool) -> float:
+        """Per-axis 1-sigma error (m) the ground shares between consecutive placements from
+        `agl_m` over it. On the terrain: its vertical error (the pack's vertical_accuracy_m)
+        between the middle and the edge of the matched area looks to resection like a tilt of
+        the ground, which moves the camera by agl x error / the area's half side. Taken as
+        flat: height x tan(nav.ground_slope_deg)."""
+        if on_terrain:
+            return agl_m * self.terrain.vertical_accuracy_m / (self.refine_size_m / 2)
         return agl_m * math.tan(math.radians(self.cfg.ground_slope_deg))
 
     def accuracy_with_map_bias_m(self, drms_m: float) -> float:
         """A published horizontal accuracy (DRMS, m): `drms_m` with the errors consecutive map
-        fixes share added, per axis: the map's own bias (`nav.map_bias_m`: its registration,
-        buildings leaning and shadows cast differently than on the frames' date) and, where the
-        last placement took the ground as flat, the slope allowed for (`nav.ground_slope_deg`).
-        The filter, which takes fixes as independent, would average them away; they are added here."""
-        return math.sqrt(drms_m ** 2 + 2 * self.cfg.map_bias_m ** 2 + 2 * self.flat_bias_m ** 2)
+        fixes share added, per axis: the map's own bias (`map_bias_m`: the pack's stated map
+        accuracy, else nav.map_bias_m) and the ground's under the last placement
+        (`_ground_bias_m`). The filter, which takes fixes as independent, would average them
+        away; they are added here."""
+        return math.sqrt(drms_m ** 2 + 2 * self.map_bias_m ** 2 + 2 * self.ground_bias_m ** 2)
 
     def _fix_from_state(self, state: FilterState, t_capture_us: int, yaw_rad: Optional[float]) -> Fix:
         lat, lon, _ = self.pack.frame.to_lla(state.x[0], state.x[1])

@@ -37,6 +37,10 @@ class Terrain(MapGrid):
     frame: LocalFrame
     median_m: float        # the median height of the valid cells: the guess where nothing is known
     source: str = ""
+    # Heights' error (m, 1 sigma) relative over a camera footprint: its horizontal effect enters
+    # the published accuracy (edge/navigator.py). Packs from before it was recorded: the raster default.
+    vertical_accuracy_m: float = 1.0
+    vertical_accuracy_stated: bool = False
 
     @property
     def width_px(self) -> int:
@@ -73,7 +77,8 @@ class Terrain(MapGrid):
         return {"gsd_m": float(self.gsd_m), "east0_m": float(self.east0_m), "north0_m": float(self.north0_m),
                 "width_px": int(self.width_px), "height_px": int(self.height_px), "min_m": lo, "max_m": hi,
                 "median_m": float(self.median_m), "valid_frac": float(valid.size / max(self.heights_m.size, 1)),
-                "source": self.source}
+                "source": self.source, "vertical_accuracy_m": float(self.vertical_accuracy_m),
+                "vertical_accuracy_stated": bool(self.vertical_accuracy_stated)}
 
 
 def open_terrain(pack_dir: Path, entry: dict, frame: LocalFrame) -> Terrain:
@@ -88,5 +93,9 @@ def open_terrain(pack_dir: Path, entry: dict, frame: LocalFrame) -> Terrain:
     if heights.dtype != np.float32 or heights.shape != (entry["height_px"], entry["width_px"]):
         raise PackError(f"pack {pack_dir}: {TERRAIN_FILE} is {heights.dtype} {heights.shape}, the manifest says "
                         f"float32 {entry['height_px']} x {entry['width_px']}")
+    accuracy_m = entry.get("vertical_accuracy_m", Terrain.vertical_accuracy_m)
+    if not isinstance(accuracy_m, (int, float)) or isinstance(accuracy_m, bool) or not 0 <= accuracy_m < 1000:
+        raise PackError(f"{pack_dir}/manifest.yaml terrain: vertical_accuracy_m {accuracy_m!r} is not a height in metres")
     return Terrain(heights, float(entry["gsd_m"]), float(entry["east0_m"]), float(entry["north0_m"]), frame,
-                   float(entry["median_m"]), str(entry["source"]))
+                   float(entry["median_m"]), str(entry["source"]), float(accuracy_m),
+                   bool(entry.get("vertical_accuracy_stated", False)))

@@ -216,10 +216,11 @@ def write_pack_files(folder: Path, grid: MapGrid, tiles: list[GeoTile], vectors:
                      imagery: Optional[dict] = None, source: str = "", crs: str = "",
                      model_source: str = "", extra_files: Optional[dict] = None,
                      features: Optional[dict] = None, block_px: int = BLOCK_PX,
-                     projection: Optional[HashProjection] = None) -> None:
+                     projection: Optional[HashProjection] = None, map_accuracy_m: Optional[float] = None) -> None:
     """Write the tile table, the index and the manifest into `folder`, which already holds the
     map blocks (pack/blocks.py) and the map features (`features`: their manifest entries) of
-    the map `grid` (MapCanvas or MapBlocks geometry)."""
+    the map `grid` (MapCanvas or MapBlocks geometry). map_accuracy_m: the map's stated absolute
+    horizontal error (m, 1 sigma per axis), recorded when given."""
     table, tile_files = write_tile_set(folder, tiles, vectors, index_kind, projection)
     files = [TABLE_FILE] + tile_files
     lat, lon = table[:, 1], table[:, 2]
@@ -234,7 +235,8 @@ def write_pack_files(folder: Path, grid: MapGrid, tiles: list[GeoTile], vectors:
         "source": source,
         "local_frame": {"lat0_deg": grid.frame.lat0_deg, "lon0_deg": grid.frame.lon0_deg},
         "map": {"gsd_m": grid.gsd_m, "east0_m": grid.east0_m, "north0_m": grid.north0_m,
-                "width_px": int(grid.width_px), "height_px": int(grid.height_px), "block_px": int(block_px)},
+                "width_px": int(grid.width_px), "height_px": int(grid.height_px), "block_px": int(block_px),
+                **({} if map_accuracy_m is None else {"accuracy_m": float(map_accuracy_m)})},
         "region": {"lat_min_deg": float(lat.min()), "lat_max_deg": float(lat.max()),
                    "lon_min_deg": float(lon.min()), "lon_max_deg": float(lon.max()),
                    "bounds_en_m": [float(v) for v in grid.bounds_en()]},
@@ -475,6 +477,17 @@ class TilePack(TileSet):
     def map_gsd_m(self) -> float:
         return float(self.manifest["map"]["gsd_m"])
 
+    @property
+    def map_accuracy_m(self) -> Optional[float]:
+        """The map's absolute horizontal error (m, 1 sigma per axis) the pack records
+        (`tiles build --map-accuracy-m`, `tiles accuracy`), or None where nobody stated it."""
+        value = self.manifest["map"].get("accuracy_m")
+        if value is None:
+            return None
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1000:
+            raise PackError(f"pack {self.path}: map accuracy_m {value!r} is not a distance in metres")
+        return float(value)
+
     def map_features(self, name: str, identity: Optional[str] = None, full_check: bool = False) -> MapFeatures:
         """The map's local features of extractor `name`, memory-mapped. PackError, with the
         command that adds them, when the pack has none or they come from another extractor."""
@@ -499,9 +512,16 @@ def describe(pack: TilePack) -> str:
             f"  tiles      {len(pack)}  (files verified: {', '.join(m['files'])})\n"
             "  levels     " + (", ".join(f"{lv['tiles']} tiles of {lv['tile_size_m']:g} m" for lv in m.get("levels") or [])
                                 or "none (add: skyfix tiles level PACK --tile-size-m 40)") + "\n"
+            "  accuracy   " + (f"map {a:g} m (1 sigma per axis, stated)" if (a := m["map"].get("accuracy_m")) is not None
+                               else "map not stated (nav.map_bias_m used; state it: skyfix tiles accuracy PACK "
+                                    "--map-accuracy-m M)") + "\n"
             "  terrain    " + (f"{t['width_px']} x {t['height_px']} cells of {t['gsd_m']:g} m, heights {t['min_m']:.0f}.."
-                               f"{t['max_m']:.0f} m ({t['source']})" if (t := m.get("terrain")) else
-                               "none: flat ground assumed (add: skyfix tiles terrain PACK --dem DEM)") + "\n"
+                               f"{t['max_m']:.0f} m ({t['source']}), vertical accuracy "
+                               f"{t.get('vertical_accuracy_m', 1.0):g} m "
+                               f"({'stated' if t.get('vertical_accuracy_stated') else 'assumed'})"
+                               if (t := m.get("terrain")) else
+                               "none: flat ground assumed, slopes of nav.ground_slope_deg allowed for in the accuracy "
+                               "(add: skyfix tiles terrain PACK --dem DEM | --dem-xyz URL)") + "\n"
             "  features   " + (", ".join(f"{k}: {v['count']} keypoints ({v['identity']})"
                                   for k, v in (m.get("features") or {}).items()) or
                                 "none (add: skyfix tiles features PACK --matcher NAME)"))

@@ -383,19 +383,90 @@ def test_a_wrong_attitude_the_image_cannot_settle_gives_no_fix(nav):
     assert nav.integrity_counts()["withheld: neither attitude can be trusted"] == 1
 
 
-def test_a_biased_telemetry_tilt_is_trimmed_by_resection(nav, world):
+@pytest.fixture(scope="module")
+def flat_world(world, tmp_path_factory):
+    """The world's pack with its ground's heights known: a flat DEM (400 m) added as a user would."""
+    pytest.importorskip("rasterio")
+    import shutil
+
+    from skyfix.pack.tilepack import TilePack
+    from skyfix.tiles.terrain import DemInput, add_terrain, write_dem
+    pack, emb, canvas = world
+    folder = tmp_path_factory.mktemp("flat")
+    path = shutil.copytree(pack.path, folder / "pack")
+    dem = write_dem(folder / "dem.tif", canvas.frame, canvas.bounds_en(), lambda e, n: 400.0 + 0 * np.asarray(e))
+    add_terrain(path, DemInput(paths=(str(dem),), accuracy_m=0.0), log=lambda _: None)
+    return TilePack.open(path), emb, canvas
+
+
+def _trim_flight(pack, emb, canvas, roll_error_deg: float, terrain=None, n_frames: int = 24):
+    """The straight leg over `pack` with the telemetry's roll roll_error_deg off (frames rendered
+    over `terrain` when given); returns (navigator, [(fix, true pose)])."""
+    from skyfix.edge.navigator import Navigator
+    nav = Navigator(pack, emb, CAM, NavConfig(keypoints="sift", top_k=3, global_max_candidates=6))
+    out = []
+    for i in range(n_frames):
+        t_s = 0.5 * i
+        pose = _pose(t_s)
+        img, _, _ = render_view(canvas, CAM, pose, terrain=terrain)
+        tel = Telemetry(int(t_s * 1e6), pose.roll_rad + math.radians(roll_error_deg), pose.pitch_rad,
+                        pose.yaw_rad + 0.02, AGL_M * 1.03)
+        out.append((nav.step(Frame(img, int(t_s * 1e6), tel, f"f{i}")).fix, pose))
+    return nav, out
+
+
+def test_a_biased_telemetry_tilt_is_trimmed_by_resection(flat_world):
     """The autopilot's roll 8 deg off for a whole flight (its estimate, or a camera mounted
-    askew): strong resected matches trim it out, so crops are rectified as the image says the
+    askew), over ground whose heights the pack knows: consistent resected tilts, each correction
+    checked to improve the match, trim it out, so crops are rectified as the image says the
     camera was tilted, and every fix stays within 3x its accuracy on the way."""
-    pack, _, canvas = world
-    fixes = []
-    for i in range(14):
-        frame, pose = _frame(canvas, 0.5 * i, i, roll_rad=_pose(0.5 * i).roll_rad + math.radians(8.0))
-        fixes.append((nav.step(frame).fix, pose))
-    assert math.degrees(nav.attitude_trim.offset_rad[0]) == pytest.approx(-8.0, abs=1.0)
+    pack, emb, canvas = flat_world
+    nav, fixes = _trim_flight(pack, emb, canvas, 8.0)
+    assert math.degrees(nav.attitude_trim.offset_rad[0]) == pytest.approx(-8.0, abs=1.5)
     assert abs(math.degrees(nav.attitude_trim.offset_rad[1])) < 1.0
     published = [(f, p) for f, p in fixes if f is not None]
-    assert len(published) >= 8 and all(_err(pack, f, p) <= 3 * f.horiz_accuracy_m for f, p in published)
+    assert len(published) >= 12 and all(_err(pack, f, p) <= 3 * f.horiz_accuracy_m for f, p in published)
+
+
+def test_without_known_heights_the_tilt_is_never_trimmed(world):
+    """The same biased roll over a pack without terrain: the image's tilt comes from points whose
+    heights nobody knows (flat ground assumed), so it never trims; the disagreement is caught and
+    every fix stays within 3x its accuracy."""
+    pack, emb, canvas = world
+    nav, fixes = _trim_flight(pack, emb, canvas, 8.0, n_frames=14)
+    assert not nav.attitude_trim.offset_rad.any() and not nav.attitude_trim.residuals
+    assert nav.integrity_counts().get("attitude disagrees with the image", 0) >= 1
+    published = [(f, p) for f, p in fixes if f is not None]
+    assert len(published) >= 6 and all(_err(pack, f, p) <= 3 * f.horiz_accuracy_m for f, p in published)
+
+
+def test_a_tilt_resection_reads_from_structure_is_refused_by_the_match(flat_world, monkeypatch):
+    """A right autopilot attitude, but resection reads the camera 4 deg rolled, consistently: what
+    buildings and shadows that lean differently on the map's date do to it (LEVIR-CD across
+    dates; the position it resects is left as it was). The proposed correction is tried on the
+    frame and the crop rectified with it matches the map worse, so the trim refuses it and
+    stays at 0; taking the image's word without that check, the same flight learns the tilt."""
+    import dataclasses
+
+    import skyfix.edge.navigator as navigator
+    from skyfix.edge.camera import world_from_body
+    pack, emb, canvas = flat_world
+    lean = world_from_body(math.radians(4.0), 0.0, 0.0)
+
+    def leaning(*args, **kw):
+        cp = resect(*args, **kw)
+        return None if cp is None else dataclasses.replace(cp, world_from_cam=cp.world_from_cam @ lean)
+
+    resect = navigator.resect
+    monkeypatch.setattr(navigator, "resect", leaning)
+    nav, fixes = _trim_flight(pack, emb, canvas, 0.0, n_frames=16)
+    assert np.degrees(np.abs(nav.attitude_trim.offset_rad)).max() < 0.5, np.degrees(nav.attitude_trim.offset_rad)
+    assert nav.attitude_trim.refused >= 1
+    assert nav.integrity_counts()["tilt trim refused: the image did not match better"] >= 1
+    monkeypatch.setattr(navigator.Navigator, "_match_near", lambda self, image, pose, best, tilt: (
+        (10 ** 6, 0.0) if any(tilt) else (best.inliers, 1.0)))
+    unchecked, _ = _trim_flight(pack, emb, canvas, 0.0, n_frames=16)
+    assert np.degrees(np.abs(unchecked.attitude_trim.offset_rad)).max() >= 1.0
 
 
 def test_a_resected_tilt_no_autopilot_could_be_that_wrong_about_is_not_believed(nav):

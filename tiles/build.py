@@ -146,9 +146,14 @@ def build_pack(ortho: "str | Path | Sequence", out: str | Path, cfg: SkyfixConfi
     t0, out, tc = time.perf_counter(), Path(out), cfg.tiles
     # Open the feature extractors first: a missing model fails before minutes of embedding.
     extractors = [open_extractor(name, cfg.nav.features_model or None) for name in tc.features]
-    if tc.dem:  # an unreadable DEM fails now, not after the embedding
+    from skyfix.tiles.terrain import DemInput
+    dem = DemInput.from_config(tc)
+    if dem is not None and not dem.xyz:  # an unreadable DEM fails now, not after the embedding
         from skyfix.tiles.terrain import DemSource
-        DemSource(Path(tc.dem)).close()
+        for path in dem.paths:
+            DemSource(Path(path)).close()
+    elif dem is not None:
+        dem.label()  # an encoding the URL does not tell fails now
     projection = hash_head(tc, model_source, embedder) if tc.index == "binary" else None
     staging = _staging(out, _build_key(ortho, source_gsd_m, cfg, embedder.model_id, extractors), log)
     try:
@@ -225,11 +230,18 @@ def _build_into(staging: Path, out: Path, ortho, cfg: SkyfixConfig, embedder, ex
                      stride_m=tc.stride_m, index_kind=tc.index, imagery=imagery, source=source,
                      crs=str(src.crs) if src.crs is not None else "local (not georeferenced)",
                      model_source=model_source, features=features, projection=projection,
-                     extra_files={"config.yaml": yaml.safe_dump(config_to_dict(cfg), sort_keys=False)})
+                     map_accuracy_m=tc.map_accuracy_m, extra_files={"config.yaml": yaml.safe_dump(config_to_dict(cfg), sort_keys=False)})
     log(f"index {tc.index}: {time.perf_counter() - t2:.1f} s")
-    if tc.dem:
-        from skyfix.tiles.terrain import add_terrain
-        add_terrain(staging, tc.dem, tc.dem_gsd_m, log)
+    if tc.map_accuracy_m is None:
+        log(f"the map's absolute accuracy is not stated: nav.map_bias_m ({cfg.nav.map_bias_m:g} m per axis) is "
+            "added to every fix's accuracy; state it with --map-accuracy-m")
+    from skyfix.tiles.terrain import DemInput, add_terrain
+    dem = DemInput.from_config(tc)
+    if dem is not None:
+        add_terrain(staging, dem, tc.dem_gsd_m, log)
+    else:
+        log(f"no terrain: flat ground assumed, slopes of nav.ground_slope_deg ({cfg.nav.ground_slope_deg:g} deg) "
+            "allowed for in every fix's accuracy; add heights with --dem DEM.tif or --dem-xyz URL")
     for size_m in tc.levels_m:
         add_level(staging, float(size_m), float(size_m) * tc.stride_m / tc.tile_size_m, embedder, tc.batch_size,
                   tc.max_nodata_frac, tc.index if tc.index == "flat" else "hnsw", progress, log)
@@ -261,6 +273,24 @@ def write_pack(out_dir: str | Path, canvas: MapCanvas, tiles: list[GeoTile], vec
                          model_source=model_source, extra_files=extra_files, features=features,
                          projection=projection)
     return Path(out_dir)
+
+
+def record_accuracy(pack_path: str | Path, map_accuracy_m: Optional[float] = None,
+                    dem_accuracy_m: Optional[float] = None) -> dict:
+    """Record the map's stated absolute horizontal accuracy and/or its terrain's vertical
+    accuracy (m, 1 sigma) in a pack's manifest (one rename); returns the manifest. PackError
+    for a terrain accuracy on a pack without terrain."""
+    pack = TilePack.open(pack_path)
+    manifest = dict(pack.manifest)
+    if map_accuracy_m is not None:
+        manifest["map"] = {**manifest["map"], "accuracy_m": float(map_accuracy_m)}
+    if dem_accuracy_m is not None:
+        if not manifest.get("terrain"):
+            raise PackError(f"pack {pack.path} has no terrain to state the accuracy of: skyfix tiles terrain first")
+        manifest["terrain"] = {**manifest["terrain"], "vertical_accuracy_m": float(dem_accuracy_m),
+                               "vertical_accuracy_stated": True}
+    replace_manifest(pack.path, manifest)
+    return manifest
 
 
 def add_features(pack_path: str | Path, extractor, per_mpx: int, progress: bool = True) -> dict:
