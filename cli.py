@@ -400,9 +400,11 @@ def cmd_locate(args) -> int:
     scored = [r for r in located if r.error_m is not None]
     summary = f"{len(located)}/{len(rows)} photos located"
     if scored:
-        within = sum(r.error_m <= 3 * r.accuracy_m for r in scored)
+        ratio = np.array([r.error_m / r.accuracy_m for r in scored])
         summary += (f"; error vs EXIF GPS median {float(np.median([r.error_m for r in scored])):.1f} m, "
-                    f"{within}/{len(scored)} within 3x their accuracy")
+                    f"{int((ratio <= 1).sum())}/{len(scored)} within 1x and {int((ratio <= 3).sum())}/{len(scored)} "
+                    f"within 3x their accuracy ({int((ratio > 3).sum())} beyond), median error/accuracy "
+                    f"{float(np.median(ratio)):.2f}")
     overruled = [r for r in located if "used instead" in r.detail]
     if overruled:
         summary += f"; {len(overruled)} placed with the image's heading, not the recorded one"

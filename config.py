@@ -244,6 +244,11 @@ class NavConfig:
     # has an origin (then ArduPilot would place its origin at sea level).
     ground_alt_msl_m: Optional[float] = None
     telemetry_max_age_s: float = 0.5
+    # The camera clock's uncertainty against the telemetry's (s, 1 sigma): a frame stamped that
+    # far off is placed that far along the track, so speed x this enters the published accuracy.
+    # 50 ms covers an unsynchronised camera's latency; measure the offset with `skyfix replay`
+    # (it says what it found) and lower this once it is set.
+    time_offset_sigma_s: float = 0.05
     gallery_size: int = 2000
 
 

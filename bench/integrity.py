@@ -149,8 +149,10 @@ def _integrity_row(name: str, s: dict, handover_availability: float) -> str:
     extra = "" if autopilot is None else (f" | {fmt(autopilot['median'])} / {fmt(autopilot['max'])} | "
                                           f"{s['ekf_glitches']} | {'yes' if s['mission_completed'] else 'NO'}")
     return (f"| {name} | {fmt(100 * handover_availability)} % | {fmt(100 * s['availability'])} % | "
-            f"{fmt(e['median'])} / {fmt(e['p95'])} / {fmt(e['max'])} | {fmt(cal.get('worst_error_over_accuracy'), '{:.2f}')} | "
-            f"**{beyond}** | {s['n_published']} | {fmt(first_fix_s)} | "
+            f"{fmt(e['median'])} / {fmt(e['p95'])} / {fmt(e['max'])} | {fmt((s.get('accuracy_m') or {}).get('median'), '{:.2f}')} | "
+            f"{fmt(cal.get('median_error_over_accuracy'), '{:.2f}')} | "
+            f"{fmt(None if cal.get('within_1x') is None else 100 * cal['within_1x'])} % | "
+            f"{fmt(cal.get('worst_error_over_accuracy'), '{:.2f}')} | **{beyond}** | {s['n_published']} | {fmt(first_fix_s)} | "
             f"{sum(v for k, v in s.get('integrity', {}).items() if k.startswith('attitude'))}{extra} |")
 
 
@@ -181,9 +183,9 @@ def bench_integrity(pack_path: str, length_m: float = 600.0, conditions: Optiona
     from skyfix.sim.run import run_sim
     embedder = pack_drone_embedder(pack_path)
     rows = ["| condition | availability from first fix / hand-over | whole flight | error median / p95 / max m | "
-            "worst error / accuracy | beyond 3x | messages | first fix s | attitude contradicted (frames) |"
-            " autopilot error median / max m | EKF glitches | mission completed |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "accuracy median m | median error / accuracy | within 1x | worst error / accuracy | beyond 3x | messages | "
+            "first fix s | attitude contradicted (frames) | autopilot error median / max m | EKF glitches | "
+            "mission completed |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     names = conditions or list(INTEGRITY_CONDITIONS)
     for name in names:
         disturb, sections = INTEGRITY_CONDITIONS[name]

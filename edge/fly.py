@@ -84,7 +84,7 @@ def run_fly(cfg, link_wait_s: float = 10.0, max_frames: int = 0, offline: bool =
         log.info("link: %s", bridge.counters())
     Path(cfg.nav.gallery_out).parent.mkdir(parents=True, exist_ok=True)
     nav.gallery.save(cfg.nav.gallery_out)
-    return {"frames": sum(nav.reasons.values()), "reasons": nav.reason_counts(), "integrity": nav.integrity_counts(),
+    return {"frames": sum(nav.reasons.values()), "reasons": nav.reason_counts(), "integrity": nav.integrity_counts(), "accuracy_terms": nav.accuracy_terms(),
             "latency_ms": nav.timing_summary(), "published": publisher.sent if publisher else 0,
             "link": bridge.counters(), "too_slow": nav.too_slow}
 

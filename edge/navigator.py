@@ -100,9 +100,11 @@ class Placement:
 
 # Image against telemetry (Navigator._vehicle_position): chi-square, 2 degrees of freedom.
 ATTITUDE_AGREE_D2 = 13.8   # 99.9 %: agreeing placements are rejected once in a thousand
+ALONE_TILT_SHARE = 0.2     # of height x tan(tilt error): the slide of a position resected from a crop rectified that wrong
 ATTITUDE_DOUBT_S = 10.0    # after a disagreement, the telemetry tilt is trusted only to it this long
 DATUM_SAMPLES = 15         # resections whose median sets the take-off point's height above the terrain's datum
 DATUM_MIN_SAMPLES = 3
+MEASUREMENT_FLOOR_PX = 1.0  # the least 1-sigma per axis a map match claims, map pixels
 POSITION_MEMORY_S = 60.0   # how long the last measured position says where the terrain is looked up
 
 
@@ -370,6 +372,7 @@ class Navigator:
         # frame's footprint at flying height is larger than a tile (masked where it is not).
         self.refine_size_m = pack.tile_size_m * cfg.refine_crop_scale
         self.refine_px = int(round(self.refine_size_m / self.gsd_m))
+        log.info("%s", self.describe_accuracy())  # said once at start: what the accuracy allows for
 
     def _new_gate(self) -> TrackGate:
         c = self.cfg
@@ -458,6 +461,32 @@ class Navigator:
         if fix.horiz_accuracy_m > self.cfg.max_accuracy_m:  # the shared biases included
             return None
         return fix, age_s
+
+    def accuracy_terms(self) -> dict:
+        """What every published accuracy includes beside the fit and the filter, for the JSON
+        and the start-up line: the map's bias (m per axis, and whose figure it is), the ground's
+        (the terrain's vertical accuracy, or the slope allowed for over flat ground) and the
+        camera clock's uncertainty."""
+        stated = self.pack.map_accuracy_m is not None
+        terms = {"map_bias_m": self.map_bias_m,
+                 "map_bias_from": "the pack (stated)" if stated else "nav.map_bias_m (the pack states none)",
+                 "time_offset_sigma_s": self.cfg.time_offset_sigma_s}
+        if self.terrain is not None:
+            terms.update(ground="terrain", terrain_vertical_accuracy_m=self.terrain.vertical_accuracy_m,
+                         terrain_vertical_accuracy_stated=self.terrain.vertical_accuracy_stated)
+        else:
+            terms.update(ground="flat ground assumed", ground_slope_deg=self.cfg.ground_slope_deg)
+        return terms
+
+    def describe_accuracy(self) -> str:
+        """One line saying what the published accuracy allows for (said at start and in summaries)."""
+        t = self.accuracy_terms()
+        ground = (f"terrain heights +-{t['terrain_vertical_accuracy_m']:g} m "
+                  f"({'stated' if t['terrain_vertical_accuracy_stated'] else 'assumed'})" if t["ground"] == "terrain" else
+                  f"flat ground assumed: slopes of {t['ground_slope_deg']:g} deg allowed for (nav.ground_slope_deg; "
+                  "a DEM in the pack, or 0 over known-flat ground, removes it)")
+        return (f"stated accuracy includes the map's own error {t['map_bias_m']:g} m per axis ({t['map_bias_from']}), "
+                f"{ground}, and a camera clock uncertain by {1e3 * t['time_offset_sigma_s']:.0f} ms")
 
     def reason_counts(self) -> dict:
         """{reason kind: frames} with plain-string keys (for JSON)."""
@@ -921,7 +950,11 @@ class Navigator:
         cfg = self.cfg
         turn = math.radians(match.rotation_deg)  # the crop turns on the map by minus the yaw error
         fit_m = 2.0 * match.rms_px * self.gsd_m / math.sqrt(max(match.inliers, 1))
-        floor_m = 2 * self.gsd_m
+        # A floor of one map pixel: keypoints are placed to about a pixel on the map. Measured per
+        # axis on the Colorado flights of `skyfix bench integrity` (flat DEM, map as its own
+        # truth): error std 0.33-0.46 m at 0.46 m/px, in every row but the first frames of a
+        # roll bias (docs/integrity.md, "What the accuracy means").
+        floor_m = MEASUREMENT_FLOOR_PX * self.gsd_m
         tilt_en, tilt_var = self._tilt_placement(match, pose, offset_en, turn, fit_m, t_s, crop_map.h is None)
         cp, on_terrain = self._resect(match, pose, crop_map) if cfg.resect_camera else (None, False)
         self.ground_bias_m = self._ground_bias_m(pose.agl_m * match.scale, on_terrain)
@@ -937,9 +970,21 @@ class Navigator:
             cov = np.linalg.inv(resect_info + np.eye(2) / tilt_var)
             en = cov @ (resect_info @ resect_en + tilt_en / tilt_var)
             sigma_m = math.sqrt(float(np.linalg.eigvalsh(cov).max()) + floor_m ** 2)
+            if resected_tilt is not None:
+                sigma_m = math.hypot(sigma_m, self._slide_m(pose, resected_tilt))
             return Placement(float(en[0]), float(en[1]), turn, sigma_m, True, [], resected_tilt, on_terrain)
         placed = self._attitude_disagrees(cp, resect_cov, pose, float(np.hypot(*diff)), turn, floor_m, t_s)
         return dataclasses.replace(placed, on_terrain=on_terrain) if isinstance(placed, Placement) else placed
+
+    def _slide_m(self, pose: CropPose, resected_tilt_rad: tuple) -> float:
+        """How far (m, 1 sigma per axis) a position resected from this frame can slide because its
+        crop was rectified with another tilt than the image's: the crop is then not a similarity
+        of the map, the points that match sit in a band of it and the fit drifts with the tilt
+        error. ALONE_TILT_SHARE of height x tan(tilt error): 3.5-4.5 m at 10 deg of roll at 120 m
+        (bench integrity's roll-bias row, before the trim took the bias out) while the fit
+        claimed about 1 m; a tenth of a metre at the 0.3 deg a trimmed tilt keeps."""
+        off_rad = math.hypot(resected_tilt_rad[0] - pose.roll_rad, resected_tilt_rad[1] - pose.pitch_rad)
+        return ALONE_TILT_SHARE * pose.agl_m * math.tan(off_rad)
 
     def _tilt_placement(self, match: Match, pose: CropPose, offset_en: tuple, turn: float, fit_m: float,
                         t_s: float, orthorectified: bool = False) -> tuple:
@@ -1007,6 +1052,7 @@ class Navigator:
             return Reason.IMPLAUSIBLE, (f"{what}, and the image alone does not settle it "
                                         f"({cp.n_points} points, {sigma_m:.1f} m)")
         self.integrity["placed by the image alone"] += 1
+        sigma_m = math.hypot(sigma_m, self._slide_m(pose, (roll, pitch)))
         return Placement(cp.east_m, cp.north_m, turn, sigma_m, False, [what + ": placed by the image alone"],
                          (roll, pitch))
 
@@ -1069,19 +1115,22 @@ class Navigator:
             return agl_m * self.terrain.vertical_accuracy_m / (self.refine_size_m / 2)
         return agl_m * math.tan(math.radians(self.cfg.ground_slope_deg))
 
-    def accuracy_with_map_bias_m(self, drms_m: float) -> float:
+    def accuracy_with_map_bias_m(self, drms_m: float, speed_m_s: float = 0.0) -> float:
         """A published horizontal accuracy (DRMS, m): `drms_m` with the errors consecutive map
         fixes share added, per axis: the map's own bias (`map_bias_m`: the pack's stated map
         accuracy, else nav.map_bias_m) and the ground's under the last placement
-        (`_ground_bias_m`). The filter, which takes fixes as independent, would average them
-        away; they are added here."""
-        return math.sqrt(drms_m ** 2 + 2 * self.map_bias_m ** 2 + 2 * self.ground_bias_m ** 2)
+        (`_ground_bias_m`); and along the track, what the camera clock's uncertainty against the
+        telemetry's (nav.time_offset_sigma_s) does at speed_m_s. The filter, which takes fixes as
+        independent, would average them away; they are added here."""
+        clock_m = speed_m_s * self.cfg.time_offset_sigma_s
+        return math.sqrt(drms_m ** 2 + 2 * self.map_bias_m ** 2 + 2 * self.ground_bias_m ** 2 + clock_m ** 2)
 
     def _fix_from_state(self, state: FilterState, t_capture_us: int, yaw_rad: Optional[float]) -> Fix:
         lat, lon, _ = self.pack.frame.to_lla(state.x[0], state.x[1])
         return Fix(t_capture_us=int(t_capture_us), lat_deg=float(lat), lon_deg=float(lon),
                    alt_msl_m=float(self.last_alt_msl_m),
-                   horiz_accuracy_m=self.accuracy_with_map_bias_m(MotionFilter.horiz_accuracy_m(state)),
+                   horiz_accuracy_m=self.accuracy_with_map_bias_m(MotionFilter.horiz_accuracy_m(state),
+                                                                  float(np.hypot(state.x[2], state.x[3]))),
                    vel_north_m_s=float(state.x[3]), vel_east_m_s=float(state.x[2]),
                    speed_accuracy_m_s=MotionFilter.speed_accuracy_m_s(state),
                    yaw_rad=None if yaw_rad is None else float(yaw_rad % (2 * math.pi)),

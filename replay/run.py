@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +154,20 @@ def estimate_offset_s(fixes: list[dict], log: FlightLog) -> Optional[tuple]:
     return best
 
 
+def clock_warnings(estimate: Optional[tuple], sigma_s: float) -> list:
+    """[warning] when the camera-log offset the data shows (estimate_offset_s) is beyond what the
+    published accuracy allows for (3 x nav.time_offset_sigma_s; at least 0.1 s, the estimate's
+    own spread on a 12 m/s flight): then
+    every fix was placed where the vehicle was at another time, and its accuracy did not say so."""
+    if not estimate or abs(estimate[0]) <= max(3 * sigma_s, 5 * OFFSET_STEP_S):
+        return []
+    said = (f"the camera clock is {estimate[0]:+.2f} s off the log's by the data, beyond the "
+            f"{max(3 * sigma_s, 5 * OFFSET_STEP_S):.2f} s the accuracy allows for (nav.time_offset_sigma_s): the fixes lag or lead "
+            "the vehicle; set the offset (--time-offset-s here, the camera's clock in flight)")
+    logging.getLogger("skyfix.replay").warning(said)
+    return [said]
+
+
 def replay(pack_path: str, frames: Iterator[ReplayFrame], log: FlightLog, cfg, out_dir: Path,
            notes: Optional[list] = None, progress: bool = True) -> dict:
     """Replay frames through the navigator with the log's telemetry; write fixes.csv,
@@ -192,10 +207,11 @@ def replay(pack_path: str, frames: Iterator[ReplayFrame], log: FlightLog, cfg, o
     duration_s = rows[-1]["t_utc_s"] - rows[0]["t_utc_s"]
     report = score(scored, duration_s)
     report.update({"frames": len(rows), "frames_without_telemetry": untimed, "reasons": nav.reason_counts(),
-                   "integrity": nav.integrity_counts(), "latency_ms": nav.timing_summary(),
+                   "integrity": nav.integrity_counts(), "accuracy_terms": nav.accuracy_terms(), "latency_ms": nav.timing_summary(),
                    "pack": str(pack_path), "log": str(log.path), "notes": (notes or []) + log.notes})
     fixes = [r for r in rows if "lat_deg" in r]
     report["time_offset_estimate_s"] = estimate_offset_s(fixes, log)
+    report["warnings"] = clock_warnings(report["time_offset_estimate_s"], cfg.nav.time_offset_sigma_s)
     _write_csv(rows, out_dir / "fixes.csv")
     _write_geojson(fixes, log, out_dir / "fixes.geojson")
     g_t = log.gps[0]
@@ -244,6 +260,7 @@ def format_report(r: dict) -> str:
         total = r.get("time_offset_s", 0.0) + off
         lines.append(f"camera-log time offset estimated from the data: {off:+.2f} s more than the one applied "
                      f"(median error {med:.1f} m there); replay with --time-offset-s {total:.2f} to apply it")
+    lines += [f"warning: {w}" for w in r.get("warnings", [])]
     lines += [f"note: {n}" for n in r["notes"]]
     return "\n".join(lines)
 

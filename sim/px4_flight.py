@@ -390,7 +390,7 @@ def summarise_px4(vehicle: Px4Vehicle, pilot: Px4Pilot, result: dict, nav: Navig
         "modes": [(round(t - t0, 1), m) for t, m in vehicle.modes],
         "pilot": [(round(t - t0, 1), e) for t, e in (pilot.events if pilot else [])],
         "statustext": texts[-60:],
-        "n_frames": len(kinds), "reasons": nav.reason_counts(), "integrity": nav.integrity_counts(),
+        "n_frames": len(kinds), "reasons": nav.reason_counts(), "integrity": nav.integrity_counts(), "accuracy_terms": nav.accuracy_terms(),
         "latency_ms": nav.timing_summary(),
         "link": {"stream_requests": bridge.stream_requests if bridge else 0},
     })

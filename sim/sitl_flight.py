@@ -225,7 +225,7 @@ def summarise_sitl(vehicle: SitlVehicle, pilot: SitlPilot, result: dict, nav: Na
         "modes": [(round(t - t0, 1), m) for t, m in vehicle.modes],
         "pilot": [(round(t - t0, 1), e) for t, e in pilot.events],
         "statustext": texts[-60:],
-        "n_frames": len(kinds), "reasons": nav.reason_counts(), "integrity": nav.integrity_counts(),
+        "n_frames": len(kinds), "reasons": nav.reason_counts(), "integrity": nav.integrity_counts(), "accuracy_terms": nav.accuracy_terms(),
         "latency_ms": nav.timing_summary(),
         "link": {"stream_requests": bridge.stream_requests if bridge else 0},
     })

@@ -415,6 +415,30 @@ def _trim_flight(pack, emb, canvas, roll_error_deg: float, terrain=None, n_frame
     return nav, out
 
 
+def test_over_known_flat_ground_the_stated_accuracy_follows_the_error(flat_world, world, tmp_path):
+    """A pack whose heights are known (a flat DEM, stated exact) and whose map states its own
+    accuracy (0: the map is this world's truth): the published accuracy is the fit's and the
+    filter's, close to the error (median error/accuracy >= 0.35) and never beaten 3x. The same
+    flight over the pack without terrain carries the flat-ground allowance and the map bias
+    nobody stated: its accuracy is several times its error."""
+    import shutil
+
+    from skyfix.pack.tilepack import TilePack
+    from skyfix.tiles.build import record_accuracy
+    pack, emb, canvas = flat_world
+    stated = shutil.copytree(pack.path, tmp_path / "stated")
+    record_accuracy(stated, map_accuracy_m=0.0)
+    stated = TilePack.open(stated)
+    nav, fixes = _trim_flight(stated, emb, canvas, 0.0, n_frames=20)
+    ratio = np.array([_err(stated, f, p) / f.horiz_accuracy_m for f, p in fixes if f is not None])
+    assert len(ratio) >= 12 and (ratio <= 3).all(), ratio
+    assert np.median(ratio) >= 0.35, ratio
+    assert nav.accuracy_terms()["ground"] == "terrain" and nav.accuracy_terms()["map_bias_m"] == 0.0
+    _, loose = _trim_flight(world[0], emb, canvas, 0.0, n_frames=20)
+    loose_ratio = np.array([_err(world[0], f, p) / f.horiz_accuracy_m for f, p in loose if f is not None])
+    assert np.median(loose_ratio) < 0.5 * np.median(ratio), (np.median(loose_ratio), np.median(ratio))
+
+
 def test_a_biased_telemetry_tilt_is_trimmed_by_resection(flat_world):
     """The autopilot's roll 8 deg off for a whole flight (its estimate, or a camera mounted
     askew), over ground whose heights the pack knows: consistent resected tilts, each correction

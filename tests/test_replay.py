@@ -44,14 +44,16 @@ def test_the_replay_of_a_recorded_flight_gives_the_error_the_live_flight_gave(re
     assert abs(r["error_m"]["median"] - summary["error_m"]["median"]) < 1.0, (r["error_m"], summary["error_m"])
     assert r["calibration"]["beyond_3x"] == 0
     off, _ = r["time_offset_estimate_s"]
-    assert abs(off) < 0.3
+    assert abs(off) < 0.3 and not r["warnings"]
     for name in ("fixes.csv", "fixes.geojson", "track.png", "report.json"):
         assert (tmp_path / "replay" / name).stat().st_size > 100
-    # A camera clock a second off: the fixes lag the GPS, and the estimate says by how much.
+    # A camera clock a second off: the fixes lag the GPS, and that shows: messages beyond 3x
+    # their accuracy, and a warning that says by how much the clock is off.
     late = _replay(recorded, colorado_pack, tmp_path / "late", time_offset_s=1.0)
-    assert late["error_m"]["median"] > 5.0
+    assert late["error_m"]["median"] > 5.0 and late["calibration"]["beyond_3x"] > 0
     off, _ = late["time_offset_estimate_s"]
     assert off == pytest.approx(-1.0, abs=0.2)
+    assert len(late["warnings"]) == 1 and "-1.0" in late["warnings"][0] and "--time-offset-s" in late["warnings"][0]
 
 
 def _rewrite_tlog(src, dst, keep):
