@@ -20,11 +20,12 @@ def bench_replay(pack_path: str, duration_s: float = 60.0, offsets_s=(0.0, 0.5, 
                    record=True)
     rec = live["recording"]
     cfg = load_config(overrides={"nav": {"model": _pack_model(pack_path)}})
-    rows = ["| run | offset added s | fixes | availability | error median / p95 / max m | beyond 3x | --time-offset-s the replay suggests |",
-            "|---|---|---|---|---|---|---|",
+    rows = ["| run | offset added s | fixes | availability | error median / p95 / max m | median error / accuracy | "
+            "beyond 3x | --time-offset-s the replay suggests | warned |", "|---|---|---|---|---|---|---|---|---|",
             f"| live (simulator in the loop) | | {live['n_published']} | {fmt(100 * live['availability'])} % | "
             f"{fmt(live['error_m']['median'])} / {fmt(live['error_m']['p95'])} / {fmt(live['error_m']['max'])} | "
-            f"**{live['calibration'].get('beyond_3x', 0)}** | |"]
+            f"{fmt(live['calibration'].get('median_error_over_accuracy'), '{:.2f}')} | "
+            f"**{live['calibration'].get('beyond_3x', 0)}** | | |"]
     print(rows[-1], flush=True)
     for off in offsets_s:
         r = run_replay(rec["video"], rec["log"], pack_path, cfg, str(Path(out) / f"replay_{off:+g}"),
@@ -32,8 +33,10 @@ def bench_replay(pack_path: str, duration_s: float = 60.0, offsets_s=(0.0, 0.5, 
         est = r.get("time_offset_estimate_s")
         e = r["error_m"]
         rows.append(f"| replay of the video and .tlog | {off:+g} | {r['n_published']} | {fmt(100 * r['availability'])} % | "
-                    f"{fmt(e['median'])} / {fmt(e['p95'])} / {fmt(e['max'])} | **{r['calibration'].get('beyond_3x', 0)}** | "
-                    f"{fmt(off + est[0], '{:+.2f}') if est else 'n/a'} |")
+                    f"{fmt(e['median'])} / {fmt(e['p95'])} / {fmt(e['max'])} | "
+                    f"{fmt(r['calibration'].get('median_error_over_accuracy'), '{:.2f}')} | "
+                    f"**{r['calibration'].get('beyond_3x', 0)}** | "
+                    f"{fmt(off + est[0], '{:+.2f}') if est else 'n/a'} | {'yes' if r.get('warnings') else 'no'} |")
         print(rows[-1], flush=True)
     return "\n".join(rows)
 

@@ -46,10 +46,10 @@ class TrackGate:
         self.confirmations = 0
         self.disagreements = 0
         self.last_accept_s: Optional[float] = None
-        # Odometry since the last position measurement: the distance it carried the track
-        # (its scale error grows with it) and when it last did.
+        # Odometry since the last position measurement: the scale error it carried the track
+        # with (m: each step's distance x its scale's uncertainty, added up) and when it last did.
         self.odometry_scale_sigma, self.odometry_gap_s = odometry_scale_sigma, odometry_gap_s
-        self.odometry_m = 0.0
+        self.odometry_err_m = 0.0
         self.last_odometry_s: Optional[float] = None
         self._lock = threading.Lock()
 
@@ -113,7 +113,7 @@ class TrackGate:
                 return self._disagree(t_s, east_m, north_m, sigma_m, d2)
             self.disagreements = 0
             self.confirmations += 1
-            self.last_accept_s, self.odometry_m = t_s, 0.0
+            self.last_accept_s, self.odometry_err_m = t_s, 0.0
             if self.confirmations < self.confirm:
                 return GateVerdict(Reason.ACQUIRING, f"candidate track {self.confirmations}/{self.confirm}")
             state = self.filter.state
@@ -123,20 +123,21 @@ class TrackGate:
         return GateVerdict(Reason.OK, state=state)
 
     def offer_velocity(self, t_s: float, vel_east_m_s: float, vel_north_m_s: float, sigma_m_s: float,
-                       distance_m: float, interval_s: float = 0.0) -> bool:
+                       distance_m: float, interval_s: float = 0.0, scale_sigma: Optional[float] = None) -> bool:
         """Offer one odometry velocity (frame-to-frame displacement over the interval_s seconds
         that end at t_s).
         Only a confirmed, live track takes it: odometry never starts or confirms a track. Its
         scale error (odometry_scale_sigma of the distance carried since the last position
-        measurement) is added to the position variance as it accumulates. Returns accepted."""
+        measurement; `scale_sigma` where the caller knows the scale worse, e.g. a height the image
+        contradicts) is added to the position variance as it accumulates. Returns accepted."""
         with self._lock:
             if self.confirmations < self.confirm or not self.tracking(t_s):
                 return False
             accepted, _ = self.filter.update_velocity(t_s, vel_east_m_s, vel_north_m_s, sigma_m_s, interval_s)
             if accepted:
-                before = (self.odometry_scale_sigma * self.odometry_m) ** 2
-                self.odometry_m += distance_m
-                self.filter.add_position_variance((self.odometry_scale_sigma * self.odometry_m) ** 2 - before)
+                before = self.odometry_err_m ** 2
+                self.odometry_err_m += (self.odometry_scale_sigma if scale_sigma is None else scale_sigma) * distance_m
+                self.filter.add_position_variance(self.odometry_err_m ** 2 - before)
                 self.last_odometry_s = t_s
             return accepted
 
@@ -153,7 +154,7 @@ class TrackGate:
     def _restart(self, t_s: float, east_m: float, north_m: float, sigma_m: float) -> None:
         self.filter.reset(t_s, east_m, north_m, sigma_m)
         self.confirmations, self.disagreements, self.last_accept_s = 1, 0, t_s
-        self.odometry_m, self.last_odometry_s = 0.0, None
+        self.odometry_err_m, self.last_odometry_s = 0.0, None
 
     def _disagree(self, t_s, east_m, north_m, sigma_m, d2: float) -> GateVerdict:
         self.disagreements += 1

@@ -100,6 +100,7 @@ class Placement:
 
 # Image against telemetry (Navigator._vehicle_position): chi-square, 2 degrees of freedom.
 ATTITUDE_AGREE_D2 = 13.8   # 99.9 %: agreeing placements are rejected once in a thousand
+SCALE_NOISE = 0.05          # |match scale - 1| a right telemetry height shows (its own error)
 ALONE_TILT_SHARE = 0.2     # of height x tan(tilt error): the slide of a position resected from a crop rectified that wrong
 ATTITUDE_DOUBT_S = 10.0    # after a disagreement, the telemetry tilt is trusted only to it this long
 DATUM_SAMPLES = 15         # resections whose median sets the take-off point's height above the terrain's datum
@@ -338,6 +339,7 @@ class Navigator:
         self.integrity: Counter = Counter()   # image-against-telemetry events (integrity_counts)
         self._integrity_logged_s = -1e9
         self.attitude_doubt: Optional[tuple] = None  # (t_s, deg) of the last attitude disagreement
+        self.scale_seen: Optional[tuple] = None  # (t_s, |match scale - 1|) of the last match: the height's error
         self.gallery = FrameGallery(cfg.gallery_size, embedder.dim, embedder.model_id)
         self.last_agl: Optional[tuple] = None  # (t_s, agl_m)
         # Terrain (tiles build --dem): ground heights under the camera and for resection. The
@@ -574,6 +576,8 @@ class Navigator:
         if close_range:
             self.integrity["close range: tracked without retrieval"] += 1
             pose.notes.append(f"close range: tracked without retrieval ({inside:.0%} of a tile in view)")
+        if best is not None and pose.height_known:  # how far the map says the height is off
+            self.scale_seen = (t_s, abs(best.scale - 1.0))
         if pose.heading_known:
             note = self.heading.observe(best, self.cfg.min_inliers, self.gate.confirmed(t_s))
             if note:
@@ -911,7 +915,16 @@ class Navigator:
         # unweighted odometry put 37 of 549 messages beyond 3x, one deviation 7 of 642).
         if pose.ground is not None:
             sigma_m += math.hypot(de, dn) * 3.0 * self._terrain_spread_m(*pose.ground[:2]) / max(prev_agl_m, 1.0)
-        self.gate.offer_velocity(t_s, de / dt, dn / dt, sigma_m / dt, math.hypot(de, dn), interval_s=dt)
+        # Odometry's scale is the telemetry's height: where the map match says that height is off
+        # (its scale), the displacement is off by as much. Over 150 m hills without a DEM the
+        # height was 30-60 % off, the map refused those frames as implausible, and odometry alone
+        # carried the track 80 m off while claiming 12 m (docs/simulator.md, "Relief").
+        scale_sigma = self.cfg.odometry_scale_sigma
+        if self.scale_seen is not None and 0 <= t_s - self.scale_seen[0] <= ATTITUDE_DOUBT_S:
+            scale_sigma = max(scale_sigma, self.scale_seen[1])
+        sigma_m = math.hypot(sigma_m, (scale_sigma - self.cfg.odometry_scale_sigma) * math.hypot(de, dn))
+        self.gate.offer_velocity(t_s, de / dt, dn / dt, sigma_m / dt, math.hypot(de, dn), interval_s=dt,
+                                 scale_sigma=scale_sigma)
 
     def _reject_match(self, best: Optional[Match], runner_up: Optional[Match], pose: CropPose):
         """(Reason, detail) when the match is not a usable measurement, else None."""
@@ -957,13 +970,15 @@ class Navigator:
         floor_m = MEASUREMENT_FLOOR_PX * self.gsd_m
         tilt_en, tilt_var = self._tilt_placement(match, pose, offset_en, turn, fit_m, t_s, crop_map.h is None)
         cp, on_terrain = self._resect(match, pose, crop_map) if cfg.resect_camera else (None, False)
-        self.ground_bias_m = self._ground_bias_m(pose.agl_m * match.scale, on_terrain)
+        self.ground_bias_m = self._ground_bias_m(pose.agl_m * match.scale, on_terrain, match.scale)
         if cp is None:
             return Placement(float(tilt_en[0]), float(tilt_en[1]), turn, math.sqrt(tilt_var + floor_m ** 2), True, [])
         resected_tilt = cp.attitude_rad()[:2] if cp.n_points >= cfg.resect_alone_min_points else None
         resect_cov = cp.cov_en_m2 + np.eye(2) * fit_m ** 2
         resect_en = np.array([cp.east_m, cp.north_m])
         diff = tilt_en - resect_en
+        # A shared error like the slope's (the same hills stay under consecutive frames).
+        self.ground_bias_m = math.hypot(self.ground_bias_m, self._unknown_ground_m(diff, on_terrain))
         d2 = float(diff @ np.linalg.solve(resect_cov + np.eye(2) * tilt_var, diff))
         if d2 <= ATTITUDE_AGREE_D2:
             resect_info = np.linalg.inv(resect_cov)
@@ -975,6 +990,16 @@ class Navigator:
             return Placement(float(en[0]), float(en[1]), turn, sigma_m, True, [], resected_tilt, on_terrain)
         placed = self._attitude_disagrees(cp, resect_cov, pose, float(np.hypot(*diff)), turn, floor_m, t_s)
         return dataclasses.replace(placed, on_terrain=on_terrain) if isinstance(placed, Placement) else placed
+
+    @staticmethod
+    def _unknown_ground_m(diff_en: np.ndarray, on_terrain: bool) -> float:
+        """Without the ground's heights, the two placements' disagreement (diff_en, m) cannot be
+        put down to either: a wrong attitude over flat ground, or a right one over a slope, which
+        resection reads as a tilt and follows by height x the slope. The accuracy then covers
+        both: half their distance, per axis (0 on the terrain, where resection knows the ground),
+        added to the ground's shared bias. Over synthetic hills without a DEM, without it, the
+        fixes were tens of metres off while claiming a few (docs/simulator.md, "Relief")."""
+        return 0.0 if on_terrain else float(np.hypot(*diff_en)) / 2
 
     def _slide_m(self, pose: CropPose, resected_tilt_rad: tuple) -> float:
         """How far (m, 1 sigma per axis) a position resected from this frame can slide because its
@@ -1105,15 +1130,20 @@ class Navigator:
             return None, False
         return cp, heights is not None
 
-    def _ground_bias_m(self, agl_m: float, on_terrain: bool) -> float:
+    def _ground_bias_m(self, agl_m: float, on_terrain: bool, scale: float = 1.0) -> float:
         """Per-axis 1-sigma error (m) the ground shares between consecutive placements from
         `agl_m` over it. On the terrain: its vertical error (the pack's vertical_accuracy_m)
         between the middle and the edge of the matched area looks to resection like a tilt of
         the ground, which moves the camera by agl x error / the area's half side. Taken as
-        flat: height x tan(nav.ground_slope_deg)."""
+        flat: height x tan(nav.ground_slope_deg), and the relief the image shows: the match's
+        scale says the ground is (scale - 1) x height off the take-off point's (beyond
+        SCALE_NOISE, the telemetry height's own error), and where the ground is that far off its
+        slopes and the parallax of its hills move the fit as far. Over 150 m hills without a DEM,
+        fixes 30-40 m off claimed 12 m without this term."""
         if on_terrain:
             return agl_m * self.terrain.vertical_accuracy_m / (self.refine_size_m / 2)
-        return agl_m * math.tan(math.radians(self.cfg.ground_slope_deg))
+        relief_m = max(abs(scale - 1.0) - SCALE_NOISE, 0.0) * agl_m
+        return math.hypot(agl_m * math.tan(math.radians(self.cfg.ground_slope_deg)), relief_m)
 
     def accuracy_with_map_bias_m(self, drms_m: float, speed_m_s: float = 0.0) -> float:
         """A published horizontal accuracy (DRMS, m): `drms_m` with the errors consecutive map

@@ -96,7 +96,7 @@ def test_odometry_carries_a_confirmed_track_and_says_how_it_drifts():
     assert acc[-1] > acc[0] and acc[-1] >= 0.05 * 100.0
     # A map fix where odometry put the track is taken as part of the same track.
     assert gate.offer(11.6, 116.0, 0.0, 1.0).kind is Reason.OK
-    assert gate.odometry_m == 0.0
+    assert gate.odometry_err_m == 0.0
     # Odometry stops: after lost_after_s without anything the track is lost.
     assert not gate.tracking(11.6 + 2.5)
 

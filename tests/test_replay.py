@@ -47,10 +47,10 @@ def test_the_replay_of_a_recorded_flight_gives_the_error_the_live_flight_gave(re
     assert abs(off) < 0.3 and not r["warnings"]
     for name in ("fixes.csv", "fixes.geojson", "track.png", "report.json"):
         assert (tmp_path / "replay" / name).stat().st_size > 100
-    # A camera clock a second off: the fixes lag the GPS, and that shows: messages beyond 3x
-    # their accuracy, and a warning that says by how much the clock is off.
+    # A camera clock a second off: the fixes lag the GPS, and that is not silent: a warning says
+    # by how much the clock is off (beyond the nav.time_offset_sigma_s the accuracy allows for).
     late = _replay(recorded, colorado_pack, tmp_path / "late", time_offset_s=1.0)
-    assert late["error_m"]["median"] > 5.0 and late["calibration"]["beyond_3x"] > 0
+    assert late["error_m"]["median"] > 5.0
     off, _ = late["time_offset_estimate_s"]
     assert off == pytest.approx(-1.0, abs=0.2)
     assert len(late["warnings"]) == 1 and "-1.0" in late["warnings"][0] and "--time-offset-s" in late["warnings"][0]
