@@ -100,6 +100,7 @@ class Placement:
 
 # Image against telemetry (Navigator._vehicle_position): chi-square, 2 degrees of freedom.
 ATTITUDE_AGREE_D2 = 13.8   # 99.9 %: agreeing placements are rejected once in a thousand
+SCALES_KEPT = 30           # match scales kept for the height's error (about 10 s of frames)
 SCALE_NOISE = 0.05          # |match scale - 1| a right telemetry height shows (its own error)
 ALONE_TILT_SHARE = 0.2     # of height x tan(tilt error): the slide of a position resected from a crop rectified that wrong
 ATTITUDE_DOUBT_S = 10.0    # after a disagreement, the telemetry tilt is trusted only to it this long
@@ -339,7 +340,7 @@ class Navigator:
         self.integrity: Counter = Counter()   # image-against-telemetry events (integrity_counts)
         self._integrity_logged_s = -1e9
         self.attitude_doubt: Optional[tuple] = None  # (t_s, deg) of the last attitude disagreement
-        self.scale_seen: Optional[tuple] = None  # (t_s, |match scale - 1|) of the last match: the height's error
+        self.scales_seen: deque = deque(maxlen=SCALES_KEPT)  # (t_s, match scale): the height's error, as the map says
         self.gallery = FrameGallery(cfg.gallery_size, embedder.dim, embedder.model_id)
         self.last_agl: Optional[tuple] = None  # (t_s, agl_m)
         # Terrain (tiles build --dem): ground heights under the camera and for resection. The
@@ -577,7 +578,7 @@ class Navigator:
             self.integrity["close range: tracked without retrieval"] += 1
             pose.notes.append(f"close range: tracked without retrieval ({inside:.0%} of a tile in view)")
         if best is not None and pose.height_known:  # how far the map says the height is off
-            self.scale_seen = (t_s, abs(best.scale - 1.0))
+            self.scales_seen.append((t_s, best.scale))
         if pose.heading_known:
             note = self.heading.observe(best, self.cfg.min_inliers, self.gate.confirmed(t_s))
             if note:
@@ -919,9 +920,7 @@ class Navigator:
         # (its scale), the displacement is off by as much. Over 150 m hills without a DEM the
         # height was 30-60 % off, the map refused those frames as implausible, and odometry alone
         # carried the track 80 m off while claiming 12 m (docs/simulator.md, "Relief").
-        scale_sigma = self.cfg.odometry_scale_sigma
-        if self.scale_seen is not None and 0 <= t_s - self.scale_seen[0] <= ATTITUDE_DOUBT_S:
-            scale_sigma = max(scale_sigma, self.scale_seen[1])
+        scale_sigma = max(self.cfg.odometry_scale_sigma, self._height_error_frac(t_s))
         sigma_m = math.hypot(sigma_m, (scale_sigma - self.cfg.odometry_scale_sigma) * math.hypot(de, dn))
         self.gate.offer_velocity(t_s, de / dt, dn / dt, sigma_m / dt, math.hypot(de, dn), interval_s=dt,
                                  scale_sigma=scale_sigma)
@@ -970,7 +969,7 @@ class Navigator:
         floor_m = MEASUREMENT_FLOOR_PX * self.gsd_m
         tilt_en, tilt_var = self._tilt_placement(match, pose, offset_en, turn, fit_m, t_s, crop_map.h is None)
         cp, on_terrain = self._resect(match, pose, crop_map) if cfg.resect_camera else (None, False)
-        self.ground_bias_m = self._ground_bias_m(pose.agl_m * match.scale, on_terrain, match.scale)
+        self.ground_bias_m = self._ground_bias_m(pose.agl_m * match.scale, on_terrain, self._height_error_frac(t_s))
         if cp is None:
             return Placement(float(tilt_en[0]), float(tilt_en[1]), turn, math.sqrt(tilt_var + floor_m ** 2), True, [])
         resected_tilt = cp.attitude_rad()[:2] if cp.n_points >= cfg.resect_alone_min_points else None
@@ -1130,19 +1129,26 @@ class Navigator:
             return None, False
         return cp, heights is not None
 
-    def _ground_bias_m(self, agl_m: float, on_terrain: bool, scale: float = 1.0) -> float:
+    def _height_error_frac(self, t_s: float) -> float:
+        """|median match scale - 1| over the matches of the last ATTITUDE_DOUBT_S: how far the
+        map says the telemetry's height is off the ground's, as a share of it. The median, not
+        one match: a cross-date match's scale alone is off by several per cent either way."""
+        recent = [sc for t, sc in self.scales_seen if 0 <= t_s - t <= ATTITUDE_DOUBT_S]
+        return abs(float(np.median(recent)) - 1.0) if recent else 0.0
+
+    def _ground_bias_m(self, agl_m: float, on_terrain: bool, height_error_frac: float = 0.0) -> float:
         """Per-axis 1-sigma error (m) the ground shares between consecutive placements from
         `agl_m` over it. On the terrain: its vertical error (the pack's vertical_accuracy_m)
         between the middle and the edge of the matched area looks to resection like a tilt of
         the ground, which moves the camera by agl x error / the area's half side. Taken as
-        flat: height x tan(nav.ground_slope_deg), and the relief the image shows: the match's
-        scale says the ground is (scale - 1) x height off the take-off point's (beyond
+        flat: height x tan(nav.ground_slope_deg), and the relief the image shows: the matches'
+        scale says the ground is height_error_frac x height off the take-off point's (beyond
         SCALE_NOISE, the telemetry height's own error), and where the ground is that far off its
         slopes and the parallax of its hills move the fit as far. Over 150 m hills without a DEM,
         fixes 30-40 m off claimed 12 m without this term."""
         if on_terrain:
             return agl_m * self.terrain.vertical_accuracy_m / (self.refine_size_m / 2)
-        relief_m = max(abs(scale - 1.0) - SCALE_NOISE, 0.0) * agl_m
+        relief_m = max(height_error_frac - SCALE_NOISE, 0.0) * agl_m
         return math.hypot(agl_m * math.tan(math.radians(self.cfg.ground_slope_deg)), relief_m)
 
     def accuracy_with_map_bias_m(self, drms_m: float, speed_m_s: float = 0.0) -> float:

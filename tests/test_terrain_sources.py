@@ -137,3 +137,35 @@ def test_several_dem_files_cover_one_region(tmp_path, frame):
     assert t.source == "west.tif + east.tif + far.tif"
     one = terrain_heights(west, frame, BOX)
     assert np.isnan(one.height_m(200.0, 0.0)) and math.isfinite(one.height_m(-200.0, 0.0))
+
+
+def test_the_command_line_adds_server_terrain_and_states_accuracies(tmp_path, frame, textured_canvas, monkeypatch,
+                                                                     capsys):
+    """As a user types it: `tiles terrain PACK --dem-xyz URL ...` (the encoding read from the
+    URL), then `tiles accuracy` and `tiles inspect` saying what the pack states."""
+    pytest.importorskip("rasterio")
+    from skyfix.cli import main
+    from skyfix.pack.tilepack import TilePack
+    from skyfix.tiles.build import tile_grid, write_pack
+    from tests.helpers import unit_vectors
+    assert textured_canvas.frame.lat0_deg == frame.lat0_deg and textured_canvas.frame.lon0_deg == frame.lon0_deg
+    tiles, _ = tile_grid(textured_canvas, 100.0, 100.0)
+    pack = write_pack(tmp_path / "pack", textured_canvas, tiles, unit_vectors(len(tiles), 16), model_id="x",
+                      tile_px=64, stride_m=100.0)
+    _terrain_tiles(tmp_path / "tiles" / "terrarium", frame, "terrarium")
+    server = TileServer(tmp_path / "tiles")
+    monkeypatch.setenv("SKYFIX_CACHE", str(tmp_path / "cache"))
+    try:
+        url = server.url.replace("{z}", "terrarium/{z}")
+        assert main(["tiles", "terrain", str(pack), "--dem-xyz", url, "--dem-zoom", str(ZOOM),
+                     "--dem-accuracy-m", "2"]) == 0
+    finally:
+        server.stop()
+    t = TilePack.open(pack).terrain
+    assert t.height_at(100.0, -50.0) == pytest.approx(float(_heights(100.0, -50.0)), abs=0.25)
+    assert main(["tiles", "accuracy", str(pack), "--map-accuracy-m", "0.5"]) == 0
+    capsys.readouterr()
+    assert main(["tiles", "inspect", str(pack)]) == 0
+    said = capsys.readouterr().out
+    assert "map 0.5 m" in said and "vertical accuracy 2 m (stated)" in said and "terrarium tiles" in said
+    assert main(["tiles", "terrain", str(pack)]) != 0  # neither --dem nor --dem-xyz: a message, not a trace
