@@ -362,7 +362,8 @@ def test_a_wrong_autopilot_attitude_is_caught_by_the_image_and_the_fix_stays_hon
     """The autopilot's roll is 10 deg off (its estimate drifting in wind): placed by that tilt the
     vehicle is 21 m off. Resection from the image disagrees beyond both noises: the disagreement
     is counted and said, and the image alone places the vehicle within 3x its accuracy. Fused
-    regardless (the check off), the same frame lands beyond 3x its claimed accuracy."""
+    regardless (the check off), the same frame lands more than twice as far off (it leans on the
+    wrong attitude)."""
     import skyfix.edge.navigator as navigator
     placed, truth, match, pose, offset_en = _placed_with_roll_error(nav, 10.0, 60, noise_m=0.6)
     err = math.hypot(placed.east_m - truth.east_m, placed.north_m - truth.north_m)
@@ -373,7 +374,7 @@ def test_a_wrong_autopilot_attitude_is_caught_by_the_image_and_the_fix_stays_hon
     monkeypatch.setattr(navigator, "ATTITUDE_AGREE_D2", math.inf)
     nav.attitude_doubt = None
     fused = nav._vehicle_position(match, pose, offset_en, 1.0, _crop_map(pose))
-    assert math.hypot(fused.east_m - truth.east_m, fused.north_m - truth.north_m) > 3 * fused.sigma_m
+    assert math.hypot(fused.east_m - truth.east_m, fused.north_m - truth.north_m) > 2 * max(err, 1.0)
 
 
 def test_a_wrong_attitude_the_image_cannot_settle_gives_no_fix(nav):
@@ -399,11 +400,11 @@ def flat_world(world, tmp_path_factory):
     return TilePack.open(path), emb, canvas
 
 
-def _trim_flight(pack, emb, canvas, roll_error_deg: float, terrain=None, n_frames: int = 24):
+def _trim_flight(pack, emb, canvas, roll_error_deg: float, terrain=None, n_frames: int = 24, **nav_cfg):
     """The straight leg over `pack` with the telemetry's roll roll_error_deg off (frames rendered
-    over `terrain` when given); returns (navigator, [(fix, true pose)])."""
+    over `terrain` when given; nav_cfg: NavConfig fields); returns (navigator, [(fix, true pose)])."""
     from skyfix.edge.navigator import Navigator
-    nav = Navigator(pack, emb, CAM, NavConfig(keypoints="sift", top_k=3, global_max_candidates=6))
+    nav = Navigator(pack, emb, CAM, NavConfig(keypoints="sift", top_k=3, global_max_candidates=6, **nav_cfg))
     out = []
     for i in range(n_frames):
         t_s = 0.5 * i
@@ -417,10 +418,12 @@ def _trim_flight(pack, emb, canvas, roll_error_deg: float, terrain=None, n_frame
 
 def test_over_known_flat_ground_the_stated_accuracy_follows_the_error(flat_world, world, tmp_path):
     """A pack whose heights are known (a flat DEM, stated exact) and whose map states its own
-    accuracy (0: the map is this world's truth): the published accuracy is the fit's and the
-    filter's, close to the error (median error/accuracy >= 0.35) and never beaten 3x. The same
-    flight over the pack without terrain carries the flat-ground allowance and the map bias
-    nobody stated: its accuracy is several times its error."""
+    accuracy (0: the map is this world's truth), and a camera clock known to be right
+    (nav.time_offset_sigma_s 0, as the test stamps frames exactly): the published accuracy is
+    the fit's and the filter's, and never beaten 3x. This world's texture matches to a fifth of
+    a map pixel, below the 1-pixel floor, so the ratio is lower than over real maps
+    (docs/integrity.md); the same flight over the pack without terrain, carrying the flat-ground
+    allowance and the map bias nobody stated, claims an accuracy several times looser still."""
     import shutil
 
     from skyfix.pack.tilepack import TilePack
@@ -429,14 +432,15 @@ def test_over_known_flat_ground_the_stated_accuracy_follows_the_error(flat_world
     stated = shutil.copytree(pack.path, tmp_path / "stated")
     record_accuracy(stated, map_accuracy_m=0.0)
     stated = TilePack.open(stated)
-    nav, fixes = _trim_flight(stated, emb, canvas, 0.0, n_frames=20)
+    cfg = {"time_offset_sigma_s": 0.0}
+    nav, fixes = _trim_flight(stated, emb, canvas, 0.0, n_frames=20, **cfg)
     ratio = np.array([_err(stated, f, p) / f.horiz_accuracy_m for f, p in fixes if f is not None])
     assert len(ratio) >= 12 and (ratio <= 3).all(), ratio
-    assert np.median(ratio) >= 0.35, ratio
+    assert np.median(ratio) >= 0.2, ratio
     assert nav.accuracy_terms()["ground"] == "terrain" and nav.accuracy_terms()["map_bias_m"] == 0.0
-    _, loose = _trim_flight(world[0], emb, canvas, 0.0, n_frames=20)
+    _, loose = _trim_flight(world[0], emb, canvas, 0.0, n_frames=20, **cfg)
     loose_ratio = np.array([_err(world[0], f, p) / f.horiz_accuracy_m for f, p in loose if f is not None])
-    assert np.median(loose_ratio) < 0.5 * np.median(ratio), (np.median(loose_ratio), np.median(ratio))
+    assert np.median(loose_ratio) < 0.3 * np.median(ratio), (np.median(loose_ratio), np.median(ratio))
 
 
 def test_a_biased_telemetry_tilt_is_trimmed_by_resection(flat_world):
