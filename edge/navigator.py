@@ -985,7 +985,7 @@ class Navigator:
             en = cov @ (resect_info @ resect_en + tilt_en / tilt_var)
             sigma_m = math.sqrt(float(np.linalg.eigvalsh(cov).max()) + floor_m ** 2)
             if resected_tilt is not None:
-                sigma_m = math.hypot(sigma_m, self._slide_m(pose, resected_tilt))
+                self.ground_bias_m = math.hypot(self.ground_bias_m, self._slide_m(pose, resected_tilt))
             return Placement(float(en[0]), float(en[1]), turn, sigma_m, True, [], resected_tilt, on_terrain)
         placed = self._attitude_disagrees(cp, resect_cov, pose, float(np.hypot(*diff)), turn, floor_m, t_s)
         return dataclasses.replace(placed, on_terrain=on_terrain) if isinstance(placed, Placement) else placed
@@ -1004,7 +1004,8 @@ class Navigator:
         """How far (m, 1 sigma per axis) a position resected from this frame can slide because its
         crop was rectified with another tilt than the image's: the crop is then not a similarity
         of the map, the points that match sit in a band of it and the fit drifts with the tilt
-        error. ALONE_TILT_SHARE of height x tan(tilt error): 3.5-4.5 m at 10 deg of roll at 120 m
+        error. The same tilt error stays until it is trimmed, so consecutive fixes share it: it
+        joins the shared bias (added outside the filter, which would average it away). ALONE_TILT_SHARE of height x tan(tilt error): 3.5-4.5 m at 10 deg of roll at 120 m
         (bench integrity's roll-bias row, before the trim took the bias out) while the fit
         claimed about 1 m; a tenth of a metre at the 0.3 deg a trimmed tilt keeps."""
         off_rad = math.hypot(resected_tilt_rad[0] - pose.roll_rad, resected_tilt_rad[1] - pose.pitch_rad)
@@ -1076,7 +1077,7 @@ class Navigator:
             return Reason.IMPLAUSIBLE, (f"{what}, and the image alone does not settle it "
                                         f"({cp.n_points} points, {sigma_m:.1f} m)")
         self.integrity["placed by the image alone"] += 1
-        sigma_m = math.hypot(sigma_m, self._slide_m(pose, (roll, pitch)))
+        self.ground_bias_m = math.hypot(self.ground_bias_m, self._slide_m(pose, (roll, pitch)))
         return Placement(cp.east_m, cp.north_m, turn, sigma_m, False, [what + ": placed by the image alone"],
                          (roll, pitch))
 
