@@ -859,8 +859,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Options whose value may begin with a minus sign (a box west of Greenwich or south of the
+# equator): argparse takes "-107.89,38.98,..." for an option, so the value is joined to its option.
+NEGATIVE_VALUE_OPTIONS = ("--bbox",)
+
+
+def _join_negative_values(argv: list) -> list:
+    """argv with `--bbox -107.9,...` written as `--bbox=-107.9,...`."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in NEGATIVE_VALUE_OPTIONS and i + 1 < len(argv) and argv[i + 1][:1] == "-" \
+                and argv[i + 1][1:2].isdigit():
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:

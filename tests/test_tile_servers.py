@@ -279,3 +279,17 @@ def test_a_wmts_layer_is_read_over_the_box(server, png_tiles, tmp_path):
     assert "/wmts" in server.requests and any(r.startswith(f"/{ZOOM}/") for r in server.requests)
     assert valid.mean() > 0.95 and rgb.shape[0] > 500 and _covers_the_box(src, bbox, slack_m=2 * src.affine[0])
     assert _mean_difference_from_tiles(src, rgb, stitched, left, top, src.affine[0]) < 3.0
+
+
+def test_a_box_west_of_greenwich_is_read_as_the_user_types_it(tmp_path, capsys):
+    """`--bbox -107.89,38.98,-107.87,38.99` (a space, a minus sign first): parsed as the box, not
+    taken for an option. The build then fails on the server (nothing listens there), not on the
+    command line."""
+    from skyfix.cli import _join_negative_values, main
+    assert _join_negative_values(["tiles", "build", "--bbox", "-107.89,38.98,-107.87,38.99", "-q"]) == \
+        ["tiles", "build", "--bbox=-107.89,38.98,-107.87,38.99", "-q"]
+    assert _join_negative_values(["--bbox", "--zoom"]) == ["--bbox", "--zoom"]
+    code = main(["tiles", "build", "--xyz", "http://127.0.0.1:9/{z}/{x}/{y}.png", "--bbox",
+                 "-107.8910,38.9880,-107.8900,38.9890", "--zoom", "18", "--out", str(tmp_path / "p"), "-q"])
+    err = capsys.readouterr().err
+    assert "expected one argument" not in err and code != 0 and "tile server" in err
