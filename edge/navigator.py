@@ -608,7 +608,9 @@ class Navigator:
             self.heading.trim(best.rotation_deg)
         if pose.attitude_known and placed.resected_tilt_rad and placed.on_terrain \
                 and best.inliers >= self.cfg.min_inliers and (agrees or not confirmed):
-            note = self._trim_attitude(image, pose, best, placed.resected_tilt_rad)
+            # The refinement crop's features serve as the untrimmed side of the trim's check
+            # where they were described as it describes (heading trusted: the main matcher).
+            note = self._trim_attitude(image, pose, best, placed.resected_tilt_rad, described if trust_heading else None)
             if note:
                 pose.notes.append(note)
         self.last_tile_id = self.pack.nearest_tile_id(best.east_m, best.north_m)
@@ -616,18 +618,21 @@ class Navigator:
         return Measurement(t_s, east, north, sigma_m, pose.yaw_rad + placed.turn_rad, best, slot, pose.notes)
 
     # ---- stages -------------------------------------------------------------------------------
-    def _trim_attitude(self, image: np.ndarray, pose: CropPose, best: Match, resected_tilt_rad: tuple) -> str:
+    def _trim_attitude(self, image: np.ndarray, pose: CropPose, best: Match, resected_tilt_rad: tuple,
+                       described=None) -> str:
         """Give the tilt trim one resected tilt (from known heights, a match the track agrees
         with); when it proposes a correction, take a step of it only if the frame's refinement
         crop, rectified with the correction, matches the map better than as it was (AttitudeTrim:
-        an image that only seems tilted does not improve)."""
+        an image that only seems tilted does not improve). described: the crop's features as it
+        was, when the refinement already described them with the main matcher."""
         trim = self.attitude_trim
         trim.observe(pose.roll_rad, pose.pitch_rad, *resected_tilt_rad)
         correction = trim.proposal()
         if correction is None:
             return ""
-        now = self._match_near(image, pose, best, (0.0, 0.0))
-        trimmed = self._match_near(image, pose, best, correction)
+        now = self._match_near(described if described is not None else self._describe_tilted(image, pose, (0.0, 0.0)),
+                               best)
+        trimmed = self._match_near(self._describe_tilted(image, pose, correction), best)
         more = trimmed[0] >= max(TILT_TRIM_BETTER * now[0], now[0] + 2)
         sharper = trimmed[0] >= TILT_TRIM_SAME * now[0] and trimmed[1] <= TILT_TRIM_SHARPER * now[1]
         if not (more or sharper):
@@ -636,15 +641,18 @@ class Navigator:
             return ""
         return trim.apply(correction)
 
-    def _match_near(self, image: np.ndarray, pose: CropPose, best: Match, tilt_rad) -> tuple:
-        """(inliers, reprojection RMS px) of the frame's refinement crop, rectified with the
-        pose's tilt plus tilt_rad (roll, pitch), matched against the map around `best`;
-        (0, inf) when nothing matches."""
+    def _describe_tilted(self, image: np.ndarray, pose: CropPose, tilt_rad):
+        """The main matcher's features of the frame's refinement crop rectified with the pose's
+        tilt plus tilt_rad (roll, pitch)."""
         wide = rectify_mapped(image, self.camera, pose.roll_rad + tilt_rad[0], pose.pitch_rad + tilt_rad[1],
                               pose.yaw_rad, pose.agl_m, self.refine_size_m, self.refine_px, self._ground_depth(pose))[0]
-        described = self.matcher.describe(wide, True)
+        return self.matcher.describe(wide, True)
+
+    def _match_near(self, described, best: Match) -> tuple:
+        """(inliers, reprojection RMS px) of a refinement crop's features matched against the map
+        around `best`; (0, inf) when nothing matches."""
         half_m = self.refine_size_m * 0.75 + 10.0
-        matches = self.matcher.match_window(described, (wide.shape[1], wide.shape[0]), self.gsd_m,
+        matches = self.matcher.match_window(described, (self.refine_px, self.refine_px), self.gsd_m,
                                             (best.east_m, best.north_m), half_m)
         top = max(matches, key=lambda m: m.inliers, default=None)
         return (0, math.inf) if top is None else (top.inliers, top.rms_px)
@@ -969,26 +977,32 @@ class Navigator:
         floor_m = MEASUREMENT_FLOOR_PX * self.gsd_m
         tilt_en, tilt_var = self._tilt_placement(match, pose, offset_en, turn, fit_m, t_s, crop_map.h is None)
         cp, on_terrain = self._resect(match, pose, crop_map) if cfg.resect_camera else (None, False)
-        self.ground_bias_m = self._ground_bias_m(pose.agl_m * match.scale, on_terrain, self._height_error_frac(t_s))
+        ground_m = self._ground_bias_m(pose.agl_m * match.scale, on_terrain, self._height_error_frac(t_s))
         if cp is None:
+            self.ground_bias_m = ground_m
             return Placement(float(tilt_en[0]), float(tilt_en[1]), turn, math.sqrt(tilt_var + floor_m ** 2), True, [])
         resected_tilt = cp.attitude_rad()[:2] if cp.n_points >= cfg.resect_alone_min_points else None
         resect_cov = cp.cov_en_m2 + np.eye(2) * fit_m ** 2
         resect_en = np.array([cp.east_m, cp.north_m])
         diff = tilt_en - resect_en
-        # A shared error like the slope's (the same hills stay under consecutive frames).
-        self.ground_bias_m = math.hypot(self.ground_bias_m, self._unknown_ground_m(diff, on_terrain))
         d2 = float(diff @ np.linalg.solve(resect_cov + np.eye(2) * tilt_var, diff))
         if d2 <= ATTITUDE_AGREE_D2:
             resect_info = np.linalg.inv(resect_cov)
             cov = np.linalg.inv(resect_info + np.eye(2) / tilt_var)
             en = cov @ (resect_info @ resect_en + tilt_en / tilt_var)
             sigma_m = math.sqrt(float(np.linalg.eigvalsh(cov).max()) + floor_m ** 2)
-            if resected_tilt is not None:
-                self.ground_bias_m = math.hypot(self.ground_bias_m, self._slide_m(pose, resected_tilt))
-            return Placement(float(en[0]), float(en[1]), turn, sigma_m, True, [], resected_tilt, on_terrain)
-        placed = self._attitude_disagrees(cp, resect_cov, pose, float(np.hypot(*diff)), turn, floor_m, t_s)
-        return dataclasses.replace(placed, on_terrain=on_terrain) if isinstance(placed, Placement) else placed
+            placed = Placement(float(en[0]), float(en[1]), turn, sigma_m, True, [], resected_tilt, on_terrain)
+        else:
+            placed = self._attitude_disagrees(cp, resect_cov, pose, float(np.hypot(*diff)), turn, floor_m, t_s)
+            if isinstance(placed, Placement):
+                placed = dataclasses.replace(placed, on_terrain=on_terrain)
+        # Errors consecutive fixes share: the ground's, the placements' disagreement where the
+        # ground is unknown (the same hills stay under consecutive frames), and the slide of a
+        # crop rectified with a tilt the image contradicts (the same until it is trimmed).
+        slide_m = (self._slide_m(pose, placed.resected_tilt_rad)
+                   if isinstance(placed, Placement) and placed.resected_tilt_rad else 0.0)
+        self.ground_bias_m = math.hypot(ground_m, self._unknown_ground_m(diff, on_terrain), slide_m)
+        return placed
 
     @staticmethod
     def _unknown_ground_m(diff_en: np.ndarray, on_terrain: bool) -> float:
@@ -1005,9 +1019,10 @@ class Navigator:
         crop was rectified with another tilt than the image's: the crop is then not a similarity
         of the map, the points that match sit in a band of it and the fit drifts with the tilt
         error. The same tilt error stays until it is trimmed, so consecutive fixes share it: it
-        joins the shared bias (added outside the filter, which would average it away). ALONE_TILT_SHARE of height x tan(tilt error): 3.5-4.5 m at 10 deg of roll at 120 m
-        (bench integrity's roll-bias row, before the trim took the bias out) while the fit
-        claimed about 1 m; a tenth of a metre at the 0.3 deg a trimmed tilt keeps."""
+        joins the shared bias (added outside the filter, which would average it away).
+        ALONE_TILT_SHARE of height x tan(tilt error): 3.5-4.5 m at 10 deg of roll at 120 m (bench
+        integrity's roll-bias row, before the trim took the bias out) while the fit claimed about
+        1 m; a tenth of a metre at the 0.3 deg a trimmed tilt keeps."""
         off_rad = math.hypot(resected_tilt_rad[0] - pose.roll_rad, resected_tilt_rad[1] - pose.pitch_rad)
         return ALONE_TILT_SHARE * pose.agl_m * math.tan(off_rad)
 
@@ -1077,7 +1092,6 @@ class Navigator:
             return Reason.IMPLAUSIBLE, (f"{what}, and the image alone does not settle it "
                                         f"({cp.n_points} points, {sigma_m:.1f} m)")
         self.integrity["placed by the image alone"] += 1
-        self.ground_bias_m = math.hypot(self.ground_bias_m, self._slide_m(pose, (roll, pitch)))
         return Placement(cp.east_m, cp.north_m, turn, sigma_m, False, [what + ": placed by the image alone"],
                          (roll, pitch))
 

@@ -517,7 +517,7 @@ def describe(pack: TilePack) -> str:
                                     "--map-accuracy-m M)") + "\n"
             "  terrain    " + (f"{t['width_px']} x {t['height_px']} cells of {t['gsd_m']:g} m, heights {t['min_m']:.0f}.."
                                f"{t['max_m']:.0f} m ({t['source']}), vertical accuracy "
-                               f"{t.get('vertical_accuracy_m', 1.0):g} m "
+                               f"{t.get('vertical_accuracy_m', Terrain.vertical_accuracy_m):g} m "
                                f"({'stated' if t.get('vertical_accuracy_stated') else 'assumed'})"
                                if (t := m.get("terrain")) else
                                "none: flat ground assumed, slopes of nav.ground_slope_deg allowed for in the accuracy "

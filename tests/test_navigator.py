@@ -491,8 +491,8 @@ def test_a_tilt_resection_reads_from_structure_is_refused_by_the_match(flat_worl
     assert np.degrees(np.abs(nav.attitude_trim.offset_rad)).max() < 0.5, np.degrees(nav.attitude_trim.offset_rad)
     assert nav.attitude_trim.refused >= 1
     assert nav.integrity_counts()["tilt trim refused: the image did not match better"] >= 1
-    monkeypatch.setattr(navigator.Navigator, "_match_near", lambda self, image, pose, best, tilt: (
-        (10 ** 6, 0.0) if any(tilt) else (best.inliers, 1.0)))
+    # Without the check: every crop "matches" alike, so any correction passes as sharper.
+    monkeypatch.setattr(navigator.Navigator, "_match_near", lambda self, described, best: (10 ** 6, 0.0))
     unchecked, _ = _trim_flight(pack, emb, canvas, 0.0, n_frames=16)
     assert np.degrees(np.abs(unchecked.attitude_trim.offset_rad)).max() >= 1.0
 

@@ -230,7 +230,8 @@ def _build_into(staging: Path, out: Path, ortho, cfg: SkyfixConfig, embedder, ex
                      stride_m=tc.stride_m, index_kind=tc.index, imagery=imagery, source=source,
                      crs=str(src.crs) if src.crs is not None else "local (not georeferenced)",
                      model_source=model_source, features=features, projection=projection,
-                     map_accuracy_m=tc.map_accuracy_m, extra_files={"config.yaml": yaml.safe_dump(config_to_dict(cfg), sort_keys=False)})
+                     map_accuracy_m=tc.map_accuracy_m,
+                     extra_files={"config.yaml": yaml.safe_dump(config_to_dict(cfg), sort_keys=False)})
     log(f"index {tc.index}: {time.perf_counter() - t2:.1f} s")
     if tc.map_accuracy_m is None:
         log(f"the map's absolute accuracy is not stated: nav.map_bias_m ({cfg.nav.map_bias_m:g} m per axis) is "

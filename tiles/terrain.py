@@ -119,7 +119,6 @@ class DemInput:
     encoding: str = ""
     key_file: Optional[str] = None
     accuracy_m: Optional[float] = None
-    gsd_m: Optional[float] = None
 
     @classmethod
     def of(cls, dem) -> "DemInput":
@@ -136,7 +135,7 @@ class DemInput:
             return None
         if tc.dem and tc.dem_xyz:
             raise ImageError("give the terrain as DEM files (--dem) or a terrain tile server (--dem-xyz), not both")
-        return cls(tuple(tc.dem), tc.dem_xyz, tc.dem_zoom, tc.dem_encoding, key_file, tc.dem_accuracy_m, tc.dem_gsd_m)
+        return cls(tuple(tc.dem), tc.dem_xyz, tc.dem_zoom, tc.dem_encoding, key_file, tc.dem_accuracy_m)
 
     @property
     def kind(self) -> str:
@@ -197,7 +196,7 @@ def terrain_heights(dem, frame: LocalFrame, bounds_en: tuple, gsd_m: Optional[fl
     sources = dem.open(frame, bounds_en, cache_root)
     try:
         natives = [_native_ground_gsd_m(src, frame) for src in sources]
-        gsd = float(gsd_m or dem.gsd_m or max(round(min(natives), 2), 1.0))
+        gsd = float(gsd_m or max(round(min(natives), 2), 1.0))
         e0, n0, e1, n1 = bounds_en
         width, height = int(np.ceil((e1 - e0) / gsd)) + 1, int(np.ceil((n1 - n0) / gsd)) + 1
         heights = np.full((height, width), np.nan, np.float32)
