@@ -24,7 +24,7 @@ from skyfix.firmware_bridge.publisher import FixPublisher
 from skyfix.sim.autopilot import SimAutopilot
 from skyfix.sim.camera import SimCamera
 from skyfix.sim.route import Trajectory, footprint_margin_m, make_route, round_corners
-from skyfix.sim.score import frame_record, frame_summary, plot_track, score, write_track_csv
+from skyfix.sim.score import frame_record, frame_summary, plot_track, score, within_flight, write_track_csv
 from skyfix.sim.vehicle import VehicleModel
 from skyfix.pack.tilepack import TilePack
 
@@ -200,6 +200,7 @@ def run_sim(pack_path: str | Path, embedder, cfg, frames_from: Optional[str] = N
     out_dir.mkdir(parents=True, exist_ok=True)
     frames, received, link = fly(flight, cfg, link_drop, progress, interference,
                                  tlog=out_dir / "flight.tlog" if record else None)
+    received = within_flight(received, flight.duration_s)  # the summary and track.csv count the same messages
     summary = summarise(flight, frames, received, link, cfg)
     summary["frames_from"] = str(frames_from or "pack map")
     if record:

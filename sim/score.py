@@ -61,13 +61,19 @@ def availability(t_received_s: np.ndarray, from_s: float, to_s: float, fresh_s: 
     return float(fresh.mean())
 
 
+def within_flight(received: list[dict], duration_s: float) -> list[dict]:
+    """The messages received while the flight lasts (t_s <= duration_s): what is scored and
+    written to track.csv (`score`)."""
+    return [r for r in received if r["t_s"] <= duration_s]
+
+
 def score(received: list[dict], duration_s: float, fresh_s: float = 0.5) -> dict:
     """Errors of the published fixes, availability (share of time with a fix received in the last
     `fresh_s`), and calibration against the reported accuracy. Only messages received while the
     flight lasts (t_s <= duration_s) are scored: the simulated vehicle stands still at the
     route's end the instant it gets there, which no vehicle can (the publisher's last messages,
     sent on the track's velocity, would be scored against that)."""
-    received = [r for r in received if r["t_s"] <= duration_s]
+    received = within_flight(received, duration_s)
     if not received:
         return {"error_m": {"median": None, "p95": None, "max": None}, "availability": 0.0,
                 "n_published": 0, "calibration": {"within_1x": None, "within_3x": None},
