@@ -111,6 +111,7 @@ def cmd_tiles_build(args) -> int:
                                "dem_xyz": args.dem_xyz, "dem_zoom": args.dem_zoom, "dem_encoding": args.dem_encoding,
                                "dem_accuracy_m": args.dem_accuracy_m, "map_accuracy_m": args.map_accuracy_m,
                                "levels_m": [float(v) for v in args.levels_m.split(",")] if args.levels_m else None,
+                               "min_agl_m": args.min_agl_m,
                                "features": args.features.split(",") if args.features else None},
                   nav={"features_model": args.features_model})
     if "xfeat" in cfg.tiles.features:
@@ -212,12 +213,16 @@ def cmd_export_features(args) -> int:
 
 
 def cmd_tiles_inspect(args) -> int:
+    from skyfix.edge.camera import PinholeCamera
     from skyfix.pack.tilepack import TilePack, describe
+    from skyfix.tiles.build import describe_heights
     pack = TilePack.open(args.pack, full_check=True)  # every checksum, whatever was verified before
     for name in pack.manifest.get("features") or {}:
         pack.map_features(name, full_check=True)
     blocks = pack.map_blocks().verify()
     print(describe(pack))
+    cam = PinholeCamera.from_config(_config(args).camera)
+    print("  heights    " + describe_heights([pack.tile_size_m, *(lv.tile_size_m for lv in pack.levels)], cam))
     print(f"  map        {blocks} blocks of {pack.manifest['map']['block_px']} px, every checksum verified")
     return 0
 
@@ -240,16 +245,18 @@ def cmd_export_onnx(args) -> int:
 
 
 def cmd_export_precision(args) -> int:
+    from skyfix.edge.embedders import tower_onnx
+    from skyfix.edge.models import towers_path
     from skyfix.export.precision import export_precision
     precision = args.precision or args.ecmd
     if (Path(args.model) / "features.yaml").is_file():
         return _export_features_precision(args, precision)
-    card = export_precision(args.model, args.out, precision, args.calib, calib_n=args.calib_n, eval_n=args.eval_n,
+    card = export_precision(towers_path(args.model), args.out, precision, args.calib, calib_n=args.calib_n, eval_n=args.eval_n,
                             method=args.calib_method, accept_loss=args.accept_loss, qat_checkpoint=args.qat,
                             qat_steps=args.qat_steps, quantiser=args.quantiser)
     gate = card["parity_gate"]
     print(f"wrote {args.out} ({precision}; parity gate {'passed' if gate['passed'] else 'FAILED, loss accepted'}); "
-          f"next, on the Jetson: skyfix export-trt --onnx {args.out}/drone.onnx --precision "
+          f"next, on the Jetson: skyfix export-trt --onnx {tower_onnx(args.out, 'drone')} --precision "
           f"{card['precision'] if card['precision'] != 'fp32' else 'fp16'} --out DIR")
     return 0
 
@@ -353,6 +360,11 @@ def cmd_sim(args) -> int:
     summary = run_sim(args.pack, embedder, cfg, frames_from=args.frames_from or args.ortho,
                       source_gsd_m=args.source_gsd_m, out_dir=args.out, progress=not args.quiet, record=args.record)
     print(format_summary(summary))
+    rec = summary.get("recording")
+    if rec:
+        print(f"recorded the flight as a user would have it: camera {rec['video']}, telemetry {rec['log']}; "
+              f"next: skyfix replay --video {rec['video']} --log {rec['log']} --pack {args.pack} "
+              f"--video-start {rec['video_start_utc']} --out {Path(args.out) / 'replay'}")
     return _write_json(summary, args.json, args.out)
 
 
@@ -417,10 +429,14 @@ def cmd_locate(args) -> int:
 
 
 def cmd_fly(args) -> int:
-    from skyfix.edge.fly import run_fly
+    from skyfix.edge.fly import no_frame_used, run_fly
     cfg = _config(args)
     summary = run_fly(cfg, max_frames=args.max_frames, offline=args.offline)
     print(json.dumps(summary, indent=2))
+    if no_frame_used(summary):
+        print(f"skyfix: error: none of the {summary['frames']} frames could be used ({summary['reasons']}; the "
+              "first reason is in the log above): check camera.width_px/height_px against the frames", file=sys.stderr)
+        return 4
     if summary["too_slow"]:
         print("skyfix: error: this computer was too slow to confirm a track (see the log above)", file=sys.stderr)
         return 3
@@ -538,7 +554,10 @@ def _ground_commands(sub) -> None:
                    help="the map's absolute horizontal error, m 1-sigma per axis (its provider's figure; default: "
                         "nav.map_bias_m at flight); added to every fix's accuracy")
     b.add_argument("--levels-m", help="comma-separated finer tile sizes stored beside --tile-size-m (e.g. 40): "
-                   "fixes from lower heights (take-off, landing)")
+                   "fixes from lower heights (take-off, landing); default: the one --min-agl-m needs")
+    b.add_argument("--min-agl-m", type=_number(float, 0, 2000),
+                   help="fixes from this height up (m above ground, for the config's camera): the build adds the "
+                        "finer level it needs; 0: none (default: 30; config tiles.min_agl_m)")
     b.add_argument("--imagery-date")
     b.add_argument("--imagery-licence")
     b.add_argument("--config")
@@ -578,6 +597,7 @@ def _ground_commands(sub) -> None:
     ac.set_defaults(func=cmd_tiles_accuracy)
     i = tiles.add_parser("inspect", formatter_class=_DefaultsOnce, help="validate a pack and summarise it")
     i.add_argument("pack")
+    i.add_argument("--config", help="the camera the heights are given for (default: the config's)")
     i.set_defaults(func=cmd_tiles_inspect)
 
 
@@ -600,7 +620,8 @@ def _export_commands(sub) -> None:
                        ("fp16-weights", "FP32 towers with FP16-stored weights (half the size; the shipped default)")):
         q = export.add_parser(name, formatter_class=_DefaultsOnce,
                               help=f"{what} from an FP32 export, gated on accuracy parity with it")
-        q.add_argument("--model", required=True, help="FP32 model folder from `skyfix export onnx`, or a local-feature "
+        q.add_argument("--model", required=True, help="FP32 model folder from `skyfix export onnx` ('default': the "
+                       "shipped towers), or a local-feature "
                        "folder (`export features`, `train-features`; fp16 only, gated on matching parity)")
         q.add_argument("--calib", required=True, help="pack or orthophoto the calibration and parity views are rendered from")
         q.add_argument("--frames-from", help="local features: image of another date over the --calib map (parity crops)")
@@ -613,8 +634,10 @@ def _export_commands(sub) -> None:
         q.add_argument("--eval-n", type=_number(int, 20, 100000), default=200, help="held-out parity views")
         q.add_argument("--calib-method", choices=["minmax", "percentile", "entropy"], default="minmax")
         q.add_argument("--accept-loss", action="store_true", help="keep an export that fails the parity gate")
-        q.add_argument("--qat", metavar="CHECKPOINT", help="int8: quantisation-aware fine-tuning of this .pt (the one "
-                       "--model was exported from) instead of post-training quantisation")
+        q.add_argument("--qat", metavar="CHECKPOINT", nargs="?", const="",
+                       help="int8: quantisation-aware fine-tuning instead of post-training quantisation, of the "
+                            "towers --model holds (rebuilt from its ONNX: the shipped ones too), or of this .pt "
+                            "(the one --model was exported from)")
         q.add_argument("--qat-steps", type=_number(int, 0, 100000), default=300, help="int8 --qat: fine-tuning steps")
         q.add_argument("--quantiser", choices=["onnxruntime", "modelopt"], default="onnxruntime",
                        help="int8 post-training: onnxruntime's quantize_static, or NVIDIA ModelOpt's ONNX PTQ "

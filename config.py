@@ -83,6 +83,9 @@ class TilesConfig:
     # Finer tile sizes stored beside tile_size_m (each every stride_m scaled alike): a frame too
     # low for the main tiles to fit (take-off, landing) is searched among these.
     levels_m: list[float] = field(default_factory=list)
+    # Without levels_m, the build adds the one level that lets a lost vehicle get fixes from this
+    # height up (m above ground, for the config's camera); 0: none. Lower, only a track goes on.
+    min_agl_m: float = 30.0
 
 
 @dataclass

@@ -23,16 +23,6 @@ def pick_map(ortho: Optional[str], out: Path, source_gsd_m: Optional[float]):
     return path, 0.5, f"a generated map ({path}, 1 km at 0.5 m/px; ../shared/data not found)"
 
 
-def ensure_features_model(out: Path) -> Path:
-    """XFeat exported to ONNX for the refinement matcher (done once)."""
-    model_dir = out / "xfeat"
-    if not (model_dir / "features.yaml").exists():
-        from skyfix.export.xfeat_onnx import export_xfeat
-        print("exporting XFeat local features to ONNX (once)...")
-        export_xfeat(model_dir)
-    return model_dir
-
-
 def run_demo(ortho: Optional[str], out: str | Path, duration_s: float, source_gsd_m: Optional[float]) -> int:
     from skyfix.edge.embedders import open_embedder
     from skyfix.sim.run import run_sim
@@ -43,15 +33,18 @@ def run_demo(ortho: Optional[str], out: str | Path, duration_s: float, source_gs
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     map_path, gsd, what = pick_map(ortho, out, source_gsd_m)
-    print(f"map: {what}")
+    # Your map's pack and flight in a folder of their own: a demo over another map keeps them.
+    base = out / map_path.stem if ortho else out
+    print(f"map: {what}; pack and flight in {base}")
     from skyfix.edge.models import DEFAULT, towers_path
+    from skyfix.export.models import features_model_dir
     defaults = load_config()
     model_dir = towers_path(DEFAULT)  # shipped in the package
     uses_xfeat = defaults.nav.keypoints == "xfeat" or "xfeat" in defaults.tiles.features
-    features_dir = str(ensure_features_model(out)) if uses_xfeat else None
+    features_dir = features_model_dir("xfeat") if uses_xfeat else None  # exported into the cache once
     cfg = load_config(overrides={"sim": {"route": "lawnmower", "duration_s": duration_s, "length_m": 1500.0},
                                  "nav": {"features_model": features_dir}})
-    pack_dir = out / "pack"
+    pack_dir = base / "pack"
     embedder = open_embedder(model_dir, "sat")
     try:
         pack = TilePack.open(pack_dir, expect_model_id=embedder.model_id)
@@ -61,7 +54,7 @@ def run_demo(ortho: Optional[str], out: str | Path, duration_s: float, source_gs
         build_pack(map_path, pack_dir, cfg, embedder, model_source=DEFAULT, source_gsd_m=gsd)
     print(f"flying {duration_s:.0f} s of a lawnmower survey at {cfg.sim.alt_agl_m:.0f} m AGL "
           "(real time; skyfix <-> simulated autopilot over MAVLink/UDP)...")
-    summary = run_sim(pack_dir, open_embedder(model_dir, "drone"), cfg, out_dir=out / "flight")
+    summary = run_sim(pack_dir, open_embedder(model_dir, "drone"), cfg, out_dir=base / "flight")
     print(format_summary(summary))
-    print(f"map used: {what}\nplot: {out / 'flight' / 'track.png'}; track: {out / 'flight' / 'track.csv'}")
+    print(f"map used: {what}\nplot: {base / 'flight' / 'track.png'}; track: {base / 'flight' / 'track.csv'}")
     return 0

@@ -47,10 +47,11 @@ def report() -> str:
                      + (f"  (missing: {', '.join(missing)})" if missing else ""))
     from pathlib import Path
 
-    from skyfix.edge.features import DEFAULT_FEATURES_MODEL
-    xfeat = Path(DEFAULT_FEATURES_MODEL) / "xfeat.onnx"
-    lines.append(f"matcher model: {xfeat} " + ("present" if xfeat.is_file() else
-                 "absent (the default matcher needs it: skyfix export features)"))
+    from skyfix.edge.models import cache_dir, features_dir
+    xfeat = features_dir("xfeat")
+    lines.append(f"matcher model: XFeat in {xfeat}" if xfeat else
+                 f"matcher model: XFeat not exported yet (models/xfeat nor {cache_dir() / 'xfeat'}): the first "
+                 "`tiles build` exports it into the cache (needs the export role), or: skyfix export features")
     lines += engines_report(Path("models"))
     return "\n".join(lines)
 

@@ -10,8 +10,8 @@ from skyfix.bench.common import _latency_ms, _row
 
 
 def bench_embed(model_dir: str, runs: int = 50) -> str:
-    from skyfix.edge.embedders import OnnxEmbedder
-    emb = OnnxEmbedder(Path(model_dir) / "drone.onnx")
+    from skyfix.edge.embedders import OnnxEmbedder, tower_onnx
+    emb = OnnxEmbedder(tower_onnx(model_dir, "drone"))
     rng = np.random.default_rng(0)
     rows = ["| embedding (onnxruntime, " + emb.backend + ") | p50 ms | p95 ms | per image |",
             "|---|---|---|---|"]
@@ -28,7 +28,7 @@ def bench_precision(model_dir: str, sources: list, out: str = "out/bench/precisi
     """Export INT8 and FP16 from an FP32 model folder for each calibration source (loss
     accepted, so every figure is seen), then time batch-1 onnxruntime CPU latency of FP32, INT8
     and FP16 in one interleaved run (same machine state)."""
-    from skyfix.edge.embedders import OnnxEmbedder
+    from skyfix.edge.embedders import OnnxEmbedder, tower_onnx
     from skyfix.export.precision import export_precision
     rows = ["| views from | precision | calibration | R@1 FP32 -> low (onboard / both towers) | top-1 agreement (onboard / both) | cosine to FP32 min / median | gate |",
             "|---|---|---|---|---|---|---|"]
@@ -44,8 +44,8 @@ def bench_precision(model_dir: str, sources: list, out: str = "out/bench/precisi
                         f"{g['both']['r1']:.3f} | {g['onboard']['top1_agreement']:.1%} / {g['both']['top1_agreement']:.1%} | "
                         f"{g['cosine']['min']:.4f} / {g['cosine']['median']:.4f} | {'pass' if g['passed'] else 'FAIL'} |")
             last[precision] = dst
-    embedders = {"fp32": OnnxEmbedder(Path(model_dir) / "drone.onnx", providers=["CPUExecutionProvider"])}
-    embedders.update({p: OnnxEmbedder(d / "drone.onnx", providers=["CPUExecutionProvider"]) for p, d in last.items()})
+    embedders = {"fp32": OnnxEmbedder(tower_onnx(model_dir, "drone"), providers=["CPUExecutionProvider"])}
+    embedders.update({p: OnnxEmbedder(tower_onnx(d, "drone"), providers=["CPUExecutionProvider"]) for p, d in last.items()})
     x = np.random.default_rng(0).integers(0, 256, (1, embedders["fp32"].input_px, embedders["fp32"].input_px, 3),
                                           dtype=np.uint8)
     times = {p: [] for p in embedders}

@@ -98,7 +98,7 @@ def bench_orientation(checkpoint: str, model_dir: str, pack_path: str, queries_f
     import cv2
     import torch
     from skyfix.config import load_config
-    from skyfix.edge.embedders import OnnxEmbedder
+    from skyfix.edge.embedders import OnnxEmbedder, tower_onnx
     from skyfix.pack.tilepack import TilePack
     from skyfix.tiles.ortho import load_canvas
     from skyfix.train.evaluate import embed_queries, make_queries, similarity_to_tiles
@@ -112,7 +112,7 @@ def bench_orientation(checkpoint: str, model_dir: str, pack_path: str, queries_f
     head = OrientationHead(model.drone.proj.in_features)
     head.load_state_dict(blob["extra"]["orientation_head"])
     head.eval()
-    emb = OnnxEmbedder(Path(model_dir) / "drone.onnx")
+    emb = OnnxEmbedder(tower_onnx(model_dir, "drone"))
     canvas = load_canvas(queries_from, pack.canvas().gsd_m, frame=pack.frame)
     cfg = load_config(overrides={"eval": {"views": views, "heading": "unknown", "east_min_m": east_min_m}})
     rows = ["| heading unknown | D->S R@1 | R@5 | AP | S->D R@1 | embeds per view | heading error median / p90 deg |",

@@ -181,3 +181,31 @@ def rectify_mapped(image_rgb: np.ndarray, cam: PinholeCamera, roll_rad: float, p
     seen = (map_x >= 0) & (map_y >= 0) & (map_x <= cam.width_px - 1) & (map_y <= cam.height_px - 1) & (ned[..., 2] > 0)
     crop[~seen] = 0
     return crop, float(seen.mean()), (centre_e, centre_n), CropMap(map_x=map_x, map_y=map_y)
+
+
+# A crop is searched when the frame covers at least this share of it (the navigator's rule).
+MIN_INSIDE_FRAC = 0.5
+
+
+def lowest_agl_m(cam: PinholeCamera, tile_size_m: float, tilt_deg: float = 10.0,
+                 min_inside: float = MIN_INSIDE_FRAC) -> float:
+    """The lowest height (m above ground) from which a frame of `cam` covers `min_inside` of a
+    north-up tile of `tile_size_m` at every heading (0-90 deg in 15 deg steps), level or pitched
+    by `tilt_deg` (a vehicle in wind): below it a lost vehicle cannot search those tiles. The
+    share grows with the height, so bisection."""
+    ones = np.ones((cam.height_px, cam.width_px), np.uint8)
+
+    def covers(agl_m: float) -> bool:
+        for yaw_deg in range(0, 91, 15):
+            for pitch_deg in (0.0, tilt_deg):
+                h, _ = image_from_crop(cam, 0.0, np.radians(pitch_deg), np.radians(yaw_deg), agl_m, tile_size_m, 64)
+                inside = cv2.warpPerspective(ones, h, (64, 64), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
+                if inside.mean() < min_inside:
+                    return False
+        return True
+
+    low_m, high_m = 0.01 * tile_size_m, 10.0 * tile_size_m
+    for _ in range(30):
+        mid_m = (low_m + high_m) / 2
+        low_m, high_m = (low_m, mid_m) if covers(mid_m) else (mid_m, high_m)
+    return high_m

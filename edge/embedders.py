@@ -3,8 +3,8 @@
 uint8 RGB N x H x W x 3 in (resized to the model's `input_px` if needed), float32 N x D unit
 vectors out. Onboard backend: onnxruntime (TensorRT, CUDA or CPU execution provider, whichever is
 present; the one picked is named in `backend` and logged). The torch backend of the towers lives
-with training (`skyfix.train.torch_embedder`). A model directory, written by `skyfix export onnx`, holds `drone.onnx`,
-`sat.onnx` and `model.yaml`.
+with training (`skyfix.train.torch_embedder`). A model directory, written by `skyfix export onnx`, holds `drone.onnx`
+and `sat.onnx` (or one `towers.onnx` where the towers share their weights) and `model.yaml`.
 """
 from __future__ import annotations
 
@@ -73,18 +73,32 @@ def onnx_session(onnx_path: str | Path, providers: Optional[list] = None, thread
     return session, backend
 
 
+# The one file of towers that share their weights (metadata tower: "shared"), serving both.
+SHARED_ONNX = "towers.onnx"
+SHARED = "shared"
+
+
+def tower_onnx(model_dir: str | Path, tower: str) -> Path:
+    """The ONNX file of `tower` in a model folder: `<tower>.onnx`, else the shared towers'
+    `towers.onnx` (one set of weights, stored once); the former's path when neither exists."""
+    own = Path(model_dir) / f"{tower}.onnx"
+    shared = Path(model_dir) / SHARED_ONNX
+    return shared if not own.is_file() and shared.is_file() else own
+
+
 class OnnxEmbedder:
-    """onnxruntime backend of a tower exported by `skyfix export onnx`."""
+    """onnxruntime backend of a tower exported by `skyfix export onnx`. tower: which one a shared
+    file (`towers.onnx`) serves as (default drone); a tower's own file says it itself."""
 
     def __init__(self, onnx_path: str | Path, providers: Optional[list] = None, threads: int = 0,
-                 emulate_qdq: bool = False):
+                 emulate_qdq: bool = False, tower: str = "drone"):
         self.session, self.backend = onnx_session(onnx_path, providers, threads, emulate_qdq)
         meta = self.session.get_modelmeta().custom_metadata_map
         missing = {"model_id", "tower", "input_px", "dim"} - set(meta)
         if missing:
             raise SkyfixError(f"{onnx_path} lacks skyfix metadata {sorted(missing)}: "
                               "export it with `skyfix export onnx`")
-        self.model_id, self.tower = meta["model_id"], meta["tower"]
+        self.model_id, self.tower = meta["model_id"], tower if meta["tower"] == SHARED else meta["tower"]
         self.input_px, self.dim = int(meta["input_px"]), int(meta["dim"])
         self.input_name = self.session.get_inputs()[0].name
 
@@ -108,7 +122,7 @@ def open_embedder(spec: str | Path, tower: str):
     if is_engine(path):
         return TensorRTEmbedder(path, tower)
     if path.is_dir():
-        return OnnxEmbedder(path / f"{tower}.onnx")
+        return OnnxEmbedder(tower_onnx(path, tower), tower=tower)
     if path.suffix == ".onnx":
         return OnnxEmbedder(path)
     raise SkyfixError(f"model '{spec}' is not a model directory, .onnx or .engine file; onboard skyfix runs "

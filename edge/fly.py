@@ -6,7 +6,7 @@ import signal
 import threading
 from pathlib import Path
 
-from skyfix.contracts import Frame
+from skyfix.contracts import Frame, Reason
 from skyfix.errors import SkyfixError
 
 log = logging.getLogger("skyfix.fly")
@@ -16,17 +16,16 @@ def startup(cfg):
     """Open and cross-check everything before flying; refuse with a message that says what was
     expected, what was found and how to fix it. Returns (pack, embedder, camera)."""
     from skyfix.edge.camera import PinholeCamera
-    from skyfix.edge.models import open_towers
+    from skyfix.edge.models import model_for_pack, open_towers
     from skyfix.errors import ModelMismatch
     from skyfix.pack.tilepack import TilePack
     if not cfg.nav.pack:
         raise SkyfixError("nav.pack is not set: give the TilePack built for this region")
-    if not cfg.nav.model:
-        raise SkyfixError("nav.model is not set: give the model that built the pack (a folder, an engine, or 'default')")
     pack = TilePack.open(cfg.nav.pack)
-    embedder = open_towers(cfg.nav.model, "drone")
+    model = model_for_pack(pack, cfg.nav.model or None)  # unset: the towers that built the pack
+    embedder = open_towers(model, "drone")
     if embedder.model_id != pack.model_id:
-        raise ModelMismatch(f"model {cfg.nav.model} is {embedder.model_id} but pack {cfg.nav.pack} was "
+        raise ModelMismatch(f"model {model} is {embedder.model_id} but pack {cfg.nav.pack} was "
                             f"built by {pack.model_id}: rebuild the pack with this model, or fly the model "
                             "that built it")
     # Said at every start: the limit is measured and it is the dangerous kind (confident fixes).
@@ -39,6 +38,17 @@ def startup(cfg):
                     "tens of metres off while claiming a few. Add a DEM: skyfix tiles terrain PACK --dem DEM "
                     "(docs/simulator.md, \"Relief\")", cfg.nav.ground_slope_deg)
     return pack, embedder, PinholeCamera.from_config(cfg.camera)
+
+
+# A run whose every frame ended as one of these used no frame at all (wrong camera size, a
+# source that is not a camera): an error, not a flight.
+UNUSABLE = (Reason.BAD_FRAME.value, Reason.ERROR.value)
+
+
+def no_frame_used(summary: dict) -> bool:
+    """Whether a fly summary's frames were all unusable (and there was at least one)."""
+    reasons = {k: v for k, v in summary["reasons"].items() if v}
+    return bool(reasons) and all(k in UNUSABLE for k in reasons)
 
 
 def run_fly(cfg, link_wait_s: float = 10.0, max_frames: int = 0, offline: bool = False) -> dict:

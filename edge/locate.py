@@ -80,6 +80,8 @@ def locate_photos(nav, paths: list, telemetry: Optional[dict] = None, agl_m: Opt
             rows.append(row)
             continue
         m, kind, detail = nav.locate(frame)
+        if kind is Reason.HEIGHT_MISSING:
+            detail += " (no height in its EXIF: give --agl-m M, or agl_m in the --telemetry CSV)"
         row.reason, row.detail = kind.value, detail
         if m is not None:
             lat, lon, _ = nav.pack.frame.to_lla(m.east_m, m.north_m)

@@ -2,7 +2,7 @@
 code and every command. Nothing here trains or exports (that is `train/` and `export/`, which the
 CLI calls through `export.models` when a workstation form is asked for).
 
-    a model folder from `skyfix export onnx`  -> that folder (drone.onnx, sat.onnx, model.yaml)
+    a model folder from `skyfix export onnx`  -> that folder (drone.onnx and sat.onnx, or towers.onnx; model.yaml)
     a `.onnx` file                            -> that file
     an engine folder / `.engine` (export-trt) -> TensorRT (edge.trt_embedder, Jetson)
     'default'                                 -> the towers shipped in the package (edge/weights/towers,

@@ -26,8 +26,8 @@ import numpy as np
 
 from skyfix.config import NavConfig
 from skyfix.contracts import Fix, FixResult, Frame, Reason, Telemetry
-from skyfix.edge.camera import (BODY_FROM_CAM, CropMap, PinholeCamera, Undistorter, rectify, rectify_mapped,
-                                world_from_body)
+from skyfix.edge.camera import (BODY_FROM_CAM, CropMap, PinholeCamera, Undistorter, lowest_agl_m, rectify,
+                                rectify_mapped, world_from_body)
 from skyfix.edge.filter import MotionFilter, FilterState
 from skyfix.edge.gallery import FrameGallery
 from skyfix.edge.gate import TrackGate
@@ -548,8 +548,11 @@ class Navigator:
         close_range = inside < 0.5
         window = self._prior_window(t_s) if close_range else None
         if close_range and (not self.cfg.close_range or window is None):
+            finest_m = min([self.pack.tile_size_m, *(lv.tile_size_m for lv in self.pack.levels)])
             return Reason.CROP_OUTSIDE, (f"the frame covers {inside:.0%} of a {self.pack.tile_size_m:g} m tile "
-                                         f"(height {pose.agl_m:.0f} m); below this only a track continues")
+                                         f"(height {pose.agl_m:.0f} m; the pack's finest tiles, {finest_m:g} m, "
+                                         f"serve from {lowest_agl_m(self.camera, finest_m):.0f} m); below this only "
+                                         "a track continues (finer tiles: skyfix tiles level PACK --tile-size-m S)")
         # The footprint's side (the covered share of the tile's area, as a square) in map pixels.
         across_px = math.sqrt(inside) * self.pack.tile_size_m / self.pack.map_gsd_m
         if close_range and across_px < self.cfg.close_range_min_map_px:
@@ -689,7 +692,8 @@ class Navigator:
                                       f"{getattr(img, 'shape', '')}")
         if img.shape[:2] != (self.camera.height_px, self.camera.width_px):
             return Reason.BAD_FRAME, (f"size {img.shape[1]} x {img.shape[0]}, camera model says "
-                                      f"{self.camera.width_px} x {self.camera.height_px}")
+                                      f"{self.camera.width_px} x {self.camera.height_px}: set camera.width_px, "
+                                      "height_px and the intrinsics for the frames' size")
         if float(img[::8, ::8].std()) < 2.0:
             return Reason.BLANK_FRAME, "no texture"
         return None

@@ -93,7 +93,7 @@ def engine_problems(manifest: dict, here: dict, tower: Optional[str] = None, mod
     if extractor and manifest["extractor"] != extractor:
         out.append(f"engine is the {manifest['extractor']} extractor, {extractor} is configured; build the "
                    f"engine from {extractor}.onnx")
-    if tower and manifest["tower"] != tower:
+    if tower and manifest["tower"] not in (tower, "shared"):  # a shared towers' engine serves both
         out.append(f"engine is the {manifest['tower']} tower, the {tower} tower is needed; build the engine "
                    f"from {tower}.onnx")
     if model_id and manifest["model_id"] != model_id:
@@ -181,7 +181,7 @@ class TensorRTEmbedder:
     def __init__(self, spec: str | Path, tower: str):
         self.session = TensorRTSession(spec, tower=tower)
         manifest = self.session.manifest
-        self.model_id, self.tower, self.manifest = manifest["model_id"], manifest["tower"], manifest
+        self.model_id, self.tower, self.manifest = manifest["model_id"], tower, manifest
         self.input_name, self.output_name = manifest["input_name"], manifest["output_name"]
         self.input_px, self.dim = int(manifest["input_shape"][1]), int(manifest["dim"])
         self.max_batch = int(manifest["profile"]["max"][0])

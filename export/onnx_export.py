@@ -11,6 +11,7 @@ import numpy as np
 import yaml
 
 from skyfix.artifacts import atomic_directory
+from skyfix.edge.embedders import SHARED, SHARED_ONNX
 from skyfix.errors import SkyfixError, require
 
 OPSET = 17
@@ -62,7 +63,8 @@ def parity_images(input_px: int, n: int = 4, seed: int = 0) -> np.ndarray:
 
 def export_onnx(model, out_dir: str | Path, atol: float = 1e-4, min_cos: float = 0.9999,
                 log=print, card_extra: Optional[dict] = None) -> Path:
-    """Write `drone.onnx`, `sat.onnx` and `model.yaml` into out_dir (atomically) and check parity.
+    """Write `drone.onnx`, `sat.onnx` (one `towers.onnx` where the towers share their weights) and
+    `model.yaml` into out_dir (atomically) and check parity.
     card_extra: more of the model card (e.g. the training run it came from).
 
     Raises SkyfixError when onnxruntime and torch disagree beyond (atol, min_cos).
@@ -75,10 +77,12 @@ def export_onnx(model, out_dir: str | Path, atol: float = 1e-4, min_cos: float =
     with atomic_directory(out_dir) as tmp:
         parities = []
         images = parity_images(cfg.input_px)
-        for tower in ("drone", "sat"):
+        for tower in (("drone",) if cfg.shared_weights else ("drone", "sat")):
             t0 = time.perf_counter()
-            meta = {"model_id": model_id, "tower": tower, "input_px": cfg.input_px, "dim": cfg.dim}
-            path = tmp / f"{tower}.onnx"
+            shared = cfg.shared_weights
+            meta = {"model_id": model_id, "tower": SHARED if shared else tower, "input_px": cfg.input_px,
+                    "dim": cfg.dim}
+            path = tmp / (SHARED_ONNX if shared else f"{tower}.onnx")
             _export_tower(model.tower(tower), path, cfg.input_px, meta)
             parity = check_parity(model.tower(tower), path, images, tower)
             parities.append(parity)

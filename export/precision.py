@@ -33,7 +33,7 @@ import numpy as np
 import yaml
 
 from skyfix.artifacts import atomic_directory
-from skyfix.edge.embedders import TOWERS, OnnxEmbedder, read_model_card
+from skyfix.edge.embedders import SHARED_ONNX, TOWERS, OnnxEmbedder, read_model_card, tower_onnx
 from skyfix.errors import SkyfixError, require
 
 PRECISIONS = ("fp16", "int8", "fp16-weights")
@@ -349,17 +349,25 @@ def format_report(report: dict) -> str:
 
 
 # ---- the command ---------------------------------------------------------------------------------
-def _qat_towers(checkpoint, card: dict, calib: Views, steps: int, log: Callable):
-    """The towers of `checkpoint` fine-tuned with fake quantisation (export/qat.py), after
-    checking that they are the model the FP32 folder was exported from."""
+def _qat_towers(checkpoint, model_dir: Path, card: dict, calib: Views, steps: int, log: Callable):
+    """The towers fine-tuned with fake quantisation (export/qat.py): those of `checkpoint`, after
+    checking that they are the model the FP32 folder was exported from; with no checkpoint ("")
+    those rebuilt from the folder's own ONNX (export/onnx_import.py: the shipped towers)."""
     from skyfix.export.qat import quantise_aware
     from skyfix.train.towers import compute_model_id, load_checkpoint
-    model = load_checkpoint(checkpoint)
-    if compute_model_id(model) != card["model_id"]:
-        raise SkyfixError(f"--qat {checkpoint} holds model {compute_model_id(model)}, the FP32 folder is "
-                          f"{card['model_id']}: give the checkpoint that folder was exported from")
+    if checkpoint:
+        model = load_checkpoint(checkpoint)
+        if compute_model_id(model) != card["model_id"]:
+            raise SkyfixError(f"--qat {checkpoint} holds model {compute_model_id(model)}, the FP32 folder is "
+                              f"{card['model_id']}: give the checkpoint that folder was exported from")
+        source = {"from": str(checkpoint)}
+    else:
+        from skyfix.export.onnx_import import towers_from_onnx
+        model, cosine = towers_from_onnx(model_dir, card)
+        log(f"towers rebuilt from {model_dir}'s ONNX (cosine to it {cosine:.6f})")
+        source = {"from": f"{model_dir} ONNX", "rebuilt_cosine": cosine}
     done = quantise_aware(model, calib, steps, log=log)
-    return model, done
+    return model, {**done, **source}
 
 
 def _arithmetic(precision: str) -> str:
@@ -372,10 +380,11 @@ def export_precision(model_dir: str | Path, out_dir: str | Path, precision: str,
                      accept_loss: bool = False, seed: int = 0, log: Callable = print,
                      qat_checkpoint: Optional[str | Path] = None, qat_steps: int = 300,
                      quantiser: str = "onnxruntime") -> dict:
-    """Write out_dir (drone.onnx, sat.onnx, model.yaml) at `precision` from an FP32 model
+    """Write out_dir (drone.onnx and sat.onnx, or the shared towers.onnx, and model.yaml) at `precision` from an FP32 model
     folder, evaluate parity on held-out views and refuse (SkyfixError, nothing written) when it
     fails the gate unless accept_loss. INT8 with qat_checkpoint (the .pt the folder was exported
-    from): quantisation-aware fine-tuning (export/qat.py) instead of post-training quantisation.
+    from, or "" for the folder's own ONNX towers): quantisation-aware fine-tuning (export/qat.py)
+    instead of post-training quantisation.
     Returns the model card."""
     if precision not in PRECISIONS:
         raise SkyfixError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
@@ -392,19 +401,22 @@ def export_precision(model_dir: str | Path, out_dir: str | Path, precision: str,
                                    eval_n, seed)
     log(f"views: {len(calib)} calibration, {len(held_out)} held out ({len(held_out.sat)} places), from {calib_source} "
         f"({time.perf_counter() - t0:.0f} s)")
-    qat = _qat_towers(qat_checkpoint, card, calib, qat_steps, log) if qat_checkpoint is not None else None
+    qat = _qat_towers(qat_checkpoint, model_dir, card, calib, qat_steps, log) if qat_checkpoint is not None else None
     with atomic_directory(out_dir) as tmp:
         done = {}
-        for tower in TOWERS:
+        shared = tower_onnx(model_dir, "drone").name == SHARED_ONNX  # one file serves both towers
+        for tower in ("drone",) if shared else TOWERS:
             t1 = time.perf_counter()
-            src, dst = model_dir / f"{tower}.onnx", tmp / f"{tower}.onnx"
+            src = tower_onnx(model_dir, tower)
+            dst = tmp / src.name
             if qat is not None:
                 from skyfix.export.onnx_export import _export_tower
                 from skyfix.export.qat import fold_weight_quantisation
                 _export_tower(qat[0].tower(tower), dst, int(card["input_px"]), {})
                 done[tower] = {**qat[1], "int8_weights": fold_weight_quantisation(dst)}
             elif precision == "int8":
-                images = calib.drone if tower == "drone" else calib.sat
+                images = (np.concatenate([calib.drone, calib.sat]) if shared
+                          else calib.drone if tower == "drone" else calib.sat)
                 quantize = quantize_int8 if quantiser == "onnxruntime" else quantize_int8_modelopt
                 done[tower] = quantize(src, dst, images, method)
             elif precision == "fp16-weights":
@@ -413,8 +425,8 @@ def export_precision(model_dir: str | Path, out_dir: str | Path, precision: str,
                 done[tower] = convert_fp16(src, dst)
             _copy_metadata(src, dst, _arithmetic(precision))
             log(f"{precision} {tower}: {dst.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - t1:.0f} s")
-        report = parity_report({t: model_dir / f"{t}.onnx" for t in TOWERS},
-                               {t: tmp / f"{t}.onnx" for t in TOWERS}, held_out)
+        report = parity_report({t: tower_onnx(model_dir, t) for t in TOWERS},
+                               {t: tower_onnx(tmp, t) for t in TOWERS}, held_out)
         log(format_report(report))
         failures = gate_failures(report)
         card = {**card, "precision": _arithmetic(precision), "stored": precision, "source": str(model_dir.resolve()),

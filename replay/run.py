@@ -217,7 +217,7 @@ def replay(pack_path: str, frames: Iterator[ReplayFrame], log: FlightLog, cfg, o
     g_t = log.gps[0]
     inside = (g_t >= rows[0]["t_utc_s"]) & (g_t <= rows[-1]["t_utc_s"])
     ge, gn, _ = pack.frame.to_enu(log.gps[1][inside], log.gps[2][inside])
-    plot_track(pack.map_blocks(), np.column_stack([ge, gn]), scored, out_dir / "track.png")
+    plot_track(pack.map_blocks(), np.column_stack([ge, gn]), scored, out_dir / "track.png", reference="log's GPS")
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     return report
 

@@ -166,7 +166,9 @@ def summarise(flight: Flight, frames: list, received: list, link: dict, cfg) -> 
     if link["publish_ms"]:
         summary["latency_ms"]["publish"] = {"p50": float(np.percentile(link["publish_ms"], 50)),
                                             "p95": float(np.percentile(link["publish_ms"], 95))}
-    summary.update({"route_m": float(flight.traj.cum_m[-1]), "duration_s": flight.duration_s,
+    # What was flown: a --duration-s shorter than the route stops the vehicle part way.
+    flown_m = min(float(flight.traj.cum_m[-1]), flight.duration_s * flight.traj.speed_m_s)
+    summary.update({"route_m": flown_m, "duration_s": flight.duration_s,
                     "alt_agl_m": cfg.sim.alt_agl_m, "start_agl_m": cfg.sim.start_agl_m,
                     "model_id": flight.pack.model_id,
                     "pack": str(flight.pack.path), "protocol": cfg.bridge.protocol,

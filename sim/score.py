@@ -97,11 +97,12 @@ ERROR_COLOURS_BGR = ((0, 200, 0), (0, 200, 255), (0, 0, 255))  # < 3 m, 3-10 m, 
 
 
 def plot_track(canvas: "MapCanvas | MapBlocks", truth_en: np.ndarray, received: list[dict], path: str | Path,
-               max_px: int = 1200, estimate: Optional[list] = None) -> Path:
+               max_px: int = 1200, estimate: Optional[list] = None, reference: str = "true track") -> Path:
     """PNG of the map for a person reading it at a glance: published fixes coloured by error
     (green < 3 m, orange 3-10 m, red >= 10 m), the autopilot's own estimate when given (blue),
     the true track drawn last (white over black, so it stays visible) with start and end
-    markers, a scale bar, a north arrow, and the error summary in the title bar."""
+    markers, a scale bar, a north arrow, and the error summary in the title bar. reference: what
+    the white track is, in the legend (a replay's is the log's GPS, not the truth)."""
     rgb, f = canvas.overview(max_px)  # a pack's map blocks are shrunk one by one
     img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
@@ -126,7 +127,7 @@ def plot_track(canvas: "MapCanvas | MapBlocks", truth_en: np.ndarray, received: 
     err = np.array([r["error_m"] for r in received])
     title = (f"{len(received)} fixes published; error median {np.median(err):.1f} m, p95 "
              f"{np.percentile(err, 95):.1f} m, max {err.max():.1f} m" if len(err) else "no fix published")
-    legend = "fixes: green < 3 m, orange 3-10 m, red >= 10 m; true track white" + (
+    legend = f"fixes: green < 3 m, orange 3-10 m, red >= 10 m (against the {reference}); {reference} white" + (
         "; autopilot estimate blue" if estimate else "")
     bar = np.full((56, img.shape[1], 3), 255, np.uint8)
     cv2.putText(bar, title, (10, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from skyfix.contracts import Embedder
+from skyfix.edge.embedders import tower_onnx
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +18,7 @@ def embedder(request, tiny_towers, tiny_onnx_dir):
     if request.param == "torch":
         from skyfix.train.torch_embedder import TorchEmbedder
         return TorchEmbedder(tiny_towers, "drone")
-    return OnnxEmbedder(tiny_onnx_dir / "drone.onnx")
+    return OnnxEmbedder(tower_onnx(tiny_onnx_dir, "drone"))
 
 
 def test_embedder_contract(embedder):
@@ -39,14 +40,14 @@ def test_backends_share_model_id(tiny_towers, tiny_onnx_dir):
     from skyfix.edge.embedders import OnnxEmbedder
     from skyfix.train.torch_embedder import TorchEmbedder
     from skyfix.edge.embedders import read_model_card
-    ids = {TorchEmbedder(tiny_towers, "sat").model_id, OnnxEmbedder(tiny_onnx_dir / "sat.onnx").model_id,
+    ids = {TorchEmbedder(tiny_towers, "sat").model_id, OnnxEmbedder(tower_onnx(tiny_onnx_dir, "sat")).model_id,
            read_model_card(tiny_onnx_dir)["model_id"]}
     assert len(ids) == 1
 
 
 def test_onnx_parity_of_tower(tiny_towers, tiny_onnx_dir):
     from skyfix.export.onnx_export import check_parity
-    p = check_parity(tiny_towers.drone, tiny_onnx_dir / "drone.onnx", _images(4, 96, seed=3), "drone")
+    p = check_parity(tiny_towers.drone, tower_onnx(tiny_onnx_dir, "drone"), _images(4, 96, seed=3), "drone")
     assert p.max_abs_diff < 1e-4 and p.min_cosine > 0.9999
 
 

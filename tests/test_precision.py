@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
+from skyfix.edge.embedders import tower_onnx
 from skyfix.errors import SkyfixError
 
 pytestmark = pytest.mark.slow
@@ -43,6 +44,30 @@ def qat_dir(tiny_onnx_dir, qat_checkpoint, textured_canvas, tmp_path_factory):
     return out
 
 
+def test_towers_rebuilt_from_their_onnx_reproduce_it_and_a_wrong_file_is_refused(tiny_onnx_dir, tmp_path):
+    """QAT from towers without a checkpoint (the shipped ones): torch towers rebuilt from the ONNX
+    embed as it does; a model card that does not describe the file is refused, not half-loaded."""
+    from skyfix.edge.embedders import read_model_card
+    from skyfix.export.onnx_import import towers_from_onnx
+    card = read_model_card(tiny_onnx_dir)
+    model, cosine = towers_from_onnx(tiny_onnx_dir, card)
+    assert cosine > 0.9999 and tower_onnx(tiny_onnx_dir, "drone").name == "towers.onnx"
+    wrong = {**card, "model": {**card["model"], "lpn_parts": 1}}
+    with pytest.raises(SkyfixError, match="projection"):
+        towers_from_onnx(tiny_onnx_dir, wrong)
+
+
+def test_qat_int8_starts_from_the_onnx_towers_without_a_checkpoint(tiny_onnx_dir, textured_canvas, tmp_path):
+    from skyfix.export.precision import export_precision
+    card = export_precision(tiny_onnx_dir, tmp_path / "int8", "int8", textured_canvas, calib_n=32, eval_n=40,
+                            accept_loss=True, log=lambda *_: None, qat_checkpoint="", qat_steps=5)
+    done = card["conversion"]["drone"]
+    assert done["method"] == "qat" and done["from"].endswith("ONNX") and done["rebuilt_cosine"] > 0.9999
+    assert [p.name for p in sorted((tmp_path / "int8").glob("*.onnx"))] == ["towers.onnx"]
+    ops = [n.op_type for n in _model(tower_onnx(tmp_path / "int8", "sat")).graph.node]
+    assert ops.count("QuantizeLinear") > 5
+
+
 HAVE_MODELOPT = importlib.util.find_spec("modelopt") is not None
 
 
@@ -74,7 +99,7 @@ def test_int8_export_is_symmetric_qdq_with_the_sensitive_layers_kept(folder, req
     from onnx import numpy_helper
 
     from skyfix.export.precision import kept_fp32
-    model = _model(request.getfixturevalue(folder) / "drone.onnx")
+    model = _model(tower_onnx(request.getfixturevalue(folder), "drone"))
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") > 5 and ops.count("DequantizeLinear") > 5
     # Constants as initializers (onnxruntime's quantiser) or Constant nodes (torch's export).
@@ -97,7 +122,7 @@ def test_int8_export_is_symmetric_qdq_with_the_sensitive_layers_kept(folder, req
                for n in qdq) >= 5
     assert not any(n.op_type == "QuantizeLinear" and n.input[0] in consts for n in qdq)
     meta = {p.key: p.value for p in model.metadata_props}
-    assert meta["precision"] == "int8" and meta["tower"] == "drone"
+    assert meta["precision"] == "int8" and meta["tower"] == "shared"  # the tiny towers share their weights
 
 
 def test_int8_card_carries_the_parity_figures_and_runs_close_to_fp32(int8_dir, tiny_onnx_dir):
@@ -177,7 +202,7 @@ def test_fp16_export_keeps_io_types_and_passes_the_gate(tiny_onnx_dir, textured_
     from skyfix.export.precision import export_precision
     card = export_precision(tiny_onnx_dir, tmp_path / "fp16", "fp16", textured_canvas, calib_n=8, eval_n=40,
                             log=lambda *_: None)
-    model = _model(tmp_path / "fp16" / "sat.onnx")
+    model = _model(tower_onnx(tmp_path / "fp16", "sat"))
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert sum(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer) > 10
@@ -222,26 +247,26 @@ def test_converting_a_lower_precision_model_again_is_refused(int8_dir, textured_
 # ---- TensorRT build planning and engine manifests (no TensorRT needed) ---------------------------
 def test_plan_for_fp16_and_int8(tiny_onnx_dir, int8_dir):
     from skyfix.export.tensorrt_build import plan_build
-    p = plan_build(tiny_onnx_dir / "drone.onnx", "fp16", max_batch=4)
+    p = plan_build(tower_onnx(tiny_onnx_dir, "drone"), "fp16", max_batch=4)
     assert p.flags == ["FP16"] and p.onnx_precision == "fp32"
     assert p.profile == {"min": [1, 96, 96, 3], "opt": [1, 96, 96, 3], "max": [4, 96, 96, 3]}
-    assert p.metadata["tower"] == "drone" and p.input_name == "images_rgb_u8"
-    q = plan_build(int8_dir / "drone.onnx", "int8")
+    assert p.metadata["tower"] == "shared" and p.input_name == "images_rgb_u8"
+    q = plan_build(tower_onnx(int8_dir, "drone"), "int8")
     assert q.flags == ["INT8", "FP16"] and q.onnx_precision == "int8"
 
 
 def test_plan_refusals(tiny_onnx_dir, int8_dir, tmp_path):
     from skyfix.export.tensorrt_build import plan_build, platform_refusal
     with pytest.raises(SkyfixError, match="explicitly quantised"):
-        plan_build(tiny_onnx_dir / "drone.onnx", "int8")
+        plan_build(tower_onnx(tiny_onnx_dir, "drone"), "int8")
     with pytest.raises(SkyfixError, match="quantised"):
-        plan_build(int8_dir / "drone.onnx", "fp16")
+        plan_build(tower_onnx(int8_dir, "drone"), "fp16")
     bad = tmp_path / "bad.onnx"
-    bad.write_bytes((tiny_onnx_dir / "drone.onnx").read_bytes()[:5000])
+    bad.write_bytes((tower_onnx(tiny_onnx_dir, "drone")).read_bytes()[:5000])
     with pytest.raises(SkyfixError, match="not a valid ONNX"):
         plan_build(bad, "fp16")
     with pytest.raises(SkyfixError, match="precision"):
-        plan_build(tiny_onnx_dir / "drone.onnx", "int4")
+        plan_build(tower_onnx(tiny_onnx_dir, "drone"), "int4")
     assert "INT8" in platform_refusal("int8", fast_fp16=True, fast_int8=False)
     assert "FP16" in platform_refusal("fp16", fast_fp16=False, fast_int8=False)
     assert platform_refusal("int8", fast_fp16=True, fast_int8=True) is None
@@ -251,10 +276,12 @@ def test_engine_manifest_and_load_refusals(tiny_onnx_dir):
     from skyfix.edge.trt_embedder import engine_problems
     from skyfix.export.tensorrt_build import engine_manifest, plan_build
     here = {"tensorrt_version": "10.3.0", "gpu_name": "Orin", "compute_capability": "8.7"}
-    m = engine_manifest(plan_build(tiny_onnx_dir / "drone.onnx", "fp16"), here, "ab" * 32, 12.0, None)
-    assert m["model_id"] and m["tower"] == "drone" and len(m["onnx_sha256"]) == 64 and m["precision"] == "fp16"
+    m = engine_manifest(plan_build(tower_onnx(tiny_onnx_dir, "drone"), "fp16"), here, "ab" * 32, 12.0, None)
+    assert m["model_id"] and m["tower"] == "shared" and len(m["onnx_sha256"]) == 64 and m["precision"] == "fp16"
     assert engine_problems(m, here, tower="drone", model_id=m["model_id"]) == []
-    other = engine_problems(m, {**here, "tensorrt_version": "10.7.0"}, tower="sat", model_id="other")
+    assert engine_problems(m, here, tower="sat", model_id=m["model_id"]) == []  # one engine, both shared towers
+    other = engine_problems({**m, "tower": "drone"}, {**here, "tensorrt_version": "10.7.0"}, tower="sat",
+                            model_id="other")
     assert len(other) == 3 and "TensorRT 10.3.0" in other[0] and "sat tower" in other[1] and "other" in other[2]
     assert "Orin" in engine_problems(m, {**here, "gpu_name": "RTX 4090", "compute_capability": "8.9"})[0]
 
@@ -282,7 +309,7 @@ HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and importlib.util.f
 def test_engine_builds_loads_and_matches_onnxruntime(precision, tiny_onnx_dir, int8_dir, tmp_path):
     from skyfix.edge.embedders import open_embedder
     from skyfix.export.tensorrt_build import export_trt
-    src = (int8_dir if precision == "int8" else tiny_onnx_dir) / "drone.onnx"
+    src = tower_onnx(int8_dir if precision == "int8" else tiny_onnx_dir, "drone")
     out = export_trt(src, precision, tmp_path / "engine", max_batch=4, log=lambda *_: None)
     trt_emb, ref = open_embedder(out, "drone"), open_embedder(src, "drone")
     x = np.random.default_rng(0).integers(0, 256, (6, 96, 96, 3), dtype=np.uint8)  # > max batch: chunked
@@ -326,7 +353,7 @@ def test_a_feature_engine_manifest_is_checked_for_what_the_caller_needs(tiny_onn
     assert engine_problems(m, here, extractor="dense") == []
     assert "xfeat is configured" in engine_problems(m, here, extractor="xfeat")[0]
     assert "a tower engine is needed" in engine_problems(m, here, tower="drone")[0]
-    tower = engine_manifest(plan_build(tiny_onnx_dir / "drone.onnx", "fp16"), here, "ab" * 32, 3.0, None)
+    tower = engine_manifest(plan_build(tower_onnx(tiny_onnx_dir, "drone"), "fp16"), here, "ab" * 32, 3.0, None)
     assert "a features engine is needed" in engine_problems(tower, here, extractor="dense")[0]
     del manifest["weights"]
     (folder / "engine.yaml").write_text(yaml.safe_dump(manifest))

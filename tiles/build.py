@@ -8,6 +8,7 @@ run again with the same inputs (`<out>.partial` holds the work so far).
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 import time
 from pathlib import Path
@@ -118,6 +119,11 @@ def _build_key(ortho, source_gsd_m, cfg: SkyfixConfig, model_id: str, extractors
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _work_done(staging: Path) -> bool:
+    """Whether an interrupted build left finished work (map blocks, embedded chunks) to resume."""
+    return any(p.suffix in (".png", ".npy", ".yaml") for p in staging.rglob("*") if p.is_file())
+
+
 def _staging(out: Path, key: str, log) -> Path:
     """The `<out>.partial` folder of this build: reused when an interrupted build of the same
     inputs left it, started afresh otherwise."""
@@ -129,8 +135,11 @@ def _staging(out: Path, key: str, log) -> Path:
             return staging
         log(f"{staging} is from a build of other inputs or settings: starting afresh")
         shutil.rmtree(staging)
-    (staging / ".build").mkdir(parents=True)
-    key_file.write_text(key)
+    try:
+        (staging / ".build").mkdir(parents=True)
+        key_file.write_text(key)
+    except OSError as exc:  # name what the user typed: the staging folder beside it is hidden
+        raise PackError(f"cannot write {out}: {exc.strerror} (in {out.resolve().parent})") from exc
     return staging
 
 
@@ -160,7 +169,10 @@ def build_pack(ortho: "str | Path | Sequence", out: str | Path, cfg: SkyfixConfi
         n_tiles, dt_embed = _build_into(staging, out, ortho, cfg, embedder, extractors, model_source, source_gsd_m,
                                         progress, log, cluster, projection)
     except BaseException:  # Ctrl-C included: the finished blocks and chunks stay for the next run
-        log(f"build stopped; the work so far is kept in {staging}: run the same command again to resume")
+        if _work_done(staging):
+            log(f"build stopped; the work so far is kept in {staging}: run the same command again to resume")
+        else:  # nothing finished (an unreadable input): nothing to resume, nothing left behind
+            shutil.rmtree(staging, ignore_errors=True)
         raise
     total = time.perf_counter() - t0
     log(f"wrote {out}: {n_tiles} tiles, model {embedder.model_id}, {embedder.backend}; "
@@ -243,9 +255,13 @@ def _build_into(staging: Path, out: Path, ortho, cfg: SkyfixConfig, embedder, ex
     else:
         log(f"no terrain: flat ground assumed, slopes of nav.ground_slope_deg ({cfg.nav.ground_slope_deg:g} deg) "
             "allowed for in every fix's accuracy; add heights with --dem DEM.tif or --dem-xyz URL")
-    for size_m in tc.levels_m:
+    from skyfix.edge.camera import PinholeCamera
+    cam = PinholeCamera.from_config(cfg.camera)
+    levels_m = planned_levels_m(tc.tile_size_m, tc.levels_m, tc.min_agl_m, cam)
+    for size_m in levels_m:
         add_level(staging, float(size_m), float(size_m) * tc.stride_m / tc.tile_size_m, embedder, tc.batch_size,
                   tc.max_nodata_frac, tc.index if tc.index == "flat" else "hnsw", progress, log)
+    log(describe_heights([tc.tile_size_m, *levels_m], cam))
     shutil.rmtree(work)
     replace_directory(staging, out)
     return len(tiles), dt_embed
@@ -332,6 +348,31 @@ def map_coverage(blocks: MapBlocks) -> np.ndarray:
                                       min((c + 1) * bp, blocks.width_px))
             _cover(cover, r, c, valid)
     return cover
+
+
+def planned_levels_m(tile_size_m: float, levels_m: Sequence[float], min_agl_m: float,
+                     cam: PinholeCamera) -> list[float]:
+    """The finer tile sizes (m) a build adds: `levels_m` when given, else the one level whose tiles
+    a frame of `cam` covers from `min_agl_m` up (none when the main tiles already do, or
+    min_agl_m is 0). Its size scales with the height; at least 10 m."""
+    from skyfix.edge.camera import lowest_agl_m
+    if levels_m:
+        return sorted({float(s) for s in levels_m}, reverse=True)
+    main_from_m = lowest_agl_m(cam, tile_size_m)
+    if not min_agl_m or main_from_m <= min_agl_m:
+        return []
+    return [max(10.0, float(math.floor(tile_size_m * min_agl_m / main_from_m)))]
+
+
+def describe_heights(tile_sizes_m: Sequence[float], cam: PinholeCamera) -> str:
+    """One line: from which height (m above ground) a lost vehicle with camera `cam` gets fixes,
+    and from which height each tile size serves."""
+    from skyfix.edge.camera import lowest_agl_m
+    served = sorted(((float(s), lowest_agl_m(cam, float(s))) for s in tile_sizes_m), key=lambda p: -p[0])
+    each = ", ".join(f"{size:g} m tiles from {agl:.0f} m" for size, agl in served)
+    return (f"fixes from {served[-1][1]:.0f} m above ground up for a {cam.width_px}x{cam.height_px} camera of "
+            f"fx {cam.fx_px:.0f} px ({each}); lower, only a track goes on (a finer level: skyfix tiles level "
+            "PACK --tile-size-m S)")
 
 
 def add_level(pack_path: str | Path, tile_size_m: float, stride_m: float, embedder, batch_size: int = 16,
