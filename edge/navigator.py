@@ -26,10 +26,12 @@ import numpy as np
 
 from skyfix.config import NavConfig
 from skyfix.contracts import Fix, FixResult, Frame, Reason, Telemetry
+from skyfix.edge.accuracy import AccuracyBudget, slide_m
 from skyfix.edge.camera import (BODY_FROM_CAM, CropMap, PinholeCamera, Undistorter, lowest_agl_m, rectify,
                                 rectify_mapped, world_from_body)
 from skyfix.edge.filter import MotionFilter, FilterState
 from skyfix.edge.gallery import FrameGallery
+from skyfix.edge.heights import GroundHeights
 from skyfix.edge.gate import TrackGate
 from skyfix.edge.odometry import camera_motion, refine_shifts
 from skyfix.edge.pose import MIN_POINTS as MIN_RESECT_POINTS, resect
@@ -100,12 +102,7 @@ class Placement:
 
 # Image against telemetry (Navigator._vehicle_position): chi-square, 2 degrees of freedom.
 ATTITUDE_AGREE_D2 = 13.8   # 99.9 %: agreeing placements are rejected once in a thousand
-SCALES_KEPT = 30           # match scales kept for the height's error (about 10 s of frames)
-SCALE_NOISE = 0.05          # |match scale - 1| a right telemetry height shows (its own error)
-ALONE_TILT_SHARE = 0.2     # of height x tan(tilt error): the slide of a position resected from a crop rectified that wrong
 ATTITUDE_DOUBT_S = 10.0    # after a disagreement, the telemetry tilt is trusted only to it this long
-DATUM_SAMPLES = 15         # resections whose median sets the take-off point's height above the terrain's datum
-DATUM_MIN_SAMPLES = 3
 MEASUREMENT_FLOOR_PX = 1.0  # the least 1-sigma per axis a map match claims, map pixels
 POSITION_MEMORY_S = 60.0   # how long the last measured position says where the terrain is looked up
 
@@ -340,22 +337,14 @@ class Navigator:
         self.integrity: Counter = Counter()   # image-against-telemetry events (integrity_counts)
         self._integrity_logged_s = -1e9
         self.attitude_doubt: Optional[tuple] = None  # (t_s, deg) of the last attitude disagreement
-        self.scales_seen: deque = deque(maxlen=SCALES_KEPT)  # (t_s, match scale): the height's error, as the map says
         self.gallery = FrameGallery(cfg.gallery_size, embedder.dim, embedder.model_id)
-        self.last_agl: Optional[tuple] = None  # (t_s, agl_m)
         # Terrain (tiles build --dem): ground heights under the camera and for resection. The
         # camera's height above the terrain's datum is the telemetry's height over the take-off
         # point plus the take-off point's datum height: nav.ground_alt_msl_m, then learned from
         # resections on the terrain (their median: a barometer drifts, one resection can be wrong).
         self.terrain = pack.terrain if cfg.use_terrain else None
-        self.datum_offsets: deque = deque(maxlen=DATUM_SAMPLES)
+        self.heights = GroundHeights(cfg, self.terrain)
         self.last_position: Optional[tuple] = None  # (t_s, east_m, north_m) of the last measurement
-        # The errors consecutive fixes share, 1 sigma per axis (m): the map's own (as the pack
-        # states it, else nav.map_bias_m), and the ground's under the last measurement (the
-        # terrain's vertical error, or the slope allowed for over ground taken as flat).
-        stated = pack.map_accuracy_m
-        self.map_bias_m = cfg.map_bias_m if stated is None else stated
-        self.ground_bias_m = 0.0
         self.last_alt_msl_m = 0.0
         self.last_tile_id: Optional[int] = None
         # False: the map is not matched (the SIL's stretches of unmatchable ground); odometry runs.
@@ -375,6 +364,8 @@ class Navigator:
         # frame's footprint at flying height is larger than a tile (masked where it is not).
         self.refine_size_m = pack.tile_size_m * cfg.refine_crop_scale
         self.refine_px = int(round(self.refine_size_m / self.gsd_m))
+        # The errors consecutive fixes share (edge/accuracy.py), added to every published accuracy.
+        self.accuracy = AccuracyBudget(cfg, pack.map_accuracy_m, self.terrain, self.refine_size_m, ATTITUDE_DOUBT_S)
         log.info("%s", self.describe_accuracy())  # said once at start: what the accuracy allows for
 
     def _new_gate(self) -> TrackGate:
@@ -466,30 +457,12 @@ class Navigator:
         return fix, age_s
 
     def accuracy_terms(self) -> dict:
-        """What every published accuracy includes beside the fit and the filter, for the JSON
-        and the start-up line: the map's bias (m per axis, and whose figure it is), the ground's
-        (the terrain's vertical accuracy, or the slope allowed for over flat ground) and the
-        camera clock's uncertainty."""
-        stated = self.pack.map_accuracy_m is not None
-        terms = {"map_bias_m": self.map_bias_m,
-                 "map_bias_from": "the pack (stated)" if stated else "nav.map_bias_m (the pack states none)",
-                 "time_offset_sigma_s": self.cfg.time_offset_sigma_s}
-        if self.terrain is not None:
-            terms.update(ground="terrain", terrain_vertical_accuracy_m=self.terrain.vertical_accuracy_m,
-                         terrain_vertical_accuracy_stated=self.terrain.vertical_accuracy_stated)
-        else:
-            terms.update(ground="flat ground assumed", ground_slope_deg=self.cfg.ground_slope_deg)
-        return terms
+        """What every published accuracy includes beside the fit and the filter (AccuracyBudget.terms)."""
+        return self.accuracy.terms()
 
     def describe_accuracy(self) -> str:
         """One line saying what the published accuracy allows for (said at start and in summaries)."""
-        t = self.accuracy_terms()
-        ground = (f"terrain heights +-{t['terrain_vertical_accuracy_m']:g} m "
-                  f"({'stated' if t['terrain_vertical_accuracy_stated'] else 'assumed'})" if t["ground"] == "terrain" else
-                  f"flat ground assumed: slopes of {t['ground_slope_deg']:g} deg allowed for (nav.ground_slope_deg; "
-                  "a DEM in the pack, or 0 over known-flat ground, removes it)")
-        return (f"stated accuracy includes the map's own error {t['map_bias_m']:g} m per axis ({t['map_bias_from']}), "
-                f"{ground}, and a camera clock uncertain by {1e3 * t['time_offset_sigma_s']:.0f} ms")
+        return self.accuracy.describe()
 
     def reason_counts(self) -> dict:
         """{reason kind: frames} with plain-string keys (for JSON)."""
@@ -568,7 +541,7 @@ class Navigator:
         with _timed(timings, "refine"):
             wide, _, _, wide_map = rectify_mapped(image, self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
                                                   pose.agl_m, self.refine_size_m, self.refine_px,
-                                                  self._ground_depth(pose))
+                                                  self.heights.ground_depth(pose.ground, pose.agl_m, pose.agl_on_terrain))
             matcher = self.matcher if trust_heading else self.rotation_matcher
             described = matcher.describe(wide, trust_heading)
             best, runner_up = self._refine(matcher, described, wide.shape, candidates)
@@ -581,7 +554,7 @@ class Navigator:
             self.integrity["close range: tracked without retrieval"] += 1
             pose.notes.append(f"close range: tracked without retrieval ({inside:.0%} of a tile in view)")
         if best is not None and pose.height_known:  # how far the map says the height is off
-            self.scales_seen.append((t_s, best.scale))
+            self.accuracy.observe_scale(t_s, best.scale)
         if pose.heading_known:
             note = self.heading.observe(best, self.cfg.min_inliers, self.gate.confirmed(t_s))
             if note:
@@ -648,7 +621,7 @@ class Navigator:
         """The main matcher's features of the frame's refinement crop rectified with the pose's
         tilt plus tilt_rad (roll, pitch)."""
         wide = rectify_mapped(image, self.camera, pose.roll_rad + tilt_rad[0], pose.pitch_rad + tilt_rad[1],
-                              pose.yaw_rad, pose.agl_m, self.refine_size_m, self.refine_px, self._ground_depth(pose))[0]
+                              pose.yaw_rad, pose.agl_m, self.refine_size_m, self.refine_px, self.heights.ground_depth(pose.ground, pose.agl_m, pose.agl_on_terrain))[0]
         return self.matcher.describe(wide, True)
 
     def _match_near(self, described, best: Match) -> tuple:
@@ -712,7 +685,7 @@ class Navigator:
         else:
             pose.heading_known = False
             pose.notes.append("heading missing: rotation searched")
-        pose.agl_m, note = self._height(tel, t_s)
+        pose.agl_m, note = self.heights.telemetry_agl(tel.alt_agl_m if tel else None, t_s)
         pose.rel_m = pose.agl_m
         if note:
             pose.height_known = False
@@ -722,13 +695,11 @@ class Navigator:
         elif tel is not None and _finite(tel.alt_msl_m):
             self.last_alt_msl_m = tel.alt_msl_m
         if self.terrain is not None and pose.agl_m is not None:
-            where = self._where(t_s)
-            height = self.terrain.height_at(*where) if where is not None else None
-            pose.ground = None if height is None else (*where, height)
+            pose.ground = self.heights.ground_under(self._where(t_s))
             if tel is not None and tel.agl_rangefinder:
                 pose.agl_on_terrain = True
             else:
-                pose.agl_m, pose.agl_on_terrain = self._agl_over_terrain(pose.agl_m, pose.ground, pose.notes)
+                pose.agl_m, pose.agl_on_terrain = self.heights.agl_over_terrain(pose.agl_m, pose.ground, pose.notes)
         return pose
 
     def _where(self, t_s: float) -> Optional[tuple]:
@@ -741,52 +712,9 @@ class Navigator:
             return self.last_position[1], self.last_position[2]
         return None
 
-    def _ground_depth(self, pose: CropPose):
-        """f(east_m, north_m relative to the camera) -> the ground's depth below it (m), from the
-        terrain around where the vehicle is believed (`pose.ground`), for rectifying the
-        refinement crop over the relief; None without terrain, a position or a height on it
-        (flat rectification)."""
-        if pose.ground is None or not pose.agl_on_terrain:
-            return None
-        e0, n0, height_m = pose.ground
-        camera_up_m = height_m + pose.agl_m
-        return lambda de, dn: camera_up_m - self.terrain.height_m(e0 + de, n0 + dn)
-
     def datum_offset_m(self) -> Optional[float]:
-        """The take-off point's height above the terrain's datum (m): learned from resections
-        once there are DATUM_MIN_SAMPLES, else nav.ground_alt_msl_m, else None (not known yet)."""
-        if len(self.datum_offsets) >= DATUM_MIN_SAMPLES:
-            return float(np.median(self.datum_offsets))
-        return self.cfg.ground_alt_msl_m
-
-    def _agl_over_terrain(self, rel_m: float, ground: Optional[tuple], notes: list) -> tuple:
-        """(height above the terrain under the camera m, whether it is): from the telemetry's
-        height over the take-off point, the camera's datum height (rel_m + datum_offset_m) minus
-        the terrain where the vehicle is believed (`ground`: east, north, height), else minus the
-        terrain's median (a lost vehicle: the match's scale and the resection measure the rest;
-        not on the terrain). rel_m unchanged while the datum offset is not known, or when the
-        result is not a plausible height."""
-        offset = self.datum_offset_m()
-        if offset is None:
-            return rel_m, False
-        on_terrain = ground is not None
-        agl = rel_m + offset - (ground[2] if on_terrain else self.terrain.median_m)
-        if not 5.0 <= agl <= 5000.0:
-            notes.append(f"terrain gives {agl:.0f} m above the ground: the telemetry's height used")
-            return rel_m, False
-        return agl, on_terrain
-
-    def _height(self, tel: Optional[Telemetry], t_s: float) -> tuple:
-        """(agl_m or None, note): the telemetry's height, else a recent one, else the fallback."""
-        agl = tel.alt_agl_m if tel else None
-        if _finite(agl) and 5.0 <= agl <= 5000.0:
-            self.last_agl = (t_s, agl)
-            return agl, ""
-        if self.last_agl and 0.0 <= t_s - self.last_agl[0] <= 5.0:
-            return self.last_agl[1], f"height missing: last value {self.last_agl[1]:.0f} m used"
-        if self.cfg.fallback_agl_m > 0:
-            return self.cfg.fallback_agl_m, f"height missing: assumed {self.cfg.fallback_agl_m:.0f} m"
-        return None, "height missing or implausible: cannot scale the frame"
+        """The take-off point's height above the terrain's datum (m), or None (GroundHeights)."""
+        return self.heights.datum_offset_m()
 
     def _embed(self, crop: np.ndarray, heading_known: bool) -> np.ndarray:
         """1 x D for a north-up crop; 4 x D (the four right-angle turns) when the heading is unknown."""
@@ -927,12 +855,12 @@ class Navigator:
         # deviations of the heights in view off the height (over hills of 150 m with a DEM,
         # unweighted odometry put 37 of 549 messages beyond 3x, one deviation 7 of 642).
         if pose.ground is not None:
-            sigma_m += math.hypot(de, dn) * 3.0 * self._terrain_spread_m(*pose.ground[:2]) / max(prev_agl_m, 1.0)
+            sigma_m += math.hypot(de, dn) * 3.0 * self.heights.spread_m(*pose.ground[:2], self.refine_size_m / 2) / max(prev_agl_m, 1.0)
         # Odometry's scale is the telemetry's height: where the map match says that height is off
         # (its scale), the displacement is off by as much. Over 150 m hills without a DEM the
         # height was 30-60 % off, the map refused those frames as implausible, and odometry alone
         # carried the track 80 m off while claiming 12 m (docs/simulator.md, "Relief").
-        scale_sigma = max(self.cfg.odometry_scale_sigma, self._height_error_frac(t_s))
+        scale_sigma = max(self.cfg.odometry_scale_sigma, self.accuracy.height_error_frac(t_s))
         sigma_m = math.hypot(sigma_m, (scale_sigma - self.cfg.odometry_scale_sigma) * math.hypot(de, dn))
         self.gate.offer_velocity(t_s, de / dt, dn / dt, sigma_m / dt, math.hypot(de, dn), interval_s=dt,
                                  scale_sigma=scale_sigma)
@@ -981,9 +909,9 @@ class Navigator:
         floor_m = MEASUREMENT_FLOOR_PX * self.gsd_m
         tilt_en, tilt_var = self._tilt_placement(match, pose, offset_en, turn, fit_m, t_s, crop_map.h is None)
         cp, on_terrain = self._resect(match, pose, crop_map) if cfg.resect_camera else (None, False)
-        ground_m = self._ground_bias_m(pose.agl_m * match.scale, on_terrain, self._height_error_frac(t_s))
+        ground_m = self.accuracy.ground_m(pose.agl_m * match.scale, on_terrain, t_s)
         if cp is None:
-            self.ground_bias_m = ground_m
+            self.accuracy.set_ground(ground_m)
             return Placement(float(tilt_en[0]), float(tilt_en[1]), turn, math.sqrt(tilt_var + floor_m ** 2), True, [])
         resected_tilt = cp.attitude_rad()[:2] if cp.n_points >= cfg.resect_alone_min_points else None
         resect_cov = cp.cov_en_m2 + np.eye(2) * fit_m ** 2
@@ -1003,32 +931,12 @@ class Navigator:
         # Errors consecutive fixes share: the ground's, the placements' disagreement where the
         # ground is unknown (the same hills stay under consecutive frames), and the slide of a
         # crop rectified with a tilt the image contradicts (the same until it is trimmed).
-        slide_m = (self._slide_m(pose, placed.resected_tilt_rad)
-                   if isinstance(placed, Placement) and placed.resected_tilt_rad else 0.0)
-        self.ground_bias_m = math.hypot(ground_m, self._unknown_ground_m(diff, on_terrain), slide_m)
+        slid_m = 0.0
+        if isinstance(placed, Placement) and placed.resected_tilt_rad:
+            off_rad = math.hypot(placed.resected_tilt_rad[0] - pose.roll_rad, placed.resected_tilt_rad[1] - pose.pitch_rad)
+            slid_m = slide_m(pose.agl_m, off_rad)
+        self.accuracy.set_ground(ground_m, diff, on_terrain, slid_m)
         return placed
-
-    @staticmethod
-    def _unknown_ground_m(diff_en: np.ndarray, on_terrain: bool) -> float:
-        """Without the ground's heights, the two placements' disagreement (diff_en, m) cannot be
-        put down to either: a wrong attitude over flat ground, or a right one over a slope, which
-        resection reads as a tilt and follows by height x the slope. The accuracy then covers
-        both: half their distance, per axis (0 on the terrain, where resection knows the ground),
-        added to the ground's shared bias. Over synthetic hills without a DEM, without it, the
-        fixes were tens of metres off while claiming a few (docs/simulator.md, "Relief")."""
-        return 0.0 if on_terrain else float(np.hypot(*diff_en)) / 2
-
-    def _slide_m(self, pose: CropPose, resected_tilt_rad: tuple) -> float:
-        """How far (m, 1 sigma per axis) a position resected from this frame can slide because its
-        crop was rectified with another tilt than the image's: the crop is then not a similarity
-        of the map, the points that match sit in a band of it and the fit drifts with the tilt
-        error. The same tilt error stays until it is trimmed, so consecutive fixes share it: it
-        joins the shared bias (added outside the filter, which would average it away).
-        ALONE_TILT_SHARE of height x tan(tilt error): 3.5-4.5 m at 10 deg of roll at 120 m (bench
-        integrity's roll-bias row, before the trim took the bias out) while the fit claimed about
-        1 m; a tenth of a metre at the 0.3 deg a trimmed tilt keeps."""
-        off_rad = math.hypot(resected_tilt_rad[0] - pose.roll_rad, resected_tilt_rad[1] - pose.pitch_rad)
-        return ALONE_TILT_SHARE * pose.agl_m * math.tan(off_rad)
 
     def _tilt_placement(self, match: Match, pose: CropPose, offset_en: tuple, turn: float, fit_m: float,
                         t_s: float, orthorectified: bool = False) -> tuple:
@@ -1059,17 +967,7 @@ class Navigator:
         of the terrain's heights over the refinement crop, seen at the crop edge's off-nadir
         angle. A hillside in such a crop is a perspective view, not a similarity of the map, and
         the fit's centre slides with it."""
-        return self._terrain_spread_m(match.east_m, match.north_m) * (self.refine_size_m / 2) / max(agl_m, 1.0)
-
-    def _terrain_spread_m(self, east_m: float, north_m: float) -> float:
-        """The standard deviation of the terrain's heights (m) over the refinement crop's square
-        around (east_m, north_m); 0 where the terrain does not say."""
-        half_m = self.refine_size_m / 2
-        grid = np.linspace(-half_m, half_m, 7)
-        east, north = np.meshgrid(east_m + grid, north_m + grid)
-        heights = self.terrain.height_m(east, north)
-        heights = heights[np.isfinite(heights)]
-        return float(np.std(heights)) if heights.size >= 2 else 0.0
+        return self.heights.spread_m(match.east_m, match.north_m, self.refine_size_m / 2) * (self.refine_size_m / 2) / max(agl_m, 1.0)
 
     def _attitude_disagrees(self, cp, resect_cov: np.ndarray, pose: CropPose, apart_m: float, turn: float,
                             floor_m: float, t_s: float):
@@ -1139,46 +1037,17 @@ class Navigator:
             ground = self.terrain.height_at(cp.east_m, cp.north_m)
             agl_m = cp.up_m - (ground if ground is not None else float(np.median(heights)))
             if pose.rel_m is not None and cp.n_points >= self.cfg.resect_alone_min_points:
-                learned = self.datum_offset_m() is not None
-                self.datum_offsets.append(cp.up_m - pose.rel_m)
-                if not learned:  # nothing to check the height against yet
+                if not self.heights.learn_datum(cp.up_m, pose.rel_m):  # nothing to check the height against yet
                     return cp, True
         if abs(agl_m / pose.agl_m - 1) > self.cfg.max_scale_error:
             self.integrity["height disagrees with resection"] += 1
             return None, False
         return cp, heights is not None
 
-    def _height_error_frac(self, t_s: float) -> float:
-        """|median match scale - 1| over the matches of the last ATTITUDE_DOUBT_S: how far the
-        map says the telemetry's height is off the ground's, as a share of it. The median, not
-        one match: a cross-date match's scale alone is off by several per cent either way."""
-        recent = [sc for t, sc in self.scales_seen if 0 <= t_s - t <= ATTITUDE_DOUBT_S]
-        return abs(float(np.median(recent)) - 1.0) if recent else 0.0
-
-    def _ground_bias_m(self, agl_m: float, on_terrain: bool, height_error_frac: float = 0.0) -> float:
-        """Per-axis 1-sigma error (m) the ground shares between consecutive placements from
-        `agl_m` over it. On the terrain: its vertical error (the pack's vertical_accuracy_m)
-        between the middle and the edge of the matched area looks to resection like a tilt of
-        the ground, which moves the camera by agl x error / the area's half side. Taken as
-        flat: height x tan(nav.ground_slope_deg), and the relief the image shows: the matches'
-        scale says the ground is height_error_frac x height off the take-off point's (beyond
-        SCALE_NOISE, the telemetry height's own error), and where the ground is that far off its
-        slopes and the parallax of its hills move the fit as far. Over 150 m hills without a DEM,
-        fixes 30-40 m off claimed 12 m without this term."""
-        if on_terrain:
-            return agl_m * self.terrain.vertical_accuracy_m / (self.refine_size_m / 2)
-        relief_m = max(height_error_frac - SCALE_NOISE, 0.0) * agl_m
-        return math.hypot(agl_m * math.tan(math.radians(self.cfg.ground_slope_deg)), relief_m)
-
     def accuracy_with_map_bias_m(self, drms_m: float, speed_m_s: float = 0.0) -> float:
         """A published horizontal accuracy (DRMS, m): `drms_m` with the errors consecutive map
-        fixes share added, per axis: the map's own bias (`map_bias_m`: the pack's stated map
-        accuracy, else nav.map_bias_m) and the ground's under the last placement
-        (`_ground_bias_m`); and along the track, what the camera clock's uncertainty against the
-        telemetry's (nav.time_offset_sigma_s) does at speed_m_s. The filter, which takes fixes as
-        independent, would average them away; they are added here."""
-        clock_m = speed_m_s * self.cfg.time_offset_sigma_s
-        return math.sqrt(drms_m ** 2 + 2 * self.map_bias_m ** 2 + 2 * self.ground_bias_m ** 2 + clock_m ** 2)
+        fixes share added (AccuracyBudget.published_m)."""
+        return self.accuracy.published_m(drms_m, speed_m_s)
 
     def _fix_from_state(self, state: FilterState, t_capture_us: int, yaw_rad: Optional[float]) -> Fix:
         lat, lon, _ = self.pack.frame.to_lla(state.x[0], state.x[1])

@@ -169,9 +169,9 @@ def clock_warnings(estimate: Optional[tuple], sigma_s: float) -> list:
 
 
 def replay(pack_path: str, frames: Iterator[ReplayFrame], log: FlightLog, cfg, out_dir: Path,
-           notes: Optional[list] = None, progress: bool = True) -> dict:
+           notes: Optional[list] = None, progress: bool = True, extra: Optional[dict] = None) -> dict:
     """Replay frames through the navigator with the log's telemetry; write fixes.csv,
-    fixes.geojson, track.png and report.json into out_dir; return the report."""
+    fixes.geojson, track.png and report.json (with `extra` in it) into out_dir; return the report."""
     from skyfix.edge.fly import startup
     from skyfix.edge.navigator import Navigator
     from skyfix.sim.score import plot_track, score
@@ -208,7 +208,7 @@ def replay(pack_path: str, frames: Iterator[ReplayFrame], log: FlightLog, cfg, o
     report = score(scored, duration_s)
     report.update({"frames": len(rows), "frames_without_telemetry": untimed, "reasons": nav.reason_counts(),
                    "integrity": nav.integrity_counts(), "accuracy_terms": nav.accuracy_terms(), "latency_ms": nav.timing_summary(),
-                   "pack": str(pack_path), "log": str(log.path), "notes": (notes or []) + log.notes})
+                   "pack": str(pack_path), "log": str(log.path), "notes": (notes or []) + log.notes, **(extra or {})})
     fixes = [r for r in rows if "lat_deg" in r]
     report["time_offset_estimate_s"] = estimate_offset_s(fixes, log)
     report["warnings"] = clock_warnings(report["time_offset_estimate_s"], cfg.nav.time_offset_sigma_s)
@@ -295,10 +295,7 @@ def run_replay(video: Optional[str], log_path: str, pack_path: str, cfg, out_dir
     if size != (cfg.camera.width_px, cfg.camera.height_px):
         notes.append(f"camera size taken from the images: {size[0]} x {size[1]} (the config's intrinsics fit it "
                      "only if they are a field of view)")
-        cfg.camera = dataclasses.replace(cfg.camera, width_px=size[0], height_px=size[1])
+        cfg = dataclasses.replace(cfg, camera=dataclasses.replace(cfg.camera, width_px=size[0], height_px=size[1]))
     if log.partial_end:
         notes.append("the log ends inside a message: it was cut (a truncated file); its last record was skipped")
-    report = replay(pack_path, frames, log, cfg, Path(out_dir), notes, progress)
-    report["time_offset_s"] = time_offset_s
-    (Path(out_dir) / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    return report
+    return replay(pack_path, frames, log, cfg, Path(out_dir), notes, progress, {"time_offset_s": time_offset_s})

@@ -33,7 +33,7 @@ from skyfix.geo import LocalFrame
 from skyfix.pack.tilepack import TilePack
 from skyfix.render.views import ViewPose
 from skyfix.sim.px4 import ONBOARD_CONNECTION, Px4Sitl
-from skyfix.sim.score import score, velocity_lines
+from skyfix.sim.score import drift_at, score, velocity_lines
 from skyfix.sim.sitl import Sample, fly_leg, wait_until
 from skyfix.sim.sitl_flight import _camera_loop, _terminate_cleanly, fly_mission, mission_waypoints, write_sitl_outputs
 
@@ -53,12 +53,14 @@ def px4_mode_name(custom_mode: int) -> str:
 
 
 def flight_params(sim_cfg) -> dict:
-    """PX4 parameters of the simulated flight: SIH's wind (north/east components of the steady
-    wind, m/s; SIH has no gusts)."""
+    """PX4 parameters of the simulated flight: SIH's wind (north/east components, m/s; SIH has
+    no gusts), from sim.disturb's speed and the bearing it blows from."""
     d = sim_cfg.disturb
-    # wind_from_deg is where the wind comes from: it blows towards the opposite bearing.
-    to = math.radians(d.wind_from_deg + 180.0)
-    return {"SIH_WIND_N": round(d.wind_m_s * math.cos(to), 3), "SIH_WIND_E": round(d.wind_m_s * math.sin(to), 3)}
+    # SIH takes the air-relative velocity as v + SIH_WIND (simulator_sih/sih.cpp: _v_apparent_N =
+    # _v_N + _v_wind_N), so its drag pushes the vehicle towards -SIH_WIND: the parameter is the
+    # vector pointing where the wind comes FROM, the convention of ArduPilot's SIM_WIND_DIR.
+    frm = math.radians(d.wind_from_deg)
+    return {"SIH_WIND_N": round(d.wind_m_s * math.cos(frm), 3), "SIH_WIND_E": round(d.wind_m_s * math.sin(frm), 3)}
 
 
 class Px4Vehicle(Px4Sitl):
@@ -386,6 +388,7 @@ def summarise_px4(vehicle: Px4Vehicle, pilot: Px4Pilot, result: dict, nav: Navig
         "failsafes": [f"{t} s: {text}" for t, text in texts if "failsafe" in text.lower()],
         "mission_completed": bool(result.get("mission_completed")),
         "handover_s": None if start is None else round(start - t0, 1),
+        "handover_drift": drift_at(vehicle.samples, start, vehicle.home_en),
         "mission_s": None if start is None or end is None else round(end - start, 1),
         "modes": [(round(t - t0, 1), m) for t, m in vehicle.modes],
         "pilot": [(round(t - t0, 1), e) for t, e in (pilot.events if pilot else [])],

@@ -67,6 +67,18 @@ def within_flight(received: list[dict], duration_s: float) -> list[dict]:
     return [r for r in received if r["t_s"] <= duration_s]
 
 
+def drift_at(samples: list, t_mono_s: Optional[float], home_en: tuple) -> Optional[dict]:
+    """Where the truth was at t_mono_s relative to home (the blind climb's drift before the
+    hand-over): {east_m, north_m, distance_m, towards_deg (clockwise from north)}; None before
+    a hand-over or without samples. samples: the SITL harness's (t_mono_s, true_east_m, ...)."""
+    if t_mono_s is None or not samples:
+        return None
+    s = min(samples, key=lambda x: abs(x.t_mono_s - t_mono_s))
+    de, dn = s.true_east_m - home_en[0], s.true_north_m - home_en[1]
+    return {"east_m": round(de, 1), "north_m": round(dn, 1), "distance_m": round(math.hypot(de, dn), 1),
+            "towards_deg": round(math.degrees(math.atan2(de, dn)) % 360.0, 1)}
+
+
 def score(received: list[dict], duration_s: float, fresh_s: float = 0.5) -> dict:
     """Errors of the published fixes, availability (share of time with a fix received in the last
     `fresh_s`), and calibration against the reported accuracy. Only messages received while the

@@ -27,7 +27,7 @@ from skyfix.edge.navigator import Navigator
 from skyfix.firmware_bridge.link import MavlinkBridge
 from skyfix.firmware_bridge.publisher import FixPublisher
 from skyfix.sim.route import footprint_margin_m, make_route
-from skyfix.sim.score import plot_track, score, velocity_lines, write_track_csv
+from skyfix.sim.score import drift_at, plot_track, score, velocity_lines, write_track_csv
 from skyfix.sim.sitl import EKF_GPS_GLITCHING, SitlPilot, SitlVehicle, sim_params
 from skyfix.render.views import render_view
 from skyfix.pack.tilepack import TilePack
@@ -219,6 +219,7 @@ def summarise_sitl(vehicle: SitlVehicle, pilot: SitlPilot, result: dict, nav: Na
         "failsafes": [f"{t} s: {text}" for t, text in texts if "failsafe" in text.lower()],
         "mission_completed": bool(result.get("mission_completed")),
         "handover_s": None if start is None else round(start - t0, 1),
+        "handover_drift": drift_at(vehicle.samples, start, vehicle.home_en),
         "mission_s": None if start is None or end is None else round(end - start, 1),
         "fault": None if not fault or "start_mono_s" not in fault else
         {"from_s": round(fault["start_mono_s"] - t0, 1), "duration_s": fault["duration_s"]},

@@ -53,6 +53,7 @@ def test_geojson_and_a_photo_without_height(colorado_pack, photos, xfeat_dir, tm
     rows = run_locate(str(colorado_pack), [str(folder / "photo_000.jpg"), str(folder / "photo_001.jpg")],
                       str(tmp_path / "fixes.geojson"), _cfg(xfeat_dir))
     assert all(r.reason == "height missing" for r in rows)  # no CSV, no --agl-m: refused, not guessed
+    assert all("--agl-m" in r.detail for r in rows)  # and the user is told how to give it
     with open(csv_path) as f:
         agl_m = float(next(csv.DictReader(f))["agl_m"])
     rows = run_locate(str(colorado_pack), [str(folder / "photo_000.jpg")], str(tmp_path / "fixes.geojson"),

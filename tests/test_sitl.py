@@ -41,3 +41,5 @@ def test_ardupilot_flies_a_leg_in_wind_on_skyfix_alone(sitl_binary, pack, tiny_o
     # attitude estimate is what skyfix crops with and the wind tilts the vehicle.
     assert s["error_m"]["median"] < 3.0 and s["calibration"]["within_3x"] == 1.0, (s["calibration"], s["integrity"])
     assert (tmp_path / "track.png").stat().st_size > 10_000
+    drift = s["handover_drift"]  # the blind climb drifts downwind: wind from the south, drift north
+    assert drift["distance_m"] < 10 or abs((drift["towards_deg"] + 180) % 360 - 180) < 60, drift

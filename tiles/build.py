@@ -12,7 +12,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import yaml
@@ -28,6 +28,9 @@ from skyfix.pack.canvas import MapCanvas, MapGrid
 from skyfix.pack.tilepack import SCHEMA_VERSION, TilePack, replace_manifest, write_pack_files
 from skyfix.tiles import embed
 from skyfix.tiles.features import write_map_features
+
+if TYPE_CHECKING:  # onboard geometry, imported where used (tests/test_layout.py)
+    from skyfix.edge.camera import PinholeCamera
 
 
 def tile_grid(grid: MapGrid, tile_size_m: float, stride_m: float, max_nodata_frac: float = 0.02,
