@@ -26,15 +26,16 @@ import numpy as np
 
 from skyfix.config import NavConfig
 from skyfix.contracts import Fix, FixResult, Frame, Reason, Telemetry
-from skyfix.edge.accuracy import AccuracyBudget, slide_m
+from skyfix.edge.accuracy import AccuracyBudget
 from skyfix.edge.camera import (BODY_FROM_CAM, CropMap, PinholeCamera, Undistorter, lowest_agl_m, rectify,
                                 rectify_mapped, world_from_body)
 from skyfix.edge.filter import MotionFilter, FilterState
 from skyfix.edge.gallery import FrameGallery
 from skyfix.edge.heights import GroundHeights
+from skyfix.edge.search import TileSearch
 from skyfix.edge.gate import TrackGate
 from skyfix.edge.odometry import camera_motion, refine_shifts
-from skyfix.edge.pose import MIN_POINTS as MIN_RESECT_POINTS, resect
+from skyfix.edge.placement import ATTITUDE_DOUBT_S, Placement, Placer
 from skyfix.edge.features import match_descriptors, open_extractor
 from skyfix.edge.refine import MATCH_RULES, Match, MapMatcher
 from skyfix.errors import ModelMismatch
@@ -84,26 +85,6 @@ class _RateLimitedLog:
             log.info("no fix: %s%s", kind.value, f": {detail}" if detail else "")
 
 
-@dataclass(frozen=True)
-class Placement:
-    """The vehicle placed from one frame's match: (east_m, north_m) with a 1-sigma per-axis
-    error sigma_m, the match's rotation (the telemetry heading's error, rad), and whether the
-    telemetry's attitude agreed with the image."""
-
-    east_m: float
-    north_m: float
-    turn_rad: float
-    sigma_m: float
-    attitude_agrees: bool
-    notes: list
-    resected_tilt_rad: Optional[tuple] = None  # (roll, pitch) from resection with enough points
-    on_terrain: bool = False  # resected from points whose heights the pack's terrain gives
-
-
-# Image against telemetry (Navigator._vehicle_position): chi-square, 2 degrees of freedom.
-ATTITUDE_AGREE_D2 = 13.8   # 99.9 %: agreeing placements are rejected once in a thousand
-ATTITUDE_DOUBT_S = 10.0    # after a disagreement, the telemetry tilt is trusted only to it this long
-MEASUREMENT_FLOOR_PX = 1.0  # the least 1-sigma per axis a map match claims, map pixels
 POSITION_MEMORY_S = 60.0   # how long the last measured position says where the terrain is looked up
 
 
@@ -122,6 +103,37 @@ class CropPose:
     heading_known: bool = True
     height_known: bool = True
     notes: list = field(default_factory=list)
+
+
+@dataclass
+class View:
+    """A frame rectified for the search: its pose, the undistorted image, the crop of a tile's
+    size (and the share of it the frame covers, its centre's offset from the nadir), and where it
+    is searched: the tiles (the pack's main ones or a finer level), or at close range the track's
+    window."""
+
+    pose: CropPose
+    image: np.ndarray
+    crop: np.ndarray
+    inside: float
+    offset_en: tuple
+    tiles: object
+    close_range: bool = False
+    window: Optional[tuple] = None
+
+
+@dataclass
+class Seen:
+    """What the refinement found: the crop's features (described), the refinement crop and how it
+    was made, the best match and the runner-up, and the frame's gallery slot."""
+
+    trust_heading: bool
+    described: object
+    wide: np.ndarray
+    wide_map: CropMap
+    best: Optional[Match]
+    runner_up: Optional[Match]
+    gallery_slot: Optional[int] = None
 
 
 def open_matcher(pack: TilePack, cfg: NavConfig, name: Optional[str] = None) -> MapMatcher:
@@ -335,8 +347,6 @@ class Navigator:
                                     trim_gain=cfg.heading_trim_gain)
         self.stale_run = 0
         self.integrity: Counter = Counter()   # image-against-telemetry events (integrity_counts)
-        self._integrity_logged_s = -1e9
-        self.attitude_doubt: Optional[tuple] = None  # (t_s, deg) of the last attitude disagreement
         self.gallery = FrameGallery(cfg.gallery_size, embedder.dim, embedder.model_id)
         # Terrain (tiles build --dem): ground heights under the camera and for resection. The
         # camera's height above the terrain's datum is the telemetry's height over the take-off
@@ -359,13 +369,15 @@ class Navigator:
         self.last_capture_s: Optional[float] = None
         self.too_slow = False  # set once when frames take too long for a track to be confirmed
         self.heading_overrides = 0  # photos (locate) placed with the image's heading, not the recorded one
-        self.coarse: Optional[tuple] = None  # (t_s, CoarsePosition) of the last global search (a lost vehicle)
+        self.retrieval = TileSearch(pack, embedder, camera, cfg)
         # Refinement sees more ground than the embedding: matches grow with the area, and the
         # frame's footprint at flying height is larger than a tile (masked where it is not).
         self.refine_size_m = pack.tile_size_m * cfg.refine_crop_scale
         self.refine_px = int(round(self.refine_size_m / self.gsd_m))
         # The errors consecutive fixes share (edge/accuracy.py), added to every published accuracy.
         self.accuracy = AccuracyBudget(cfg, pack.map_accuracy_m, self.terrain, self.refine_size_m, ATTITUDE_DOUBT_S)
+        self.placer = Placer(cfg, camera, self.gsd_m, self.terrain, self.heights, self.accuracy, self.refine_size_m,
+                             self.integrity)
         log.info("%s", self.describe_accuracy())  # said once at start: what the accuracy allows for
 
     def _new_gate(self) -> TrackGate:
@@ -439,7 +451,7 @@ class Navigator:
             return None, Reason.ERROR, f"{type(exc).__name__}: {exc}"
         if isinstance(m, Measurement):
             return m, Reason.OK, "; ".join(m.notes)
-        return None, m[0], self._with_coarse(m[1], frame.t_capture_us / 1e6)
+        return None, m[0], self.retrieval.with_coarse(m[1], frame.t_capture_us / 1e6)
 
     def estimate_at(self, now_s: float) -> Optional[tuple]:
         """(Fix propagated to now_s, age of the newest accepted measurement in s), or None when
@@ -478,12 +490,12 @@ class Navigator:
         m = self._measure(frame, timings)
         t_s = frame.t_capture_us / 1e6
         if not isinstance(m, Measurement):
-            return None, m[0], self._with_coarse(m[1], t_s)
+            return None, m[0], self.retrieval.with_coarse(m[1], t_s)
         with _timed(timings, "filter"):
             verdict = self.gate.offer(m.t_s, m.east_m, m.north_m, m.sigma_m)
         notes = "; ".join(m.notes)
         if verdict.state is None:
-            return None, verdict.kind, self._with_coarse("; ".join(x for x in (verdict.detail, notes) if x), t_s)
+            return None, verdict.kind, self.retrieval.with_coarse("; ".join(x for x in (verdict.detail, notes) if x), t_s)
         fix = self._fix_from_state(verdict.state, frame.t_capture_us, m.yaw_rad)
         if m.gallery_slot is not None:
             self.gallery.attach_fix(m.gallery_slot, fix.lat_deg, fix.lon_deg)
@@ -491,87 +503,128 @@ class Navigator:
 
     def _measure(self, frame: Frame, timings: dict):
         """One frame to a position measurement (Measurement), or (Reason, detail): every stage
-        but the track gate."""
+        but the track gate, in order: check, crop, choose the tiles, embed and search, refine,
+        place, accept."""
         bad = self._check_frame(frame)
         if bad:
             return bad
         t_s = frame.t_capture_us / 1e6
         self.last_capture_s = t_s
         with _timed(timings, "crop"):
-            pose = self._crop_pose(frame.telemetry, t_s)
-            if pose.heading_known and self.heading.offset_rad:
-                pose.yaw_rad += self.heading.offset_rad
-                if abs(math.degrees(self.heading.offset_rad)) >= 0.5:  # not every trim of a tenth
-                    pose.notes.append(f"heading corrected by {math.degrees(self.heading.offset_rad):.1f} deg (image)")
-            if pose.attitude_known:
-                pose.roll_rad += self.attitude_trim.offset_rad[0]
-                pose.pitch_rad += self.attitude_trim.offset_rad[1]
-            if pose.agl_m is None:
-                return Reason.HEIGHT_MISSING, "; ".join(pose.notes)
-            image = self.undistort(frame.image_rgb)
-            crop, inside, offset_en = rectify(image, self.camera, pose.roll_rad, pose.pitch_rad,
-                                              pose.yaw_rad, pose.agl_m, self.pack.tile_size_m, self.crop_px)
-        # Below the height where a tile fits in the frame (take-off, landing, low inspection) the
-        # pack's finer levels are searched (`skyfix tiles level`); below the finest, a track goes
-        # on without retrieval: the map features around its prediction are matched with the part
-        # of the refinement crop the frame covers. A lost vehicle there gets no fix.
-        tiles = self.pack
-        if inside < 0.5:
-            tiles, crop, inside = self._finer_level(image, pose, crop, inside)
-        close_range = inside < 0.5
-        window = self._prior_window(t_s) if close_range else None
-        if close_range and (not self.cfg.close_range or window is None):
+            view = self._crop(frame, t_s)
+        if not isinstance(view, View):
+            return view
+        refused = self._choose_tiles(view, t_s)
+        if refused:
+            return refused
+        seen = self._search_and_refine(view, frame, t_s, timings)
+        rejected = self.placer.reject(seen.best, seen.runner_up, view.pose)
+        placed = None if rejected else self.placer.place(seen.best, view.pose, view.offset_en, t_s, seen.wide_map)
+        # The telemetry's attitude is used below only where the image did not contradict it.
+        attitude_trusted = not isinstance(placed, Placement) or placed.attitude_agrees
+        with _timed(timings, "odometry"):
+            self._odometry_stage(view, seen, placed, t_s, attitude_trusted)
+        if rejected:
+            return rejected[0], "; ".join([rejected[1]] + view.pose.notes)
+        if not isinstance(placed, Placement):
+            return placed[0], "; ".join([placed[1]] + view.pose.notes)
+        return self._accept(view, seen, placed, t_s, attitude_trusted)
+
+    def _crop(self, frame: Frame, t_s: float):
+        """The frame rectified north-up with the trimmed attitude and the height (a View), or
+        (Reason, detail) without a height."""
+        pose = self._crop_pose(frame.telemetry, t_s)
+        if pose.heading_known and self.heading.offset_rad:
+            pose.yaw_rad += self.heading.offset_rad
+            if abs(math.degrees(self.heading.offset_rad)) >= 0.5:  # not every trim of a tenth
+                pose.notes.append(f"heading corrected by {math.degrees(self.heading.offset_rad):.1f} deg (image)")
+        if pose.attitude_known:
+            pose.roll_rad += self.attitude_trim.offset_rad[0]
+            pose.pitch_rad += self.attitude_trim.offset_rad[1]
+        if pose.agl_m is None:
+            return Reason.HEIGHT_MISSING, "; ".join(pose.notes)
+        image = self.undistort(frame.image_rgb)
+        crop, inside, offset_en = rectify(image, self.camera, pose.roll_rad, pose.pitch_rad,
+                                          pose.yaw_rad, pose.agl_m, self.pack.tile_size_m, self.crop_px)
+        return View(pose, image, crop, inside, offset_en, self.pack)
+
+    def _choose_tiles(self, view: "View", t_s: float) -> Optional[tuple]:
+        """Which tiles the frame is searched in (view.tiles, in place), or (Reason, detail).
+
+        Below the height where a tile fits in the frame (take-off, landing, low inspection) the
+        pack's finer levels are searched (`skyfix tiles level`); below the finest, a track goes
+        on without retrieval: the map features around its prediction are matched with the part
+        of the refinement crop the frame covers. A lost vehicle there gets no fix."""
+        pose = view.pose
+        if view.inside < 0.5:
+            view.tiles, view.crop, view.inside = self.retrieval.finer_level(view.image, pose, view.crop, view.inside)
+        view.close_range = view.inside < 0.5
+        if not view.close_range:
+            return None
+        view.window = self._prior_window(t_s)
+        if not self.cfg.close_range or view.window is None:
             finest_m = min([self.pack.tile_size_m, *(lv.tile_size_m for lv in self.pack.levels)])
-            return Reason.CROP_OUTSIDE, (f"the frame covers {inside:.0%} of a {self.pack.tile_size_m:g} m tile "
+            return Reason.CROP_OUTSIDE, (f"the frame covers {view.inside:.0%} of a {self.pack.tile_size_m:g} m tile "
                                          f"(height {pose.agl_m:.0f} m; the pack's finest tiles, {finest_m:g} m, "
                                          f"serve from {lowest_agl_m(self.camera, finest_m):.0f} m); below this only "
                                          "a track continues (finer tiles: skyfix tiles level PACK --tile-size-m S)")
         # The footprint's side (the covered share of the tile's area, as a square) in map pixels.
-        across_px = math.sqrt(inside) * self.pack.tile_size_m / self.pack.map_gsd_m
-        if close_range and across_px < self.cfg.close_range_min_map_px:
+        across_px = math.sqrt(view.inside) * self.pack.tile_size_m / self.pack.map_gsd_m
+        if across_px < self.cfg.close_range_min_map_px:
             return Reason.CROP_OUTSIDE, (f"the frame sees {across_px:.0f} map pixels across (height "
                                          f"{pose.agl_m:.0f} m), under nav.close_range_min_map_px = "
                                          f"{self.cfg.close_range_min_map_px:g}: too few to track on")
+        return None
+
+    def _search_and_refine(self, view: "View", frame: Frame, t_s: float, timings: dict) -> "Seen":
+        """Embed and search (not at close range: the track's window is the candidate), then
+        refine the candidates on the wider refinement crop; what the frame taught (the gallery,
+        counters, the height's error as the map sees it, the heading check) is recorded."""
+        pose = view.pose
         # Heading in doubt (HeadingCheck): embed and refine as if it were unknown.
         trust_heading = pose.heading_known and not self.heading.search
         with _timed(timings, "embed"):
-            vectors = None if close_range else self._embed(crop, trust_heading)
+            vectors = None if view.close_range else self.retrieval.embed(view.crop, trust_heading)
         with _timed(timings, "search"):
-            candidates = [window] if close_range else self._candidates(vectors, t_s, tiles)
+            candidates = ([view.window] if view.close_range
+                          else self.retrieval.candidates(vectors, t_s, self._prior_window(t_s), view.tiles))
         with _timed(timings, "refine"):
-            wide, _, _, wide_map = rectify_mapped(image, self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
+            wide, _, _, wide_map = rectify_mapped(view.image, self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
                                                   pose.agl_m, self.refine_size_m, self.refine_px,
                                                   self.heights.ground_depth(pose.ground, pose.agl_m, pose.agl_on_terrain))
             matcher = self.matcher if trust_heading else self.rotation_matcher
             described = matcher.describe(wide, trust_heading)
             best, runner_up = self._refine(matcher, described, wide.shape, candidates)
-        slot = None
-        if tiles is self.pack and not close_range:  # the gallery holds frames of the main tiles' size
-            slot = self.gallery.add(vectors[0], frame.t_capture_us, frame.source_id, None)
-        if tiles is not self.pack:
-            self.integrity[f"searched the {tiles.tile_size_m:g} m tiles (below the main tiles' height)"] += 1
-        if close_range:
+        seen = Seen(trust_heading, described, wide, wide_map, best, runner_up)
+        if view.tiles is self.pack and not view.close_range:  # the gallery holds frames of the main tiles' size
+            seen.gallery_slot = self.gallery.add(vectors[0], frame.t_capture_us, frame.source_id, None)
+        if view.tiles is not self.pack:
+            self.integrity[f"searched the {view.tiles.tile_size_m:g} m tiles (below the main tiles' height)"] += 1
+        if view.close_range:
             self.integrity["close range: tracked without retrieval"] += 1
-            pose.notes.append(f"close range: tracked without retrieval ({inside:.0%} of a tile in view)")
+            pose.notes.append(f"close range: tracked without retrieval ({view.inside:.0%} of a tile in view)")
         if best is not None and pose.height_known:  # how far the map says the height is off
             self.accuracy.observe_scale(t_s, best.scale)
         if pose.heading_known:
             note = self.heading.observe(best, self.cfg.min_inliers, self.gate.confirmed(t_s))
             if note:
                 pose.notes.append(note)
-        rejected = self._reject_match(best, runner_up, pose)
-        placed = None if rejected else self._vehicle_position(best, pose, offset_en, t_s, wide_map)
-        # The telemetry's attitude is used below only where the image did not contradict it.
-        attitude_trusted = not isinstance(placed, Placement) or placed.attitude_agrees
-        with _timed(timings, "odometry"):
-            turn_rad = placed.turn_rad if isinstance(placed, Placement) else None
-            self._odometry(described, wide, wide_map, pose, t_s, trust_heading and attitude_trusted, turn_rad)
-            if self.cfg.tilt_acceleration and trust_heading and pose.attitude_known and attitude_trusted:
-                self.gate.offer_attitude(t_s, pose.roll_rad, pose.pitch_rad, pose.yaw_rad)
-        if rejected:
-            return rejected[0], "; ".join([rejected[1]] + pose.notes)
-        if not isinstance(placed, Placement):
-            return placed[0], "; ".join([placed[1]] + pose.notes)
+        return seen
+
+    def _odometry_stage(self, view: "View", seen: "Seen", placed, t_s: float, attitude_trusted: bool) -> None:
+        """Frame-to-frame motion for the filter, and the attitude as the multicopter's
+        acceleration (nav.tilt_acceleration), where the heading and attitude can be trusted."""
+        pose = view.pose
+        turn_rad = placed.turn_rad if isinstance(placed, Placement) else None
+        self._odometry(seen.described, seen.wide, seen.wide_map, pose, t_s, seen.trust_heading and attitude_trusted,
+                       turn_rad)
+        if self.cfg.tilt_acceleration and seen.trust_heading and pose.attitude_known and attitude_trusted:
+            self.gate.offer_attitude(t_s, pose.roll_rad, pose.pitch_rad, pose.yaw_rad)
+
+    def _accept(self, view: "View", seen: "Seen", placed: Placement, t_s: float, attitude_trusted: bool):
+        """The placement as a Measurement, or (Reason, detail) for a weak match the track does
+        not expect; a match the track agrees with trims the heading and the tilt."""
+        pose, best = view.pose, seen.best
         pose.notes.extend(placed.notes)
         east, north, sigma_m = placed.east_m, placed.north_m, placed.sigma_m
         agrees = self.gate.agrees(t_s, east, north, sigma_m)
@@ -586,12 +639,14 @@ class Navigator:
                 and best.inliers >= self.cfg.min_inliers and (agrees or not confirmed):
             # The refinement crop's features serve as the untrimmed side of the trim's check
             # where they were described as it describes (heading trusted: the main matcher).
-            note = self._trim_attitude(image, pose, best, placed.resected_tilt_rad, described if trust_heading else None)
+            note = self._trim_attitude(view.image, pose, best, placed.resected_tilt_rad,
+                                       seen.described if seen.trust_heading else None)
             if note:
                 pose.notes.append(note)
         self.last_tile_id = self.pack.nearest_tile_id(best.east_m, best.north_m)
         self.last_position = (t_s, east, north)
-        return Measurement(t_s, east, north, sigma_m, pose.yaw_rad + placed.turn_rad, best, slot, pose.notes)
+        return Measurement(t_s, east, north, sigma_m, pose.yaw_rad + placed.turn_rad, best, seen.gallery_slot,
+                           pose.notes)
 
     # ---- stages -------------------------------------------------------------------------------
     def _trim_attitude(self, image: np.ndarray, pose: CropPose, best: Match, resected_tilt_rad: tuple,
@@ -716,71 +771,6 @@ class Navigator:
         """The take-off point's height above the terrain's datum (m), or None (GroundHeights)."""
         return self.heights.datum_offset_m()
 
-    def _embed(self, crop: np.ndarray, heading_known: bool) -> np.ndarray:
-        """1 x D for a north-up crop; 4 x D (the four right-angle turns) when the heading is unknown."""
-        crops = [crop] if heading_known else [np.ascontiguousarray(np.rot90(crop, r)) for r in range(4)]
-        return self.embedder.embed(np.stack(crops))
-
-    def _with_coarse(self, detail: str, t_s: float) -> str:
-        """detail, with this frame's coarse position when a global search made one."""
-        if self.coarse is None or self.coarse[0] != t_s:
-            return detail
-        c = self.coarse[1]
-        lat, lon, _ = self.pack.frame.to_lla(c.east_m, c.north_m)
-        said = (f"retrieval's coarse position (not a fix): {float(lat):.6f}, {float(lon):.6f} +- {c.spread_m:.0f} m "
-                f"(density of {c.k} tiles)")
-        return "; ".join(x for x in (detail, said) if x)
-
-    def _coarse_position(self, tiles, scores: np.ndarray, ids: np.ndarray, t_s: float) -> tuple:
-        """(t_s, CoarsePosition) of a lost vehicle: the density peak of the best-scoring tiles
-        (seed 003's k-NN kernel density, kernels of half a tile): where the retrieved places
-        agree, not the single best. A guess that orders the search, said, never a fix."""
-        from skyfix.edge.coarse import density_position
-        best = {}
-        for tid, sc in zip(ids.tolist(), scores.tolist()):
-            if tid >= 0 and tid not in best:  # rows of several rotations: each tile's best score
-                best[tid] = sc
-        tid = np.array(list(best), np.int64)
-        return t_s, density_position(tiles.east_m[tid], tiles.north_m[tid], np.array(list(best.values())),
-                                     tiles.tile_size_m / 2)
-
-    def _finer_level(self, image: np.ndarray, pose: CropPose, crop: np.ndarray, inside: float) -> tuple:
-        """(tile set, crop, covered fraction) of the largest of the pack's finer levels whose
-        tile the frame covers at least half of; the main tiles' (pack, crop, inside) if none."""
-        for level in self.pack.levels:
-            level_crop, level_inside, _ = rectify(image, self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
-                                                  pose.agl_m, level.tile_size_m,
-                                                  int(round(level.tile_size_m / self.gsd_m)))
-            if level_inside >= 0.5:
-                pose.notes.append(f"searched the {level.tile_size_m:g} m tiles (height {pose.agl_m:.0f} m)")
-                return level, level_crop, level_inside
-        return self.pack, crop, inside
-
-    def _candidates(self, vectors: np.ndarray, t_s: float, tiles=None) -> list[tuple]:
-        """[(east_m, north_m, match_radius_m)], most promising first: the predicted position and
-        the best tiles in the prior window while tracking, the best tiles anywhere when lost.
-        tiles: the tile set searched (the pack's main tiles, or a finer level)."""
-        tiles = tiles or self.pack
-        half = tiles.tile_size_m / 2
-        window = self._prior_window(t_s)
-        if window is not None:
-            e, n, radius = window
-            _, ids = tiles.search(vectors, self.cfg.top_k, near=(e, n, radius))
-            cands, limit = [(e, n, radius)], self.cfg.top_k + 1
-        else:
-            scores, ids = tiles.search(vectors, self.cfg.global_max_candidates)
-            order = np.argsort(-scores.ravel(), kind="stable")
-            scores, ids = scores.ravel()[order], ids.ravel()[order]
-            cands, limit = [], self.cfg.global_max_candidates
-            if self.cfg.coarse_first:  # the retrieval density peak is looked at first (never published)
-                self.coarse = self._coarse_position(tiles, scores, ids, t_s)
-                cands.append((self.coarse[1].east_m, self.coarse[1].north_m, half + 10.0))
-        for tid in dict.fromkeys(int(i) for i in ids.ravel() if i >= 0):
-            te, tn = float(tiles.east_m[tid]), float(tiles.north_m[tid])
-            if all(math.hypot(te - ce, tn - cn) > half for ce, cn, _ in cands):
-                cands.append((te, tn, half + 10.0))
-        return cands[:limit]
-
     def _prior_window(self, t_s: float) -> Optional[tuple]:
         """(east_m, north_m, radius_m) around the track's prediction, None without a track: the
         radius is 3 sigma of the prediction plus 20 m, within nav.window_min_m..window_max_m."""
@@ -865,184 +855,12 @@ class Navigator:
         self.gate.offer_velocity(t_s, de / dt, dn / dt, sigma_m / dt, math.hypot(de, dn), interval_s=dt,
                                  scale_sigma=scale_sigma)
 
-    def _reject_match(self, best: Optional[Match], runner_up: Optional[Match], pose: CropPose):
-        """(Reason, detail) when the match is not a usable measurement, else None."""
-        cfg = self.cfg
-        if best is None:
-            return Reason.NO_MATCH, "refinement found no consistent keypoints near the candidates"
-        if best.inliers < cfg.min_inliers_tracking or best.inliers < cfg.min_inlier_ratio * best.matches:
-            return Reason.WEAK_MATCH, f"{best.inliers} inliers of {best.matches} matches"
-        # A second place is a rival only when it is itself above chance (min_inliers_tracking).
-        if runner_up is not None and runner_up.inliers >= max(cfg.ambiguity_ratio * best.inliers,
-                                                              cfg.min_inliers_tracking):
-            far_m = math.hypot(runner_up.east_m - best.east_m, runner_up.north_m - best.north_m)
-            return Reason.AMBIGUOUS, (f"{best.inliers} inliers here, {runner_up.inliers} at another "
-                                      f"place {far_m:.0f} m away")
-        if pose.heading_known and abs(best.rotation_deg) > cfg.max_rotation_deg:
-            self.integrity["heading disagrees with the image"] += 1
-            return Reason.IMPLAUSIBLE, f"rotated {best.rotation_deg:.0f} deg against the known heading"
-        if pose.height_known and abs(best.scale - 1) > cfg.max_scale_error:
-            self.integrity["height disagrees with the image"] += 1
-            return Reason.IMPLAUSIBLE, f"scale {best.scale:.2f} against the known height"
-        return None
-
-    def _vehicle_position(self, match: Match, pose: CropPose, offset_en: tuple, t_s: float, crop_map: CropMap):
-        """Where the vehicle is: a Placement, or (Reason, detail) when it cannot be placed with
-        confidence.
-
-        Two estimates with independent errors: the match centre minus the crop's offset from
-        the nadir, which the telemetry's tilt sets (agl * tan(tilt error): 2 m per degree at
-        120 m), and camera resection from the image alone (edge/pose.py, its covariance from the
-        fit). They are first tested against each other (chi-square on their difference): when
-        they agree they are combined by their covariances; when they do not, the telemetry's
-        attitude is wrong (an autopilot's estimate drifting in wind), the resected position
-        stands alone where it is well determined, and the fix is withheld where it is not.
-        Fusing them regardless leans on the wrong attitude: with a 10 deg roll error over the
-        Colorado map the fused fixes were 9-12 m off claiming 1.7 m, the resected ones 1-3 m."""
-        cfg = self.cfg
-        turn = math.radians(match.rotation_deg)  # the crop turns on the map by minus the yaw error
-        fit_m = 2.0 * match.rms_px * self.gsd_m / math.sqrt(max(match.inliers, 1))
-        # A floor of one map pixel: keypoints are placed to about a pixel on the map. Measured per
-        # axis on the Colorado flights of `skyfix bench integrity` (flat DEM, map as its own
-        # truth): error std 0.33-0.46 m at 0.46 m/px, in every row but the first frames of a
-        # roll bias (docs/integrity.md, "What the accuracy means").
-        floor_m = MEASUREMENT_FLOOR_PX * self.gsd_m
-        tilt_en, tilt_var = self._tilt_placement(match, pose, offset_en, turn, fit_m, t_s, crop_map.h is None)
-        cp, on_terrain = self._resect(match, pose, crop_map) if cfg.resect_camera else (None, False)
-        ground_m = self.accuracy.ground_m(pose.agl_m * match.scale, on_terrain, t_s)
-        if cp is None:
-            self.accuracy.set_ground(ground_m)
-            return Placement(float(tilt_en[0]), float(tilt_en[1]), turn, math.sqrt(tilt_var + floor_m ** 2), True, [])
-        resected_tilt = cp.attitude_rad()[:2] if cp.n_points >= cfg.resect_alone_min_points else None
-        resect_cov = cp.cov_en_m2 + np.eye(2) * fit_m ** 2
-        resect_en = np.array([cp.east_m, cp.north_m])
-        diff = tilt_en - resect_en
-        d2 = float(diff @ np.linalg.solve(resect_cov + np.eye(2) * tilt_var, diff))
-        if d2 <= ATTITUDE_AGREE_D2:
-            resect_info = np.linalg.inv(resect_cov)
-            cov = np.linalg.inv(resect_info + np.eye(2) / tilt_var)
-            en = cov @ (resect_info @ resect_en + tilt_en / tilt_var)
-            sigma_m = math.sqrt(float(np.linalg.eigvalsh(cov).max()) + floor_m ** 2)
-            placed = Placement(float(en[0]), float(en[1]), turn, sigma_m, True, [], resected_tilt, on_terrain)
-        else:
-            placed = self._attitude_disagrees(cp, resect_cov, pose, float(np.hypot(*diff)), turn, floor_m, t_s)
-            if isinstance(placed, Placement):
-                placed = dataclasses.replace(placed, on_terrain=on_terrain)
-        # Errors consecutive fixes share: the ground's, the placements' disagreement where the
-        # ground is unknown (the same hills stay under consecutive frames), and the slide of a
-        # crop rectified with a tilt the image contradicts (the same until it is trimmed).
-        slid_m = 0.0
-        if isinstance(placed, Placement) and placed.resected_tilt_rad:
-            off_rad = math.hypot(placed.resected_tilt_rad[0] - pose.roll_rad, placed.resected_tilt_rad[1] - pose.pitch_rad)
-            slid_m = slide_m(pose.agl_m, off_rad)
-        self.accuracy.set_ground(ground_m, diff, on_terrain, slid_m)
-        return placed
-
-    def _tilt_placement(self, match: Match, pose: CropPose, offset_en: tuple, turn: float, fit_m: float,
-                        t_s: float, orthorectified: bool = False) -> tuple:
-        """((east_m, north_m), variance m^2 per axis) of the vehicle placed by the telemetry's
-        tilt: the match centre minus the crop's offset from the nadir. orthorectified: the crop
-        was rectified over the terrain (no relief left in it)."""
-        # Height self-calibration: the match's scale is the true height over the assumed one,
-        # and the crop's offset from the nadir grows with the height (agl * tan(off-nadir
-        # angle)). With a 25 deg tilted camera and a telemetry height 13 % low, the uncorrected
-        # offset put simulated photos up to 11 m off (3.1x their accuracy; `skyfix locate`
-        # without resection). Half the correction is kept as its own uncertainty.
-        oe, on = offset_en[0] * match.scale, offset_en[1] * match.scale
-        height_var = (0.5 * abs(match.scale - 1.0) * math.hypot(*offset_en)) ** 2
-        c, s = math.cos(turn), math.sin(turn)
-        tilt_en = np.array([match.east_m - (oe * c + on * s), match.north_m - (on * c - oe * s)])
-        # Without attitude the crop is taken as level, and the unknown tilt enters (much larger);
-        # after the image has recently contradicted the telemetry, that disagreement does.
-        tilt_deg = self.cfg.attitude_sigma_deg if pose.attitude_known else self.cfg.unknown_tilt_deg
-        if self.attitude_doubt is not None and t_s - self.attitude_doubt[0] <= ATTITUDE_DOUBT_S:
-            tilt_deg = max(tilt_deg, self.attitude_doubt[1])
-        agl_m = pose.agl_m * match.scale
-        relief_var = self._relief_sigma_m(match, agl_m) ** 2 if self.terrain is not None and not orthorectified else 0.0
-        return tilt_en, (agl_m * math.tan(math.radians(tilt_deg))) ** 2 + fit_m ** 2 + height_var + relief_var
-
-    def _relief_sigma_m(self, match: Match, agl_m: float) -> float:
-        """How far relief can move the crop centre a similarity places (m, 1 sigma) when the crop
-        was rectified as a plane (no position yet to orthorectify it over the terrain): the spread
-        of the terrain's heights over the refinement crop, seen at the crop edge's off-nadir
-        angle. A hillside in such a crop is a perspective view, not a similarity of the map, and
-        the fit's centre slides with it."""
-        return self.heights.spread_m(match.east_m, match.north_m, self.refine_size_m / 2) * (self.refine_size_m / 2) / max(agl_m, 1.0)
-
-    def _attitude_disagrees(self, cp, resect_cov: np.ndarray, pose: CropPose, apart_m: float, turn: float,
-                            floor_m: float, t_s: float):
-        """The image and the telemetry's attitude place the vehicle apart beyond their noise:
-        counted, said (at a limited rate), remembered for ATTITUDE_DOUBT_S (the tilt-based
-        placement of later frames is trusted only to the disagreement), and the resected
-        position used alone where it is well determined; otherwise (Reason, detail)."""
-        roll, pitch, _ = cp.attitude_rad()
-        d_roll, d_pitch = math.degrees(pose.roll_rad - roll), math.degrees(pose.pitch_rad - pitch)
-        tilt_off_deg = math.hypot(d_roll, d_pitch)
-        what = (f"telemetry attitude off by roll {d_roll:+.1f} / pitch {d_pitch:+.1f} deg (image); "
-                f"it would move the fix {apart_m:.0f} m")
-        if tilt_off_deg > self.cfg.max_attitude_disagreement_deg:
-            # No flying autopilot is that wrong; a planar resection has a mirror solution (IPPE's
-            # second pose), which a weak or clustered match can pick. Neither is believed.
-            self.integrity["withheld: resection implausible"] += 1
-            return Reason.IMPLAUSIBLE, f"{what}: beyond any autopilot's error, the resection is not believed"
-        self.attitude_doubt = (t_s, max(tilt_off_deg, self.cfg.attitude_sigma_deg))
-        self.integrity["attitude disagrees with the image"] += 1
-        self._log_integrity(what)
-        sigma_m = math.sqrt(float(np.linalg.eigvalsh(resect_cov).max()) + floor_m ** 2)
-        if cp.n_points < self.cfg.resect_alone_min_points or sigma_m > self.cfg.resect_alone_max_sigma_m:
-            self.integrity["withheld: neither attitude can be trusted"] += 1
-            return Reason.IMPLAUSIBLE, (f"{what}, and the image alone does not settle it "
-                                        f"({cp.n_points} points, {sigma_m:.1f} m)")
-        self.integrity["placed by the image alone"] += 1
-        return Placement(cp.east_m, cp.north_m, turn, sigma_m, False, [what + ": placed by the image alone"],
-                         (roll, pitch))
-
-    def _log_integrity(self, what: str) -> None:
-        now = time.monotonic()
-        if now - self._integrity_logged_s >= 2.0:
-            self._integrity_logged_s = now
-            log.warning("%s (%s so far)", what, dict(self.integrity))
-
     def integrity_counts(self) -> dict:
         """{event: frames} of the integrity checks (image against telemetry), for the JSON; the
         heading corrections the image voted for and the recorded headings `locate` overruled."""
         events = {"telemetry heading corrected by the image": self.heading.corrections,
                   "recorded heading overruled by the image (locate)": self.heading_overrides}
         return {**self.integrity, **{k: v for k, v in events.items() if v}}
-
-    def _resect(self, match: Match, pose: CropPose, crop_map: CropMap):
-        """(camera pose from the match's inliers, or None (too few, or a height that contradicts
-        the telemetry's); whether the terrain's heights were used).
-
-        On terrain the points are 3-D (their heights from the pack's DEM) and the camera's height
-        above the datum, less the telemetry's height over the take-off point, is a sample of
-        the take-off point's datum height (datum_offset_m)."""
-        if match.crop_px is None:
-            return None, False
-        image_px = crop_map.frame_px(match.crop_px)
-        heights = None
-        if self.terrain is not None:
-            heights = self.terrain.height_m(match.ground_en_m[:, 0], match.ground_en_m[:, 1])
-            known = np.isfinite(heights)
-            if known.sum() < max(MIN_RESECT_POINTS, 0.8 * len(heights)):  # off the DEM: flat ground
-                heights = None
-            else:
-                image_px, heights = image_px[known], heights[known]
-                match = dataclasses.replace(match, ground_en_m=match.ground_en_m[known])
-        cp = resect(self.camera, image_px, match.ground_en_m, heights)
-        if cp is None:
-            return None, False
-        agl_m = cp.up_m
-        if heights is not None:
-            ground = self.terrain.height_at(cp.east_m, cp.north_m)
-            agl_m = cp.up_m - (ground if ground is not None else float(np.median(heights)))
-            if pose.rel_m is not None and cp.n_points >= self.cfg.resect_alone_min_points:
-                if not self.heights.learn_datum(cp.up_m, pose.rel_m):  # nothing to check the height against yet
-                    return cp, True
-        if abs(agl_m / pose.agl_m - 1) > self.cfg.max_scale_error:
-            self.integrity["height disagrees with resection"] += 1
-            return None, False
-        return cp, heights is not None
 
     def accuracy_with_map_bias_m(self, drms_m: float, speed_m_s: float = 0.0) -> float:
         """A published horizontal accuracy (DRMS, m): `drms_m` with the errors consecutive map

@@ -342,14 +342,14 @@ def _match_seen_with(pose_true, pose_tel, n_points, noise_m, seed=0):
 
 def _placed_with_roll_error(nav, roll_error_deg, n_points, noise_m):
     """(Placement or (Reason, detail), truth, Match, CropPose, offset_en) for a frame whose
-    telemetry roll is roll_error_deg off, through the navigator's _vehicle_position."""
+    telemetry roll is roll_error_deg off, through the navigator's placement stage (Placer.place)."""
     import dataclasses
-    nav.refine_size_m, nav.refine_px = 150.0, 300  # the crop _match_seen_with made
-    nav.gsd_m = 0.5
+    nav.placer.refine_size_m = 150.0  # the crop _match_seen_with made
+    nav.placer.gsd_m = 0.5
     truth = ViewPose(10.0, -5.0, AGL_M, 0.02, 0.03, 0.8)
     tel = dataclasses.replace(truth, roll_rad=truth.roll_rad + math.radians(roll_error_deg))
     match, pose, offset_en = _match_seen_with(truth, tel, n_points, noise_m)
-    return nav._vehicle_position(match, pose, offset_en, 1.0, _crop_map(pose)), truth, match, pose, offset_en
+    return nav.placer.place(match, pose, offset_en, 1.0, _crop_map(pose)), truth, match, pose, offset_en
 
 
 def _crop_map(pose):
@@ -364,16 +364,16 @@ def test_a_wrong_autopilot_attitude_is_caught_by_the_image_and_the_fix_stays_hon
     is counted and said, and the image alone places the vehicle within 3x its accuracy. Fused
     regardless (the check off), the same frame lands more than twice as far off (it leans on the
     wrong attitude)."""
-    import skyfix.edge.navigator as navigator
+    import skyfix.edge.placement as placement
     placed, truth, match, pose, offset_en = _placed_with_roll_error(nav, 10.0, 60, noise_m=0.6)
     err = math.hypot(placed.east_m - truth.east_m, placed.north_m - truth.north_m)
     assert not placed.attitude_agrees and err <= 3 * placed.sigma_m
     assert nav.integrity_counts() == {"attitude disagrees with the image": 1, "placed by the image alone": 1}
     assert "telemetry attitude off by roll +" in placed.notes[0]
 
-    monkeypatch.setattr(navigator, "ATTITUDE_AGREE_D2", math.inf)
-    nav.attitude_doubt = None
-    fused = nav._vehicle_position(match, pose, offset_en, 1.0, _crop_map(pose))
+    monkeypatch.setattr(placement, "ATTITUDE_AGREE_D2", math.inf)
+    nav.placer.attitude_doubt = None
+    fused = nav.placer.place(match, pose, offset_en, 1.0, _crop_map(pose))
     assert math.hypot(fused.east_m - truth.east_m, fused.north_m - truth.north_m) > 2 * max(err, 1.0)
 
 
@@ -477,6 +477,7 @@ def test_a_tilt_resection_reads_from_structure_is_refused_by_the_match(flat_worl
     import dataclasses
 
     import skyfix.edge.navigator as navigator
+    import skyfix.edge.placement as placement
     from skyfix.edge.camera import world_from_body
     pack, emb, canvas = flat_world
     lean = world_from_body(math.radians(4.0), 0.0, 0.0)
@@ -485,8 +486,8 @@ def test_a_tilt_resection_reads_from_structure_is_refused_by_the_match(flat_worl
         cp = resect(*args, **kw)
         return None if cp is None else dataclasses.replace(cp, world_from_cam=cp.world_from_cam @ lean)
 
-    resect = navigator.resect
-    monkeypatch.setattr(navigator, "resect", leaning)
+    resect = placement.resect
+    monkeypatch.setattr(placement, "resect", leaning)
     nav, fixes = _trim_flight(pack, emb, canvas, 0.0, n_frames=16)
     assert np.degrees(np.abs(nav.attitude_trim.offset_rad)).max() < 0.5, np.degrees(nav.attitude_trim.offset_rad)
     assert nav.attitude_trim.refused >= 1
