@@ -21,23 +21,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Optional
 
-import cv2
 import numpy as np
 
 from skyfix.config import NavConfig
 from skyfix.contracts import Fix, FixResult, Frame, Reason, Telemetry
 from skyfix.edge.accuracy import AccuracyBudget
-from skyfix.edge.camera import (BODY_FROM_CAM, CropMap, PinholeCamera, Undistorter, lowest_agl_m, rectify,
-                                rectify_mapped, world_from_body)
+from skyfix.edge.camera import CropMap, PinholeCamera, Undistorter, lowest_agl_m, rectify, rectify_mapped
 from skyfix.edge.filter import MotionFilter, FilterState
 from skyfix.edge.gallery import FrameGallery
 from skyfix.edge.heights import GroundHeights
 from skyfix.edge.search import TileSearch
 from skyfix.edge.gate import TrackGate
-from skyfix.edge.odometry import camera_motion, refine_shifts
+from skyfix.edge.odometry import VisualOdometry
 from skyfix.edge.placement import ATTITUDE_DOUBT_S, Placement, Placer
-from skyfix.edge.features import match_descriptors, open_extractor
-from skyfix.edge.refine import MATCH_RULES, Match, MapMatcher
+from skyfix.edge.features import open_extractor
+from skyfix.edge.refine import Match, MapMatcher
 from skyfix.errors import ModelMismatch
 from skyfix.pack.tilepack import TilePack
 
@@ -45,7 +43,6 @@ log = logging.getLogger("skyfix.nav")
 STAGES = ("crop", "embed", "search", "refine", "odometry", "filter")
 TIMING_WINDOW = 2000  # frames kept per stage for the latency summary (bounded on long flights)
 STALE_FRAMES_TO_RESTART = 5  # consecutive frames from before the last one: their clock went back
-ODOMETRY_FLOOR_PX = 0.35  # odometry's per-frame noise floor, raw-frame pixels (sub-pixel shifts)
 
 
 # What a wrong recorded heading looks like to one photo: no match, too few inliers, or a match
@@ -361,7 +358,6 @@ class Navigator:
         self.map_matching = True
         # The last usable frame for odometry: (crop features, frame-from-crop homography,
         # world-from-camera rotation, height m, capture s).
-        self._odometry_prev = None
         self.reasons: Counter = Counter()      # Reason -> frames
         self.timings_ms: dict = defaultdict(lambda: deque(maxlen=TIMING_WINDOW))
         self._log_reason = _RateLimitedLog()
@@ -376,6 +372,8 @@ class Navigator:
         self.refine_px = int(round(self.refine_size_m / self.gsd_m))
         # The errors consecutive fixes share (edge/accuracy.py), added to every published accuracy.
         self.accuracy = AccuracyBudget(cfg, pack.map_accuracy_m, self.terrain, self.refine_size_m, ATTITUDE_DOUBT_S)
+        self.odometry = VisualOdometry(cfg, camera, self.matcher.extractor, self.heights, self.accuracy,
+                                       self.refine_size_m)
         self.placer = Placer(cfg, camera, self.gsd_m, self.terrain, self.heights, self.accuracy, self.refine_size_m,
                              self.integrity)
         log.info("%s", self.describe_accuracy())  # said once at start: what the accuracy allows for
@@ -616,8 +614,8 @@ class Navigator:
         acceleration (nav.tilt_acceleration), where the heading and attitude can be trusted."""
         pose = view.pose
         turn_rad = placed.turn_rad if isinstance(placed, Placement) else None
-        self._odometry(seen.described, seen.wide, seen.wide_map, pose, t_s, seen.trust_heading and attitude_trusted,
-                       turn_rad)
+        self.odometry.offer(self.gate, seen.described, seen.wide, seen.wide_map, pose, t_s,
+                            seen.trust_heading and attitude_trusted, turn_rad)
         if self.cfg.tilt_acceleration and seen.trust_heading and pose.attitude_known and attitude_trusted:
             self.gate.offer_attitude(t_s, pose.roll_rad, pose.pitch_rad, pose.yaw_rad)
 
@@ -800,60 +798,6 @@ class Navigator:
         far = [m for m in matches[1:] if math.hypot(m.east_m - best.east_m, m.north_m - best.north_m)
                > self.pack.tile_size_m / 4]
         return best, (far[0] if far else None)
-
-    def _odometry(self, described, crop_rgb: np.ndarray, crop_map: CropMap, pose: CropPose, t_s: float,
-                  heading_trusted: bool, turn_rad: Optional[float] = None) -> None:
-        """Offer the vehicle's velocity since the previous frame to the track. The crops'
-        features (already computed for the map match) are matched, taken back to raw frame
-        pixels, and the frame-to-frame homography gives the camera's displacement
-        (`odometry.camera_motion`). turn_rad: this frame's match rotation (the telemetry
-        heading's error, rad), turned out of the displacement as out of the placement: a yaw
-        15 deg off, not yet trimmed, would send the track sideways at a quarter of its speed."""
-        usable = self.cfg.odometry and heading_trusted and pose.attitude_known and pose.height_known
-        if not usable:
-            self._odometry_prev = None
-            return
-        world_from_cam = world_from_body(pose.roll_rad, pose.pitch_rad, pose.yaw_rad) @ BODY_FROM_CAM
-        prev = self._odometry_prev
-        grey = cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2GRAY)
-        self._odometry_prev = (described, grey, crop_map, world_from_cam, pose.agl_m, t_s)
-        if prev is None:
-            return
-        prev_features, prev_grey, prev_crop_map, prev_world_from_cam, prev_agl_m, prev_t = prev
-        dt = t_s - prev_t
-        if not 0 < dt <= self.gate.odometry_gap_s:
-            return
-        ex = self.matcher.extractor
-        iq, it = match_descriptors(described.desc, prev_features.desc, ex.binary, *MATCH_RULES[ex.name])
-        cur_px = refine_shifts(prev_grey, grey, prev_features.xy_px[it], described.xy_px[iq])
-        motion = camera_motion(prev_crop_map.frame_px(prev_features.xy_px[it]), crop_map.frame_px(cur_px), self.camera,
-                               prev_agl_m, prev_world_from_cam, min_inliers=self.cfg.min_inliers)
-        if motion is None:
-            return
-        dn, de, inliers, rms_px = motion
-        if turn_rad:
-            c, s = math.cos(turn_rad), math.sin(turn_rad)
-            de, dn = de * c + dn * s, dn * c - de * s
-        # Fit noise: twice the reprojection error over the inliers' count, plus a floor of
-        # ODOMETRY_FLOOR_PX (the shifts are refined to sub-pixel), at the ground sampling of the
-        # raw frame. Fitted to the measured error (Colorado straight SIL: per-axis std 0.33 m/s,
-        # this sigma's median 0.31 m/s, 72 % of errors within 1 sigma, 95 % within 2).
-        raw_gsd_m = prev_agl_m / self.camera.fx_px
-        sigma_m = 2.0 * rms_px * raw_gsd_m / math.sqrt(inliers) + ODOMETRY_FLOOR_PX * raw_gsd_m
-        # The frame-to-frame homography takes the ground in view as a plane; over relief its scale
-        # is that of whatever depth the matched points sit at: up to about three standard
-        # deviations of the heights in view off the height (over hills of 150 m with a DEM,
-        # unweighted odometry put 37 of 549 messages beyond 3x, one deviation 7 of 642).
-        if pose.ground is not None:
-            sigma_m += math.hypot(de, dn) * 3.0 * self.heights.spread_m(*pose.ground[:2], self.refine_size_m / 2) / max(prev_agl_m, 1.0)
-        # Odometry's scale is the telemetry's height: where the map match says that height is off
-        # (its scale), the displacement is off by as much. Over 150 m hills without a DEM the
-        # height was 30-60 % off, the map refused those frames as implausible, and odometry alone
-        # carried the track 80 m off while claiming 12 m (docs/simulator.md, "Relief").
-        scale_sigma = max(self.cfg.odometry_scale_sigma, self.accuracy.height_error_frac(t_s))
-        sigma_m = math.hypot(sigma_m, (scale_sigma - self.cfg.odometry_scale_sigma) * math.hypot(de, dn))
-        self.gate.offer_velocity(t_s, de / dt, dn / dt, sigma_m / dt, math.hypot(de, dn), interval_s=dt,
-                                 scale_sigma=scale_sigma)
 
     def integrity_counts(self) -> dict:
         """{event: frames} of the integrity checks (image against telemetry), for the JSON; the
