@@ -198,6 +198,7 @@ def onboard_probe(pack_path: str, model: str, features_model: str, frames: int =
     from skyfix.config import load_config
     from skyfix.contracts import Frame, Telemetry
     from skyfix.edge.fly import startup
+    from skyfix.edge.locate import locate_frame
     from skyfix.edge.navigator import Navigator
     from skyfix.render.views import ViewPose, render_view
     t0 = time.perf_counter()
@@ -215,7 +216,7 @@ def onboard_probe(pack_path: str, model: str, features_model: str, frames: int =
         image = render_view(region, cam, ViewPose(tile.east_m, tile.north_m, 120.0, 0.0, 0.0, yaw))[0]
         t_us = int(i * 1e6)
         t1 = time.perf_counter()
-        m, _, _ = nav.locate(Frame(image, t_us, Telemetry(t_us, 0.0, 0.0, yaw, 120.0), f"view{i}"))
+        m, _, _ = locate_frame(nav, Frame(image, t_us, Telemetry(t_us, 0.0, 0.0, yaw, 120.0), f"view{i}"))
         ms.append((time.perf_counter() - t1) * 1e3)
         fixes += m is not None
         if m is not None and math.hypot(m.east_m - tile.east_m, m.north_m - tile.north_m) < 10:

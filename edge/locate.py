@@ -2,7 +2,7 @@
 
     skyfix locate --pack PACK PHOTOS... [--telemetry CSV] [--agl-m 120] --out fixes.csv|.geojson
 
-Each photo is located on its own (`Navigator.locate`: crop, embed, global search, refine,
+Each photo is located on its own (`locate_frame`: crop, embed, global search, refine,
 camera resection; no track to confirm it), so a row's accuracy is the single measurement's.
 Attitude and height come from the telemetry CSV (name, roll_deg, pitch_deg, yaw_deg, agl_m,
 as for replay) or `--agl-m`; without a heading the rotation is searched. The EXIF capture time
@@ -12,6 +12,7 @@ is reported; EXIF GPS, where present, is the reference the error column is measu
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ import cv2
 import numpy as np
 
 from skyfix.contracts import Frame, Reason, Telemetry
+from skyfix.edge.navigator import Measurement
 from skyfix.errors import SkyfixError
 from skyfix.geo import haversine_m
 
@@ -68,6 +70,60 @@ def _photo_frame(path: Path, index: int, telemetry: dict, agl_m: Optional[float]
     return frame, exif, ""
 
 
+# What a wrong recorded heading looks like to one photo: no match, too few inliers, or a match
+# whose rotation contradicts the heading. `locate_frame` then searches the rotation.
+HEADING_DOUBT = (Reason.NO_MATCH, Reason.WEAK_MATCH, Reason.IMPLAUSIBLE, Reason.AMBIGUOUS)
+
+
+def locate_frame(nav, frame: Frame) -> tuple:
+    """One photo on its own, without a track, through `nav` (a Navigator): (Measurement or None,
+    Reason, detail). Nothing confirms a single photo, so its accuracy is only the
+    measurement's own (`Measurement.sigma_m`), and no state is kept between photos: a
+    heading one photo's image contradicts says nothing about the next one's.
+
+    A recorded heading that gives no usable match is tried turned by 180, 90 and 270 deg (a
+    gimbal-yaw convention, a swapped axis), then left out (the rotation searched); the
+    strongest of those placements is used, and said, only if it reaches
+    nav.heading_override_min_inliers. Never raises."""
+    nav.heading.reset()
+    m, kind, detail = _locate_once(nav, frame)
+    tel = frame.telemetry
+    if m is not None or tel is None or tel.yaw_rad is None or kind not in HEADING_DOUBT:
+        return m, kind, detail
+    tries = []
+    for turn_deg in (180.0, 90.0, 270.0, None):
+        yaw = None if turn_deg is None else tel.yaw_rad + math.radians(turn_deg)
+        tried = dataclasses.replace(frame, telemetry=dataclasses.replace(tel, yaw_rad=yaw))
+        nav.heading.reset()
+        tries.append(_locate_once(nav, tried))
+    floor = max(nav.cfg.heading_override_min_inliers, nav.cfg.min_inliers)
+    placed = [t for t in tries if t[0] is not None and t[0].match.inliers >= floor]
+    if not placed:
+        return m, kind, detail  # the recorded heading stands: nothing strong says otherwise
+    m2, _, detail2 = max(placed, key=lambda t: t[0].match.inliers)
+    off_deg = abs((math.degrees(m2.yaw_rad - tel.yaw_rad) + 180.0) % 360.0 - 180.0)
+    if off_deg <= nav.cfg.max_rotation_deg:  # the search found it where the record said: no overrule
+        return m2, Reason.OK, "; ".join(x for x in (f"found with the rotation searched ({kind.value} "
+                                                     "at the recorded heading, which agrees)", detail2) if x)
+    nav.heading_overrides += 1
+    said = (f"recorded heading {math.degrees(tel.yaw_rad) % 360:.0f} deg gave {kind.value}; the image's "
+            f"{math.degrees(m2.yaw_rad) % 360:.0f} deg ({m2.match.inliers} inliers) used instead")
+    log.warning("%s: %s", frame.source_id, said)
+    return m2, Reason.OK, "; ".join(x for x in (said, detail2) if x)
+
+
+def _locate_once(nav, frame: Frame) -> tuple:
+    """One try of `locate_frame`: (Measurement or None, Reason, detail); never raises."""
+    try:
+        m = nav.measure(frame, {})
+    except Exception as exc:  # one bad photo must not end a batch
+        log.exception("photo %s failed", getattr(frame, "source_id", "?"))
+        return None, Reason.ERROR, f"{type(exc).__name__}: {exc}"
+    if isinstance(m, Measurement):
+        return m, Reason.OK, "; ".join(m.notes)
+    return None, m[0], nav.retrieval.with_coarse(m[1], frame.t_capture_us / 1e6)
+
+
 def locate_photos(nav, paths: list, telemetry: Optional[dict] = None, agl_m: Optional[float] = None) -> list[PhotoFix]:
     """One PhotoFix per path (in the order given). nav: a Navigator over the pack."""
     rows = []
@@ -79,7 +135,7 @@ def locate_photos(nav, paths: list, telemetry: Optional[dict] = None, agl_m: Opt
             row.reason, row.detail = Reason.BAD_FRAME.value, why
             rows.append(row)
             continue
-        m, kind, detail = nav.locate(frame)
+        m, kind, detail = locate_frame(nav, frame)
         if kind is Reason.HEIGHT_MISSING:
             detail += " (no height in its EXIF: give --agl-m M, or agl_m in the --telemetry CSV)"
         row.reason, row.detail = kind.value, detail

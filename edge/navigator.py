@@ -45,10 +45,6 @@ TIMING_WINDOW = 2000  # frames kept per stage for the latency summary (bounded o
 STALE_FRAMES_TO_RESTART = 5  # consecutive frames from before the last one: their clock went back
 
 
-# What a wrong recorded heading looks like to one photo: no match, too few inliers, or a match
-# whose rotation contradicts the heading. `Navigator.locate` then searches the rotation.
-HEADING_DOUBT = (Reason.NO_MATCH, Reason.WEAK_MATCH, Reason.IMPLAUSIBLE, Reason.AMBIGUOUS)
-
 
 @dataclass
 class Measurement:
@@ -405,52 +401,6 @@ class Navigator:
             self._log_reason(kind, detail)
         return FixResult(fix, kind, detail, timings)
 
-    def locate(self, frame: Frame) -> tuple:
-        """One photo on its own, without a track (`skyfix locate`): (Measurement or None,
-        Reason, detail). Nothing confirms a single photo, so its accuracy is only the
-        measurement's own (`Measurement.sigma_m`), and no state is kept between photos: a
-        heading one photo's image contradicts says nothing about the next one's.
-
-        A recorded heading that gives no usable match is tried turned by 180, 90 and 270 deg (a
-        gimbal-yaw convention, a swapped axis), then left out (the rotation searched); the
-        strongest of those placements is used, and said, only if it reaches
-        nav.heading_override_min_inliers. Never raises."""
-        self.heading.reset()
-        m, kind, detail = self._locate_once(frame)
-        tel = frame.telemetry
-        if m is not None or tel is None or tel.yaw_rad is None or kind not in HEADING_DOUBT:
-            return m, kind, detail
-        tries = []
-        for turn_deg in (180.0, 90.0, 270.0, None):
-            yaw = None if turn_deg is None else tel.yaw_rad + math.radians(turn_deg)
-            tried = dataclasses.replace(frame, telemetry=dataclasses.replace(tel, yaw_rad=yaw))
-            self.heading.reset()
-            tries.append(self._locate_once(tried))
-        floor = max(self.cfg.heading_override_min_inliers, self.cfg.min_inliers)
-        placed = [t for t in tries if t[0] is not None and t[0].match.inliers >= floor]
-        if not placed:
-            return m, kind, detail  # the recorded heading stands: nothing strong says otherwise
-        m2, _, detail2 = max(placed, key=lambda t: t[0].match.inliers)
-        off_deg = abs((math.degrees(m2.yaw_rad - tel.yaw_rad) + 180.0) % 360.0 - 180.0)
-        if off_deg <= self.cfg.max_rotation_deg:  # the search found it where the record said: no overrule
-            return m2, Reason.OK, "; ".join(x for x in (f"found with the rotation searched ({kind.value} "
-                                                         "at the recorded heading, which agrees)", detail2) if x)
-        self.heading_overrides += 1
-        said = (f"recorded heading {math.degrees(tel.yaw_rad) % 360:.0f} deg gave {kind.value}; the image's "
-                f"{math.degrees(m2.yaw_rad) % 360:.0f} deg ({m2.match.inliers} inliers) used instead")
-        log.warning("%s: %s", frame.source_id, said)
-        return m2, Reason.OK, "; ".join(x for x in (said, detail2) if x)
-
-    def _locate_once(self, frame: Frame) -> tuple:
-        try:
-            m = self._measure(frame, {})
-        except Exception as exc:  # one bad photo must not end a batch
-            log.exception("photo %s failed", getattr(frame, "source_id", "?"))
-            return None, Reason.ERROR, f"{type(exc).__name__}: {exc}"
-        if isinstance(m, Measurement):
-            return m, Reason.OK, "; ".join(m.notes)
-        return None, m[0], self.retrieval.with_coarse(m[1], frame.t_capture_us / 1e6)
-
     def estimate_at(self, now_s: float) -> Optional[tuple]:
         """(Fix propagated to now_s, age of the newest accepted measurement in s), or None when
         the track is not confirmed or not accurate enough. Used by the publisher at its rate."""
@@ -485,7 +435,7 @@ class Navigator:
 
     # ---- the step: a short list of timed stages -----------------------------------------------
     def _step(self, frame: Frame, timings: dict):
-        m = self._measure(frame, timings)
+        m = self.measure(frame, timings)
         t_s = frame.t_capture_us / 1e6
         if not isinstance(m, Measurement):
             return None, m[0], self.retrieval.with_coarse(m[1], t_s)
@@ -499,9 +449,9 @@ class Navigator:
             self.gallery.attach_fix(m.gallery_slot, fix.lat_deg, fix.lon_deg)
         return fix, Reason.OK, notes
 
-    def _measure(self, frame: Frame, timings: dict):
+    def measure(self, frame: Frame, timings: dict):
         """One frame to a position measurement (Measurement), or (Reason, detail): every stage
-        but the track gate, in order: check, crop, choose the tiles, embed and search, refine,
+        but the track gate (what `skyfix locate` uses alone, edge/locate.py), in order: check, crop, choose the tiles, embed and search, refine,
         place, accept."""
         bad = self._check_frame(frame)
         if bad:
