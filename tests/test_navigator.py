@@ -282,7 +282,7 @@ def test_a_small_yaw_error_is_trimmed_by_the_match_rotation(nav, world):
 def test_the_heading_trim_is_bounded_per_frame():
     """The trim integrates trusted matches' rotation (the Navigator trims only with matches the
     confirmed track agrees with), at most TRIM_STEP_DEG a frame."""
-    from skyfix.edge.navigator import TRIM_STEP_DEG, HeadingCheck
+    from skyfix.edge.trims import TRIM_STEP_DEG, HeadingCheck
     check = HeadingCheck(20.0, trim_gain=0.25)
     for _ in range(20):  # the crop is rectified with the correction: the rotation left shrinks
         check.trim(3.0 - math.degrees(check.offset_rad))
@@ -476,8 +476,8 @@ def test_a_tilt_resection_reads_from_structure_is_refused_by_the_match(flat_worl
     stays at 0; taking the image's word without that check, the same flight learns the tilt."""
     import dataclasses
 
-    import skyfix.edge.navigator as navigator
     import skyfix.edge.placement as placement
+    import skyfix.edge.trims as trims
     from skyfix.edge.camera import world_from_body
     pack, emb, canvas = flat_world
     lean = world_from_body(math.radians(4.0), 0.0, 0.0)
@@ -493,7 +493,7 @@ def test_a_tilt_resection_reads_from_structure_is_refused_by_the_match(flat_worl
     assert nav.attitude_trim.refused >= 1
     assert nav.integrity_counts()["tilt trim refused: the image did not match better"] >= 1
     # Without the check: every crop "matches" alike, so any correction passes as sharper.
-    monkeypatch.setattr(navigator.Navigator, "_match_near", lambda self, described, best: (10 ** 6, 0.0))
+    monkeypatch.setattr(trims.TiltTrimCheck, "_match_near", lambda self, described, best: (10 ** 6, 0.0))
     unchecked, _ = _trim_flight(pack, emb, canvas, 0.0, n_frames=16)
     assert np.degrees(np.abs(unchecked.attitude_trim.offset_rad)).max() >= 1.0
 
