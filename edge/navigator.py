@@ -1,11 +1,23 @@
 """The Navigator: one camera frame in, one FixResult out (a fix, or the reason there is none).
 
-    crop   rectify the frame north-up with the attitude and height at its capture time
-    embed  the drone tower (ONNX / TensorRT)
-    search the pack's index: a prior window around the track, or global when lost
-    refine the crop's local features against the pack's map features near the candidates,
-           one RANSAC similarity fit (edge/refine.py)
-    filter the track gate (edge/gate.py): confirm, reject, reset, publish
+`Navigator.step` runs a frame through these stages, in order (`Navigator.measure` is all but the
+last; `skyfix locate` uses it alone):
+
+    check    the frame: an image of the camera's size, taken after the previous one
+    crop     rectify the frame north-up with the (trimmed) attitude and the height at its capture
+             time (edge/heights.py: the height above the ground under the camera)
+    tiles    the pack's main tiles, a finer level, or at close range the track's window
+    search   embed with the drone tower (ONNX / TensorRT) and search the tiles: a window around
+             the track, or everywhere when lost (edge/search.py)
+    refine   the crop's local features against the pack's map features near the candidates,
+             one RANSAC similarity fit (edge/refine.py)
+    place    the vehicle from the match, tilt and resection tested against each other
+             (edge/placement.py)
+    odometry the velocity since the previous frame (edge/odometry.py)
+    accept   a weak match only where the track expects it; the heading and tilt trims
+             (edge/trims.py)
+    filter   the track gate (edge/gate.py): confirm, reject, reset, publish; every published
+             accuracy includes the errors fixes share (edge/accuracy.py)
 
 A frame never raises out of `step`; a fix is only produced when the track is confirmed, the
 measurement is geometrically strong and unambiguous, and the filter agrees with it.

@@ -33,7 +33,7 @@ from skyfix.geo import LocalFrame
 from skyfix.pack.tilepack import TilePack
 from skyfix.render.views import ViewPose
 from skyfix.sim.px4 import ONBOARD_CONNECTION, Px4Sitl
-from skyfix.sim.score import drift_at, score, velocity_lines
+from skyfix.sim.score import flight_summary, velocity_lines
 from skyfix.sim.sitl import Sample, fly_leg, wait_until
 from skyfix.sim.sitl_flight import _camera_loop, _terminate_cleanly, fly_mission, mission_waypoints, write_sitl_outputs
 
@@ -367,36 +367,13 @@ def run_px4(pack_path: str | Path, embedder, cfg, out_dir: str | Path = "out/px4
 
 
 def summarise_px4(vehicle: Px4Vehicle, pilot: Px4Pilot, result: dict, nav: Navigator, kinds: list, bridge) -> dict:
-    """The `--json` summary, as the ArduPilot flight's, with EKF2's rejections for its glitches."""
-    t0 = vehicle.t0_mono_s
-    start, end = result.get("handover_t_mono_s"), result.get("land_t_mono_s")
-    flying = [s for s in vehicle.samples if start is not None and start <= s.t_mono_s <= (end or math.inf)
-              and s.est_east_m is not None]
-    err = np.array([math.hypot(s.est_east_m - s.true_east_m, s.est_north_m - s.true_north_m) for s in flying])
+    """The `--json` summary (`score.flight_summary`), with EKF2's rejections for ArduPilot's glitches."""
+    summary, _, (start, end) = flight_summary(vehicle, pilot, result, nav, kinds, bridge, "px4-sitl")
     spans = rejected_spans_s(vehicle.test_ratios, start or math.inf, end or time.monotonic())
     ratios = [round(r, 3) for t, r, _ in vehicle.test_ratios
               if start is not None and start <= t <= (end or math.inf) and math.isfinite(r)]
-    texts = [(round(t - t0, 1), text) for t, _, text in vehicle.statustexts]
-    duration_s = (vehicle.samples[-1].t_mono_s - t0) if vehicle.samples else 0.0
-    summary = score(vehicle.received(), duration_s)
-    summary.update({
-        "vehicle": "px4-sitl",
-        "autopilot_error_m": ({"median": float(np.median(err)), "p95": float(np.percentile(err, 95)),
-                               "max": float(err.max())} if len(err) else {"median": None, "p95": None, "max": None}),
-        "ekf2_rejections": {"spans": len(spans), "longest_s": round(max(spans), 2) if spans else 0.0,
-                            "total_s": round(sum(spans), 2), "max_test_ratio": max(ratios, default=None)},
-        "failsafes": [f"{t} s: {text}" for t, text in texts if "failsafe" in text.lower()],
-        "mission_completed": bool(result.get("mission_completed")),
-        "handover_s": None if start is None else round(start - t0, 1),
-        "handover_drift": drift_at(vehicle.samples, start, vehicle.home_en),
-        "mission_s": None if start is None or end is None else round(end - start, 1),
-        "modes": [(round(t - t0, 1), m) for t, m in vehicle.modes],
-        "pilot": [(round(t - t0, 1), e) for t, e in (pilot.events if pilot else [])],
-        "statustext": texts[-60:],
-        "n_frames": len(kinds), "reasons": nav.reason_counts(), "integrity": nav.integrity_counts(), "accuracy_terms": nav.accuracy_terms(),
-        "latency_ms": nav.timing_summary(),
-        "link": {"stream_requests": bridge.stream_requests if bridge else 0},
-    })
+    summary["ekf2_rejections"] = {"spans": len(spans), "longest_s": round(max(spans), 2) if spans else 0.0,
+                                  "total_s": round(sum(spans), 2), "max_test_ratio": max(ratios, default=None)}
     return summary
 
 

@@ -79,6 +79,40 @@ def drift_at(samples: list, t_mono_s: Optional[float], home_en: tuple) -> Option
             "towards_deg": round(math.degrees(math.atan2(de, dn)) % 360.0, 1)}
 
 
+def flight_summary(vehicle, pilot, result: dict, nav, kinds: list, bridge, name: str) -> tuple:
+    """What both SITL harnesses' `--json` summaries hold (ArduPilot's and PX4's add their
+    EKF's own figures): skyfix's messages scored against the truth, the autopilot's estimate
+    against the truth from the hand-over to the landing, the failsafes, the mission, the blind
+    climb's drift, the modes, the pilot's steps and the navigator's counters. vehicle: the
+    harness's vehicle (samples, statustexts, modes, received(), home_en, t0_mono_s). Returns
+    (summary, the STATUSTEXTs as (s since start, text), (hand-over, landing) monotonic s)."""
+    t0 = vehicle.t0_mono_s
+    start, end = result.get("handover_t_mono_s"), result.get("land_t_mono_s")
+    flying = [s for s in vehicle.samples if start is not None and start <= s.t_mono_s <= (end or math.inf)
+              and s.est_east_m is not None]
+    err = np.array([math.hypot(s.est_east_m - s.true_east_m, s.est_north_m - s.true_north_m) for s in flying])
+    texts = [(round(t - t0, 1), text) for t, _, text in vehicle.statustexts]
+    duration_s = (vehicle.samples[-1].t_mono_s - t0) if vehicle.samples else 0.0
+    summary = score(vehicle.received(), duration_s)
+    summary.update({
+        "vehicle": name,
+        "autopilot_error_m": ({"median": float(np.median(err)), "p95": float(np.percentile(err, 95)),
+                               "max": float(err.max())} if len(err) else {"median": None, "p95": None, "max": None}),
+        "failsafes": [f"{t} s: {text}" for t, text in texts if "failsafe" in text.lower()],
+        "mission_completed": bool(result.get("mission_completed")),
+        "handover_s": None if start is None else round(start - t0, 1),
+        "handover_drift": drift_at(vehicle.samples, start, vehicle.home_en),
+        "mission_s": None if start is None or end is None else round(end - start, 1),
+        "modes": [(round(t - t0, 1), m) for t, m in vehicle.modes],
+        "pilot": [(round(t - t0, 1), e) for t, e in (pilot.events if pilot else [])],
+        "statustext": texts[-60:],
+        "n_frames": len(kinds), "reasons": nav.reason_counts(), "integrity": nav.integrity_counts(),
+        "accuracy_terms": nav.accuracy_terms(), "latency_ms": nav.timing_summary(),
+        "link": {"stream_requests": bridge.stream_requests if bridge else 0},
+    })
+    return summary, texts, (start, end)
+
+
 def score(received: list[dict], duration_s: float, fresh_s: float = 0.5) -> dict:
     """Errors of the published fixes, availability (share of time with a fix received in the last
     `fresh_s`), and calibration against the reported accuracy. Only messages received while the

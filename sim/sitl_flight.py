@@ -27,7 +27,7 @@ from skyfix.edge.navigator import Navigator
 from skyfix.firmware_bridge.link import MavlinkBridge
 from skyfix.firmware_bridge.publisher import FixPublisher
 from skyfix.sim.route import footprint_margin_m, make_route
-from skyfix.sim.score import drift_at, plot_track, score, velocity_lines, write_track_csv
+from skyfix.sim.score import flight_summary, plot_track, velocity_lines, write_track_csv
 from skyfix.sim.sitl import EKF_GPS_GLITCHING, SitlPilot, SitlVehicle, sim_params
 from skyfix.render.views import render_view
 from skyfix.pack.tilepack import TilePack
@@ -197,39 +197,18 @@ def run_sitl(pack_path: str | Path, embedder, cfg, out_dir: str | Path = "out/si
 
 def summarise_sitl(vehicle: SitlVehicle, pilot: SitlPilot, result: dict, nav: Navigator, kinds: list,
                    fault: Optional[dict], bridge) -> dict:
-    """The `--json` summary: the autopilot's estimate and skyfix's fixes against the truth."""
-    t0 = vehicle.t0_mono_s
-    start, end = result.get("handover_t_mono_s"), result.get("land_t_mono_s")
-    flying = [s for s in vehicle.samples if start is not None and start <= s.t_mono_s <= (end or math.inf)
-              and s.est_east_m is not None]
-    err = np.array([math.hypot(s.est_east_m - s.true_east_m, s.est_north_m - s.true_north_m) for s in flying])
+    """The `--json` summary (`score.flight_summary`), with ArduPilot's EKF glitches and the
+    blackout fault's recovery."""
+    summary, texts, _ = flight_summary(vehicle, pilot, result, nav, kinds, bridge, "ardupilot-sitl")
     glitch_flags = sum(1 for a, b in zip(vehicle.samples, list(vehicle.samples)[1:])
                        if b.ekf_flags & EKF_GPS_GLITCHING and not a.ekf_flags & EKF_GPS_GLITCHING)
-    texts = [(round(t - t0, 1), text) for t, _, text in vehicle.statustexts]
-    duration_s = (vehicle.samples[-1].t_mono_s - t0) if vehicle.samples else 0.0
-    summary = score(vehicle.received(), duration_s)
-    if fault and "start_mono_s" in fault:
+    # A glitch is seen twice (the EKF status flag and its message); "Glitch cleared" is its end.
+    summary["ekf_glitches"] = glitch_flags + sum("glitch" in t.lower() and "cleared" not in t.lower() for _, t in texts)
+    started = fault and "start_mono_s" in fault
+    summary["fault"] = ({"from_s": round(fault["start_mono_s"] - vehicle.t0_mono_s, 1),
+                         "duration_s": fault["duration_s"]} if started else None)
+    if started:
         summary["fault_recovery"] = _fault_recovery(vehicle, fault)
-    summary.update({
-        "vehicle": "ardupilot-sitl",
-        "autopilot_error_m": ({"median": float(np.median(err)), "p95": float(np.percentile(err, 95)),
-                               "max": float(err.max())} if len(err) else {"median": None, "p95": None, "max": None}),
-        # A glitch is seen twice (the EKF status flag and its message); "Glitch cleared" is its end.
-        "ekf_glitches": glitch_flags + sum("glitch" in t.lower() and "cleared" not in t.lower() for _, t in texts),
-        "failsafes": [f"{t} s: {text}" for t, text in texts if "failsafe" in text.lower()],
-        "mission_completed": bool(result.get("mission_completed")),
-        "handover_s": None if start is None else round(start - t0, 1),
-        "handover_drift": drift_at(vehicle.samples, start, vehicle.home_en),
-        "mission_s": None if start is None or end is None else round(end - start, 1),
-        "fault": None if not fault or "start_mono_s" not in fault else
-        {"from_s": round(fault["start_mono_s"] - t0, 1), "duration_s": fault["duration_s"]},
-        "modes": [(round(t - t0, 1), m) for t, m in vehicle.modes],
-        "pilot": [(round(t - t0, 1), e) for t, e in pilot.events],
-        "statustext": texts[-60:],
-        "n_frames": len(kinds), "reasons": nav.reason_counts(), "integrity": nav.integrity_counts(), "accuracy_terms": nav.accuracy_terms(),
-        "latency_ms": nav.timing_summary(),
-        "link": {"stream_requests": bridge.stream_requests if bridge else 0},
-    })
     return summary
 
 
