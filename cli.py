@@ -837,7 +837,8 @@ def _bench_command(sub) -> None:
     bn.add_argument("--checkpoint", help="orientation: a best.pt trained with orientation_weight > 0")
     bn.add_argument("--queries-from", help="orientation: map the views are rendered from")
     bn.add_argument("--east-min-m", type=float, help="orientation: held-out area")
-    bn.add_argument("--model", default="models/imagenet", help="model dir from `skyfix export onnx` "
+    bn.add_argument("--model", default="imagenet", help="'imagenet' (the ImageNet-initialised towers, exported once), "
+                    "'default' (the shipped towers) or a model dir from `skyfix export onnx` "
                     "(towers: several, comma-separated, e.g. default,imagenet)")
     bn.add_argument("--pack", help="faiss: pack to time searches on; onboard: packs, comma-separated")
     bn.add_argument("--calib", help="precision: packs or orthophotos the views come from, comma-separated "

@@ -97,6 +97,18 @@ BENCHMARKS: dict[str, tuple[Callable, bool]] = {
                                                                     a.views, a.east_min_m), False),
 }
 ALL = ("embed", "faiss", "retrieval", "telemetry")  # `skyfix bench all`: the quick, self-contained ones
+# The benchmarks that open --model as a folder: a name ('default', 'imagenet') is resolved first,
+# so a name means the same towers here as in every other command.
+MODEL_FOLDER = ("embed", "precision", "retrieval", "index", "build", "onboard", "orientation")
+
+
+def _model_folder(spec: str) -> str:
+    """The folder a model name means (the shipped towers; the ImageNet ones, exported once), else spec."""
+    from skyfix.edge.models import DEFAULT, IMAGENET, towers_path
+    if spec == IMAGENET:
+        from skyfix.export.models import imagenet_onnx
+        return str(imagenet_onnx())
+    return str(towers_path(DEFAULT)) if spec == DEFAULT else spec
 
 
 def main(what: str, args) -> int:
@@ -106,5 +118,7 @@ def main(what: str, args) -> int:
         if needs_pack and not args.pack:
             raise SkyfixError(f"skyfix bench {name} needs --pack PACK (e.g. out/bench/colorado, built by "
                               "`skyfix bench retrieval`)")
+        if name in MODEL_FOLDER:
+            args.model = _model_folder(args.model)
         print(run(args))
     return 0

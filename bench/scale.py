@@ -169,7 +169,7 @@ def _run_peak_rss_mb(cmd: list) -> tuple[float, float, float]:
     return time.perf_counter() - t0, largest, peak_tree[0]
 
 
-def bench_build(out: str = "out/bench", size_km: float = 10.0, model: str = "models/imagenet",
+def bench_build(out: str = "out/bench", size_km: float = 10.0, model: str = "imagenet",
                 features: str = "xfeat,sift", features_model: str = "models/xfeat", index: str = "flat",
                 cluster: Optional[str] = None) -> str:
     """Build a pack of a size_km x size_km region (make_region_geotiff) with `skyfix tiles build`
@@ -225,7 +225,7 @@ def onboard_probe(pack_path: str, model: str, features_model: str, frames: int =
             "locate_ms_p50": float(np.median(ms)), "located": fixes, "located_within_10m": hits, "frames": frames}
 
 
-def bench_onboard(packs: list, model: str = "models/imagenet", features_model: str = "models/xfeat",
+def bench_onboard(packs: list, model: str = "imagenet", features_model: str = "models/xfeat",
                   frames: int = 20) -> str:
     """onboard_probe on each pack, each in a fresh process so memory and start-up are its own."""
     import json
@@ -400,7 +400,7 @@ def _cached_real(path: Path, n: int, model: str, tower: str, seed: int) -> tuple
         return z["vectors"], z["source"]
 
 
-def bench_index(model: str = "models/imagenet", out: str = "out/bench", n_real: int = 100_000,
+def bench_index(model: str = "imagenet", out: str = "out/bench", n_real: int = 100_000,
                 n_large: int = 1_000_000, queries: int = 500,
                 kinds=("flat", "hnsw", "ivfpq", "binary", "rand128", "hash64", "hash128", "hash256")) -> str:
     """Index recall/latency/memory/build time on real tile embeddings (n_real, cached in OUT) and
@@ -418,7 +418,7 @@ def bench_index(model: str = "models/imagenet", out: str = "out/bench", n_real: 
     return "\n".join(rows)
 
 
-def bench_distractors(model: str = "models/imagenet", out: str = "out/bench", views: int = 200,
+def bench_distractors(model: str = "imagenet", out: str = "out/bench", views: int = 200,
                       n_matched: int = 1_000_000, window_m: float = 200.0) -> str:
     """Drone -> satellite R@1 of the Colorado pack's tiles alone and hidden among distractor
     tiles of other places: real tiles of the LEVIR-CD maps (from bench index's cache) and
@@ -464,8 +464,8 @@ def bench_ivf_sweep(out: str = "out/bench", n_large: int = 1_000_000) -> str:
     the re-ranked shortlist (bench index's cached real embeddings and queries)."""
     import faiss
     from skyfix.pack.tilepack import make_index
-    xb, _ = _cached_real(Path(out) / "real_embeddings_100000.npz", 100_000, "models/imagenet", "sat", 0)
-    q, _ = _cached_real(Path(out) / "real_queries_500.npz", 500, "models/imagenet", "drone", 1)
+    xb, _ = _cached_real(Path(out) / "real_embeddings_100000.npz", 100_000, "imagenet", "sat", 0)
+    q, _ = _cached_real(Path(out) / "real_queries_500.npz", 500, "imagenet", "drone", 1)
     big = _matched_gaussian(xb, n_large, seed=2)
     exact = make_index("flat", big).search(q, 10)[1]
     ivf = make_index("ivfpq", big)
