@@ -117,7 +117,7 @@ def test_an_interrupted_build_resumes_and_gives_the_same_pack(utm_geotiffs, tmp_
     from skyfix.pack.tilepack import TilePack
     monkeypatch.setattr(embed, "EMBED_CHUNK", 16)
     cfg = load_config(overrides={"tiles": {"tile_size_m": 100.0, "stride_m": 50.0, "batch_size": 8,
-                                           "features": ["sift"]}})
+                                           "features": ["sift"], "min_agl_m": 0.0}})  # the main tiles' chunks
     sat = open_embedder(tiny_onnx_dir, "sat")
     quiet = dict(progress=False, log=lambda *_: None)
     ref = TilePack.open(build.build_pack(utm_geotiffs[1], tmp_path / "ref", cfg, _Interrupting(sat), **quiet))
@@ -166,7 +166,8 @@ def test_a_two_worker_dask_cluster_builds_the_same_pack(utm_geotiffs, tmp_path, 
     here, environ = _Interrupting(sat), dict(os.environ)  # counts what the build itself embedded
     pack = TilePack.open(build.build_pack(utm_geotiffs[0], tmp_path / "pack", cfg, here, cluster="local:2", **quiet))
     assert dict(os.environ) == environ  # the cluster's worker settings did not leak into this process
-    assert here.calls == 0  # every shard was embedded by the cluster's workers
+    assert here.calls == 0  # every shard was embedded by the cluster's workers, the low level's too
+    assert [lv.tile_size_m for lv in pack.levels] == [lv.tile_size_m for lv in ref.levels] and pack.levels
     np.testing.assert_array_equal(pack.table, ref.table)
     np.testing.assert_allclose(pack.index.reconstruct_n(0, len(pack)), ref.index.reconstruct_n(0, len(ref)), atol=1e-5)
 

@@ -122,9 +122,14 @@ def _build_key(ortho, source_gsd_m, cfg: SkyfixConfig, model_id: str, extractors
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+OPENED = "opened"  # in the staging's .build/: the input was opened (the build is worth resuming)
+
+
 def _work_done(staging: Path) -> bool:
-    """Whether an interrupted build left finished work (map blocks, embedded chunks) to resume."""
-    return any(p.suffix in (".png", ".npy", ".yaml") for p in staging.rglob("*") if p.is_file())
+    """Whether a build got past opening its input: an input that cannot be opened (a text file
+    named .tif) leaves nothing to resume. A source that fails while it is read (a tile server's
+    error) can be resumed: what was read is kept (blocks here, tiles in GDAL's cache)."""
+    return (staging / ".build" / OPENED).is_file()
 
 
 def _staging(out: Path, key: str, log) -> Path:
@@ -208,6 +213,7 @@ def _build_into(staging: Path, out: Path, ortho, cfg: SkyfixConfig, embedder, ex
     tc = cfg.tiles
     work = staging / ".build"
     src = read_source(ortho, source_gsd_m, mosaic_dir=work, nodata=tc.nodata, tiles_per_s=tc.server_tiles_per_s)
+    (work / OPENED).touch()
     try:
         layout = canvas_layout(src, tc.gsd_m)
         log(f"map {src.name}: {layout.width_m:.0f} x {layout.height_m:.0f} m at {layout.gsd_m:.3f} m/px "
@@ -261,9 +267,10 @@ def _build_into(staging: Path, out: Path, ortho, cfg: SkyfixConfig, embedder, ex
     from skyfix.edge.camera import PinholeCamera
     cam = PinholeCamera.from_config(cfg.camera)
     levels_m = planned_levels_m(tc.tile_size_m, tc.levels_m, tc.min_agl_m, cam)
-    for size_m in levels_m:
+    for size_m in levels_m:  # embedded like the main tiles: in resumable chunks, on the cluster when given
         add_level(staging, float(size_m), float(size_m) * tc.stride_m / tc.tile_size_m, embedder, tc.batch_size,
-                  tc.max_nodata_frac, tc.index if tc.index == "flat" else "hnsw", progress, log)
+                  tc.max_nodata_frac, tc.index if tc.index == "flat" else "hnsw", progress, log,
+                  chunk_dir=work / f"level_{size_m:g}", cluster=(cluster, model_source, cfg.model) if cluster else None)
     log(describe_heights([tc.tile_size_m, *levels_m], cam))
     shutil.rmtree(work)
     replace_directory(staging, out)
@@ -379,12 +386,15 @@ def describe_heights(tile_sizes_m: Sequence[float], cam: PinholeCamera) -> str:
 
 
 def add_level(pack_path: str | Path, tile_size_m: float, stride_m: float, embedder, batch_size: int = 16,
-              max_nodata_frac: float = 0.02, index_kind: str = "flat", progress: bool = True, log=print) -> dict:
+              max_nodata_frac: float = 0.02, index_kind: str = "flat", progress: bool = True, log=print,
+              chunk_dir: Optional[Path] = None, cluster: Optional[tuple] = None) -> dict:
     """Add (or replace) a level of finer tiles to a pack: tile_size_m tiles every stride_m over
     the same map, embedded by the pack's own satellite tower (`embedder`), in levels/SIZE/. The
     onboard loop searches them when the frame is too low for the main tiles to fit (take-off,
     landing, low inspection). The files are written under a temporary name and renamed into
-    place, then the manifest is replaced in one rename. Returns the manifest entry."""
+    place, then the manifest is replaced in one rename. Returns the manifest entry.
+    chunk_dir: keep the embedded chunks there (an interrupted build resumes them); cluster:
+    (spec, model source, ModelConfig) to embed the chunks on (tiles/distributed.py)."""
     from skyfix.pack.tilepack import level_dir, write_tile_set
     pack = TilePack.open(pack_path)
     if embedder.model_id != pack.model_id:
@@ -396,7 +406,13 @@ def add_level(pack_path: str | Path, tile_size_m: float, stride_m: float, embedd
     blocks = pack.map_blocks(cache_blocks=row_sweep_cache(int(pack.manifest["map"]["width_px"])))
     tiles, skipped = tile_grid(blocks, tile_size_m, stride_m, max_nodata_frac, (map_coverage(blocks), COVERAGE_PX))
     log(f"level of {tile_size_m:g} m tiles every {stride_m:g} m: {len(tiles)} tiles ({skipped} skipped: no-data)")
-    vectors = embed.embed_tiles(blocks, tiles, embedder, batch_size, progress)
+    if chunk_dir is not None:
+        chunk_dir.mkdir(parents=True, exist_ok=True)
+    if cluster:
+        from skyfix.tiles.distributed import embed_on_cluster
+        embed_on_cluster(cluster[0], cluster[1], cluster[2], embedder.model_id, blocks, tiles, batch_size, chunk_dir,
+                         embed.EMBED_CHUNK, progress, log)
+    vectors = embed.embed_tiles(blocks, tiles, embedder, batch_size, progress, chunk_dir=chunk_dir)
     name = level_dir(tile_size_m)
     final = pack.path / name
     staging = final.with_name(f".{final.name}.tmp")
