@@ -130,3 +130,24 @@ def test_sim_record_names_what_it_wrote_and_the_replay_to_run(tmp_path, tiny_onn
     assert f"camera {out / 'flight.mp4'}, telemetry {out / 'flight.tlog'}" in said
     assert f"skyfix replay --video {out / 'flight.mp4'} --log {out / 'flight.tlog'} --pack {pack}" in said
     assert (out / "flight.mp4").stat().st_size > 0 and (out / "flight.tlog").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_demo_over_another_map_keeps_the_previous_demos_pack(tmp_path, xfeat_dir, monkeypatch, capsys):
+    """`skyfix demo --ortho A` then `--ortho B`: each map's pack and flight in a folder of its own,
+    said at the start; B's demo leaves A's pack as it was."""
+    import shutil
+
+    from skyfix.tiles.synthetic import write_synthetic_map
+    monkeypatch.setenv("SKYFIX_CACHE", str(tmp_path / "cache"))
+    shutil.copytree(xfeat_dir, tmp_path / "cache" / "xfeat")  # as a first build exports it
+    maps = [write_synthetic_map(tmp_path / f"{name}.png", 1000, seed=seed) for name, seed in (("a", 1), ("b", 2))]
+    out = tmp_path / "demo"
+    for path in maps:
+        assert cli.main(["demo", "--ortho", str(path), "--source-gsd-m", "0.5", "--duration-s", "3",
+                         "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert f"pack and flight in {out / 'a'}" in said and f"pack and flight in {out / 'b'}" in said
+    for name, path in zip("ab", maps):
+        assert yaml.safe_load((out / name / "pack" / "manifest.yaml").read_text())["source"] == str(path)
+        assert (out / name / "flight" / "track.png").is_file()
