@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
@@ -22,6 +23,23 @@ def _finite(x) -> bool:
     return x is not None and math.isfinite(x)
 
 
+@dataclass
+class CropPose:
+    """The attitude and height a frame is rectified with, and what had to be assumed."""
+
+    roll_rad: float = 0.0
+    pitch_rad: float = 0.0
+    yaw_rad: float = 0.0
+    agl_m: Optional[float] = None  # height above the ground under the camera (the terrain's where known)
+    rel_m: Optional[float] = None  # the telemetry's height (over the take-off point, or a rangefinder's)
+    agl_on_terrain: bool = False   # agl_m is over the terrain under the camera (DEM or rangefinder)
+    ground: Optional[tuple] = None  # (east_m, north_m, height m) of the terrain where the vehicle is believed
+    attitude_known: bool = True
+    heading_known: bool = True
+    height_known: bool = True
+    notes: list = field(default_factory=list)
+
+
 class GroundHeights:
     """Heights for one track. cfg: NavConfig (fallback_agl_m, ground_alt_msl_m); terrain: the
     pack's Terrain or None."""
@@ -30,6 +48,7 @@ class GroundHeights:
         self.cfg, self.terrain = cfg, terrain
         self.last_agl: Optional[tuple] = None  # (t_s, agl_m)
         self.datum_offsets: deque = deque(maxlen=DATUM_SAMPLES)
+        self.last_alt_msl_m = 0.0  # the altitude a fix is published with
 
     def telemetry_agl(self, agl_m: Optional[float], t_s: float) -> tuple:
         """(agl_m or None, note): the telemetry's height above the take-off point (m), else a
@@ -42,6 +61,38 @@ class GroundHeights:
         if self.cfg.fallback_agl_m > 0:
             return self.cfg.fallback_agl_m, f"height missing: assumed {self.cfg.fallback_agl_m:.0f} m"
         return None, "height missing or implausible: cannot scale the frame"
+
+    def crop_pose(self, tel, t_s: float, where: Callable[[], Optional[tuple]]) -> CropPose:
+        """Attitude and height for rectification from the Telemetry `tel` (or None); what is
+        missing is assumed and noted. where(): the vehicle's believed (east_m, north_m), or None."""
+        pose = CropPose()
+        roll, pitch, yaw = (tel.roll_rad, tel.pitch_rad, tel.yaw_rad) if tel else (None, None, None)
+        if _finite(roll) and _finite(pitch):
+            pose.roll_rad, pose.pitch_rad = roll, pitch
+        else:
+            pose.attitude_known = False
+            pose.notes.append("attitude missing: assumed level")
+        if _finite(yaw):
+            pose.yaw_rad = yaw
+        else:
+            pose.heading_known = False
+            pose.notes.append("heading missing: rotation searched")
+        pose.agl_m, note = self.telemetry_agl(tel.alt_agl_m if tel else None, t_s)
+        pose.rel_m = pose.agl_m
+        if note:
+            pose.height_known = False
+            pose.notes.append(note)
+        if self.cfg.ground_alt_msl_m is not None and pose.agl_m is not None:
+            self.last_alt_msl_m = self.cfg.ground_alt_msl_m + pose.agl_m
+        elif tel is not None and _finite(tel.alt_msl_m):
+            self.last_alt_msl_m = tel.alt_msl_m
+        if self.terrain is not None and pose.agl_m is not None:
+            pose.ground = self.ground_under(where())
+            if tel is not None and tel.agl_rangefinder:
+                pose.agl_on_terrain = True
+            else:
+                pose.agl_m, pose.agl_on_terrain = self.agl_over_terrain(pose.agl_m, pose.ground, pose.notes)
+        return pose
 
     def datum_offset_m(self) -> Optional[float]:
         """The take-off point's height above the terrain's datum (m): learned from resections

@@ -30,18 +30,18 @@ import math
 import time
 from collections import Counter, defaultdict, deque
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
 from skyfix.config import NavConfig
-from skyfix.contracts import Fix, FixResult, Frame, Reason, Telemetry
+from skyfix.contracts import Fix, FixResult, Frame, Reason
 from skyfix.edge.accuracy import AccuracyBudget
-from skyfix.edge.camera import CropMap, PinholeCamera, Undistorter, lowest_agl_m, rectify, rectify_mapped
+from skyfix.edge.camera import CropMap, PinholeCamera, Undistorter, rectify, rectify_mapped
 from skyfix.edge.filter import MotionFilter, FilterState
 from skyfix.edge.gallery import FrameGallery
-from skyfix.edge.heights import GroundHeights
+from skyfix.edge.heights import CropPose, GroundHeights
 from skyfix.edge.search import TileSearch
 from skyfix.edge.trims import AttitudeTrim, HeadingCheck, TiltTrimCheck
 from skyfix.edge.gate import TrackGate
@@ -74,10 +74,6 @@ class Measurement:
     notes: list
 
 
-def _finite(x) -> bool:
-    return x is not None and math.isfinite(x)
-
-
 class _RateLimitedLog:
     """At most one log line per reason kind every period_s."""
 
@@ -92,23 +88,6 @@ class _RateLimitedLog:
 
 
 POSITION_MEMORY_S = 60.0   # how long the last measured position says where the terrain is looked up
-
-
-@dataclass
-class CropPose:
-    """The attitude and height a frame is rectified with, and what had to be assumed."""
-
-    roll_rad: float = 0.0
-    pitch_rad: float = 0.0
-    yaw_rad: float = 0.0
-    agl_m: Optional[float] = None  # height above the ground under the camera (the terrain's where known)
-    rel_m: Optional[float] = None  # the telemetry's height (over the take-off point, or a rangefinder's)
-    agl_on_terrain: bool = False   # agl_m is over the terrain under the camera (DEM or rangefinder)
-    ground: Optional[tuple] = None  # (east_m, north_m, height m) of the terrain where the vehicle is believed
-    attitude_known: bool = True
-    heading_known: bool = True
-    height_known: bool = True
-    notes: list = field(default_factory=list)
 
 
 @dataclass
@@ -153,39 +132,6 @@ def open_matcher(pack: TilePack, cfg: NavConfig, name: Optional[str] = None) -> 
                       cfg.crop_features)
 
 
-MERGE_GROWTH = 1.2  # a merged search window's half-side, at most, in its largest window's
-
-
-def merge_windows(windows: list[tuple], growth: float = MERGE_GROWTH) -> list[tuple]:
-    """Merge overlapping squares (east_m, north_m, half_side_m) into their bounding squares
-    while a merged square stays within `growth` times the largest original half-side it holds;
-    the first window's group stays first.
-
-    Why bounded: matching a crop against a larger piece of map gives its true matches more
-    look-alikes to lose to (the mutual nearest neighbour and the ratio test), so inliers fall.
-    Measured on the LEVIR-CD 2 flight (inliers at the true place, per frame of the first 4 s): a
-    window of half-side 132 m found 10-27, 172 m about as many, 262 m 5-25, and the whole
-    512 m map, which ten global candidates used to merge into, 4-7."""
-    out = [[*w, w[2]] for w in windows]  # east, north, half, the largest original half inside
-    merged = True
-    while merged:
-        merged = False
-        for i in range(len(out)):
-            for j in range(i + 1, len(out)):
-                (e1, n1, h1, o1), (e2, n2, h2, o2) = out[i], out[j]
-                lo_e, hi_e = min(e1 - h1, e2 - h2), max(e1 + h1, e2 + h2)
-                lo_n, hi_n = min(n1 - h1, n2 - h2), max(n1 + h1, n2 + h2)
-                half = max(hi_e - lo_e, hi_n - lo_n) / 2
-                if half <= growth * max(o1, o2):
-                    out[i] = [(lo_e + hi_e) / 2, (lo_n + hi_n) / 2, half, max(o1, o2)]
-                    del out[j]
-                    merged = True
-                    break
-            if merged:
-                break
-    return [tuple(w[:3]) for w in out]
-
-
 @contextmanager
 def _timed(timings: dict, stage: str):
     t0 = time.perf_counter()
@@ -193,6 +139,62 @@ def _timed(timings: dict, stage: str):
         yield
     finally:
         timings[stage] = (time.perf_counter() - t0) * 1e3
+
+
+class FrameCheck:
+    """The check stage: is the frame usable (an image of the camera's size with texture, taken
+    after the last one used), and can this computer keep up (said once when it cannot)."""
+
+    def __init__(self, camera: PinholeCamera, cfg: NavConfig):
+        self.camera, self.cfg = camera, cfg
+        self.last_capture_s: Optional[float] = None
+        self.stale_run = 0
+        self.too_slow = False  # set once when frames take too long for a track to be confirmed
+
+    def speed(self, frame_s: float, totals_ms) -> None:
+        """Say once, clearly, when this machine cannot confirm a track: confirming needs
+        confirm_measurements frames within lost_after_s. totals_ms: recent frames' times, ms."""
+        budget_s = self.cfg.lost_after_s / self.cfg.confirm_measurements
+        if frame_s > budget_s and not self.too_slow and len(totals_ms) >= 3 \
+                and float(np.median(totals_ms)) / 1e3 > budget_s:
+            self.too_slow = True
+            log.error("this computer takes %.1f s per frame; confirming a track needs %d frames within "
+                      "%.1f s (nav.lost_after_s), i.e. at most %.1f s each: no fix can be published. Use a "
+                      "faster computer or the GPU build, or fewer candidates (nav.top_k, "
+                      "nav.global_max_candidates)", frame_s, self.cfg.confirm_measurements,
+                      self.cfg.lost_after_s, budget_s)
+
+    def frame(self, frame: Frame) -> tuple:
+        """((Reason, detail) or None, whether the track must restart: the frames' clock went back)."""
+        t_s = getattr(frame, "t_capture_us", 0) / 1e6
+        if self.last_capture_s is not None and t_s < self.last_capture_s:
+            # A frame from before one already used (a clock jump, a replay glitch) must not move
+            # the filter back in time: refused, and the track is left as it was. If the frames
+            # keep coming from the earlier time, their clock really went back: start over.
+            self.stale_run += 1
+            if self.stale_run < STALE_FRAMES_TO_RESTART:
+                late_s = self.last_capture_s - t_s
+                return (Reason.STALE_FRAME, f"captured {late_s:.2f} s before the previous frame"), False
+            log.warning("frame clock went back %.1f s for %d frames: track restarted",
+                        self.last_capture_s - t_s, self.stale_run)
+            self.stale_run = 0
+            return self._image(frame), True
+        self.stale_run = 0
+        return self._image(frame), False
+
+    def _image(self, frame: Frame) -> Optional[tuple]:
+        """(Reason, detail) when the frame's image cannot be used, else None."""
+        img = getattr(frame, "image_rgb", None)
+        if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            return Reason.BAD_FRAME, (f"expected uint8 H x W x 3, got {getattr(img, 'dtype', type(img))} "
+                                      f"{getattr(img, 'shape', '')}")
+        if img.shape[:2] != (self.camera.height_px, self.camera.width_px):
+            return Reason.BAD_FRAME, (f"size {img.shape[1]} x {img.shape[0]}, camera model says "
+                                      f"{self.camera.width_px} x {self.camera.height_px}: set camera.width_px, "
+                                      "height_px and the intrinsics for the frames' size")
+        if float(img[::8, ::8].std()) < 2.0:
+            return Reason.BLANK_FRAME, "no texture"
+        return None
 
 
 class Navigator:
@@ -214,28 +216,20 @@ class Navigator:
         self.attitude_trim = AttitudeTrim(cfg.attitude_trim_gain)
         self.heading = HeadingCheck(cfg.max_rotation_deg, misses_to_search=cfg.heading_search_after or 10 ** 9,
                                     trim_gain=cfg.heading_trim_gain)
-        self.stale_run = 0
         self.integrity: Counter = Counter()   # image-against-telemetry events (integrity_counts)
         self.gallery = FrameGallery(cfg.gallery_size, embedder.dim, embedder.model_id)
-        # Terrain (tiles build --dem): ground heights under the camera and for resection. The
-        # camera's height above the terrain's datum is the telemetry's height over the take-off
-        # point plus the take-off point's datum height: nav.ground_alt_msl_m, then learned from
-        # resections on the terrain (their median: a barometer drifts, one resection can be wrong).
+        # Terrain (tiles build --dem): ground heights under the camera and for resection.
         self.terrain = pack.terrain if cfg.use_terrain else None
         self.heights = GroundHeights(cfg, self.terrain)
         self.last_position: Optional[tuple] = None  # (t_s, east_m, north_m) of the last measurement
-        self.last_alt_msl_m = 0.0
         self.last_tile_id: Optional[int] = None
         # False: the map is not matched (the SIL's stretches of unmatchable ground); odometry runs.
         self.map_matching = True
-        # The last usable frame for odometry: (crop features, frame-from-crop homography,
-        # world-from-camera rotation, height m, capture s).
         self.reasons: Counter = Counter()      # Reason -> frames
         self.timings_ms: dict = defaultdict(lambda: deque(maxlen=TIMING_WINDOW))
         self._log_reason = _RateLimitedLog()
         self.crop_px = int(round(pack.tile_size_m / self.gsd_m))
-        self.last_capture_s: Optional[float] = None
-        self.too_slow = False  # set once when frames take too long for a track to be confirmed
+        self.frames = FrameCheck(camera, cfg)
         self.heading_overrides = 0  # photos (locate) placed with the image's heading, not the recorded one
         self.retrieval = TileSearch(pack, embedder, camera, cfg)
         # Refinement sees more ground than the embedding: matches grow with the area, and the
@@ -251,6 +245,11 @@ class Navigator:
         self.placer = Placer(cfg, camera, self.gsd_m, self.terrain, self.heights, self.accuracy, self.refine_size_m,
                              self.integrity)
         log.info("%s", self.describe_accuracy())  # said once at start: what the accuracy allows for
+
+    @property
+    def too_slow(self) -> bool:
+        """Whether this computer was found too slow to confirm a track (said once in the log)."""
+        return self.frames.too_slow
 
     def _new_gate(self) -> TrackGate:
         c = self.cfg
@@ -273,7 +272,7 @@ class Navigator:
         if "refine" in timings:  # a frame that went through every stage
             total_ms = sum(timings.values())
             self.timings_ms["frame_total"].append(total_ms)
-            self._check_speed(total_ms / 1e3)
+            self.frames.speed(total_ms / 1e3, self.timings_ms["frame_total"])
         self.reasons[kind] += 1
         if fix is None:
             self._log_reason(kind, detail)
@@ -331,16 +330,18 @@ class Navigator:
         """One frame to a position measurement (Measurement), or (Reason, detail): every stage
         but the track gate (what `skyfix locate` uses alone, edge/locate.py), in order: check, crop, choose the tiles, embed and search, refine,
         place, accept."""
-        bad = self._check_frame(frame)
+        bad, restart = self.frames.frame(frame)
+        if restart:
+            self.gate = self._new_gate()
         if bad:
             return bad
         t_s = frame.t_capture_us / 1e6
-        self.last_capture_s = t_s
+        self.frames.last_capture_s = t_s
         with _timed(timings, "crop"):
             view = self._crop(frame, t_s)
         if not isinstance(view, View):
             return view
-        refused = self._choose_tiles(view, t_s)
+        refused = self.retrieval.choose_tiles(view, lambda: self._prior_window(t_s))
         if refused:
             return refused
         seen = self._search_and_refine(view, frame, t_s, timings)
@@ -359,7 +360,7 @@ class Navigator:
     def _crop(self, frame: Frame, t_s: float):
         """The frame rectified north-up with the trimmed attitude and the height (a View), or
         (Reason, detail) without a height."""
-        pose = self._crop_pose(frame.telemetry, t_s)
+        pose = self.heights.crop_pose(frame.telemetry, t_s, lambda: self._where(t_s))
         if pose.heading_known and self.heading.offset_rad:
             pose.yaw_rad += self.heading.offset_rad
             if abs(math.degrees(self.heading.offset_rad)) >= 0.5:  # not every trim of a tenth
@@ -373,34 +374,6 @@ class Navigator:
         crop, inside, offset_en = rectify(image, self.camera, pose.roll_rad, pose.pitch_rad,
                                           pose.yaw_rad, pose.agl_m, self.pack.tile_size_m, self.crop_px)
         return View(pose, image, crop, inside, offset_en, self.pack)
-
-    def _choose_tiles(self, view: "View", t_s: float) -> Optional[tuple]:
-        """Which tiles the frame is searched in (view.tiles, in place), or (Reason, detail).
-
-        Below the height where a tile fits in the frame (take-off, landing, low inspection) the
-        pack's finer levels are searched (`skyfix tiles level`); below the finest, a track goes
-        on without retrieval: the map features around its prediction are matched with the part
-        of the refinement crop the frame covers. A lost vehicle there gets no fix."""
-        pose = view.pose
-        if view.inside < 0.5:
-            view.tiles, view.crop, view.inside = self.retrieval.finer_level(view.image, pose, view.crop, view.inside)
-        view.close_range = view.inside < 0.5
-        if not view.close_range:
-            return None
-        view.window = self._prior_window(t_s)
-        if not self.cfg.close_range or view.window is None:
-            finest_m = min([self.pack.tile_size_m, *(lv.tile_size_m for lv in self.pack.levels)])
-            return Reason.CROP_OUTSIDE, (f"the frame covers {view.inside:.0%} of a {self.pack.tile_size_m:g} m tile "
-                                         f"(height {pose.agl_m:.0f} m; the pack's finest tiles, {finest_m:g} m, "
-                                         f"serve from {lowest_agl_m(self.camera, finest_m):.0f} m); below this only "
-                                         "a track continues (finer tiles: skyfix tiles level PACK --tile-size-m S)")
-        # The footprint's side (the covered share of the tile's area, as a square) in map pixels.
-        across_px = math.sqrt(view.inside) * self.pack.tile_size_m / self.pack.map_gsd_m
-        if across_px < self.cfg.close_range_min_map_px:
-            return Reason.CROP_OUTSIDE, (f"the frame sees {across_px:.0f} map pixels across (height "
-                                         f"{pose.agl_m:.0f} m), under nav.close_range_min_map_px = "
-                                         f"{self.cfg.close_range_min_map_px:g}: too few to track on")
-        return None
 
     def _search_and_refine(self, view: "View", frame: Frame, t_s: float, timings: dict) -> "Seen":
         """Embed and search (not at close range: the track's window is the candidate), then
@@ -420,7 +393,8 @@ class Navigator:
                                                   self.heights.ground_depth(pose.ground, pose.agl_m, pose.agl_on_terrain))
             matcher = self.matcher if trust_heading else self.rotation_matcher
             described = matcher.describe(wide, trust_heading)
-            best, runner_up = self._refine(matcher, described, wide.shape, candidates)
+            best, runner_up = (self.retrieval.refine(matcher, described, wide.shape, candidates)
+                               if self.map_matching else (None, None))
         seen = Seen(trust_heading, described, wide, wide_map, best, runner_up)
         if view.tiles is self.pack and not view.close_range:  # the gallery holds frames of the main tiles' size
             seen.gallery_slot = self.gallery.add(vectors[0], frame.t_capture_us, frame.source_id, None)
@@ -475,75 +449,6 @@ class Navigator:
                            pose.notes)
 
     # ---- stages -------------------------------------------------------------------------------
-    def _check_speed(self, frame_s: float) -> None:
-        """Say once, clearly, when this machine cannot confirm a track: confirming needs
-        confirm_measurements frames within lost_after_s."""
-        budget_s = self.cfg.lost_after_s / self.cfg.confirm_measurements
-        if frame_s > budget_s and not self.too_slow and len(self.timings_ms["frame_total"]) >= 3 \
-                and float(np.median(self.timings_ms["frame_total"])) / 1e3 > budget_s:
-            self.too_slow = True
-            log.error("this computer takes %.1f s per frame; confirming a track needs %d frames within "
-                      "%.1f s (nav.lost_after_s), i.e. at most %.1f s each: no fix can be published. Use a "
-                      "faster computer or the GPU build, or fewer candidates (nav.top_k, "
-                      "nav.global_max_candidates)", frame_s, self.cfg.confirm_measurements,
-                      self.cfg.lost_after_s, budget_s)
-
-    def _check_frame(self, frame: Frame) -> Optional[tuple]:
-        t_s = getattr(frame, "t_capture_us", 0) / 1e6
-        if self.last_capture_s is not None and t_s < self.last_capture_s:
-            # A frame from before one already used (a clock jump, a replay glitch) must not move
-            # the filter back in time: refused, and the track is left as it was. If the frames
-            # keep coming from the earlier time, their clock really went back: start over.
-            self.stale_run += 1
-            if self.stale_run < STALE_FRAMES_TO_RESTART:
-                return Reason.STALE_FRAME, f"captured {self.last_capture_s - t_s:.2f} s before the previous frame"
-            log.warning("frame clock went back %.1f s for %d frames: track restarted",
-                        self.last_capture_s - t_s, self.stale_run)
-            self.gate = self._new_gate()
-        self.stale_run = 0
-        img = getattr(frame, "image_rgb", None)
-        if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            return Reason.BAD_FRAME, (f"expected uint8 H x W x 3, got {getattr(img, 'dtype', type(img))} "
-                                      f"{getattr(img, 'shape', '')}")
-        if img.shape[:2] != (self.camera.height_px, self.camera.width_px):
-            return Reason.BAD_FRAME, (f"size {img.shape[1]} x {img.shape[0]}, camera model says "
-                                      f"{self.camera.width_px} x {self.camera.height_px}: set camera.width_px, "
-                                      "height_px and the intrinsics for the frames' size")
-        if float(img[::8, ::8].std()) < 2.0:
-            return Reason.BLANK_FRAME, "no texture"
-        return None
-
-    def _crop_pose(self, tel: Optional[Telemetry], t_s: float) -> CropPose:
-        """Attitude and height for rectification; what is missing is assumed and noted."""
-        pose = CropPose()
-        roll, pitch, yaw = (tel.roll_rad, tel.pitch_rad, tel.yaw_rad) if tel else (None, None, None)
-        if _finite(roll) and _finite(pitch):
-            pose.roll_rad, pose.pitch_rad = roll, pitch
-        else:
-            pose.attitude_known = False
-            pose.notes.append("attitude missing: assumed level")
-        if _finite(yaw):
-            pose.yaw_rad = yaw
-        else:
-            pose.heading_known = False
-            pose.notes.append("heading missing: rotation searched")
-        pose.agl_m, note = self.heights.telemetry_agl(tel.alt_agl_m if tel else None, t_s)
-        pose.rel_m = pose.agl_m
-        if note:
-            pose.height_known = False
-            pose.notes.append(note)
-        if self.cfg.ground_alt_msl_m is not None and pose.agl_m is not None:
-            self.last_alt_msl_m = self.cfg.ground_alt_msl_m + pose.agl_m
-        elif tel is not None and _finite(tel.alt_msl_m):
-            self.last_alt_msl_m = tel.alt_msl_m
-        if self.terrain is not None and pose.agl_m is not None:
-            pose.ground = self.heights.ground_under(self._where(t_s))
-            if tel is not None and tel.agl_rangefinder:
-                pose.agl_on_terrain = True
-            else:
-                pose.agl_m, pose.agl_on_terrain = self.heights.agl_over_terrain(pose.agl_m, pose.ground, pose.notes)
-        return pose
-
     def _where(self, t_s: float) -> Optional[tuple]:
         """(east_m, north_m) the vehicle is believed at: the track's prediction, else the last
         measured position within POSITION_MEMORY_S, else None."""
@@ -567,27 +472,6 @@ class Navigator:
         e, n, acc = prior
         return e, n, float(np.clip(3 * acc + 20, self.cfg.window_min_m, self.cfg.window_max_m))
 
-    def _refine(self, matcher: MapMatcher, described, crop_shape: tuple, candidates: list[tuple]):
-        """(best Match, strongest match at another place) by inlier count; Nones when none.
-
-        `described`: the crop's features, from `matcher` (described once per frame);
-        overlapping candidate windows are merged while they stay near their own size
-        (`merge_windows`; while tracking, one window), and each window gives its best placement
-        and the best other one."""
-        if not self.map_matching:
-            return None, None
-        reach_m = max(crop_shape[:2]) * self.gsd_m * 0.75
-        wh = (crop_shape[1], crop_shape[0])
-        matches = [m for e, n, half in merge_windows([(e, n, r + reach_m) for e, n, r in candidates])
-                   for m in matcher.match_window(described, wh, self.gsd_m, (e, n), half)]
-        if not matches:
-            return None, None
-        matches.sort(key=lambda m: -m.inliers)
-        best = matches[0]
-        far = [m for m in matches[1:] if math.hypot(m.east_m - best.east_m, m.north_m - best.north_m)
-               > self.pack.tile_size_m / 4]
-        return best, (far[0] if far else None)
-
     def integrity_counts(self) -> dict:
         """{event: frames} of the integrity checks (image against telemetry), for the JSON; the
         heading corrections the image voted for and the recorded headings `locate` overruled."""
@@ -603,7 +487,7 @@ class Navigator:
     def _fix_from_state(self, state: FilterState, t_capture_us: int, yaw_rad: Optional[float]) -> Fix:
         lat, lon, _ = self.pack.frame.to_lla(state.x[0], state.x[1])
         return Fix(t_capture_us=int(t_capture_us), lat_deg=float(lat), lon_deg=float(lon),
-                   alt_msl_m=float(self.last_alt_msl_m),
+                   alt_msl_m=float(self.heights.last_alt_msl_m),
                    horiz_accuracy_m=self.accuracy_with_map_bias_m(MotionFilter.horiz_accuracy_m(state),
                                                                   float(np.hypot(state.x[2], state.x[3]))),
                    vel_north_m_s=float(state.x[3]), vel_east_m_s=float(state.x[2]),

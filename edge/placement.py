@@ -27,7 +27,7 @@ from skyfix.edge.pose import MIN_POINTS as MIN_RESECT_POINTS, resect
 from skyfix.edge.refine import Match
 
 if TYPE_CHECKING:
-    from skyfix.edge.navigator import CropPose
+    from skyfix.edge.heights import CropPose
 
 log = logging.getLogger("skyfix.nav")
 

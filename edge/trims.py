@@ -15,7 +15,7 @@ from skyfix.edge.camera import rectify_mapped
 from skyfix.edge.refine import Match
 
 if TYPE_CHECKING:
-    from skyfix.edge.navigator import CropPose
+    from skyfix.edge.heights import CropPose
 
 log = logging.getLogger("skyfix.nav")
 

@@ -304,7 +304,7 @@ def test_a_match_the_track_does_not_agree_with_never_trims_the_heading(nav, worl
 def test_search_windows_merge_only_while_they_stay_near_their_own_size():
     """Candidates spread over a small map must not merge into one window over all of it: matching
     against a larger piece of map loses true matches to look-alikes (see merge_windows)."""
-    from skyfix.edge.navigator import MERGE_GROWTH, merge_windows
+    from skyfix.edge.search import MERGE_GROWTH, merge_windows
     grid = [(e, n, 172.0) for e in (-128, 0, 128) for n in (-128, 0, 128)]
     merged = merge_windows(grid)
     assert all(h <= MERGE_GROWTH * 172.0 + 1e-9 for _, _, h in merged)
