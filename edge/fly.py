@@ -5,8 +5,10 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from typing import Optional
 
-from skyfix.contracts import Frame, Reason
+from skyfix.contracts import Reason
+from skyfix.edge.frame_loop import SourceFrame, run_frame_loop
 from skyfix.errors import SkyfixError
 
 log = logging.getLogger("skyfix.fly")
@@ -51,6 +53,16 @@ def no_frame_used(summary: dict) -> bool:
     return bool(reasons) and all(k in UNUSABLE for k in reasons)
 
 
+def source_frames(source, stop: Optional[threading.Event] = None):
+    """A frame source's frames (edge/sources.py: camera, video, folder) for the frame loop, until
+    it ends or `stop` is set."""
+    while stop is None or not stop.is_set():
+        sf = source.read()
+        if sf is None:
+            return
+        yield SourceFrame(sf.image_rgb, sf.t_capture_mono_s, sf.source_id, sf.telemetry)
+
+
 def run_fly(cfg, link_wait_s: float = 10.0, max_frames: int = 0, offline: bool = False) -> dict:
     """Fly until the source ends or SIGINT/SIGTERM; returns the reasons and timing summary.
 
@@ -77,14 +89,8 @@ def run_fly(cfg, link_wait_s: float = 10.0, max_frames: int = 0, offline: bool =
         publisher = FixPublisher.from_config(bridge, nav.estimate_at, cfg.bridge).start()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-        n = 0
-        while not stop.is_set() and (not max_frames or n < max_frames):
-            sf = source.read()
-            if sf is None:
-                break
-            tel = sf.telemetry or bridge.telemetry.at(sf.t_capture_mono_s, cfg.nav.telemetry_max_age_s)
-            nav.step(Frame(sf.image_rgb, int(sf.t_capture_mono_s * 1e6), tel, sf.source_id))
-            n += 1
+        run_frame_loop(nav, source_frames(source, stop),
+                       lambda t_s: bridge.telemetry.at(t_s, cfg.nav.telemetry_max_age_s), max_frames=max_frames)
     finally:
         if publisher is not None:
             publisher.close()
@@ -114,20 +120,17 @@ def _replay_offline(cfg, max_frames: int = 0) -> dict:
         raise SkyfixError(f"offline replay needs an image folder as nav.source, got '{cfg.nav.source}'")
     out = Path(cfg.nav.gallery_out).parent
     out.mkdir(parents=True, exist_ok=True)
-    n = 0
     with open(out / "fixes.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["name", "t_capture_s", "lat_deg", "lon_deg", "horiz_accuracy_m", "reason", "detail"])
-        while not max_frames or n < max_frames:
-            sf = source.read()
-            if sf is None:
-                break
-            res = nav.step(Frame(sf.image_rgb, int(sf.t_capture_mono_s * 1e6), sf.telemetry, sf.source_id))
+
+        def row(sf, _tel, res) -> None:
             fix = res.fix
-            w.writerow([sf.source_id, f"{sf.t_capture_mono_s:.3f}", *(("", "", "") if fix is None else
+            w.writerow([sf.source_id, f"{sf.t_capture_s:.3f}", *(("", "", "") if fix is None else
                         (f"{fix.lat_deg:.8f}", f"{fix.lon_deg:.8f}", f"{fix.horiz_accuracy_m:.2f}")),
                         res.kind.value, res.detail])
-            n += 1
+
+        run_frame_loop(nav, source_frames(source), on_result=row, max_frames=max_frames)
     source.close()
     nav.gallery.save(cfg.nav.gallery_out)
     return {"frames": sum(nav.reasons.values()), "reasons": nav.reason_counts(), "integrity": nav.integrity_counts(),

@@ -10,6 +10,7 @@ by itself).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -21,8 +22,9 @@ from typing import Iterator, Optional
 import cv2
 import numpy as np
 
-from skyfix.contracts import Frame
+from skyfix.edge.frame_loop import SourceFrame, run_frame_loop
 from skyfix.errors import SkyfixError
+from skyfix.geo import LocalFrame
 from skyfix.replay.log import FlightLog, LogError, read_log
 
 OFFSET_SEARCH_S = 5.0   # the camera-log offsets tried by the estimate, +- this
@@ -135,7 +137,6 @@ def estimate_offset_s(fixes: list[dict], log: FlightLog) -> Optional[tuple]:
     negative offset; apply it with --time-offset-s."""
     if len(fixes) < 10:
         return None
-    from skyfix.geo import LocalFrame
     frame = LocalFrame(fixes[0]["lat_deg"], fixes[0]["lon_deg"])
     en = np.array([frame.to_enu(f["lat_deg"], f["lon_deg"])[:2] for f in fixes])
     t = np.array([f["t_utc_s"] for f in fixes])
@@ -168,6 +169,22 @@ def clock_warnings(estimate: Optional[tuple], sigma_s: float) -> list:
     return [said]
 
 
+def _scored_row(sf: SourceFrame, res, gps: Optional[tuple], frame: LocalFrame, t_first_s: float, scored: list) -> dict:
+    """One frame's row of fixes.csv (its fix and its error against the log's GPS, or the reason
+    there is none); a fix with a GPS to score it against is also appended to `scored`."""
+    row = {"name": sf.source_id, "t_utc_s": sf.t_capture_s, "reason": res.kind.value, "detail": res.detail,
+           "gps_lat_deg": gps[0] if gps else None, "gps_lon_deg": gps[1] if gps else None}
+    if res.fix is not None:
+        row.update(lat_deg=res.fix.lat_deg, lon_deg=res.fix.lon_deg, horiz_accuracy_m=res.fix.horiz_accuracy_m)
+        if gps:
+            e, n, _ = frame.to_enu(res.fix.lat_deg, res.fix.lon_deg)
+            ge, gn, _ = frame.to_enu(*gps)
+            row["error_m"] = float(math.hypot(e - ge, n - gn))
+            scored.append({"t_s": sf.t_capture_s - t_first_s, "east_m": float(e), "north_m": float(n),
+                           "horiz_accuracy_m": res.fix.horiz_accuracy_m, "error_m": row["error_m"]})
+    return row
+
+
 def replay(pack_path: str, frames: Iterator[ReplayFrame], log: FlightLog, cfg, out_dir: Path,
            notes: Optional[list] = None, progress: bool = True, extra: Optional[dict] = None) -> dict:
     """Replay frames through the navigator with the log's telemetry; write fixes.csv,
@@ -175,33 +192,24 @@ def replay(pack_path: str, frames: Iterator[ReplayFrame], log: FlightLog, cfg, o
     from skyfix.edge.fly import startup
     from skyfix.edge.navigator import Navigator
     from skyfix.sim.score import plot_track, score
-    cfg.nav.pack = pack_path
+    cfg = dataclasses.replace(cfg, nav=dataclasses.replace(cfg.nav, pack=pack_path))  # the caller's is left alone
     pack, embedder, cam = startup(cfg)
     nav = Navigator(pack, embedder, cam, cfg.nav)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, scored, untimed = [], [], 0
-    t_first = None
-    for rf in frames:
-        tel = log.telemetry_at(rf.t_utc_s, cfg.nav.telemetry_max_age_s)
-        if tel is None:
-            untimed += 1
-            continue
-        t_first = rf.t_utc_s if t_first is None else t_first
-        res = nav.step(Frame(rf.image_rgb, int(rf.t_utc_s * 1e6), tel, rf.name))
-        gps = log.gps_at(rf.t_utc_s)
-        row = {"name": rf.name, "t_utc_s": rf.t_utc_s, "reason": res.kind.value, "detail": res.detail,
-               "gps_lat_deg": gps[0] if gps else None, "gps_lon_deg": gps[1] if gps else None}
-        if res.fix is not None:
-            row.update(lat_deg=res.fix.lat_deg, lon_deg=res.fix.lon_deg, horiz_accuracy_m=res.fix.horiz_accuracy_m)
-            if gps:
-                e, n, _ = pack.frame.to_enu(res.fix.lat_deg, res.fix.lon_deg)
-                ge, gn, _ = pack.frame.to_enu(*gps)
-                row["error_m"] = float(math.hypot(e - ge, n - gn))
-                scored.append({"t_s": rf.t_utc_s - t_first, "east_m": float(e), "north_m": float(n),
-                               "horiz_accuracy_m": res.fix.horiz_accuracy_m, "error_m": row["error_m"]})
-        rows.append(row)
+    rows, scored, untimed = [], [], [0]
+
+    def record(sf: SourceFrame, tel, res) -> None:
+        if res is None:  # outside the log's telemetry: not replayed
+            untimed[0] += 1
+            return
+        rows.append(_scored_row(sf, res, log.gps_at(sf.t_capture_s), pack.frame, rows[0]["t_utc_s"] if rows else
+                                sf.t_capture_s, scored))
         if progress and len(rows) % 100 == 0:
             print(f"  {len(rows)} frames, {len(scored)} fixes", flush=True)
+
+    run_frame_loop(nav, (SourceFrame(rf.image_rgb, rf.t_utc_s, rf.name) for rf in frames),
+                   lambda t_s: log.telemetry_at(t_s, cfg.nav.telemetry_max_age_s), record, skip_without_telemetry=True)
+    untimed = untimed[0]
     if not rows:
         raise LogError("no frame of the video falls inside the log: check --video-start / --time-offset-s")
     duration_s = rows[-1]["t_utc_s"] - rows[0]["t_utc_s"]
@@ -272,7 +280,6 @@ def run_replay(video: Optional[str], log_path: str, pack_path: str, cfg, out_dir
     first attitude; plus time_offset_s) or the photos by their EXIF times, check they overlap the
     log, replay and score. The camera's intrinsics come from cfg.camera; its image size from the
     video or the first photo."""
-    import dataclasses
     log = read_log(log_path)
     if photos:
         folder = Path(photos)

@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from skyfix.contracts import Frame
+from skyfix.edge.frame_loop import SourceFrame, run_frame_loop
 from skyfix.edge.camera import PinholeCamera
 from skyfix.edge.navigator import Navigator
 from skyfix.errors import SkyfixError
@@ -138,24 +138,31 @@ def capture_stamp_error(sim_cfg):
 def _camera_loop(flight: Flight, bridge: MavlinkBridge, t0: float, cfg, frames: list,
                  progress_vehicle=None) -> None:
     """Frames at the camera rate (dropped when the loop falls behind), each with the telemetry
-    interpolated at its capture time."""
-    period, next_t, last_print = 1.0 / cfg.sim.camera_hz, 0.0, 0.0
+    interpolated at its capture time, through the one frame loop."""
     stamp_error = capture_stamp_error(cfg.sim)
-    while (t := time.monotonic() - t0) < flight.duration_s:
-        if t < next_t:
-            time.sleep(next_t - t)
-            continue
-        img = flight.camera.render(t)
-        flight.nav.map_matching = not in_map_gap(t, cfg.sim)
-        stamp_s = t0 + t + stamp_error()  # the camera's clock against the autopilot's
-        tel = bridge.telemetry.at(stamp_s, cfg.nav.telemetry_max_age_s)
-        res = flight.nav.step(Frame(img, int(stamp_s * 1e6), tel, f"sim-{len(frames):05d}"))
+
+    def rendered():
+        period, next_t = 1.0 / cfg.sim.camera_hz, 0.0
+        while (t := time.monotonic() - t0) < flight.duration_s:
+            if t < next_t:
+                time.sleep(next_t - t)
+                continue
+            flight.nav.map_matching = not in_map_gap(t, cfg.sim)
+            stamp_s = t0 + t + stamp_error()  # the camera's clock against the autopilot's
+            yield SourceFrame(flight.camera.render(t), stamp_s, f"sim-{len(frames):05d}", meta=t)
+            next_t = max(next_t + period, time.monotonic() - t0)
+
+    last_print = [0.0]
+
+    def record(sf: SourceFrame, _tel, res) -> None:
+        t = sf.meta
         frames.append(frame_record(t, flight.vehicle.pose(t), res, flight.pack))
-        next_t = max(next_t + period, time.monotonic() - t0)
-        if progress_vehicle is not None and t - last_print >= 10:
-            last_print = t
+        if progress_vehicle is not None and t - last_print[0] >= 10:
+            last_print[0] = t
             print(f"  t {t:5.0f}/{flight.duration_s:.0f} s  frames {len(frames)}  fixes "
                   f"{sum(f['fix'] for f in frames)}  published {len(progress_vehicle.received())}", flush=True)
+
+    run_frame_loop(flight.nav, rendered(), lambda t_s: bridge.telemetry.at(t_s, cfg.nav.telemetry_max_age_s), record)
 
 
 def summarise(flight: Flight, frames: list, received: list, link: dict, cfg) -> dict:

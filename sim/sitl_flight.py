@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from skyfix.contracts import Frame
+from skyfix.edge.frame_loop import SourceFrame, run_frame_loop
 from skyfix.edge.camera import PinholeCamera
 from skyfix.edge.navigator import Navigator
 from skyfix.firmware_bridge.link import MavlinkBridge
@@ -100,28 +100,37 @@ def _telemetry_error(t_s: float, tel, pose) -> dict:
 def _camera_loop(nav: Navigator, vehicle: SitlVehicle, bridge: MavlinkBridge, pack: TilePack,
                  cam: PinholeCamera, cfg, pilot_thread: threading.Thread, progress: bool,
                  telemetry_errors: list) -> list:
-    """Frames at the camera rate from the true pose while the mission runs; returns reasons."""
-    period, next_t, last_print, kinds = 1.0 / cfg.sim.camera_hz, time.monotonic(), 0.0, []
+    """Frames at the camera rate from the true pose while the mission runs, through the one
+    frame loop; returns reasons."""
+    kinds: list = []
     canvas = pack.map_blocks(cache_blocks=32)
-    while pilot_thread.is_alive():
-        now = time.monotonic()
-        if now < next_t:
-            time.sleep(min(next_t - now, 0.05))
-            continue
-        next_t = max(next_t + period, time.monotonic())
-        pose = vehicle.true_pose()
-        if pose is None or pose.agl_m < MIN_RENDER_AGL_M:
-            continue
-        img, _, _ = render_view(canvas, cam, pose)
-        tel = bridge.telemetry.at(now, cfg.nav.telemetry_max_age_s)
-        res = nav.step(Frame(img, int(now * 1e6), tel, f"sitl-{len(kinds):05d}"))
+
+    def rendered():
+        period, next_t = 1.0 / cfg.sim.camera_hz, time.monotonic()
+        while pilot_thread.is_alive():
+            now = time.monotonic()
+            if now < next_t:
+                time.sleep(min(next_t - now, 0.05))
+                continue
+            next_t = max(next_t + period, time.monotonic())
+            pose = vehicle.true_pose()
+            if pose is None or pose.agl_m < MIN_RENDER_AGL_M:
+                continue
+            yield SourceFrame(render_view(canvas, cam, pose)[0], now, f"sitl-{len(kinds):05d}", meta=pose)
+
+    last_print = [0.0]
+
+    def record(sf: SourceFrame, tel, res) -> None:
+        now = sf.t_capture_s
         kinds.append(res.kind.value)
-        telemetry_errors.append(_telemetry_error(now - vehicle.t0_mono_s, tel, pose))
-        if progress and now - last_print >= 10:
-            last_print = now
-            print(f"  {now - vehicle.t0_mono_s:5.0f} s  agl {pose.agl_m:5.1f} m  frames {len(kinds)}  "
+        telemetry_errors.append(_telemetry_error(now - vehicle.t0_mono_s, tel, sf.meta))
+        if progress and now - last_print[0] >= 10:
+            last_print[0] = now
+            print(f"  {now - vehicle.t0_mono_s:5.0f} s  agl {sf.meta.agl_m:5.1f} m  frames {len(kinds)}  "
                   f"published {len(vehicle.sent_fixes)}  mode {vehicle.modes[-1][1] if vehicle.modes else '?'}",
                   flush=True)
+
+    run_frame_loop(nav, rendered(), lambda t_s: bridge.telemetry.at(t_s, cfg.nav.telemetry_max_age_s), record)
     return kinds
 
 
