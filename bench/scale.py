@@ -35,22 +35,27 @@ def synthetic_embeddings(n: int, d: int, seed: int = 0, intrinsic_dim: int = 32)
     return out, queries
 
 
+def _pack_search_rows(pack, queries: int) -> list[str]:
+    """Table rows: a pack's global top-10 search and a 200 m prior-window search, random unit queries."""
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((queries, pack.dim)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    it = iter(range(10 ** 9))
+    ms = _latency_ms(lambda: pack.search(q[next(it) % queries][None], 10), 10, queries)
+    rows = [f"| pack, exact, global top-10 | {len(pack)} | {np.percentile(ms, 50):.3f} | "
+            f"{np.percentile(ms, 95):.3f} | {pack.manifest['index']} |"]
+    e, n = float(pack.east_m.mean()), float(pack.north_m.mean())
+    ms = _latency_ms(lambda: pack.search(q[next(it) % queries][None], 10, near=(e, n, 200.0)), 10, queries)
+    rows.append(f"| pack, prior window r=200 m | {len(pack.ids_within(e, n, 200.0))} in window | "
+                f"{np.percentile(ms, 50):.3f} | {np.percentile(ms, 95):.3f} | tile grid + window_search |")
+    return rows
+
+
 def bench_faiss(pack_path: str | None, n_synthetic: int, queries: int = 200) -> str:
     from skyfix.pack.tilepack import TileGrid, TilePack, make_index, window_search
     rows = ["| search | tiles | p50 ms | p95 ms | note |", "|---|---|---|---|---|"]
-    rng = np.random.default_rng(1)
     if pack_path:
-        pack = TilePack.open(pack_path)
-        q = rng.standard_normal((queries, pack.dim)).astype(np.float32)
-        q /= np.linalg.norm(q, axis=1, keepdims=True)
-        it = iter(range(10 ** 9))
-        ms = _latency_ms(lambda: pack.search(q[next(it) % queries][None], 10), 10, queries)
-        rows.append(f"| pack, exact, global top-10 | {len(pack)} | {np.percentile(ms, 50):.3f} | "
-                    f"{np.percentile(ms, 95):.3f} | {pack.manifest['index']} |")
-        e, n = float(pack.east_m.mean()), float(pack.north_m.mean())
-        ms = _latency_ms(lambda: pack.search(q[next(it) % queries][None], 10, near=(e, n, 200.0)), 10, queries)
-        rows.append(f"| pack, prior window r=200 m | {len(pack.ids_within(e, n, 200.0))} in window | "
-                    f"{np.percentile(ms, 50):.3f} | {np.percentile(ms, 95):.3f} | tile grid + window_search |")
+        rows += _pack_search_rows(TilePack.open(pack_path), queries)
     d = 512
     t0 = time.perf_counter()
     xb, make_queries = synthetic_embeddings(n_synthetic, d)

@@ -375,6 +375,20 @@ def _arithmetic(precision: str) -> str:
     return "fp32" if precision == "fp16-weights" else precision
 
 
+def _checked_request(model_dir: Path, precision: str, qat_checkpoint, quantiser: str) -> dict:
+    """The FP32 folder's model card, or SkyfixError for a request that cannot be met."""
+    if precision not in PRECISIONS:
+        raise SkyfixError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    card = read_model_card(model_dir)
+    if card.get("precision", "fp32") != "fp32":
+        raise SkyfixError(f"{model_dir} is already {card['precision']}: convert from the FP32 export")
+    if qat_checkpoint is not None and precision != "int8":
+        raise SkyfixError("--qat is for int8 exports")
+    if quantiser not in QUANTISERS or (quantiser != "onnxruntime" and (precision != "int8" or qat_checkpoint)):
+        raise SkyfixError(f"--quantiser is one of {', '.join(QUANTISERS)}, and modelopt is for post-training int8")
+    return card
+
+
 def export_precision(model_dir: str | Path, out_dir: str | Path, precision: str, calib_source,
                      calib_n: int = 512, eval_n: int = 200, method: str = "percentile",
                      accept_loss: bool = False, seed: int = 0, log: Callable = print,
@@ -386,16 +400,8 @@ def export_precision(model_dir: str | Path, out_dir: str | Path, precision: str,
     from, or "" for the folder's own ONNX towers): quantisation-aware fine-tuning (export/qat.py)
     instead of post-training quantisation.
     Returns the model card."""
-    if precision not in PRECISIONS:
-        raise SkyfixError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    card = read_model_card(model_dir)
-    if card.get("precision", "fp32") != "fp32":
-        raise SkyfixError(f"{model_dir} is already {card['precision']}: convert from the FP32 export")
-    if qat_checkpoint is not None and precision != "int8":
-        raise SkyfixError("--qat is for int8 exports")
-    if quantiser not in QUANTISERS or (quantiser != "onnxruntime" and (precision != "int8" or qat_checkpoint)):
-        raise SkyfixError(f"--quantiser is one of {', '.join(QUANTISERS)}, and modelopt is for post-training int8")
+    card = _checked_request(model_dir, precision, qat_checkpoint, quantiser)
     t0 = time.perf_counter()
     calib, held_out = render_views(calib_source, int(card["input_px"]), calib_n if precision == "int8" else 0,
                                    eval_n, seed)

@@ -254,6 +254,17 @@ def _build_into(staging: Path, out: Path, ortho, cfg: SkyfixConfig, embedder, ex
                      map_accuracy_m=tc.map_accuracy_m,
                      extra_files={"config.yaml": yaml.safe_dump(config_to_dict(cfg), sort_keys=False)})
     log(f"index {tc.index}: {time.perf_counter() - t2:.1f} s")
+    _ground_and_levels(staging, cfg, embedder, model_source, cluster, progress, log)
+    shutil.rmtree(work)
+    replace_directory(staging, out)
+    return len(tiles), dt_embed
+
+
+def _ground_and_levels(staging: Path, cfg: SkyfixConfig, embedder, model_source: str, cluster, progress: bool,
+                       log) -> None:
+    """The build's last stages: what the map's accuracy is taken as, the terrain (or the
+    flat-ground allowance, said), and the finer levels the heights flown need (said)."""
+    tc, work = cfg.tiles, staging / ".build"
     if tc.map_accuracy_m is None:
         log(f"the map's absolute accuracy is not stated: nav.map_bias_m ({cfg.nav.map_bias_m:g} m per axis) is "
             "added to every fix's accuracy; state it with --map-accuracy-m")
@@ -272,9 +283,6 @@ def _build_into(staging: Path, out: Path, ortho, cfg: SkyfixConfig, embedder, ex
                   tc.max_nodata_frac, tc.index if tc.index == "flat" else "hnsw", progress, log,
                   chunk_dir=work / f"level_{size_m:g}", cluster=(cluster, model_source, cfg.model) if cluster else None)
     log(describe_heights([tc.tile_size_m, *levels_m], cam))
-    shutil.rmtree(work)
-    replace_directory(staging, out)
-    return len(tiles), dt_embed
 
 
 def write_pack(out_dir: str | Path, canvas: MapCanvas, tiles: list[GeoTile], vectors: np.ndarray,
