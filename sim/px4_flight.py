@@ -24,18 +24,14 @@ from typing import Optional
 
 import numpy as np
 
-from skyfix.edge.camera import PinholeCamera
 from skyfix.edge.navigator import Navigator
 from skyfix.errors import require
-from skyfix.firmware_bridge.link import MavlinkBridge
-from skyfix.firmware_bridge.publisher import FixPublisher
 from skyfix.geo import LocalFrame
-from skyfix.pack.tilepack import TilePack
 from skyfix.render.views import ViewPose
 from skyfix.sim.px4 import ONBOARD_CONNECTION, Px4Sitl
 from skyfix.sim.score import flight_summary, velocity_lines
-from skyfix.sim.sitl import Sample, fly_leg, wait_until
-from skyfix.sim.sitl_flight import _camera_loop, _terminate_cleanly, fly_mission, mission_waypoints, write_sitl_outputs
+from skyfix.sim.sitl import Pilot, Sample, fly_leg, wait_until
+from skyfix.sim.sitl_flight import _terminate_cleanly, fly_on_autopilot, mission_setup, write_sitl_outputs
 
 # PX4 custom modes (main, sub) as MAV_CMD_DO_SET_MODE takes them and HEARTBEAT reports them.
 PX4_MODES = {"ALTCTL": (2, 0), "POSCTL": (3, 0), "AUTO.LOITER": (4, 3), "AUTO.LAND": (4, 6)}
@@ -166,16 +162,17 @@ class Px4Vehicle(Px4Sitl):
                                               fix.lat_deg, fix.lon_deg, fix.horiz_accuracy_m, pose, None))
 
 
-class Px4Pilot:
+class Px4Pilot(Pilot):
     """What a ground station does over PX4's GCS link: modes, arming, the sticks (MANUAL_CONTROL,
     sent continuously: PX4 takes a MAVLink joystick as its manual control), reposition targets,
     landing. Each step waits for its result with a timeout and says what happened."""
 
     CLIMB_MODE, MISSION_MODE = "ALTCTL", "AUTO.LOITER"
+    ARM_TIMEOUT_S = 90.0
 
     def __init__(self, vehicle: Px4Vehicle, speed_m_s: float = 12.0):
-        self.v, self.speed_m_s = vehicle, speed_m_s
-        self.events: list[tuple] = []
+        super().__init__(vehicle)
+        self.speed_m_s = speed_m_s
         self.throttle = 0.5               # stick, 0..1 (0.5: hold the altitude in ALTCTL)
         self._stop = threading.Event()
         self._sticks = threading.Thread(target=self._send_sticks, daemon=True, name="px4-sticks")
@@ -193,9 +190,6 @@ class Px4Pilot:
                 return
             time.sleep(0.05)
 
-    def note(self, text: str) -> None:
-        self.events.append((time.monotonic(), text))
-
     def prepare(self) -> bool:
         return True  # EKF2 sets its origin from the first auxiliary global position it fuses
 
@@ -205,40 +199,10 @@ class Px4Pilot:
     def abort(self) -> None:
         self.descend_and_land()
 
-    def mode(self) -> Optional[str]:
-        return self.v.modes[-1][1] if self.v.modes else None
-
-    def set_mode(self, mode: str, timeout_s: float = 10.0) -> bool:
+    def request_mode(self, mode: str) -> None:
+        """MAV_CMD_DO_SET_MODE with PX4's main and sub mode; the HEARTBEAT says whether it was taken."""
         main, sub = PX4_MODES[mode]
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            self.v.conn.mav.command_long_send(1, 1, 176, 0, 1, main, sub, 0, 0, 0, 0)  # DO_SET_MODE, custom
-            time.sleep(0.5)
-            if self.mode() == mode:
-                self.note(f"mode {mode}")
-                return True
-        self.note(f"mode {mode} refused: {self._last_texts()}")
-        return False
-
-    def _last_texts(self, n: int = 3) -> str:
-        return "; ".join(t for _, _, t in self.v.statustexts[-n:])
-
-    def armed(self) -> bool:
-        hb = self.v.latest("HEARTBEAT")
-        return bool(hb is not None and hb.base_mode & 128)
-
-    def arm(self, mode: str, timeout_s: float = 90.0) -> bool:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if self.mode() != mode:
-                self.set_mode(mode)
-            self.v.conn.mav.command_long_send(1, 1, 400, 0, 1, 0, 0, 0, 0, 0, 0)  # ARM_DISARM
-            time.sleep(1.0)
-            if self.armed():
-                self.note("armed")
-                return True
-        self.note(f"arming refused: {self._last_texts()}")
-        return False
+        self.v.conn.mav.command_long_send(1, 1, 176, 0, 1, main, sub, 0, 0, 0, 0)  # DO_SET_MODE, custom
 
     def height_m(self) -> Optional[float]:
         """PX4's own height over the take-off point (ALTITUDE.altitude_relative: baro, no GPS)."""
@@ -333,35 +297,14 @@ def rejected_spans_s(test_ratios: list, start_s: float, end_s: float) -> list:
 def run_px4(pack_path: str | Path, embedder, cfg, out_dir: str | Path = "out/px4", progress: bool = True) -> dict:
     """Fly the mission with PX4 SITL on skyfix's fixes alone; returns the summary and writes
     track.csv, track.png and summary.json into out_dir."""
-    pack = TilePack.open(pack_path, expect_model_id=embedder.model_id)
-    e0, n0, e1, n1 = pack.map_blocks().bounds_en()
-    home_en = ((e0 + e1) / 2, (n0 + n1) / 2)
-    home_alt = cfg.sim.ground_alt_msl_m
-    cam = PinholeCamera.from_config(cfg.camera)
-    nav = Navigator(pack, embedder, cam, dataclasses.replace(cfg.nav, ground_alt_msl_m=home_alt))
+    pack, home_en, home_alt, cam, nav = mission_setup(pack_path, embedder, cfg)
     bridge_cfg = dataclasses.replace(cfg.bridge, protocol="px4", connection=ONBOARD_CONNECTION)
     _terminate_cleanly()
-    result: dict = {}
-    telemetry_errors: list = []
     with Px4Vehicle(pack.frame, home_alt, home_en, {**flight_params(cfg.sim), **cfg.sim.px4_params}) as vehicle:
-        bridge = MavlinkBridge.from_config(bridge_cfg).start()
-        publisher = pilot = None
-        try:
-            publisher = FixPublisher.from_config(bridge, nav.estimate_at, bridge_cfg, on_sent=vehicle.record_fix).start()
-            pilot = Px4Pilot(vehicle, cfg.sim.speed_m_s)
-            script = threading.Thread(target=fly_mission, daemon=True, args=(
-                pilot, mission_waypoints(pack, cfg, home_en), cfg.sim.alt_agl_m, cfg.sim.speed_m_s, result,
-                None, cfg.sim.disturb.wind_m_s))
-            script.start()
-            kinds = _camera_loop(nav, vehicle, bridge, pack, cam, cfg, script, progress, telemetry_errors)
-        finally:
-            if pilot is not None:
-                pilot.close()
-            if publisher is not None:
-                publisher.close()
-            bridge.close()
-    summary = summarise_px4(vehicle, pilot, result, nav, kinds, bridge)
-    summary["telemetry_error"] = telemetry_errors
+        flown = fly_on_autopilot(pack, nav, cam, cfg, vehicle, Px4Pilot(vehicle, cfg.sim.speed_m_s), bridge_cfg,
+                                 ONBOARD_CONNECTION, nav.estimate_at, None, cfg.sim.disturb.wind_m_s, progress)
+    summary = summarise_px4(vehicle, flown.pilot, flown.result, nav, flown.kinds, flown.bridge)
+    summary["telemetry_error"] = flown.telemetry_errors
     write_sitl_outputs(pack, vehicle, summary, Path(out_dir))
     return summary
 

@@ -282,15 +282,70 @@ class SitlVehicle:
 
 
 # ---- flying the SITL: what a ground station or a mission script does ---------------------------------
-class SitlPilot:
-    """Commands over the control link: modes, arming, the non-GPS climb, GUIDED targets, landing.
-    Each step waits for its result with a timeout and says what happened."""
+class Pilot:
+    """What a ground station does over an autopilot's control link, the part both autopilots
+    share: the log of steps, modes (each autopilot says how to request one: `request_mode`),
+    arming, the autopilot's own state. Subclasses (SitlPilot, sim.px4_flight.Px4Pilot) add the
+    climb, the position wait, the legs and the landing in their autopilot's terms. Each step
+    waits for its result with a timeout and says what happened."""
 
-    CLIMB_MODE, MISSION_MODE = "ALT_HOLD", "GUIDED"
+    ARM_TIMEOUT_S = 120.0
 
-    def __init__(self, vehicle: SitlVehicle):
+    def __init__(self, vehicle):
         self.v = vehicle
         self.events: list[tuple] = []  # (t_mono_s, text)
+
+    def note(self, text: str) -> None:
+        self.events.append((time.monotonic(), text))
+        log.info("pilot: %s", text)
+
+    def close(self) -> None:
+        """Stop what the pilot runs in the background (PX4's sticks); nothing by default."""
+
+    def request_mode(self, mode: str) -> None:
+        raise NotImplementedError
+
+    def mode(self) -> Optional[str]:
+        return self.v.modes[-1][1] if self.v.modes else None
+
+    def set_mode(self, mode: str, timeout_s: float = 10.0) -> bool:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            self.request_mode(mode)
+            time.sleep(0.5)
+            if self.mode() == mode:
+                self.note(f"mode {mode}")
+                return True
+        self.note(f"mode {mode} refused: {self._last_texts()}")
+        return False
+
+    def _last_texts(self, n: int = 3) -> str:
+        return "; ".join(t for _, _, t in self.v.statustexts[-n:])
+
+    def armed(self) -> bool:
+        hb = self.v.latest("HEARTBEAT")
+        return bool(hb is not None and hb.base_mode & 128)  # MAV_MODE_FLAG_SAFETY_ARMED
+
+    def arm(self, mode: str, timeout_s: Optional[float] = None) -> bool:
+        """Arm in `mode` (set again if something else changed it meanwhile)."""
+        end = time.monotonic() + (timeout_s or self.ARM_TIMEOUT_S)
+        while time.monotonic() < end:
+            if self.mode() != mode:
+                self.set_mode(mode)
+            self.v.conn.mav.command_long_send(1, 1, 400, 0, 1, 0, 0, 0, 0, 0, 0)  # ARM_DISARM
+            time.sleep(1.0)
+            if self.armed():
+                self.note("armed")
+                return True
+        self.note(f"arming refused: {self._last_texts()}")
+        return False
+
+
+class SitlPilot(Pilot):
+    """ArduCopter's pilot: the EKF origin, the non-GPS climb in ALT_HOLD on the RC throttle,
+    GUIDED targets, the ALT_HOLD descent."""
+
+    CLIMB_MODE, MISSION_MODE = "ALT_HOLD", "GUIDED"
 
     def prepare(self) -> bool:
         return self.set_origin()
@@ -301,24 +356,9 @@ class SitlPilot:
     def abort(self) -> None:
         self.land()
 
-    def note(self, text: str) -> None:
-        self.events.append((time.monotonic(), text))
-        log.info("pilot: %s", text)
-
     def request_mode(self, mode: str) -> None:
         """MAV_CMD_DO_SET_MODE (custom mode); the HEARTBEAT says whether it was taken."""
         self.v.conn.mav.command_long_send(1, 1, 176, 0, 1, self.v.conn.mode_mapping()[mode], 0, 0, 0, 0, 0)
-
-    def set_mode(self, mode: str, timeout_s: float = 10.0) -> bool:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            self.request_mode(mode)
-            time.sleep(0.5)
-            if self.v.modes and self.v.modes[-1][1] == mode:
-                self.note(f"mode {mode}")
-                return True
-        self.note(f"mode {mode} refused")
-        return False
 
     def set_origin(self, timeout_s: float = 30.0) -> bool:
         """Tell the EKF where it is before take-off (SET_GPS_GLOBAL_ORIGIN at the launch point,
@@ -335,24 +375,6 @@ class SitlPilot:
                 self.note("EKF origin set at the launch point")
                 return True
         self.note("EKF origin refused")
-        return False
-
-    def armed(self) -> bool:
-        hb = self.v.latest("HEARTBEAT")
-        return bool(hb is not None and hb.base_mode & 128)  # MAV_MODE_FLAG_SAFETY_ARMED
-
-    def arm(self, mode: str, timeout_s: float = 120.0) -> bool:
-        """Arm in `mode` (set again if something else changed it meanwhile)."""
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if not self.v.modes or self.v.modes[-1][1] != mode:
-                self.set_mode(mode)
-            self.v.conn.mav.command_long_send(1, 1, 400, 0, 1, 0, 0, 0, 0, 0, 0)  # ARM_DISARM
-            time.sleep(1.0)
-            if self.armed():
-                self.note("armed")
-                return True
-        self.note("arming refused: " + "; ".join(t for _, _, t in self.v.statustexts[-3:]))
         return False
 
     def throttle(self, pwm: int) -> None:

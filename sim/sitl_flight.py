@@ -16,6 +16,7 @@ import dataclasses
 import math
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -156,17 +157,63 @@ def _faulted(estimate, fault: Optional[dict]):
     return wrapped
 
 
-def run_sitl(pack_path: str | Path, embedder, cfg, out_dir: str | Path = "out/sitl",
-             fault_after_s: Optional[float] = None, fault_s: float = 10.0, binary: Optional[str] = None,
-             progress: bool = True) -> dict:
-    """Fly the mission with ArduCopter SITL on skyfix's fixes alone; returns the summary and
-    writes track.csv, track.png and summary.json into out_dir."""
+def mission_setup(pack_path: str | Path, embedder, cfg) -> tuple:
+    """What every SITL flight starts from: (pack, home (east_m, north_m) at the map's centre, home
+    altitude m, PinholeCamera, Navigator over the pack with the home altitude as its ground)."""
     pack = TilePack.open(pack_path, expect_model_id=embedder.model_id)
     e0, n0, e1, n1 = pack.map_blocks().bounds_en()
     home_en = ((e0 + e1) / 2, (n0 + n1) / 2)
     home_alt = cfg.sim.ground_alt_msl_m
     cam = PinholeCamera.from_config(cfg.camera)
     nav = Navigator(pack, embedder, cam, dataclasses.replace(cfg.nav, ground_alt_msl_m=home_alt))
+    return pack, home_en, home_alt, cam, nav
+
+
+@dataclass
+class Flown:
+    """What `fly_on_autopilot` leaves: the pilot, the bridge, the mission's result (fly_mission),
+    the frames' reasons and the telemetry's error at each frame."""
+
+    pilot: object
+    bridge: Optional[MavlinkBridge]
+    result: dict
+    kinds: list
+    telemetry_errors: list
+
+
+def fly_on_autopilot(pack: TilePack, nav: Navigator, cam: PinholeCamera, cfg, vehicle, pilot, bridge_cfg,
+                     connection: str, estimate_at, fault: Optional[dict], wind_m_s: float, progress: bool) -> Flown:
+    """The flight, for either autopilot (its vehicle running, its pilot made): skyfix's bridge on
+    `connection` publishing `estimate_at` (bridge_cfg's protocol), the pilot's script
+    (`fly_mission`) in its own thread, and frames rendered at the true pose through the frame
+    loop until the script ends. The bridge, the publisher and the pilot are closed after."""
+    bridge = publisher = None
+    result: dict = {}
+    telemetry_errors: list = []
+    kinds: list = []
+    try:
+        bridge = MavlinkBridge.from_config(bridge_cfg, connection).start()
+        publisher = FixPublisher.from_config(bridge, estimate_at, bridge_cfg, on_sent=vehicle.record_fix).start()
+        script = threading.Thread(target=fly_mission, daemon=True, args=(
+            pilot, mission_waypoints(pack, cfg, vehicle.home_en), cfg.sim.alt_agl_m, cfg.sim.speed_m_s, result,
+            fault, wind_m_s))
+        script.start()
+        kinds = _camera_loop(nav, vehicle, bridge, pack, cam, cfg, script, progress, telemetry_errors)
+    finally:
+        pilot.close()
+        if publisher is not None:
+            publisher.close()
+        if bridge is not None:
+            bridge.close()
+    return Flown(pilot, bridge, result, kinds, telemetry_errors)
+
+
+def run_sitl(pack_path: str | Path, embedder, cfg, out_dir: str | Path = "out/sitl",
+             fault_after_s: Optional[float] = None, fault_s: float = 10.0, binary: Optional[str] = None,
+             progress: bool = True) -> dict:
+    """Fly the mission with ArduCopter SITL on skyfix's fixes alone; returns the summary and
+    writes track.csv, track.png and summary.json into out_dir."""
+    pack, home_en, home_alt, cam, nav = mission_setup(pack_path, embedder, cfg)
     fault = None if fault_after_s is None else {"after_s": fault_after_s, "duration_s": fault_s}
     params = {"GPS1_DELAY_MS": 1}  # GPS_INPUT carries the estimate at its send time, not 200 ms old
     if cfg.bridge.send_velocity:
@@ -176,30 +223,15 @@ def run_sitl(pack_path: str | Path, embedder, cfg, out_dir: str | Path = "out/si
     params.update(sim_params(cfg.sim))
     _terminate_cleanly()
     vehicle = SitlVehicle(pack.frame, home_alt, binary=binary, home_en=home_en, params=params).start()
-    bridge = publisher = None
-    result: dict = {}
-    telemetry_errors: list = []
     try:
-        bridge = MavlinkBridge.from_config(cfg.bridge, vehicle.skyfix_connection).start()
-        publisher = FixPublisher.from_config(bridge, _faulted(nav.estimate_at, fault),
-                                             dataclasses.replace(cfg.bridge, protocol="ardupilot"),
-                                             on_sent=vehicle.record_fix).start()
-        pilot = SitlPilot(vehicle)
-        waypoints = mission_waypoints(pack, cfg, home_en)
-        script = threading.Thread(target=fly_mission, args=(pilot, waypoints, cfg.sim.alt_agl_m,
-                                                             cfg.sim.speed_m_s, result, fault,
-                                                             cfg.sim.disturb.wind_m_s + cfg.sim.disturb.gust_m_s),
-                                  daemon=True)
-        script.start()
-        kinds = _camera_loop(nav, vehicle, bridge, pack, cam, cfg, script, progress, telemetry_errors)
+        flown = fly_on_autopilot(pack, nav, cam, cfg, vehicle, SitlPilot(vehicle),
+                                 dataclasses.replace(cfg.bridge, protocol="ardupilot"), vehicle.skyfix_connection,
+                                 _faulted(nav.estimate_at, fault), fault,
+                                 cfg.sim.disturb.wind_m_s + cfg.sim.disturb.gust_m_s, progress)
     finally:
-        if publisher is not None:
-            publisher.close()
-        if bridge is not None:
-            bridge.close()
         vehicle.close()
-    summary = summarise_sitl(vehicle, pilot, result, nav, kinds, fault, bridge)
-    summary["telemetry_error"] = telemetry_errors
+    summary = summarise_sitl(vehicle, flown.pilot, flown.result, nav, flown.kinds, fault, flown.bridge)
+    summary["telemetry_error"] = flown.telemetry_errors
     write_sitl_outputs(pack, vehicle, summary, Path(out_dir))
     return summary
 
