@@ -55,10 +55,53 @@ class FlightLog:
         return Telemetry(int(t_utc_s * 1e6), float(att[0]), float(att[1]), float(att[2]),
                          None if height is None else float(height[0]), None, rng is not None)
 
+    def messages(self) -> list[tuple]:
+        """The log as the MAVLink messages a live link delivers (ATTITUDE, GLOBAL_POSITION_INT
+        with the height over the take-off point, DISTANCE_SENSOR where in range), each with its
+        UTC time, in time order: [(t_utc_s, message)]. Their boot time counts from 1 s before
+        the log's first sample. For `LogTelemetry`."""
+        mavlink = require("pymavlink.dialects.v20.ardupilotmega")
+        t0 = min(float(self.attitude[0][0]), float(self.height[0][0])) - 1.0
+
+        def boot_ms(t):
+            return int(round((t - t0) * 1e3))
+        out = [(t, mavlink.MAVLink_attitude_message(boot_ms(t), r, p, y, 0.0, 0.0, 0.0))
+               for t, r, p, y in zip(*self.attitude)]
+        out += [(t, mavlink.MAVLink_global_position_int_message(boot_ms(t), 0, 0, int(round(h * 1e3)),
+                                                                int(round(h * 1e3)), 0, 0, 0, 65535))
+                for t, h in zip(*self.height)]
+        if self.rangefinder:
+            out += [(t, mavlink.MAVLink_distance_sensor_message(boot_ms(t), 0, 65535, int(round(d * 100)), 0, 0, 25, 0))
+                    for t, d in zip(*self.rangefinder)]
+        return sorted(out, key=lambda m: m[0])
+
+
     def gps_at(self, t_utc_s: float, max_gap_s: float = 1.5) -> Optional[tuple]:
         """(lat_deg, lon_deg) of the log's GPS interpolated at t_utc_s, or None."""
         v = _interp(self.gps, t_utc_s, max_gap_s)
         return None if v is None else (float(v[0]), float(v[1]))
+
+
+class LogTelemetry:
+    """A log's telemetry through the onboard path: its messages fed, in time order, to the
+    TelemetryStore that a live link fills (firmware_bridge/telemetry.py), so a replayed flight is
+    cropped with exactly the interpolation, gap rules and value checks that fly. A frame at UTC
+    time t gets what the store says at t, with the messages up to t + lead_s received (a live
+    loop reads a frame a moment after its capture); None without an attitude there."""
+
+    def __init__(self, log: FlightLog, lead_s: float = 0.1):
+        from skyfix.firmware_bridge.telemetry import TelemetryStore
+        self.store, self.lead_s = TelemetryStore(), lead_s
+        self._messages, self._next = log.messages(), 0
+
+    def at(self, t_utc_s: float, max_age_s: float = 0.5) -> Optional[Telemetry]:
+        """Telemetry at t_utc_s (frames must come in time order, as a live link's do)."""
+        while self._next < len(self._messages) and self._messages[self._next][0] <= t_utc_s + self.lead_s:
+            t, msg = self._messages[self._next]
+            self.store.update(msg, t)
+            self._next += 1
+        tel = self.store.at(t_utc_s, max_age_s)
+        return tel if tel.roll_rad is not None else None
 
 
 def _interp(series: tuple, t: float, max_gap_s: float, angles: bool = False):

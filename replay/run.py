@@ -25,7 +25,7 @@ import numpy as np
 from skyfix.edge.frame_loop import SourceFrame, run_frame_loop
 from skyfix.errors import SkyfixError
 from skyfix.geo import LocalFrame
-from skyfix.replay.log import FlightLog, LogError, read_log
+from skyfix.replay.log import FlightLog, LogError, LogTelemetry, read_log
 
 OFFSET_SEARCH_S = 5.0   # the camera-log offsets tried by the estimate, +- this
 OFFSET_STEP_S = 0.02
@@ -207,8 +207,9 @@ def replay(pack_path: str, frames: Iterator[ReplayFrame], log: FlightLog, cfg, o
         if progress and len(rows) % 100 == 0:
             print(f"  {len(rows)} frames, {len(scored)} fixes", flush=True)
 
+    telemetry = LogTelemetry(log)  # the onboard TelemetryStore, fed as a live link feeds it
     run_frame_loop(nav, (SourceFrame(rf.image_rgb, rf.t_utc_s, rf.name) for rf in frames),
-                   lambda t_s: log.telemetry_at(t_s, cfg.nav.telemetry_max_age_s), record, skip_without_telemetry=True)
+                   lambda t_s: telemetry.at(t_s, cfg.nav.telemetry_max_age_s), record, skip_without_telemetry=True)
     untimed = untimed[0]
     if not rows:
         raise LogError("no frame of the video falls inside the log: check --video-start / --time-offset-s")

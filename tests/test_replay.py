@@ -142,6 +142,24 @@ def test_a_dataflash_log_reads_as_the_same_flight(recorded, tmp_path):
         assert binlog.gps_at(ti) == pytest.approx(tlog.gps_at(ti), abs=2e-7)
 
 
+def test_replay_crops_with_the_onboard_telemetry_path(recorded):
+    """The log reaches the navigator through the TelemetryStore a live link fills (its
+    interpolation, gap rules and value checks): at the frames' times it gives what the log holds,
+    and nothing before the log starts."""
+    from skyfix.replay.log import LogTelemetry
+    _, folder, _ = recorded
+    log = read_log(folder / "flight.tlog")
+    onboard = LogTelemetry(log)
+    t = np.linspace(log.span_s[0] + 1, log.span_s[1] - 1, 40)
+    assert onboard.at(log.span_s[0] - 5.0) is None
+    for ti in t:
+        a, b = log.telemetry_at(ti), onboard.at(ti)
+        assert (b.roll_rad, b.pitch_rad, b.yaw_rad) == pytest.approx((a.roll_rad, a.pitch_rad, a.yaw_rad), abs=1e-3)
+        # time_boot_ms is whole milliseconds: the noisy simulated baro moves centimetres in half of one
+        assert b.alt_agl_m == pytest.approx(a.alt_agl_m, abs=0.1)
+    assert onboard.store.received > 0 and not onboard.store.rejected
+
+
 def test_photos_timed_by_their_exif_replay_against_the_log(recorded, colorado_pack, tmp_path):
     """Every 4th frame of the recorded video saved as a JPEG whose EXIF DateTimeOriginal and
     SubSecTimeOriginal are its capture time (UTC): replayed against the .tlog, they are placed
