@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from skyfix.contracts import Reason
-from skyfix.edge.camera import lowest_agl_m, rectify
+from skyfix.edge.camera import MIN_INSIDE_FRAC, lowest_agl_m, rectify
 
 
 MERGE_GROWTH = 1.2  # a merged search window's half-side: at most this many times its largest window's
@@ -56,6 +56,10 @@ class TileSearch:
     def __init__(self, pack, embedder, camera, cfg):
         self.pack, self.embedder, self.camera, self.cfg = pack, embedder, camera, cfg
         self.coarse: Optional[tuple] = None  # (t_s, CoarsePosition) of the last global search (a lost vehicle)
+        # The pack's finest tiles and the lowest height they serve (said when a frame is lower),
+        # worked out once: a bisection over headings is not per-frame work.
+        self.finest_m = min([pack.tile_size_m, *(lv.tile_size_m for lv in pack.levels)])
+        self.finest_from_m = lowest_agl_m(camera, self.finest_m)
 
     def embed(self, crop: np.ndarray, heading_known: bool) -> np.ndarray:
         """1 x D for a north-up crop; 4 x D (the four right-angle turns) when the heading is unknown."""
@@ -70,7 +74,7 @@ class TileSearch:
             level_crop, level_inside, _ = rectify(image, self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
                                                   pose.agl_m, level.tile_size_m,
                                                   int(round(level.tile_size_m / self.pack.map_gsd_m)))
-            if level_inside >= 0.5:
+            if level_inside >= MIN_INSIDE_FRAC:
                 pose.notes.append(f"searched the {level.tile_size_m:g} m tiles (height {pose.agl_m:.0f} m)")
                 return level, level_crop, level_inside
         return self.pack, crop, inside
@@ -109,17 +113,16 @@ class TileSearch:
         on without retrieval: the map features around its prediction are matched with the part
         of the refinement crop the frame covers. A lost vehicle there gets no fix."""
         pose = view.pose
-        if view.inside < 0.5:
+        if view.inside < MIN_INSIDE_FRAC:
             view.tiles, view.crop, view.inside = self.finer_level(view.image, pose, view.crop, view.inside)
-        view.close_range = view.inside < 0.5
+        view.close_range = view.inside < MIN_INSIDE_FRAC
         if not view.close_range:
             return None
         view.window = prior_window()
         if not self.cfg.close_range or view.window is None:
-            finest_m = min([self.pack.tile_size_m, *(lv.tile_size_m for lv in self.pack.levels)])
             return Reason.CROP_OUTSIDE, (f"the frame covers {view.inside:.0%} of a {self.pack.tile_size_m:g} m tile "
-                                         f"(height {pose.agl_m:.0f} m; the pack's finest tiles, {finest_m:g} m, "
-                                         f"serve from {lowest_agl_m(self.camera, finest_m):.0f} m); below this only "
+                                         f"(height {pose.agl_m:.0f} m; the pack's finest tiles, {self.finest_m:g} m, "
+                                         f"serve from {self.finest_from_m:.0f} m); below this only "
                                          "a track continues (finer tiles: skyfix tiles level PACK --tile-size-m S)")
         # The footprint's side (the covered share of the tile's area, as a square) in map pixels.
         across_px = math.sqrt(view.inside) * self.pack.tile_size_m / self.pack.map_gsd_m

@@ -77,9 +77,9 @@ def export_onnx(model, out_dir: str | Path, atol: float = 1e-4, min_cos: float =
     with atomic_directory(out_dir) as tmp:
         parities = []
         images = parity_images(cfg.input_px)
-        for tower in (("drone",) if cfg.shared_weights else ("drone", "sat")):
+        shared = cfg.shared_weights  # one file serves both towers
+        for tower in ("drone",) if shared else ("drone", "sat"):
             t0 = time.perf_counter()
-            shared = cfg.shared_weights
             meta = {"model_id": model_id, "tower": SHARED if shared else tower, "input_px": cfg.input_px,
                     "dim": cfg.dim}
             path = tmp / (SHARED_ONNX if shared else f"{tower}.onnx")

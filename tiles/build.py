@@ -125,7 +125,7 @@ def _build_key(ortho, source_gsd_m, cfg: SkyfixConfig, model_id: str, extractors
 OPENED = "opened"  # in the staging's .build/: the input was opened (the build is worth resuming)
 
 
-def _work_done(staging: Path) -> bool:
+def _input_opened(staging: Path) -> bool:
     """Whether a build got past opening its input: an input that cannot be opened (a text file
     named .tif) leaves nothing to resume. A source that fails while it is read (a tile server's
     error) can be resumed: what was read is kept (blocks here, tiles in GDAL's cache)."""
@@ -177,7 +177,7 @@ def build_pack(ortho: "str | Path | Sequence", out: str | Path, cfg: SkyfixConfi
         n_tiles, dt_embed = _build_into(staging, out, ortho, cfg, embedder, extractors, model_source, source_gsd_m,
                                         progress, log, cluster, projection)
     except BaseException:  # Ctrl-C included: the finished blocks and chunks stay for the next run
-        if _work_done(staging):
+        if _input_opened(staging):
             log(f"build stopped; the work so far is kept in {staging}: run the same command again to resume")
         else:  # nothing finished (an unreadable input): nothing to resume, nothing left behind
             shutil.rmtree(staging, ignore_errors=True)
