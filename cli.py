@@ -358,6 +358,14 @@ def cmd_sim(args) -> int:
         summary = run_px4(args.pack, embedder, cfg, out_dir=args.out, progress=not args.quiet)
         print(format_px4_summary(summary))
         return _write_json(summary, args.json, args.out)
+    if args.vehicle == "ardupilot-sitl" and args.gnss:
+        from skyfix.sim.gnss_flight import format_gnss_summary, run_gnss_sitl
+        summary = run_gnss_sitl(args.pack, embedder, cfg, _gnss_scenario(args), out_dir=args.out, binary=args.sitl_bin,
+                                progress=not args.quiet)
+        print(format_gnss_summary(summary))
+        return _write_json(summary, args.json, args.out)
+    if args.gnss:
+        raise SkyfixError("--gnss needs --vehicle ardupilot-sitl (PX4: see docs/gnss.md)")
     if args.vehicle == "ardupilot-sitl":
         from skyfix.sim.sitl_flight import format_sitl_summary, run_sitl
         summary = run_sitl(args.pack, embedder, cfg, out_dir=args.out, fault_after_s=args.fault_after_s,
@@ -373,6 +381,26 @@ def cmd_sim(args) -> int:
               f"next: skyfix replay --video {rec['video']} --log {rec['log']} --pack {args.pack} "
               f"--video-start {rec['video_start_utc']} --out {Path(args.out) / 'replay'}")
     return _write_json(summary, args.json, args.out)
+
+
+def _gnss_scenario(args):
+    """The GNSS event of `sim --gnss` / `bench gnss` from the command line."""
+    from skyfix.sim.gnss_flight import GnssScenario
+    return GnssScenario(args.gnss, after_s=args.gnss_after_s, rate_m_s=args.spoof_rate_m_s,
+                        bearing_deg=args.spoof_bearing_deg, step_m=args.step_m)
+
+
+def _add_gnss_event_options(p, with_kind: bool) -> None:
+    if with_kind:
+        p.add_argument("--gnss", choices=["clean", "jam", "spoof", "step"],
+                       help="ardupilot-sitl: take off on the SITL's GNSS with skyfix watching it, and lose it (jam), "
+                       "pull it away (spoof) or move it at once (step) mid-mission (docs/gnss.md)")
+    p.add_argument("--gnss-after-s", type=_number(float, 0, 3600), default=30.0,
+                   help="the GNSS event this long after the mission's first leg starts")
+    p.add_argument("--spoof-rate-m-s", type=_number(float, 0.05, 50), default=1.0, help="spoof: pull-off speed")
+    p.add_argument("--spoof-bearing-deg", type=_number(float, -360, 360), default=90.0,
+                   help="spoof, step: where the GNSS is pulled towards, clockwise from north")
+    p.add_argument("--step-m", type=_number(float, 1, 10000), default=50.0, help="step: its size")
 
 
 def _write_json(summary: dict, json_path, out_dir) -> int:
@@ -725,6 +753,7 @@ def _onboard_commands(sub) -> None:
     si.add_argument("--turbulence", type=_number(float, 0, 20),
                     help="gusts, m/s (simulated: 1 sigma per axis; ardupilot-sitl: SIM_WIND_TURB)")
     si.add_argument("--sitl-params", help="ardupilot-sitl: a file of further SITL parameters, one 'NAME VALUE' per line")
+    _add_gnss_event_options(si, with_kind=True)
     si.add_argument("--map-gap-s", type=_number(float, 0, 3600),
                     help="switch map matching off for this long (ground without map matches; odometry still runs)")
     si.add_argument("--map-gap-every-s", type=_number(float, 1, 86400), help="... once every this many seconds")

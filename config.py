@@ -260,7 +260,9 @@ class BridgeConfig:
     """MAVLink link to the flight controller and the fix publisher."""
 
     connection: str = "udpin:0.0.0.0:14550"
-    protocol: str = "ardupilot"      # ardupilot (GPS_INPUT) | px4 (GLOBAL_POSITION_SENSOR)
+    # ardupilot (GPS_INPUT, skyfix the only GPS) | ardupilot-extnav (VISION_POSITION_ESTIMATE,
+    # ExternalNav beside the GNSS) | px4 (GLOBAL_POSITION_SENSOR)
+    protocol: str = "ardupilot"
     # PX4: GLOBAL_POSITION_SENSOR.id. EKF2 fuses only an id one of its EKF2_AGPn_ID names, set
     # before ekf2 starts (0 is none: with id 0, EKF2 ignores every message).
     px4_sensor_id: int = 1
@@ -296,6 +298,34 @@ class BridgeConfig:
     # MAVProxy's `signing setup PASSPHRASE` sets on the autopilot. Unsigned or wrongly signed
     # packets are then dropped and counted. Empty: no signing.
     signing_key_file: str = ""
+
+
+@dataclass
+class GnssConfig:
+    """Beside the autopilot's GNSS (`fly --gnss` / `gnss.watch`): the watch (edge/gnss.py) and the
+    take-over. See README "Beside a GNSS" for the autopilot parameters this mode needs."""
+
+    watch: bool = False
+    receiver: str = "GPS_RAW_INT"    # the report watched: GPS_RAW_INT (GPS 1) or GPS2_RAW
+    k_sigma: float = 3.0             # disagreement gate: this many combined stated accuracies ...
+    min_offset_m: float = 8.0        # ... and at least this (multipath, the map's own offset)
+    window_s: float = 3.0            # a disagreement must persist this long, over ...
+    min_checks: int = 4              # ... at least this many checks
+    jump_window_s: float = 1.0       # ... or this long, when it appeared at once and is twice the gate
+    lost_after_s: float = 1.0        # the receiver's "no fix" must persist this long
+    lost_h_acc_m: float = 15.0       # a stated accuracy above this counts as no fix (jamming)
+    min_satellites: int = 4
+    silence_s: float = 2.0           # no receiver report for this long: lost
+    rate_hz: float = 5.0             # checks per second
+    max_fix_age_s: float = 1.0       # skyfix's estimate is a witness only this soon after a fix
+    # Take the autopilot over from its GNSS on a declaration (ArduPilot: EKF source set
+    # `takeover_source_set` by MAV_CMD_SET_EKF_SOURCE_SET; PX4: EKF2_GPS_CTRL 0).
+    take_over: bool = True
+    takeover_source_set: int = 2
+    # Give the GNSS back once it has agreed again for this long (s); null: never automatically.
+    switch_back_after_s: Optional[float] = None
+    px4_gps_ctrl_restore: int = 7    # EKF2_GPS_CTRL given back to PX4 on a switch back
+    statustext_period_s: float = 15.0  # the warning is repeated this often while the GNSS is not healthy
 
 
 @dataclass
@@ -421,6 +451,7 @@ class SkyfixConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     nav: NavConfig = field(default_factory=NavConfig)
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
+    gnss: GnssConfig = field(default_factory=GnssConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 

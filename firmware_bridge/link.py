@@ -27,13 +27,15 @@ from skyfix.firmware_bridge.telemetry import TelemetryStore
 log = logging.getLogger("skyfix.link")
 
 TELEMETRY_TYPES = ["ATTITUDE", "GLOBAL_POSITION_INT", "ALTITUDE", "DISTANCE_SENSOR", "SYSTEM_TIME",
-                   "HEARTBEAT"]
+                   "HEARTBEAT", "GPS_RAW_INT", "GPS2_RAW", "GPS_GLOBAL_ORIGIN", "COMMAND_ACK", "PARAM_VALUE"]
 # What skyfix asks the autopilot to stream on this link (SET_MESSAGE_INTERVAL), in Hz. ATTITUDE
 # fast, for interpolation at the frames' capture times; the rest as needed. Required ones that
 # do not arrive are requested again and reported; optional ones exist only on some vehicles.
 STREAM_RATES_HZ = {"ATTITUDE": 25.0, "GLOBAL_POSITION_INT": 10.0, "SYSTEM_TIME": 1.0,
                    "DISTANCE_SENSOR": 10.0, "ALTITUDE": 10.0}
 REQUIRED_STREAMS = ("ATTITUDE", "GLOBAL_POSITION_INT", "SYSTEM_TIME")
+# Beside a GNSS (MavlinkBridge.watch_gnss): the receivers' own reports for the watch.
+GNSS_STREAM_RATES_HZ = {"GPS_RAW_INT": 5.0, "GPS2_RAW": 5.0}
 
 
 # HEARTBEAT types that are never the autopilot (ground stations, companions, peripherals).
@@ -162,6 +164,8 @@ class MavlinkBridge:
         self.stream_requests = 0
         self._stream_warned: set = set()
         self._requests: dict = {}  # stream type -> requests sent
+        self.stream_rates_hz: dict = dict(STREAM_RATES_HZ)  # what is asked for (watch_gnss adds)
+        self.want_origin = False
         self._opened_s = 0.0
         self.rebind = RebindCheck(self.telemetry)
         self.rebinds: list[tuple] = []  # (old endpoint, new endpoint) of every re-bind
@@ -339,8 +343,24 @@ class MavlinkBridge:
 
     def missing_streams(self, now_mono_s: float) -> list[str]:
         """Stream types not received within two of their periods plus a second."""
-        return [kind for kind, hz in STREAM_RATES_HZ.items()
+        return [kind for kind, hz in self.stream_rates_hz.items()
                 if self.telemetry.get(kind, 2.0 / hz + 1.0, now_mono_s) is None]
+
+    def watch_gnss(self) -> "MavlinkBridge":
+        """Also ask for the receivers' reports (GPS_RAW_INT, GPS2_RAW) and the EKF origin
+        (GPS_GLOBAL_ORIGIN, which ExternalNav positions are relative to)."""
+        self.stream_rates_hz.update(GNSS_STREAM_RATES_HZ)
+        self.want_origin = True
+        return self
+
+    def _request_origin(self, now_mono_s: float) -> None:
+        """MAV_CMD_REQUEST_MESSAGE for GPS_GLOBAL_ORIGIN until one has arrived (once a second)."""
+        if not self.want_origin or self.telemetry.ekf_origin is not None:
+            return
+        m = mavlink_module()
+        self.send(lambda mav: mav.command_long_encode(
+            self.target_system, self.target_component, m.MAV_CMD_REQUEST_MESSAGE, 0,
+            m.MAVLINK_MSG_ID_GPS_GLOBAL_ORIGIN, 0, 0, 0, 0, 0, 0))
 
     def request_missing_streams(self, now_mono_s: float) -> list[str]:
         """Once the autopilot is heard, ask for every stream that is not arriving
@@ -356,11 +376,12 @@ class MavlinkBridge:
         for kind in missing:
             self._requests[kind] = self._requests.get(kind, 0) + 1
             msg_id = getattr(m, f"MAVLINK_MSG_ID_{kind}")
-            interval_us = 1e6 / STREAM_RATES_HZ[kind]
+            interval_us = 1e6 / self.stream_rates_hz[kind]
             self.send(lambda mav: mav.command_long_encode(
                 self.target_system, self.target_component, m.MAV_CMD_SET_MESSAGE_INTERVAL, 0,
                 msg_id, interval_us, 0, 0, 0, 0, 0))
             self.stream_requests += 1
+        self._request_origin(now_mono_s)
         late = [k for k in missing if k in REQUIRED_STREAMS and k not in self._stream_warned]
         if late and now_mono_s - self._opened_s > 10.0:
             self._stream_warned.update(late)

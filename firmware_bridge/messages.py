@@ -100,3 +100,32 @@ def global_position_sensor(mav, fix: Fix, time_usec: int, processing_time_us: in
         lat=int(round(fix.lat_deg * 1e7)), lon=int(round(fix.lon_deg * 1e7)),
         alt_ellipsoid=float("nan"), alt=float(fix.alt_msl_m),
         eph=float(fix.horiz_accuracy_m), epv=float(vert_accuracy_m))
+
+
+def extnav_covariance(sigma_axis_m: float, angle_sigma_rad: float = 1.0) -> list:
+    """VISION_POSITION_ESTIMATE's 21-float upper-triangle covariance, filled so that ArduPilot
+    reads back sigma_axis_m. ArduPilot (GCS_Common.cpp) takes posErr = cbrt(c0^2 + c6^2 + c11^2)
+    as a standard deviation (and floors it at VISO_POS_M_NSE), so equal diagonal entries
+    c = sqrt(sigma^3 / 3) give posErr = sigma. The attitude entries are large: the angles sent
+    are the autopilot's own, not a measurement."""
+    c = math.sqrt(sigma_axis_m ** 3 / 3.0)
+    a = math.sqrt(angle_sigma_rad ** 3 / 3.0)
+    cov = [0.0] * 21
+    for i in (0, 6, 11):
+        cov[i] = c
+    for i in (15, 18, 20):
+        cov[i] = a
+    return cov
+
+
+def vision_position_estimate(mav, fix: Fix, origin, boot_us: int, attitude_rad: tuple, reset_counter: int = 0):
+    """VISION_POSITION_ESTIMATE for ArduPilot's ExternalNav (VISO_TYPE=1): the fix in metres
+    north, east, down of the EKF origin (origin: a geo.LocalFrame at GPS_GLOBAL_ORIGIN), its
+    DRMS accuracy as the per-axis sigma DRMS/sqrt(2). attitude_rad: (roll, pitch, yaw), the
+    autopilot's own (ArduPilot requires angles; with EK3_SRCn_YAW not ExternalNav it ignores them)."""
+    check_fix(fix)
+    east, north, up = (float(v) for v in origin.to_enu(fix.lat_deg, fix.lon_deg, fix.alt_msl_m))
+    roll, pitch, yaw = (float(a) for a in attitude_rad)
+    return mav.vision_position_estimate_encode(
+        usec=int(boot_us), x=north, y=east, z=-up, roll=roll, pitch=pitch, yaw=yaw,
+        covariance=extnav_covariance(fix.horiz_accuracy_m / math.sqrt(2.0)), reset_counter=int(reset_counter) & 0xFF)

@@ -17,10 +17,11 @@ from typing import Callable, Optional
 from skyfix.contracts import Fix
 from skyfix.errors import SkyfixError
 from skyfix.firmware_bridge import messages
+from skyfix.geo import LocalFrame
 
 log = logging.getLogger("skyfix.publish")
 
-PROTOCOLS = ("ardupilot", "px4")
+PROTOCOLS = ("ardupilot", "ardupilot-extnav", "px4")
 
 
 class FixPublisher:
@@ -44,6 +45,7 @@ class FixPublisher:
         self.px4_sensor_id = px4_sensor_id
         self.sent = 0
         self.withheld = 0
+        self.withheld_no_origin = 0  # ExternalNav: held back until the EKF origin is known
         self.withheld_speed = 0  # of withheld: a velocity claim the autopilot could not use
         self.send_ms: deque = deque(maxlen=10_000)  # encode + send time of recent messages
         self._stop = threading.Event()
@@ -54,15 +56,30 @@ class FixPublisher:
         unix_us = self.bridge.telemetry.unix_us(now_mono_s)
         if self.protocol == "ardupilot":
             return messages.gps_input(mav, fix, unix_us, self.vert_accuracy_m)
+        if self.protocol == "ardupilot-extnav":
+            return self._extnav(mav, fix, now_mono_s)
         processing_us = int(now_mono_s * 1e6) - fix.t_capture_us
         return messages.global_position_sensor(
             mav, fix, unix_us, processing_us, self.vert_accuracy_m,
             self.bridge.target_system, self.bridge.target_component, self.px4_sensor_id)
 
+    def _extnav(self, mav, fix: Fix, now_mono_s: float):
+        """VISION_POSITION_ESTIMATE relative to the EKF origin, stamped with the FC's boot time,
+        with the autopilot's own attitude now (ExternalNav needs angles; it does not use them
+        for the yaw unless EK3_SRCn_YAW says so)."""
+        tel = self.bridge.telemetry
+        att = tel.at(now_mono_s, max_age_s=1.0)
+        attitude = (att.roll_rad or 0.0, att.pitch_rad or 0.0, att.yaw_rad or 0.0)
+        return messages.vision_position_estimate(mav, fix, LocalFrame(*tel.ekf_origin), att.t_boot_us, attitude)
+
     def publish_once(self, now_mono_s: float) -> bool:
         est = self.estimate(now_mono_s)
         if est is None or est[1] > self.max_age_s:
             self.withheld += 1
+            return False
+        if self.protocol == "ardupilot-extnav" and self.bridge.telemetry.ekf_origin is None:
+            self.withheld += 1
+            self.withheld_no_origin += 1
             return False
         fix = self._outgoing(est[0])
         if (self.send_velocity and self.protocol == "ardupilot"

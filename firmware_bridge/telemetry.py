@@ -14,6 +14,7 @@ import math
 import threading
 import time
 from collections import Counter, deque
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -30,6 +31,32 @@ UNIX_TIME_MIN_US = 10 ** 15  # ALTITUDE.time_usec above this is unix time, below
 UNIX_STEP_MAX_S, UNIX_STEP_CONFIRM = 10.0, 5
 BOOT_JUMP_MAX_S = 60.0       # a boot time further ahead of the receive clock than this is refused
 MAX_HEIGHT_M, MIN_HEIGHT_M = 20_000.0, -1_000.0
+GNSS_TYPES = ("GPS_RAW_INT", "GPS2_RAW")  # the receivers' own reports (the GNSS watch)
+GNSS_HISTORY = 256
+
+
+@dataclass(frozen=True)
+class GnssReport:
+    """One receiver report as received: local monotonic receive time, WGS84 position (None
+    without a 2D/3D fix), its stated horizontal accuracy (m; None when not stated), the
+    GPS_FIX_TYPE and satellites (255 unknown)."""
+
+    t_mono_s: float
+    lat_deg: Optional[float]
+    lon_deg: Optional[float]
+    h_acc_m: Optional[float]
+    fix_type: int
+    satellites: int
+
+
+def gnss_report(msg, t_mono_s: float) -> GnssReport:
+    """GPS_RAW_INT / GPS2_RAW -> GnssReport. h_acc (mm, a MAVLink 2 extension) is the stated
+    accuracy; 0 or UINT32_MAX means not stated."""
+    h_acc_mm = getattr(msg, "h_acc", 0) or 0
+    h_acc = None if h_acc_mm in (0, 0xFFFFFFFF) else h_acc_mm / 1e3
+    has_fix = msg.fix_type >= 2 and (msg.lat or msg.lon)
+    return GnssReport(t_mono_s, msg.lat / 1e7 if has_fix else None, msg.lon / 1e7 if has_fix else None,
+                      h_acc, int(msg.fix_type), int(msg.satellites_visible))
 
 
 def _finite(*values) -> bool:
@@ -111,6 +138,8 @@ class TelemetryStore:
         self.alt_msl = Series()                     # ALTITUDE.altitude_amsl / GLOBAL_POSITION_INT.alt, m
         self.unix_offset_s: Optional[float] = None  # FC unix time - local monotonic
         self._unix_step: list = []                  # offsets disagreeing with the established one
+        self.gnss: dict = {k: deque(maxlen=GNSS_HISTORY) for k in GNSS_TYPES}  # kind -> GnssReport
+        self.ekf_origin: Optional[tuple] = None     # (lat_deg, lon_deg, alt_msl_m): GPS_GLOBAL_ORIGIN
         self.received = 0
         self.rejected: Counter = Counter()          # "KIND: why" -> messages refused
 
@@ -145,6 +174,19 @@ class TelemetryStore:
                 self.alt_msl.add(boot_s, float(msg.altitude_amsl))
         elif kind == "SYSTEM_TIME" and msg.time_unix_usec > 0:
             self._observe_unix(msg.time_unix_usec / 1e6 - t_mono_s)
+        elif kind in GNSS_TYPES:
+            self.gnss[kind].append(gnss_report(msg, t_mono_s))
+        elif kind == "GPS_GLOBAL_ORIGIN":
+            self._observe_origin((msg.latitude / 1e7, msg.longitude / 1e7, msg.altitude / 1e3))
+
+    def _observe_origin(self, origin: tuple) -> None:
+        """The EKF origin is set once per flight: a different one later is refused and counted
+        (ExternalNav positions are sent relative to it; a forged origin would move them all)."""
+        if self.ekf_origin is None:
+            self.ekf_origin = origin
+        elif max(abs(origin[0] - self.ekf_origin[0]), abs(origin[1] - self.ekf_origin[1])) > 1e-7 \
+                or abs(origin[2] - self.ekf_origin[2]) > 0.5:
+            self.rejected["GPS_GLOBAL_ORIGIN: differs from the origin already set"] += 1
 
     def _observe_unix(self, offset_s: float) -> None:
         """Take the FC's unix-time offset; a step away from the established one needs
@@ -186,6 +228,13 @@ class TelemetryStore:
                 return "range out of range"
         elif kind == "SYSTEM_TIME" and msg.time_unix_usec and not plausible_unix_us(msg.time_unix_usec):
             return "unix time outside 2020-2100"
+        elif kind in GNSS_TYPES:
+            if not (abs(msg.lat) <= 900_000_000 and abs(msg.lon) <= 1_800_000_000 and 0 <= msg.fix_type <= 8):
+                return "position or fix type out of range"
+        elif kind == "GPS_GLOBAL_ORIGIN":
+            if not (abs(msg.latitude) <= 900_000_000 and abs(msg.longitude) <= 1_800_000_000
+                    and MIN_HEIGHT_M <= msg.altitude / 1e3 <= MAX_HEIGHT_M and (msg.latitude or msg.longitude)):
+                return "origin out of range"
         return ""
 
     def _altitude_boot_s(self, time_usec: int, t_mono_s: float) -> Optional[float]:
@@ -207,6 +256,11 @@ class TelemetryStore:
         if item is None or now_mono_s - item[1] > max_age_s:
             return None
         return item[0]
+
+    def gnss_since(self, kind: str, t_mono_s: float) -> list:
+        """The receiver's reports (GnssReport) received after t_mono_s, oldest first."""
+        with self._lock:
+            return [r for r in self.gnss[kind] if r.t_mono_s > t_mono_s]
 
     def last_receive_s(self) -> Optional[float]:
         with self._lock:

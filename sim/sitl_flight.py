@@ -25,6 +25,7 @@ import numpy as np
 from skyfix.edge.frame_loop import SourceFrame, run_frame_loop
 from skyfix.edge.camera import PinholeCamera
 from skyfix.edge.navigator import Navigator
+from skyfix.firmware_bridge.gnss_guard import GnssGuard
 from skyfix.firmware_bridge.link import MavlinkBridge
 from skyfix.firmware_bridge.publisher import FixPublisher
 from skyfix.sim.route import footprint_margin_m, make_route
@@ -179,21 +180,30 @@ class Flown:
     result: dict
     kinds: list
     telemetry_errors: list
+    gnss: dict = dataclasses.field(default_factory=dict)   # GnssGuard.summary() beside a GNSS
+    gnss_declarations: list = dataclasses.field(default_factory=list)  # edge.gnss.Declaration, monotonic s
+    gnss_events: list = dataclasses.field(default_factory=list)        # the guard's switches and messages
 
 
 def fly_on_autopilot(pack: TilePack, nav: Navigator, cam: PinholeCamera, cfg, vehicle, pilot, bridge_cfg,
-                     connection: str, estimate_at, fault: Optional[dict], wind_m_s: float, progress: bool) -> Flown:
+                     connection: str, estimate_at, fault: Optional[dict], wind_m_s: float, progress: bool,
+                     gnss_cfg=None) -> Flown:
     """The flight, for either autopilot (its vehicle running, its pilot made): skyfix's bridge on
     `connection` publishing `estimate_at` (bridge_cfg's protocol), the pilot's script
     (`fly_mission`) in its own thread, and frames rendered at the true pose through the frame
-    loop until the script ends. The bridge, the publisher and the pilot are closed after."""
-    bridge = publisher = None
+    loop until the script ends. With gnss_cfg (a GnssConfig), the GNSS watch runs beside
+    (firmware_bridge/gnss_guard.py). The bridge, the publisher, the watch and the pilot are
+    closed after."""
+    bridge = publisher = guard = None
     result: dict = {}
     telemetry_errors: list = []
     kinds: list = []
     try:
         bridge = MavlinkBridge.from_config(bridge_cfg, connection).start()
         publisher = FixPublisher.from_config(bridge, estimate_at, bridge_cfg, on_sent=vehicle.record_fix).start()
+        if gnss_cfg is not None:
+            autopilot = "px4" if bridge_cfg.protocol == "px4" else "ardupilot"
+            guard = GnssGuard(bridge, nav.estimate_at, pack.frame, gnss_cfg, autopilot, cfg.nav.max_accuracy_m).start()
         script = threading.Thread(target=fly_mission, daemon=True, args=(
             pilot, mission_waypoints(pack, cfg, vehicle.home_en), cfg.sim.alt_agl_m, cfg.sim.speed_m_s, result,
             fault, wind_m_s))
@@ -201,11 +211,17 @@ def fly_on_autopilot(pack: TilePack, nav: Navigator, cam: PinholeCamera, cfg, ve
         kinds = _camera_loop(nav, vehicle, bridge, pack, cam, cfg, script, progress, telemetry_errors)
     finally:
         pilot.close()
+        if guard is not None:
+            guard.close()
         if publisher is not None:
             publisher.close()
         if bridge is not None:
             bridge.close()
-    return Flown(pilot, bridge, result, kinds, telemetry_errors)
+    flown = Flown(pilot, bridge, result, kinds, telemetry_errors)
+    if guard is not None:
+        flown.gnss = guard.summary(vehicle.t0_mono_s)
+        flown.gnss_declarations, flown.gnss_events = list(guard.watch.declarations), list(guard.events)
+    return flown
 
 
 def run_sitl(pack_path: str | Path, embedder, cfg, out_dir: str | Path = "out/sitl",
