@@ -353,6 +353,11 @@ def cmd_sim(args) -> int:
         from skyfix.sim.sitl import read_parm_file
         cfg.sim.sitl_params = {**cfg.sim.sitl_params, **read_parm_file(args.sitl_params)}
     embedder = load_embedder(model_for_pack(TilePack.open(args.pack), args.model), "drone", cfg.model)
+    if args.vehicle == "px4-sitl" and args.gnss:
+        from skyfix.sim.gnss_flight import format_gnss_summary, run_gnss_px4
+        summary = run_gnss_px4(args.pack, embedder, cfg, _gnss_scenario(args), out_dir=args.out, progress=not args.quiet)
+        print(format_gnss_summary(summary))
+        return _write_json(summary, args.json, args.out)
     if args.vehicle == "px4-sitl":
         from skyfix.sim.px4_flight import format_px4_summary, run_px4
         summary = run_px4(args.pack, embedder, cfg, out_dir=args.out, progress=not args.quiet)
@@ -365,7 +370,7 @@ def cmd_sim(args) -> int:
         print(format_gnss_summary(summary))
         return _write_json(summary, args.json, args.out)
     if args.gnss:
-        raise SkyfixError("--gnss needs --vehicle ardupilot-sitl (PX4: see docs/gnss.md)")
+        raise SkyfixError("--gnss needs --vehicle ardupilot-sitl or px4-sitl")
     if args.vehicle == "ardupilot-sitl":
         from skyfix.sim.sitl_flight import format_sitl_summary, run_sitl
         summary = run_sitl(args.pack, embedder, cfg, out_dir=args.out, fault_after_s=args.fault_after_s,
@@ -392,9 +397,10 @@ def _gnss_scenario(args):
 
 def _add_gnss_event_options(p, with_kind: bool) -> None:
     if with_kind:
-        p.add_argument("--gnss", choices=["clean", "jam", "spoof", "step"],
-                       help="ardupilot-sitl: take off on the SITL's GNSS with skyfix watching it, and lose it (jam), "
-                       "pull it away (spoof) or move it at once (step) mid-mission (docs/gnss.md)")
+        p.add_argument("--gnss", choices=["clean", "jam", "spoof", "step", "stuck"],
+                       help="ardupilot-sitl, px4-sitl: take off on the SITL's GNSS with skyfix watching it, and lose "
+                       "it (jam), pull it away (spoof, ArduPilot), move it at once (step, ArduPilot) or freeze it "
+                       "(stuck, PX4) mid-mission (docs/gnss.md)")
     p.add_argument("--gnss-after-s", type=_number(float, 0, 3600), default=30.0,
                    help="the GNSS event this long after the mission's first leg starts")
     p.add_argument("--spoof-rate-m-s", type=_number(float, 0.05, 50), default=1.0, help="spoof: pull-off speed")
@@ -884,6 +890,11 @@ def _bench_command(sub) -> None:
     bn.add_argument("--frames", type=_number(int, 1, 100000), default=20, help="onboard: views located per pack")
     bn.add_argument("--conditions", help="integrity: the conditions to fly, ';'-separated (default: all)")
     bn.add_argument("--sitl-wind", help="integrity: also fly ArduCopter SITL in these winds, m/s, comma-separated")
+    bn.add_argument("--scenarios", default="clean,jam,spoof,step,stuck",
+                    help="gnss: the GNSS events to fly, comma-separated (each autopilot flies those its simulator can make)")
+    bn.add_argument("--autopilots", default="ardupilot,px4", help="gnss: ardupilot, px4 or both")
+    bn.add_argument("--json", help="gnss: write one record per autopilot and scenario here")
+    _add_gnss_event_options(bn, with_kind=False)
     bn.add_argument("--out", default="out/bench")
     bn.set_defaults(func=cmd_bench)
 

@@ -24,6 +24,8 @@ speed, and no test imports this package. One module per topic; `BENCHMARKS` name
   skyfix bench replay --pack PACK            a recorded simulator flight replayed from its video and .tlog
   skyfix bench lost --pack PACK              time to first fix of a lost vehicle, with and without the density position first
   skyfix bench towers --model default,imagenet,DIR   held-out retrieval of towers side by side
+  skyfix bench gnss --pack PACK [--autopilots ardupilot,px4] [--scenarios ...] [--json F]
+                                             ArduCopter SITL on its GNSS with skyfix watching: jamming, spoofing
   skyfix bench orientation --checkpoint best.pt --model DIR --pack PACK --queries-from MAP
   skyfix bench index | build | onboard       index kinds on real embeddings, a large build, onboard memory
 """
@@ -93,6 +95,10 @@ BENCHMARKS: dict[str, tuple[Callable, bool]] = {
     "replay": (lambda a: _fn("replay", "bench_replay")(a.pack), True),
     "lost": (lambda a: _fn("retrieval", "bench_lost")(a.pack), True),
     "towers": (lambda a: _fn("retrieval", "bench_towers")(a.model.split(","), a.out), False),
+    "gnss": (lambda a: _fn("gnss", "bench_gnss")(a.pack, tuple(a.scenarios.split(",")), a.json, a.gnss_after_s,
+                                                 a.spoof_rate_m_s, a.spoof_bearing_deg, a.step_m,
+                                                 out_dir=str(Path(a.out) / "gnss"),
+                                                 autopilots=tuple(a.autopilots.split(","))), True),
     "orientation": (lambda a: _fn("retrieval", "bench_orientation")(a.checkpoint, a.model, a.pack, a.queries_from,
                                                                     a.views, a.east_min_m), False),
 }

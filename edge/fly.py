@@ -80,18 +80,21 @@ def run_fly(cfg, link_wait_s: float = 10.0, max_frames: int = 0, offline: bool =
     # The camera first: a missing camera is known before waiting for the autopilot.
     source = open_source(cfg.nav.source, cfg.nav.telemetry_csv or None, cfg.nav.replay_rate_hz)
     bridge = MavlinkBridge.from_config(cfg.bridge).start()
-    publisher = None
+    publisher = guard = None
     stop = threading.Event()
     try:
         if not bridge.wait_for_heartbeat(link_wait_s):
             raise SkyfixError(f"no HEARTBEAT on '{cfg.bridge.connection}' within {link_wait_s:.0f} s: "
                               "check the cable/port, baud rate and the autopilot's SERIALn_PROTOCOL=2")
         publisher = FixPublisher.from_config(bridge, nav.estimate_at, cfg.bridge).start()
+        guard = start_gnss_guard(cfg, bridge, nav, pack.frame)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         run_frame_loop(nav, source_frames(source, stop),
                        lambda t_s: bridge.telemetry.at(t_s, cfg.nav.telemetry_max_age_s), max_frames=max_frames)
     finally:
+        if guard is not None:
+            guard.close()
         if publisher is not None:
             publisher.close()
         if source is not None:
@@ -102,7 +105,24 @@ def run_fly(cfg, link_wait_s: float = 10.0, max_frames: int = 0, offline: bool =
     nav.gallery.save(cfg.nav.gallery_out)
     return {"frames": sum(nav.reasons.values()), "reasons": nav.reason_counts(), "integrity": nav.integrity_counts(), "accuracy_terms": nav.accuracy_terms(),
             "latency_ms": nav.timing_summary(), "published": publisher.sent if publisher else 0,
-            "link": bridge.counters(), "too_slow": nav.too_slow}
+            "link": bridge.counters(), "too_slow": nav.too_slow, "gnss": guard.summary() if guard else None}
+
+
+def start_gnss_guard(cfg, bridge, nav, frame):
+    """With `gnss.watch`: the GNSS watch and take-over beside the autopilot's GNSS
+    (firmware_bridge/gnss_guard.py), started; else None. ArduPilot needs skyfix as ExternalNav
+    (`bridge.protocol: ardupilot-extnav`): as its GPS (`ardupilot`) there would be no GNSS to watch."""
+    if not cfg.gnss.watch:
+        return None
+    from skyfix.firmware_bridge.gnss_guard import GnssGuard
+    if cfg.bridge.protocol == "ardupilot":
+        raise SkyfixError("gnss.watch with ArduPilot needs bridge.protocol: ardupilot-extnav (skyfix as "
+                          "ExternalNav in EKF source set 2, the GNSS in set 1; README, 'Beside a GNSS')")
+    autopilot = "px4" if cfg.bridge.protocol == "px4" else "ardupilot"
+    log.info("watching the autopilot's GNSS (%s); take-over %s", cfg.gnss.receiver,
+             "on" if cfg.gnss.take_over else "off")
+    return GnssGuard(bridge, nav.estimate_at, frame, cfg.gnss, autopilot, cfg.nav.max_accuracy_m,
+                     hint=nav.hint_position).start()
 
 
 def _replay_offline(cfg, max_frames: int = 0) -> dict:

@@ -125,7 +125,7 @@ class GnssWatch:
     def offer_gnss(self, sample: GnssSample) -> Optional[Declaration]:
         """One receiver report. Returns the declaration it caused, if any."""
         self._last_sample = sample
-        why = self._unusable(sample)
+        why = self.unusable(sample)
         if not why:
             self.had_fix, self._bad_since = True, None
             if self.state == LOST:  # a receiver back from jamming is not trusted at once: agreement decides
@@ -142,7 +142,8 @@ class GnssWatch:
                                  f"{self._bad_kind} for {sample.t_s - self._bad_since:.1f} s")
         return None
 
-    def _unusable(self, s: GnssSample) -> str:
+    def unusable(self, s: GnssSample) -> str:
+        """Why the receiver's own report is no usable fix (empty when it is)."""
         if s.fix_type < FIX_3D or s.east_m is None:
             return "no fix"
         if s.satellites != 255 and s.satellites < self.cfg.min_satellites:
@@ -163,7 +164,7 @@ class GnssWatch:
         """skyfix's confident estimate at t_s (DRMS accuracy, m) against the latest receiver
         sample (which must be within 0.5 s of t_s and usable). Returns a declaration, if any."""
         s = self._last_sample
-        if s is None or abs(t_s - s.t_s) > 0.5 or self._unusable(s):
+        if s is None or abs(t_s - s.t_s) > 0.5 or self.unusable(s):
             return None
         h_acc = s.h_acc_m if s.h_acc_m is not None else self.cfg.default_h_acc_m
         gate = max(self.cfg.k_sigma * math.hypot(h_acc, accuracy_m), self.cfg.min_offset_m)

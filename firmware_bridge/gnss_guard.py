@@ -24,7 +24,10 @@ import logging
 import struct
 import threading
 import time
+from collections import deque
 from typing import Callable, Optional
+
+import numpy as np
 
 from skyfix.edge.gnss import CONTRADICTED, HEALTHY, LOST, Declaration, GnssSample, GnssWatch, WatchConfig
 from skyfix.firmware_bridge.messages import mavlink_module
@@ -62,14 +65,16 @@ class GnssGuard:
     frame: the pack's geo.LocalFrame; cfg: GnssConfig; autopilot: "ardupilot" | "px4"."""
 
     def __init__(self, bridge, estimate: Callable[[float], Optional[tuple]], frame, cfg, autopilot: str,
-                 max_accuracy_m: float = 10.0):
+                 max_accuracy_m: float = 10.0, hint: Optional[Callable] = None):
         self.bridge, self.estimate, self.frame, self.cfg = bridge.watch_gnss(), estimate, frame, cfg
         self.autopilot, self.max_accuracy_m = autopilot, max_accuracy_m
+        self.hint = hint  # Navigator.hint_position: where a healthy GNSS puts the vehicle (a search hint)
         self.watch = GnssWatch(watch_config(cfg))
         self.on_skyfix = False            # the autopilot was switched to skyfix (and acknowledged)
         self.switch_pending: Optional[str] = None  # "to skyfix" / "to gnss" until acknowledged
         self.events: list[dict] = []      # (t_mono_s, what) of switches and messages, for the JSON
         self.statustexts_sent = 0
+        self.h_acc_m: deque = deque(maxlen=1000)  # the receiver's stated accuracies, for the summary
         self._last_report_s = 0.0
         self._last_text_s = -1e9
         self._text_due = False            # a new verdict or switch the pilot has not been told of
@@ -82,13 +87,24 @@ class GnssGuard:
     def step(self, now_s: float) -> None:
         for report in self.bridge.telemetry.gnss_since(self.cfg.receiver, self._last_report_s):
             self._last_report_s = report.t_mono_s
-            self._handle(self.watch.offer_gnss(self._sample(report)))
+            if report.h_acc_m is not None:
+                self.h_acc_m.append(report.h_acc_m)
+            sample = self._sample(report)
+            self._handle(self.watch.offer_gnss(sample))
+            self._offer_hint(sample)
         self._handle(self.watch.silence(now_s))
         est = self.estimate(now_s)
         if est is not None and est[1] <= self.cfg.max_fix_age_s and est[0].horiz_accuracy_m <= self.max_accuracy_m:
             e, n, _ = self.frame.to_enu(est[0].lat_deg, est[0].lon_deg)
             self._handle(self.watch.check(now_s, float(e), float(n), est[0].horiz_accuracy_m))
         self._act(now_s, est is not None)
+
+    def _offer_hint(self, s: GnssSample) -> None:
+        """A healthy GNSS's position as the navigator's search hint (never while in doubt)."""
+        if self.hint is None or self.watch.state != HEALTHY or s.east_m is None or self.watch.unusable(s):
+            return
+        h_acc = s.h_acc_m if s.h_acc_m is not None else self.watch.cfg.default_h_acc_m
+        self.hint(s.t_s, s.east_m, s.north_m, 3.0 * h_acc + 30.0)
 
     def _sample(self, r) -> GnssSample:
         e = n = None
@@ -190,6 +206,7 @@ class GnssGuard:
                 "declarations": [d.as_dict(t0_s) for d in w.declarations],
                 "events": [{"t_s": round(e["t_mono_s"] - t0_s, 2), "what": e["what"]} for e in self.events],
                 "statustexts": self.statustexts_sent,
+                "receiver_h_acc_m_median": round(float(np.median(self.h_acc_m)), 2) if self.h_acc_m else None,
                 "last_offset_m": None if w.last_check is None else round(w.last_check.offset_m, 1)}
 
 

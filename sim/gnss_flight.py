@@ -36,7 +36,17 @@ from skyfix.errors import SkyfixError
 from skyfix.sim.sitl import EKF_CONST_POS_MODE, EKF_POS_HORIZ_ABS, SitlPilot, SitlVehicle, sim_params, wait_until
 from skyfix.sim.sitl_flight import fly_on_autopilot, mission_setup, summarise_sitl, write_sitl_outputs
 
-SCENARIOS = ("clean", "jam", "spoof", "step")
+SCENARIOS = ("clean", "jam", "spoof", "step", "stuck")
+# What each simulator can do to its receiver. ArduPilot's SITL offsets its position
+# (SIM_GPS1_GLTCH_X/Y) or switches it off; PX4's failure injection (MAV_CMD_INJECT_FAILURE) can
+# switch it off, freeze it (STUCK: the last fix repeated while the vehicle flies on) or degrade
+# its metadata (WRONG), but cannot move its position: no spoof, no step.
+VEHICLE_SCENARIOS = {"ardupilot": ("clean", "jam", "spoof", "step"), "px4": ("clean", "jam", "stuck")}
+FAILURE_UNIT_SENSOR_GPS, FAILURE_TYPE_OFF, FAILURE_TYPE_STUCK = 4, 1, 2
+# PX4 beside a GNSS: its simulated receiver on, the GNSS and skyfix's auxiliary global position
+# fused together, failure injection allowed (SITL only).
+PX4_GNSS_PARAMS = {"SENS_EN_GPSSIM": 1, "SYS_HAS_GPS": 1, "EKF2_GPS_CTRL": 7, "EKF2_AGP0_ID": 1,
+                   "EKF2_AGP0_CTRL": 1, "SYS_FAILURE_EN": 1}
 
 # Every parameter this mode changes on ArduPilot (README "Beside a GNSS"): GNSS in source set 1,
 # skyfix's ExternalNav in source set 2, skyfix's switch by MAV_CMD_SET_EKF_SOURCE_SET.
@@ -70,7 +80,7 @@ class GnssScenario:
 
     def pull_m(self, since_s: float) -> float:
         """How far the GNSS is pulled off (m) since_s seconds after the event started."""
-        if since_s < 0 or self.kind in ("clean", "jam"):
+        if since_s < 0 or self.kind in ("clean", "jam", "stuck"):
             return 0.0
         return self.step_m if self.kind == "step" else self.rate_m_s * since_s
 
@@ -106,11 +116,12 @@ class GnssPilot(SitlPilot):
 
 
 class GnssEvent:
-    """Applies the scenario to the SITL's simulated receiver from the control link, from the
-    moment `clock["start_mono_s"]` (set by the mission script when its first leg starts)."""
+    """Applies the scenario to the simulated receiver from the control link (ArduPilot: its SIM_
+    parameters; PX4: failure injection), from the moment `clock["start_mono_s"]` (set by the
+    mission script when its first leg starts)."""
 
-    def __init__(self, vehicle: SitlVehicle, scenario: GnssScenario, clock: dict):
-        self.v, self.scenario, self.clock = vehicle, scenario, clock
+    def __init__(self, vehicle, scenario: GnssScenario, clock: dict, px4: bool = False):
+        self.v, self.scenario, self.clock, self.px4 = vehicle, scenario, clock, px4
         self.started_mono_s: Optional[float] = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="gnss-event")
@@ -126,6 +137,12 @@ class GnssEvent:
     def _set(self, name: str, value: float) -> None:
         self.v.conn.mav.param_set_send(1, 1, name.encode(), float(value), 9)  # MAV_PARAM_TYPE_REAL32
 
+    def _inject(self, failure_type: int) -> None:
+        """PX4: MAV_CMD_INJECT_FAILURE on every GPS instance."""
+        for _ in range(3):  # UDP: said thrice
+            self.v.conn.mav.command_long_send(1, 1, 420, 0, FAILURE_UNIT_SENSOR_GPS, failure_type, 0, 0, 0, 0, 0)
+            time.sleep(0.1)
+
     def _loop(self) -> None:
         s = self.scenario
         lat0, lon0, _ = self.v.frame.to_lla(*self.v.home_en)
@@ -135,6 +152,10 @@ class GnssEvent:
                 continue
             if self.started_mono_s is None:
                 self.started_mono_s = time.monotonic()
+                if s.kind == "jam" and self.px4:
+                    return self._inject(FAILURE_TYPE_OFF)
+                if s.kind == "stuck":
+                    return self._inject(FAILURE_TYPE_STUCK)
                 if s.kind == "jam":
                     for _ in range(3):  # the control link is TCP; said thrice all the same
                         self._set("SIM_GPS1_ENABLE", 0)
@@ -157,8 +178,10 @@ def run_gnss_sitl(pack_path: str | Path, embedder, cfg, scenario: GnssScenario, 
     """Fly the mission on the GNSS with skyfix watching (see the module docstring); returns the
     summary (sitl_flight's, with "gnss": the watch's verdicts and switches and the scenario's
     scores, gnss_scores) and writes track.csv, track.png and summary.json into out_dir."""
+    _check_scenario("ardupilot", scenario)
     pack, home_en, home_alt, cam, nav = mission_setup(pack_path, embedder, cfg)
-    params = {**ARDUPILOT_GNSS_PARAMS, **sim_params(cfg.sim)}
+    # WPNAV_SPEED_UP: the harness climbs at 5 m/s (ArduPilot's 2.5 m/s default took 50 s to 120 m).
+    params = {**ARDUPILOT_GNSS_PARAMS, "WPNAV_SPEED_UP": 500, **sim_params(cfg.sim)}
     if cfg.sim.declination_deg is not None:
         params.update({"COMPASS_DEC": math.radians(cfg.sim.declination_deg), "COMPASS_AUTODEC": 0})
     clock = {"after_s": scenario.after_s}
@@ -173,6 +196,41 @@ def run_gnss_sitl(pack_path: str | Path, embedder, cfg, scenario: GnssScenario, 
         event.close()
         vehicle.close()
     summary = summarise_sitl(vehicle, flown.pilot, flown.result, nav, flown.kinds, None, flown.bridge)
+    summary["telemetry_error"] = flown.telemetry_errors
+    summary["gnss"] = {**flown.gnss, "scenario": dataclasses.asdict(scenario),
+                       **gnss_scores(vehicle, flown, scenario, event.started_mono_s)}
+    write_sitl_outputs(pack, vehicle, summary, Path(out_dir))
+    return summary
+
+
+def _check_scenario(autopilot: str, scenario: GnssScenario) -> None:
+    if scenario.kind not in VEHICLE_SCENARIOS[autopilot]:
+        raise SkyfixError(f"{autopilot} SITL cannot simulate a GNSS '{scenario.kind}': it can fly "
+                          f"{', '.join(VEHICLE_SCENARIOS[autopilot])} (docs/gnss.md)")
+
+
+def run_gnss_px4(pack_path: str | Path, embedder, cfg, scenario: GnssScenario, out_dir: str | Path = "out/px4-gnss",
+                 progress: bool = True) -> dict:
+    """PX4 SITL (SIH) on its simulated GNSS with skyfix's GLOBAL_POSITION_SENSOR fused beside it
+    and the watch running; the scenario by failure injection. The climb, legs and landing are
+    px4_flight's (the climb in Altitude mode: with a GNSS it could be Position mode; kept so the
+    flights differ in the GNSS alone). Returns the summary with "gnss" as run_gnss_sitl's."""
+    from skyfix.sim.px4 import ONBOARD_CONNECTION
+    from skyfix.sim.px4_flight import Px4Pilot, Px4Vehicle, flight_params, summarise_px4
+    _check_scenario("px4", scenario)
+    pack, home_en, home_alt, cam, nav = mission_setup(pack_path, embedder, cfg)
+    bridge_cfg = dataclasses.replace(cfg.bridge, protocol="px4", connection=ONBOARD_CONNECTION)
+    clock = {"after_s": scenario.after_s}
+    params = {**flight_params(cfg.sim), **PX4_GNSS_PARAMS, **cfg.sim.px4_params}
+    with Px4Vehicle(pack.frame, home_alt, home_en, params) as vehicle:
+        event = GnssEvent(vehicle, scenario, clock, px4=True).start()
+        try:
+            flown = fly_on_autopilot(pack, nav, cam, cfg, vehicle, Px4Pilot(vehicle, cfg.sim.speed_m_s), bridge_cfg,
+                                     ONBOARD_CONNECTION, nav.estimate_at, clock, cfg.sim.disturb.wind_m_s, progress,
+                                     gnss_cfg=dataclasses.replace(cfg.gnss, watch=True))
+        finally:
+            event.close()
+    summary = summarise_px4(vehicle, flown.pilot, flown.result, nav, flown.kinds, flown.bridge)
     summary["telemetry_error"] = flown.telemetry_errors
     summary["gnss"] = {**flown.gnss, "scenario": dataclasses.asdict(scenario),
                        **gnss_scores(vehicle, flown, scenario, event.started_mono_s)}
@@ -222,7 +280,7 @@ def format_gnss_summary(s: dict) -> str:
     sc = g["scenario"]
     fmt = lambda v, unit="": "n/a" if v is None else f"{v}{unit}"  # noqa: E731
     return "\n".join([
-        f"ArduCopter SITL on its GNSS, skyfix watching: scenario {sc['kind']} at {fmt(g['event_s'], ' s')}; "
+        f"{'PX4' if s['vehicle'] == 'px4-sitl' else 'ArduCopter'} SITL on its GNSS, skyfix watching: scenario {sc['kind']} at {fmt(g['event_s'], ' s')}; "
         f"mission {'completed' if s['mission_completed'] else 'NOT completed'}",
         f"declared: {g['declared_as'] or 'nothing'} after {fmt(g['detection_s'], ' s')}, the autopilot "
         f"{fmt(g['pulloff_at_detection_m'], ' m')} off then; switched to skyfix at {fmt(g['switched_s'], ' s')}",

@@ -25,7 +25,7 @@ import numpy as np
 from skyfix.edge.frame_loop import SourceFrame, run_frame_loop
 from skyfix.edge.camera import PinholeCamera
 from skyfix.edge.navigator import Navigator
-from skyfix.firmware_bridge.gnss_guard import GnssGuard
+from skyfix.edge.fly import start_gnss_guard
 from skyfix.firmware_bridge.link import MavlinkBridge
 from skyfix.firmware_bridge.publisher import FixPublisher
 from skyfix.sim.route import footprint_margin_m, make_route
@@ -202,8 +202,7 @@ def fly_on_autopilot(pack: TilePack, nav: Navigator, cam: PinholeCamera, cfg, ve
         bridge = MavlinkBridge.from_config(bridge_cfg, connection).start()
         publisher = FixPublisher.from_config(bridge, estimate_at, bridge_cfg, on_sent=vehicle.record_fix).start()
         if gnss_cfg is not None:
-            autopilot = "px4" if bridge_cfg.protocol == "px4" else "ardupilot"
-            guard = GnssGuard(bridge, nav.estimate_at, pack.frame, gnss_cfg, autopilot, cfg.nav.max_accuracy_m).start()
+            guard = start_gnss_guard(dataclasses.replace(cfg, gnss=gnss_cfg, bridge=bridge_cfg), bridge, nav, pack.frame)
         script = threading.Thread(target=fly_mission, daemon=True, args=(
             pilot, mission_waypoints(pack, cfg, vehicle.home_en), cfg.sim.alt_agl_m, cfg.sim.speed_m_s, result,
             fault, wind_m_s))

@@ -194,3 +194,65 @@ def test_statustext_fits_and_says_what_happened():
     text = statustext(d, switched=True)
     assert len(text) <= 50 and "SPOOFED" in text and "14m" in text and "skyfix" in text
     assert "LOST" in statustext(Declaration(0.0, LOST, "no fix", "..."), switched=False)
+
+
+# ---- the guard over a real loopback link ------------------------------------------------------------
+def test_guard_declares_switches_px4_and_tells_the_pilot_over_udp():
+    """A PX4-like autopilot on loopback UDP reports a GNSS 40 m east of where skyfix's estimate
+    is: the guard declares it contradicted, sets EKF2_GPS_CTRL 0 (PX4's bytewise INT32), is
+    confirmed by the PARAM_VALUE echo, and sends CRITICAL STATUSTEXTs."""
+    import struct
+    import time
+
+    import skyfix.firmware_bridge.messages  # noqa: F401  (MAVLink 2 before pymavlink is imported)
+    from pymavlink import mavutil
+    from pymavlink.dialects.v20 import common as m
+
+    from skyfix.config import GnssConfig
+    from skyfix.contracts import Fix
+    from skyfix.firmware_bridge.gnss_guard import GnssGuard
+    from skyfix.firmware_bridge.link import MavlinkBridge
+    from skyfix.geo import LocalFrame
+    from tests.helpers import free_udp_port, wait_until
+
+    frame = LocalFrame(38.98503, -107.88437, 2600.0)
+    lat, lon, _ = frame.to_lla(40.0, 0.0)
+    port = free_udp_port()
+    fc = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", source_system=1, source_component=1,
+                                    dialect="common")
+    bridge = MavlinkBridge(f"udpin:127.0.0.1:{port}", link_timeout_s=2.0).start()
+    skyfix_here = Fix(0, 38.98503, -107.88437, 2720.0, horiz_accuracy_m=1.5)
+    guard = GnssGuard(bridge, lambda now: (skyfix_here, 0.2), frame, GnssConfig(watch=True), "px4")
+    got = {"param_set": [], "statustext": []}
+    try:
+        t_end = time.monotonic() + 8.0
+        while time.monotonic() < t_end and not guard.on_skyfix:
+            fc.mav.heartbeat_send(m.MAV_TYPE_QUADROTOR, m.MAV_AUTOPILOT_PX4, 0, 0, 4)
+            fc.mav.gps_raw_int_send(0, 3, int(lat * 1e7), int(lon * 1e7), 2720000, 80, 120, 0, 0, 14, h_acc=900)
+            guard.step(time.monotonic())
+            msg = fc.recv_match(type=["PARAM_SET", "STATUSTEXT"], blocking=True, timeout=0.2)
+            if msg is not None and msg.get_type() == "PARAM_SET":
+                got["param_set"].append(msg)
+                fc.mav.param_value_send(msg.param_id.encode(), msg.param_value, msg.param_type, 1, 0)
+            elif msg is not None:
+                got["statustext"].append(msg)
+        assert guard.watch.state == CONTRADICTED and guard.on_skyfix, guard.summary()
+        ps = got["param_set"][0]
+        assert ps.param_id == "EKF2_GPS_CTRL" and ps.param_type == m.MAV_PARAM_TYPE_INT32
+        assert struct.unpack("<i", struct.pack("<f", ps.param_value))[0] == 0
+        assert ps.target_system == 1
+        guard.step(time.monotonic())  # the switch's own STATUSTEXT
+
+        def told() -> bool:
+            msg = fc.recv_match(type="STATUSTEXT", blocking=False)
+            if msg is not None:
+                got["statustext"].append(msg)
+            return any("nav on skyfix" in t.text for t in got["statustext"])
+        assert wait_until(told, timeout_s=3.0), [t.text for t in got["statustext"]]
+        assert all(t.severity == m.MAV_SEVERITY_CRITICAL and "SPOOFED" in t.text for t in got["statustext"])
+        s = guard.summary()
+        assert s["declarations"][0]["kind"] in ("jump", "drift") and s["declarations"][0]["offset_m"] == pytest.approx(40, abs=1)
+        assert any(e["what"].startswith("switched to skyfix") for e in s["events"])
+    finally:
+        bridge.close()
+        fc.close()

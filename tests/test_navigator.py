@@ -540,3 +540,26 @@ def test_a_track_continues_below_the_tile_height_and_a_lost_vehicle_there_gets_n
     r = fresh.step(Frame(render_view(canvas, CAM, pose)[0], 10 ** 6,
                          Telemetry(10 ** 6, 0.0, 0.0, pose.yaw_rad, 40.0), "low"))
     assert r.fix is None and r.kind is Reason.CROP_OUTSIDE and "only a track continues" in r.detail
+
+
+@pytest.mark.parametrize("hint_off_m", [0.0, 200.0])
+def test_a_gnss_hint_narrows_the_search_and_a_wrong_one_gives_no_wrong_fix(world, hint_off_m):
+    """While there is no track, every other frame searches around the hint (a healthy GNSS's
+    position); a hint 200 m off (a GNSS already spoofed) finds nothing there, the frames between
+    search everywhere, and every fix is where the vehicle is."""
+    from skyfix.edge.navigator import Navigator
+    pack, emb, canvas = world
+    nav = Navigator(pack, emb, CAM, NavConfig(keypoints="sift", top_k=3, global_max_candidates=6))
+    fixes = []
+    for i in range(8):
+        t = 0.5 * i
+        pose = _pose(t)
+        nav.hint_position(t, pose.east_m + hint_off_m, pose.north_m, 20.0)
+        frame, pose = _frame(canvas, t, i)
+        r = nav.step(frame)
+        if r.fix is not None:
+            fixes.append(_err(pack, r.fix, pose))
+    assert nav.hinted_searches >= 1
+    assert len(fixes) >= 3 and max(fixes) < 3.0, fixes
+    nav.hint_position(0.0, 0.0, 0.0, 20.0)  # stale: older than a second
+    assert nav._search_window(10.0) == nav._prior_window(10.0)
