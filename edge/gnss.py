@@ -246,3 +246,18 @@ def _rate_m_s(checks: list) -> Optional[float]:
     if np.ptp(t) < 1e-3:
         return None
     return float(np.polyfit(t - t[0], r, 1)[0])
+
+
+def replay_trace(trace: dict, cfg: WatchConfig = WatchConfig()) -> GnssWatch:
+    """Run a watch over a recorded trace (the `gnss.trace` of a fly/sim JSON: receiver samples
+    (t, east, north, h_acc, fix_type, satellites) and skyfix's checks (t, east, north,
+    accuracy)), in time order as the guard saw them, its silence test at every check."""
+    w = GnssWatch(cfg)
+    events = [(row[0], 0, row) for row in trace["gnss"]] + [(row[0], 1, row) for row in trace["skyfix"]]
+    for t, kind, row in sorted(events, key=lambda x: (x[0], x[1])):
+        if kind == 0:
+            w.offer_gnss(GnssSample(*row))
+        else:
+            w.silence(t)
+            w.check(*row)
+    return w

@@ -37,6 +37,7 @@ log = logging.getLogger("skyfix.gnss")
 MAV_CMD_SET_EKF_SOURCE_SET = 42007   # ArduPilot's dialect (ardupilotmega.xml)
 SEVERITY = {CONTRADICTED: 2, LOST: 4, HEALTHY: 5}   # MAV_SEVERITY CRITICAL, WARNING, NOTICE
 STATUSTEXT_MAX = 50
+TRACE_ROWS = 20_000  # about an hour of receiver reports at 5 Hz
 
 
 def watch_config(cfg) -> WatchConfig:
@@ -75,6 +76,10 @@ class GnssGuard:
         self.events: list[dict] = []      # (t_mono_s, what) of switches and messages, for the JSON
         self.statustexts_sent = 0
         self.h_acc_m: deque = deque(maxlen=1000)  # the receiver's stated accuracies, for the summary
+        # What the watch was given, for replaying it (edge.gnss.replay_trace): receiver samples as
+        # (t, east, north, h_acc, fix_type, satellites), skyfix's checks as (t, east, north, accuracy).
+        self.trace: dict = {"gnss": deque(maxlen=TRACE_ROWS), "skyfix": deque(maxlen=TRACE_ROWS)}
+        self.autopilot_vs_skyfix_m: Optional[float] = None  # the autopilot's fused position - skyfix's, now
         self._last_report_s = 0.0
         self._last_text_s = -1e9
         self._text_due = False            # a new verdict or switch the pilot has not been told of
@@ -90,14 +95,27 @@ class GnssGuard:
             if report.h_acc_m is not None:
                 self.h_acc_m.append(report.h_acc_m)
             sample = self._sample(report)
+            self.trace["gnss"].append((round(sample.t_s, 3), _r(sample.east_m), _r(sample.north_m), sample.h_acc_m,
+                                       sample.fix_type, sample.satellites))
             self._handle(self.watch.offer_gnss(sample))
             self._offer_hint(sample)
         self._handle(self.watch.silence(now_s))
         est = self.estimate(now_s)
         if est is not None and est[1] <= self.cfg.max_fix_age_s and est[0].horiz_accuracy_m <= self.max_accuracy_m:
             e, n, _ = self.frame.to_enu(est[0].lat_deg, est[0].lon_deg)
+            self.trace["skyfix"].append((round(now_s, 3), _r(e), _r(n), round(est[0].horiz_accuracy_m, 2)))
             self._handle(self.watch.check(now_s, float(e), float(n), est[0].horiz_accuracy_m))
+            self._compare_autopilot(now_s, float(e), float(n))
         self._act(now_s, est is not None)
+
+    def _compare_autopilot(self, now_s: float, east_m: float, north_m: float) -> None:
+        """How far the autopilot's own fused position (GLOBAL_POSITION_INT) is from skyfix's: what
+        the GNSS has done to the autopilot, said with every verdict."""
+        gpi = self.bridge.telemetry.get("GLOBAL_POSITION_INT", 1.0, now_s)
+        if gpi is None or not (gpi.lat or gpi.lon):
+            return
+        e, n, _ = self.frame.to_enu(gpi.lat / 1e7, gpi.lon / 1e7)
+        self.autopilot_vs_skyfix_m = float(np.hypot(float(e) - east_m, float(n) - north_m))
 
     def _offer_hint(self, s: GnssSample) -> None:
         """A healthy GNSS's position as the navigator's search hint (never while in doubt)."""
@@ -118,6 +136,8 @@ class GnssGuard:
             return
         self._last_declaration = d
         level = logging.INFO if d.state == HEALTHY else logging.WARNING
+        if self.autopilot_vs_skyfix_m is not None:
+            d.evidence += f"; the autopilot's own position {self.autopilot_vs_skyfix_m:.0f} m from skyfix's"
         log.log(level, "GNSS %s: %s", d.state, d.evidence)
         self._text_due = True
 
@@ -207,7 +227,13 @@ class GnssGuard:
                 "events": [{"t_s": round(e["t_mono_s"] - t0_s, 2), "what": e["what"]} for e in self.events],
                 "statustexts": self.statustexts_sent,
                 "receiver_h_acc_m_median": round(float(np.median(self.h_acc_m)), 2) if self.h_acc_m else None,
-                "last_offset_m": None if w.last_check is None else round(w.last_check.offset_m, 1)}
+                "last_offset_m": None if w.last_check is None else round(w.last_check.offset_m, 1),
+                "autopilot_vs_skyfix_m": None if self.autopilot_vs_skyfix_m is None else round(self.autopilot_vs_skyfix_m, 1),
+                "trace": {"t0_s": t0_s, "gnss": list(self.trace["gnss"]), "skyfix": list(self.trace["skyfix"])}}
+
+
+def _r(v) -> Optional[float]:
+    return None if v is None else round(float(v), 2)
 
 
 def _param_id(pv) -> str:
