@@ -256,3 +256,26 @@ def test_guard_declares_switches_px4_and_tells_the_pilot_over_udp():
     finally:
         bridge.close()
         fc.close()
+
+
+def test_watching_a_gnss_on_ardupilot_needs_skyfix_as_external_nav():
+    """As ArduPilot's GPS (GPS_INPUT) skyfix would replace the GNSS it is meant to watch."""
+    from skyfix.config import load_config
+    from skyfix.edge.fly import start_gnss_guard
+    from skyfix.errors import SkyfixError
+    cfg = load_config(overrides={"gnss": {"watch": True}, "bridge": {"protocol": "ardupilot"}})
+    with pytest.raises(SkyfixError, match="ardupilot-extnav"):
+        start_gnss_guard(cfg, None, None, None)
+    assert start_gnss_guard(load_config(), None, None, None) is None  # not watching: nothing started
+
+
+def test_replaying_a_trace_gives_the_verdicts_it_gave_live():
+    """The guard's recorded trace replays through a fresh watch to the same verdict."""
+    from skyfix.edge.gnss import replay_trace
+    samples = list(trace(90.0, seed=7, spoof=lambda t: (0.0, max(t - 40.0, 0.0) * 2.0)))
+    live = run(GnssWatch(), samples)
+    recorded = {"gnss": [(s.t_s, s.east_m, s.north_m, s.h_acc_m, s.fix_type, s.satellites) for _, s, _ in samples],
+                "skyfix": [(t, *sky) for t, _, sky in samples if sky is not None]}
+    again = replay_trace(recorded)
+    assert [(d.state, d.kind, round(d.t_s, 1)) for d in again.declarations] == \
+        [(d.state, d.kind, round(d.t_s, 1)) for d in live.declarations] != []
