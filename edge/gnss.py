@@ -6,7 +6,8 @@ truth (spoofing), which the autopilot's EKF follows. skyfix's map fixes are an i
 witness. The watch declares the GNSS
 
     healthy       it agrees with skyfix (or skyfix has no confident track to say otherwise)
-    lost          the receiver itself says it has no usable fix, or has gone silent
+    lost          the receiver itself says it has no usable fix, or has gone silent; a fix that
+                  returns is trusted again only after agreeing with skyfix for `agree_s`
     contradicted  it disagrees with skyfix's confident track beyond both stated accuracies,
                   consistently: a jump (the disagreement appeared between two samples) or a
                   drift (it grew over the window, the usual spoof at 0.5-3 m/s)
@@ -127,11 +128,8 @@ class GnssWatch:
         self._last_sample = sample
         why = self.unusable(sample)
         if not why:
+            # A receiver back from jamming stays "lost" until skyfix's checks decide (check()).
             self.had_fix, self._bad_since = True, None
-            if self.state == LOST:  # a receiver back from jamming is not trusted at once: agreement decides
-                return self._declare(sample.t_s, CONTRADICTED if self._disagreeing() else HEALTHY,
-                                     "fix again", f"the receiver has a fix again ({sample.fix_type}, "
-                                     f"{sample.satellites} satellites)")
             return None
         if not self.had_fix:
             return None
@@ -178,7 +176,8 @@ class GnssWatch:
             return self._maybe_contradicted(t_s)
         if self.state == CONTRADICTED:
             return self._maybe_agrees_again(t_s, c)
-        return None
+        # LOST, with a fix again: trusted after agreeing for agree_s, contradicted as any other
+        return self._maybe_contradicted(t_s) or self._maybe_agrees_again(t_s, c)
 
     def _run(self) -> list:
         """The checks at the end of the window that all disagree (oldest first)."""
@@ -188,9 +187,6 @@ class GnssWatch:
                 break
             run.append(c)
         return run[::-1]
-
-    def _disagreeing(self) -> bool:
-        return bool(self._checks) and self._checks[-1].disagrees
 
     def _maybe_contradicted(self, t_s: float) -> Optional[Declaration]:
         run = self._run()
@@ -232,6 +228,8 @@ class GnssWatch:
         if state == self.state:
             return None
         self.state, self._agree_since = state, None
+        if state == LOST:
+            self._checks.clear()  # checks from before the loss say nothing about the fix that returns
         d = Declaration(t_s, state, kind, evidence, offset_m, rate_m_s)
         self.declarations.append(d)
         return d

@@ -97,6 +97,16 @@ def test_a_receiver_still_acquiring_at_power_on_is_not_lost():
     assert w.state == LOST
 
 
+def test_a_fix_back_after_jamming_is_trusted_only_once_it_agrees():
+    cfg = WatchConfig(agree_s=10.0)
+    w = run(GnssWatch(cfg), trace(120.0, seed=8, fix_type=lambda t: 1 if 40.0 <= t < 60.0 else 3))
+    assert [(d.state, d.kind) for d in w.declarations] == [(LOST, "no fix"), (HEALTHY, "agrees again")]
+    assert w.declarations[1].t_s >= 70.0  # 10 s of agreement after the fix came back at 60 s
+    back_wrong = run(GnssWatch(cfg), trace(120.0, seed=8, fix_type=lambda t: 1 if 40.0 <= t < 60.0 else 3,
+                                           spoof=lambda t: (60.0, 0.0) if t >= 60.0 else (0.0, 0.0)))
+    assert [d.state for d in back_wrong.declarations] == [LOST, CONTRADICTED]  # it came back 60 m off
+
+
 def test_a_silent_receiver_is_lost():
     w = GnssWatch()
     w.offer_gnss(GnssSample(0.0, 0.0, 0.0, 2.0, 3, 10))
