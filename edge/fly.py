@@ -110,11 +110,11 @@ def run_fly(cfg, link_wait_s: float = 10.0, max_frames: int = 0, offline: bool =
 
 def start_gnss_guard(cfg, bridge, nav, frame):
     """With `gnss.watch`: the GNSS watch and take-over beside the autopilot's GNSS
-    (firmware_bridge/gnss_guard.py), started; else None. ArduPilot needs skyfix as ExternalNav
+    (edge/gnss_guard.py), started; else None. ArduPilot needs skyfix as ExternalNav
     (`bridge.protocol: ardupilot-extnav`): as its GPS (`ardupilot`) there would be no GNSS to watch."""
     if not cfg.gnss.watch:
         return None
-    from skyfix.firmware_bridge.gnss_guard import GnssGuard
+    from skyfix.edge.gnss_guard import GnssGuard
     if cfg.bridge.protocol == "ardupilot":
         raise SkyfixError("gnss.watch with ArduPilot needs bridge.protocol: ardupilot-extnav (skyfix as "
                           "ExternalNav in EKF source set 2, the GNSS in set 1; README, 'Beside a GNSS')")

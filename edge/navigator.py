@@ -299,7 +299,7 @@ class Navigator:
 
     def hint_position(self, t_s: float, east_m: float, north_m: float, radius_m: float) -> None:
         """Where another source (the autopilot's GNSS while the watch finds it healthy,
-        firmware_bridge/gnss_guard.py) puts the vehicle at t_s, within radius_m: while skyfix has
+        edge/gnss_guard.py) puts the vehicle at t_s, within radius_m: while skyfix has
         no track, every other frame searches there first instead of everywhere. A hint narrows
         the search and is never a fix: a match near it must pass every check a global one does,
         and the frames between still search everywhere, so a wrong hint (a GNSS already

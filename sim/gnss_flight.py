@@ -4,7 +4,7 @@ GNSS is lost or lies mid-mission.
 
     take-off: GUIDED, on the GNSS (no blind climb, no global search needed later)
     skyfix:   VISION_POSITION_ESTIMATE (ExternalNav, EKF source set 2) from the hand-over height;
-              the GNSS watch (firmware_bridge/gnss_guard.py) on GPS_RAW_INT
+              the GNSS watch (edge/gnss_guard.py) on GPS_RAW_INT
     the event `after_s` seconds into the mission:
         jam    the receiver off (SIM_GPS1_ENABLE 0)
         spoof  the receiver's position pulled away at `rate_m_s` towards `bearing_deg`

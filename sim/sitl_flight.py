@@ -192,7 +192,7 @@ def fly_on_autopilot(pack: TilePack, nav: Navigator, cam: PinholeCamera, cfg, ve
     `connection` publishing `estimate_at` (bridge_cfg's protocol), the pilot's script
     (`fly_mission`) in its own thread, and frames rendered at the true pose through the frame
     loop until the script ends. With gnss_cfg (a GnssConfig), the GNSS watch runs beside
-    (firmware_bridge/gnss_guard.py). The bridge, the publisher, the watch and the pilot are
+    (edge/gnss_guard.py). The bridge, the publisher, the watch and the pilot are
     closed after."""
     bridge = publisher = guard = None
     result: dict = {}

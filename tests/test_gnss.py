@@ -199,7 +199,7 @@ def test_extnav_message_is_north_east_down_of_the_origin_with_the_sigma_ardupilo
 
 def test_statustext_fits_and_says_what_happened():
     from skyfix.edge.gnss import Declaration
-    from skyfix.firmware_bridge.gnss_guard import statustext
+    from skyfix.edge.gnss_guard import statustext
     d = Declaration(0.0, CONTRADICTED, "drift", "...", offset_m=14.2, rate_m_s=1.0)
     text = statustext(d, switched=True)
     assert len(text) <= 50 and "SPOOFED" in text and "14m" in text and "skyfix" in text
@@ -220,7 +220,7 @@ def test_guard_declares_switches_px4_and_tells_the_pilot_over_udp():
 
     from skyfix.config import GnssConfig
     from skyfix.contracts import Fix
-    from skyfix.firmware_bridge.gnss_guard import GnssGuard
+    from skyfix.edge.gnss_guard import GnssGuard
     from skyfix.firmware_bridge.link import MavlinkBridge
     from skyfix.geo import LocalFrame
     from tests.helpers import free_udp_port, wait_until
