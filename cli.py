@@ -893,6 +893,8 @@ def _bench_command(sub) -> None:
     bn.add_argument("--scenarios", default="clean,jam,spoof,step,stuck",
                     help="gnss: the GNSS events to fly, comma-separated (each autopilot flies those its simulator can make)")
     bn.add_argument("--autopilots", default="ardupilot,px4", help="gnss: ardupilot, px4 or both")
+    bn.add_argument("--clean-length-m", type=_number(float, 100, 100000), default=6000.0,
+                    help="gnss: the clean flight's lawnmower (6 km: about 10 minutes at 12 m/s, longer into the wind)")
     bn.add_argument("--json", help="gnss: write one record per autopilot and scenario here")
     _add_gnss_event_options(bn, with_kind=False)
     bn.add_argument("--out", default="out/bench")

@@ -97,7 +97,7 @@ BENCHMARKS: dict[str, tuple[Callable, bool]] = {
     "towers": (lambda a: _fn("retrieval", "bench_towers")(a.model.split(","), a.out), False),
     "gnss": (lambda a: _fn("gnss", "bench_gnss")(a.pack, tuple(a.scenarios.split(",")), a.json, a.gnss_after_s,
                                                  a.spoof_rate_m_s, a.spoof_bearing_deg, a.step_m,
-                                                 out_dir=str(Path(a.out) / "gnss"),
+                                                 out_dir=str(Path(a.out) / "gnss"), clean_length_m=a.clean_length_m,
                                                  autopilots=tuple(a.autopilots.split(","))), True),
     "orientation": (lambda a: _fn("retrieval", "bench_orientation")(a.checkpoint, a.model, a.pack, a.queries_from,
                                                                     a.views, a.east_min_m), False),

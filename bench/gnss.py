@@ -53,9 +53,9 @@ def bench_gnss(pack: str, scenarios: tuple = ("clean", "jam", "spoof", "step", "
             summary = _fly(autopilot, pack, embedder, scenario, wind_m_s, gust_m_s,
                            clean_length_m if kind == "clean" else length_m, Path(out_dir) / f"{autopilot}_{kind}")
             records.append(gnss_record(summary, autopilot))
-    if json_path:
-        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_path).write_text(json.dumps(records, indent=2))
+            if json_path:  # after every flight: an hour's bench that dies loses nothing flown
+                Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+                Path(json_path).write_text(json.dumps(records, indent=2))
     return format_gnss_table(records)
 
 
