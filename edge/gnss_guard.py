@@ -56,8 +56,8 @@ def statustext(d: Declaration, switched: bool) -> str:
         text = f"skyfix: GNSS LOST ({d.kind})"
     else:
         text = f"skyfix: GNSS {d.kind}"
-    if switched and d.state != HEALTHY:
-        text += "; nav on skyfix"
+    if switched:  # healthy again but not given back: the pilot decides (gnss.switch_back_after_s)
+        text += "; nav on skyfix" if d.state != HEALTHY else "; nav still skyfix"
     return text[:STATUSTEXT_MAX]
 
 

@@ -204,6 +204,7 @@ def test_statustext_fits_and_says_what_happened():
     text = statustext(d, switched=True)
     assert len(text) <= 50 and "SPOOFED" in text and "14m" in text and "skyfix" in text
     assert "LOST" in statustext(Declaration(0.0, LOST, "no fix", "..."), switched=False)
+    assert statustext(Declaration(0.0, HEALTHY, "agrees again", "..."), switched=True).endswith("nav still skyfix")
 
 
 # ---- the guard over a real loopback link ------------------------------------------------------------
@@ -340,3 +341,54 @@ def test_recorded_px4_frozen_receiver_is_contradicted():
     rec, verdicts = _verdicts("px4_stuck")
     d = verdicts[0]
     assert d.state == CONTRADICTED and d.t_s > rec["event_s"], d
+
+
+def test_guard_switches_ardupilot_source_sets_and_back_only_when_configured_over_udp():
+    """ArduPilot-like autopilot on loopback UDP: a GNSS 40 m off -> MAV_CMD_SET_EKF_SOURCE_SET 2,
+    acknowledged; the GNSS back where skyfix is -> with switch_back_after_s 2 s, source set 1
+    after 2 s of agreement; with the default (never) it stays on skyfix."""
+    import time
+
+    import skyfix.firmware_bridge.messages  # noqa: F401  (MAVLink 2 before pymavlink is imported)
+    from pymavlink import mavutil
+    from pymavlink.dialects.v20 import common as m
+
+    from skyfix.config import GnssConfig
+    from skyfix.contracts import Fix
+    from skyfix.edge.gnss_guard import MAV_CMD_SET_EKF_SOURCE_SET, GnssGuard
+    from skyfix.firmware_bridge.link import MavlinkBridge
+    from skyfix.geo import LocalFrame
+    from tests.helpers import free_udp_port
+
+    frame = LocalFrame(38.98503, -107.88437, 2600.0)
+    skyfix_here = Fix(0, 38.98503, -107.88437, 2720.0, horiz_accuracy_m=1.5)
+
+    def fly(switch_back_after_s):
+        port = free_udp_port()
+        fc = mavutil.mavlink_connection(f"udpout:127.0.0.1:{port}", source_system=1, source_component=1,
+                                        dialect="common")
+        bridge = MavlinkBridge(f"udpin:127.0.0.1:{port}", link_timeout_s=2.0).start()
+        cfg = GnssConfig(watch=True, switch_back_after_s=switch_back_after_s)
+        guard = GnssGuard(bridge, lambda now: (skyfix_here, 0.2), frame, cfg, "ardupilot")
+        source_sets = []
+        try:
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 12.0:
+                off_m = 40.0 if time.monotonic() - t0 < 5.0 else 0.5  # the spoofer gives up at 5 s
+                lat, lon, _ = frame.to_lla(off_m, 0.0)
+                fc.mav.heartbeat_send(m.MAV_TYPE_QUADROTOR, m.MAV_AUTOPILOT_ARDUPILOTMEGA, 0, 0, 4)
+                fc.mav.gps_raw_int_send(0, 3, int(lat * 1e7), int(lon * 1e7), 2720000, 80, 120, 0, 0, 14, h_acc=900)
+                guard.step(time.monotonic())
+                msg = fc.recv_match(type="COMMAND_LONG", blocking=True, timeout=0.2)
+                if msg is not None and msg.command == MAV_CMD_SET_EKF_SOURCE_SET:
+                    source_sets.append(int(msg.param1))
+                    fc.mav.command_ack_send(msg.command, m.MAV_RESULT_ACCEPTED)
+        finally:
+            bridge.close()
+            fc.close()
+        return guard, source_sets
+
+    back, sets = fly(2.0)
+    assert sets[0] == 2 and sets[-1] == 1 and not back.on_skyfix, (sets, back.summary()["events"])
+    stays, sets = fly(None)
+    assert set(sets) == {2} and stays.on_skyfix, sets
