@@ -302,8 +302,8 @@ class BridgeConfig:
 
 @dataclass
 class GnssConfig:
-    """Beside the autopilot's GNSS (`fly --gnss` / `gnss.watch`): the watch (edge/gnss.py) and the
-    take-over. See README "Beside a GNSS" for the autopilot parameters this mode needs."""
+    """Beside the autopilot's GNSS (`gnss.watch: true` for `skyfix fly`; `skyfix sim --gnss`): the
+    watch (edge/gnss.py) and the take-over. See README "Beside a GNSS" for the autopilot parameters this mode needs."""
 
     watch: bool = False
     receiver: str = "GPS_RAW_INT"    # the report watched: GPS_RAW_INT (GPS 1) or GPS2_RAW

@@ -25,7 +25,7 @@ speed, and no test imports this package. One module per topic; `BENCHMARKS` name
   skyfix bench lost --pack PACK              time to first fix of a lost vehicle, with and without the density position first
   skyfix bench towers --model default,imagenet,DIR   held-out retrieval of towers side by side
   skyfix bench gnss --pack PACK [--autopilots ardupilot,px4] [--scenarios ...] [--json F]
-                                             ArduCopter SITL on its GNSS with skyfix watching: jamming, spoofing
+                                             ArduCopter and PX4 SITL on their GNSS with skyfix watching
   skyfix bench orientation --checkpoint best.pt --model DIR --pack PACK --queries-from MAP
   skyfix bench index | build | onboard       index kinds on real embeddings, a large build, onboard memory
 """

@@ -122,7 +122,7 @@ def start_gnss_guard(cfg, bridge, nav, frame):
     log.info("watching the autopilot's GNSS (%s); take-over %s", cfg.gnss.receiver,
              "on" if cfg.gnss.take_over else "off")
     return GnssGuard(bridge, nav.estimate_at, frame, cfg.gnss, autopilot, cfg.nav.max_accuracy_m,
-                     hint=nav.hint_position).start()
+                     hint=nav.retrieval.hint_position).start()
 
 
 def _replay_offline(cfg, max_frames: int = 0) -> dict:

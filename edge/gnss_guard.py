@@ -69,13 +69,12 @@ class GnssGuard:
                  max_accuracy_m: float = 10.0, hint: Optional[Callable] = None):
         self.bridge, self.estimate, self.frame, self.cfg = bridge.watch_gnss(), estimate, frame, cfg
         self.autopilot, self.max_accuracy_m = autopilot, max_accuracy_m
-        self.hint = hint  # Navigator.hint_position: where a healthy GNSS puts the vehicle (a search hint)
+        self.hint = hint  # TileSearch.hint_position: where a healthy GNSS puts the vehicle (a search hint)
         self.watch = GnssWatch(watch_config(cfg))
         self.on_skyfix = False            # the autopilot was switched to skyfix (and acknowledged)
         self.switch_pending: Optional[str] = None  # "to skyfix" / "to gnss" until acknowledged
         self.events: list[dict] = []      # (t_mono_s, what) of switches and messages, for the JSON
         self.statustexts_sent = 0
-        self.h_acc_m: deque = deque(maxlen=1000)  # the receiver's stated accuracies, for the summary
         # What the watch was given, for replaying it (edge.gnss.replay_trace): receiver samples as
         # (t, east, north, h_acc, fix_type, satellites), skyfix's checks as (t, east, north, accuracy).
         self.trace: dict = {"gnss": deque(maxlen=TRACE_ROWS), "skyfix": deque(maxlen=TRACE_ROWS)}
@@ -92,8 +91,6 @@ class GnssGuard:
     def step(self, now_s: float) -> None:
         for report in self.bridge.telemetry.gnss_since(self.cfg.receiver, self._last_report_s):
             self._last_report_s = report.t_mono_s
-            if report.h_acc_m is not None:
-                self.h_acc_m.append(report.h_acc_m)
             sample = self._sample(report)
             self.trace["gnss"].append((round(sample.t_s, 3), _r(sample.east_m), _r(sample.north_m), sample.h_acc_m,
                                        sample.fix_type, sample.satellites))
@@ -222,11 +219,12 @@ class GnssGuard:
         """For the fly/sim/SITL JSON: the verdict, every declaration and event with its time
         (s from t0_s), and the counters."""
         w = self.watch
+        h_acc = [row[3] for row in self.trace["gnss"] if row[3] is not None]
         return {"state": w.state, "on_skyfix": self.on_skyfix, "checks": w.checks_made,
                 "declarations": [d.as_dict(t0_s) for d in w.declarations],
                 "events": [{"t_s": round(e["t_mono_s"] - t0_s, 2), "what": e["what"]} for e in self.events],
                 "statustexts": self.statustexts_sent,
-                "receiver_h_acc_m_median": round(float(np.median(self.h_acc_m)), 2) if self.h_acc_m else None,
+                "receiver_h_acc_m_median": round(float(np.median(h_acc)), 2) if h_acc else None,
                 "last_offset_m": None if w.last_check is None else round(w.last_check.offset_m, 1),
                 "autopilot_vs_skyfix_m": None if self.autopilot_vs_skyfix_m is None else round(self.autopilot_vs_skyfix_m, 1),
                 "trace": {"t0_s": t0_s, "gnss": list(self.trace["gnss"]), "skyfix": list(self.trace["skyfix"])}}

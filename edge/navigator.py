@@ -88,7 +88,6 @@ class _RateLimitedLog:
 
 
 POSITION_MEMORY_S = 60.0   # how long the last measured position says where the terrain is looked up
-HINT_MAX_AGE_S = 1.0       # a position hint (hint_position) older than this is not used
 
 
 @dataclass
@@ -223,9 +222,6 @@ class Navigator:
         self.terrain = pack.terrain if cfg.use_terrain else None
         self.heights = GroundHeights(cfg, self.terrain)
         self.last_position: Optional[tuple] = None  # (t_s, east_m, north_m) of the last measurement
-        self._hint: Optional[tuple] = None           # (t_s, east_m, north_m, radius_m): hint_position
-        self._hint_turn: tuple = (None, False)       # (t_s, whether this frame searches around the hint)
-        self.hinted_searches = 0
         self.last_tile_id: Optional[int] = None
         # False: the map is not matched (the SIL's stretches of unmatchable ground); odometry runs.
         self.map_matching = True
@@ -296,28 +292,6 @@ class Navigator:
         if fix.horiz_accuracy_m > self.cfg.max_accuracy_m:  # the shared biases included
             return None
         return fix, age_s
-
-    def hint_position(self, t_s: float, east_m: float, north_m: float, radius_m: float) -> None:
-        """Where another source (the autopilot's GNSS while the watch finds it healthy,
-        edge/gnss_guard.py) puts the vehicle at t_s, within radius_m: while skyfix has
-        no track, every other frame searches there first instead of everywhere. A hint narrows
-        the search and is never a fix: a match near it must pass every check a global one does,
-        and the frames between still search everywhere, so a wrong hint (a GNSS already
-        spoofed) costs time, not a wrong fix."""
-        self._hint = (t_s, east_m, north_m, radius_m)
-
-    def _search_window(self, t_s: float) -> Optional[tuple]:
-        """The track's window (_prior_window); without a track, the hint's on every other frame."""
-        window = self._prior_window(t_s)
-        if window is not None or self._hint is None or abs(t_s - self._hint[0]) > HINT_MAX_AGE_S:
-            return window
-        if self._hint_turn[0] != t_s:
-            self._hint_turn = (t_s, not self._hint_turn[1])
-            self.hinted_searches += self._hint_turn[1]
-        if not self._hint_turn[1]:
-            return None
-        _, e, n, radius = self._hint
-        return e, n, float(np.clip(radius, self.cfg.window_min_m, self.cfg.window_max_m))
 
     def accuracy_terms(self) -> dict:
         """What every published accuracy includes beside the fit and the filter (AccuracyBudget.terms)."""
@@ -412,7 +386,8 @@ class Navigator:
             vectors = None if view.close_range else self.retrieval.embed(view.crop, trust_heading)
         with _timed(timings, "search"):
             candidates = ([view.window] if view.close_range
-                          else self.retrieval.candidates(vectors, t_s, self._search_window(t_s), view.tiles))
+                          else self.retrieval.candidates(vectors, t_s, self.retrieval.window(t_s, self._prior_window(t_s)),
+                                                    view.tiles))
         with _timed(timings, "refine"):
             wide, _, _, wide_map = rectify_mapped(view.image, self.camera, pose.roll_rad, pose.pitch_rad, pose.yaw_rad,
                                                   pose.agl_m, self.refine_size_m, self.refine_px,

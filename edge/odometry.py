@@ -60,12 +60,13 @@ def camera_motion(prev_px: np.ndarray, cur_px: np.ndarray, cam: PinholeCamera, a
                   world_from_cam_prev: np.ndarray, ransac_px: float = 3.0,
                   min_inliers: int = 15) -> Optional[tuple]:
     """The camera's displacement between two frames over flat ground, from matched raw image
-    pixels (N x 2 each, previous and current frame): (north_m, east_m, inliers, rms_px), or None.
+    pixels (N x 2 each, previous and current frame): (north_m, east_m, inliers, rms_px, down_m),
+    or None.
 
     The frame-to-frame homography is decomposed (OpenCV) into the rotation and the translation
     between the two cameras, taking the solution whose ground normal points down from the
     previous camera; the translation is scaled by its height and turned into the world by its
-    attitude. Returns (north_m, east_m, inliers, rms_px, down_m). So the telemetry's attitude only turns the displacement (a 1 deg error turns it
+    attitude. So the telemetry's attitude only turns the displacement (a 1 deg error turns it
     by 1 deg), where differencing two telemetry-rectified crops would take in each frame's
     attitude error in full (agl * tan(error): 2 m per degree at 120 m)."""
     if len(prev_px) < min_inliers:

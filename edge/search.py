@@ -17,6 +17,7 @@ from skyfix.edge.camera import MIN_INSIDE_FRAC, lowest_agl_m, rectify
 
 
 MERGE_GROWTH = 1.2  # a merged search window's half-side: at most this many times its largest window's
+HINT_MAX_AGE_S = 1.0  # a position hint (TileSearch.hint_position) older than this is not used
 
 
 def merge_windows(windows: list[tuple], growth: float = MERGE_GROWTH) -> list[tuple]:
@@ -60,6 +61,31 @@ class TileSearch:
         # worked out once: a bisection over headings is not per-frame work.
         self.finest_m = min([pack.tile_size_m, *(lv.tile_size_m for lv in pack.levels)])
         self.finest_from_m = lowest_agl_m(camera, self.finest_m)
+        self._hint: Optional[tuple] = None      # (t_s, east_m, north_m, radius_m): hint_position
+        self._hint_turn: tuple = (None, False)  # (t_s, whether this frame searches around the hint)
+        self.hinted_searches = 0
+
+    def hint_position(self, t_s: float, east_m: float, north_m: float, radius_m: float) -> None:
+        """Where another source (the autopilot's GNSS while the watch finds it healthy,
+        edge/gnss_guard.py) puts the vehicle at t_s, within radius_m: while skyfix has no track,
+        every other frame searches there first instead of everywhere. A hint narrows the search
+        and is never a fix: a match near it must pass every check a global one does, and the
+        frames between still search everywhere, so a wrong hint (a GNSS already spoofed) costs
+        time, not a wrong fix."""
+        self._hint = (t_s, east_m, north_m, radius_m)
+
+    def window(self, t_s: float, track_window: Optional[tuple]) -> Optional[tuple]:
+        """The search window (east_m, north_m, radius_m) of the frame at t_s: the track's; without
+        a track, the hint's on every other frame (None: search everywhere)."""
+        if track_window is not None or self._hint is None or abs(t_s - self._hint[0]) > HINT_MAX_AGE_S:
+            return track_window
+        if self._hint_turn[0] != t_s:
+            self._hint_turn = (t_s, not self._hint_turn[1])
+            self.hinted_searches += self._hint_turn[1]
+        if not self._hint_turn[1]:
+            return None
+        _, e, n, radius = self._hint
+        return e, n, float(np.clip(radius, self.cfg.window_min_m, self.cfg.window_max_m))
 
     def embed(self, crop: np.ndarray, heading_known: bool) -> np.ndarray:
         """1 x D for a north-up crop; 4 x D (the four right-angle turns) when the heading is unknown."""

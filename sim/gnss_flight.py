@@ -137,6 +137,11 @@ class GnssEvent:
     def _set(self, name: str, value: float) -> None:
         self.v.conn.mav.param_set_send(1, 1, name.encode(), float(value), 9)  # MAV_PARAM_TYPE_REAL32
 
+    def _set_glitch(self, dlat_deg: float, dlon_deg: float) -> None:
+        """ArduPilot SITL: the receiver's position offset (SIM_GPS1_GLTCH_X/Y, degrees)."""
+        self._set("SIM_GPS1_GLTCH_X", dlat_deg)
+        self._set("SIM_GPS1_GLTCH_Y", dlon_deg)
+
     def _inject(self, failure_type: int) -> None:
         """PX4: MAV_CMD_INJECT_FAILURE on every GPS instance."""
         for _ in range(3):  # UDP: said thrice
@@ -164,12 +169,10 @@ class GnssEvent:
             e0, n0 = self.v.home_en
             b = math.radians(s.bearing_deg)
             lat, lon, _ = self.v.frame.to_lla(e0 + pull * math.sin(b), n0 + pull * math.cos(b))
-            self._set("SIM_GPS1_GLTCH_X", float(lat) - float(lat0))
-            self._set("SIM_GPS1_GLTCH_Y", float(lon) - float(lon0))
-            if s.kind == "step":
+            self._set_glitch(float(lat) - float(lat0), float(lon) - float(lon0))
+            if s.kind == "step":  # set once, and said again 0.5 s later
                 time.sleep(0.5)
-                self._set("SIM_GPS1_GLTCH_X", float(lat) - float(lat0))
-                self._set("SIM_GPS1_GLTCH_Y", float(lon) - float(lon0))
+                self._set_glitch(float(lat) - float(lat0), float(lon) - float(lon0))
                 return
 
 
@@ -196,9 +199,15 @@ def run_gnss_sitl(pack_path: str | Path, embedder, cfg, scenario: GnssScenario, 
         event.close()
         vehicle.close()
     summary = summarise_sitl(vehicle, flown.pilot, flown.result, nav, flown.kinds, None, flown.bridge)
+    return _finish(summary, pack, vehicle, flown, scenario, event, out_dir)
+
+
+def _finish(summary: dict, pack, vehicle, flown, scenario: GnssScenario, event: "GnssEvent", out_dir) -> dict:
+    """Either autopilot's summary with the telemetry's errors and the `gnss` block (the guard's
+    summary, the scenario and its scores), written into out_dir."""
     summary["telemetry_error"] = flown.telemetry_errors
-    summary["gnss"] = {**flown.gnss, "scenario": dataclasses.asdict(scenario),
-                       **gnss_scores(vehicle, flown, scenario, event.started_mono_s)}
+    summary["gnss"] = {**flown.guard.summary(vehicle.t0_mono_s), "scenario": dataclasses.asdict(scenario),
+                       **gnss_scores(vehicle, flown, event.started_mono_s)}
     write_sitl_outputs(pack, vehicle, summary, Path(out_dir))
     return summary
 
@@ -231,25 +240,21 @@ def run_gnss_px4(pack_path: str | Path, embedder, cfg, scenario: GnssScenario, o
         finally:
             event.close()
     summary = summarise_px4(vehicle, flown.pilot, flown.result, nav, flown.kinds, flown.bridge)
-    summary["telemetry_error"] = flown.telemetry_errors
-    summary["gnss"] = {**flown.gnss, "scenario": dataclasses.asdict(scenario),
-                       **gnss_scores(vehicle, flown, scenario, event.started_mono_s)}
-    write_sitl_outputs(pack, vehicle, summary, Path(out_dir))
-    return summary
+    return _finish(summary, pack, vehicle, flown, scenario, event, out_dir)
 
 
 def _autopilot_error_m(s) -> float:
     return math.hypot(s.est_east_m - s.true_east_m, s.est_north_m - s.true_north_m)
 
 
-def gnss_scores(vehicle, flown, scenario: GnssScenario, event_mono_s: Optional[float]) -> dict:
+def gnss_scores(vehicle, flown, event_s: Optional[float]) -> dict:
     """The bench's figures for one flight: declared (a lost/contradicted verdict after the event),
     detection_s, the autopilot's error when declared (how far the GNSS had pulled it), its
     largest error from the event to the landing and after the switch, and false alarms
-    (verdicts before the event, or any in a clean flight)."""
+    (verdicts before the event, or any in a clean flight). event_s: when the event began
+    (monotonic s; None for a clean flight)."""
     t0 = vehicle.t0_mono_s
-    verdicts = [d for d in flown.gnss_declarations if d.state != "healthy"]
-    event_s = None if event_mono_s is None else event_mono_s
+    verdicts = [d for d in flown.guard.watch.declarations if d.state != "healthy"]
     after = [d for d in verdicts if event_s is not None and d.t_s >= event_s]
     false = [d for d in verdicts if event_s is None or d.t_s < event_s]
     end = flown.result.get("land_t_mono_s") or math.inf
@@ -264,7 +269,7 @@ def gnss_scores(vehicle, flown, scenario: GnssScenario, event_mono_s: Optional[f
     if first is not None:
         near = min(est, key=lambda s: abs(s.t_mono_s - first.t_s), default=None)
         at_detection = None if near is None else round(_autopilot_error_m(near), 1)
-    switched = next((e["t_mono_s"] for e in flown.gnss_events if e["what"].startswith("switched to skyfix")), None)
+    switched = next((e["t_mono_s"] for e in flown.guard.events if e["what"].startswith("switched to skyfix")), None)
     return {"declared": first is not None, "declared_as": None if first is None else f"{first.state} ({first.kind})",
             "event_s": None if event_s is None else round(event_s - t0, 1),
             "detection_s": None if first is None else round(first.t_s - event_s, 2),

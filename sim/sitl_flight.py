@@ -180,9 +180,7 @@ class Flown:
     result: dict
     kinds: list
     telemetry_errors: list
-    gnss: dict = dataclasses.field(default_factory=dict)   # GnssGuard.summary() beside a GNSS
-    gnss_declarations: list = dataclasses.field(default_factory=list)  # edge.gnss.Declaration, monotonic s
-    gnss_events: list = dataclasses.field(default_factory=list)        # the guard's switches and messages
+    guard: object = None  # edge.gnss_guard.GnssGuard beside a GNSS (its verdicts, events, summary)
 
 
 def fly_on_autopilot(pack: TilePack, nav: Navigator, cam: PinholeCamera, cfg, vehicle, pilot, bridge_cfg,
@@ -216,11 +214,7 @@ def fly_on_autopilot(pack: TilePack, nav: Navigator, cam: PinholeCamera, cfg, ve
             publisher.close()
         if bridge is not None:
             bridge.close()
-    flown = Flown(pilot, bridge, result, kinds, telemetry_errors)
-    if guard is not None:
-        flown.gnss = guard.summary(vehicle.t0_mono_s)
-        flown.gnss_declarations, flown.gnss_events = list(guard.watch.declarations), list(guard.events)
-    return flown
+    return Flown(pilot, bridge, result, kinds, telemetry_errors, guard)
 
 
 def run_sitl(pack_path: str | Path, embedder, cfg, out_dir: str | Path = "out/sitl",

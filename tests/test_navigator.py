@@ -554,12 +554,12 @@ def test_a_gnss_hint_narrows_the_search_and_a_wrong_one_gives_no_wrong_fix(world
     for i in range(8):
         t = 0.5 * i
         pose = _pose(t)
-        nav.hint_position(t, pose.east_m + hint_off_m, pose.north_m, 20.0)
+        nav.retrieval.hint_position(t, pose.east_m + hint_off_m, pose.north_m, 20.0)
         frame, pose = _frame(canvas, t, i)
         r = nav.step(frame)
         if r.fix is not None:
             fixes.append(_err(pack, r.fix, pose))
-    assert nav.hinted_searches >= 1
+    assert nav.retrieval.hinted_searches >= 1
     assert len(fixes) >= 3 and max(fixes) < 3.0, fixes
-    nav.hint_position(0.0, 0.0, 0.0, 20.0)  # stale: older than a second
-    assert nav._search_window(10.0) == nav._prior_window(10.0)
+    nav.retrieval.hint_position(0.0, 0.0, 0.0, 20.0)  # stale: older than a second
+    assert nav.retrieval.window(10.0, nav._prior_window(10.0)) == nav._prior_window(10.0)
