@@ -84,6 +84,7 @@ class GnssGuard:
         self._text_due = False            # a new verdict or switch the pilot has not been told of
         self._last_declaration: Optional[Declaration] = None
         self._command_sent_s = -1e9
+        self._pending_since_s = -1e9
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -155,6 +156,8 @@ class GnssGuard:
     def _switch(self, now_s: float, which: str) -> None:
         if now_s - self._command_sent_s < 1.0:
             return  # once a second until acknowledged
+        if self.switch_pending != which:
+            self._pending_since_s = now_s  # acknowledgements older than this answer something else
         self.switch_pending, self._command_sent_s = which, now_s
         to_skyfix = which == "to skyfix"
         m, b = mavlink_module(), self.bridge
@@ -171,13 +174,13 @@ class GnssGuard:
     def _confirm(self, now_s: float) -> None:
         if self.switch_pending is None:
             return
-        tel = self.bridge.telemetry
+        tel, since_s = self.bridge.telemetry, now_s - self._pending_since_s
         to_skyfix = self.switch_pending == "to skyfix"
         if self.autopilot == "ardupilot":
-            ack = tel.get("COMMAND_ACK", 2.0, now_s)
+            ack = tel.get("COMMAND_ACK", since_s, now_s)
             done = ack is not None and ack.command == MAV_CMD_SET_EKF_SOURCE_SET and ack.result == 0
         else:
-            pv = tel.get("PARAM_VALUE", 2.0, now_s)
+            pv = tel.get("PARAM_VALUE", since_s, now_s)
             want = 0 if to_skyfix else self.cfg.px4_gps_ctrl_restore
             done = pv is not None and _param_id(pv) == "EKF2_GPS_CTRL" and int(_param_int(pv)) == want
         if done:
